@@ -1,0 +1,1 @@
+"""Training recipes shipped with nesfgen (TOML files, loaded by name)."""

@@ -1,0 +1,1 @@
+"""Optuna studies shipped with nesfgen (TOML files, loaded by name)."""

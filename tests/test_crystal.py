@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+from conftest import rock_salt
+
+from nesfgen.crystal import Crystal, batch_crystals, lattice_matrix, standardize
+from nesfgen.errors import UserError
+
+
+def test_lattice_matrix_matches_pymatgen():
+    from pymatgen.core import Lattice
+
+    for params in [(3, 4, 5, 90, 90, 90), (4.1, 5.3, 4.7, 80, 103.5, 95), (3, 3, 7, 90, 90, 120)]:
+        assert np.allclose(lattice_matrix(params[:3], params[3:]), Lattice.from_parameters(*params).matrix)
+
+
+def test_round_trip_structure_and_cif(tiny_crystals):
+    from pymatgen.core import Structure
+
+    for crystal in tiny_crystals.values():
+        back = Crystal.from_structure(crystal.to_structure(), id=crystal.id)
+        assert back == crystal
+        parsed = Structure.from_str(crystal.to_cif(), fmt="cif")
+        again = Crystal.from_structure(parsed, id=crystal.id)
+        assert np.allclose(again.lengths, crystal.lengths, atol=1e-5)
+        assert sorted(again.atomic_numbers) == sorted(crystal.atomic_numbers)
+
+
+def test_positions_wrapped_into_cell():
+    crystal = Crystal.create([4, 4, 4], [90] * 3, atomic_numbers=[11, 17], frac_coords=[[1.0, -0.25, 0.5], [0.5, 0.5, 1.2]])
+    assert np.all(crystal.frac_coords >= 0) and np.all(crystal.frac_coords < 1)
+    assert np.allclose(crystal.frac_coords[0], [0, 0.75, 0.5])
+
+
+def test_record_is_immutable(tiny_crystals):
+    crystal = tiny_crystals["NaCl"]
+    with pytest.raises(ValueError):
+        crystal.cart_coords[0, 0] = 1.0
+    with pytest.raises(AttributeError):
+        crystal.id = "x"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lengths": [float("nan"), 4, 4]}, "NaN"),
+        ({"lengths": [0, 4, 4]}, "positive"),
+        ({"atomic_numbers": [], "frac_coords": np.zeros((0, 3))}, "no atoms"),
+        ({"atomic_numbers": [200, 17]}, "unknown element"),
+        ({"frac_coords": [[0, 0, 0], [3.0, 0, 0]]}, "outside the cell"),
+        ({"frac_coords": [[0, 0, 0], [0.001, 0, 0]]}, "apart"),
+    ],
+)
+def test_bad_records_are_refused(kwargs, message):
+    args = {"lengths": [4, 4, 4], "angles": [90] * 3, "atomic_numbers": [11, 17], "frac_coords": [[0, 0, 0], [0.5, 0.5, 0.5]], "id": "bad-1"}
+    args.update(kwargs)
+    with pytest.raises(UserError, match=message) as error:
+        Crystal.create(**args)
+    assert "bad-1" in str(error.value)
+
+
+def test_standardize_primitive_rock_salt_gives_conventional():
+    from pymatgen.core import Structure
+
+    primitive = rock_salt().to_structure().get_primitive_structure()
+    assert len(primitive) == 2
+    conventional = Crystal.from_structure(primitive, conventional=True)
+    assert conventional.num_atoms == 8
+    assert np.allclose(conventional.lengths, 5.64, atol=1e-3)
+    assert isinstance(standardize(conventional), Crystal)
+    assert isinstance(primitive, Structure)
+
+
+def test_batch_pads_and_maps_species(tiny_crystals):
+    crystals = [tiny_crystals["NaCl"], tiny_crystals["CsCl"]]
+    batch = batch_crystals(crystals, species_table=[11, 17, 55])
+    assert batch.cart_coords.shape == (2, 8, 3)
+    assert batch.mask.sum() == 10
+    assert batch.species[1, :2].tolist() == [2, 1] and batch.species[1, 2] == -1
+    with pytest.raises(UserError, match="species table"):
+        batch_crystals(crystals, species_table=[11, 17])
