@@ -104,6 +104,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16
     threads: int = 0  # CPU threads for torch (0 = torch's default)
+    deterministic: bool = True  # bit-identical runs for a seed (torch's deterministic kernels)
     time_limit_minutes: float = 0.0  # stop cleanly after this wall time (0 = none)
 
 

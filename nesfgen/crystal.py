@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -243,12 +244,28 @@ def _check_duplicates(frac: np.ndarray, matrix: np.ndarray, where: str) -> None:
         )
 
 
+def spglib_module() -> Any:
+    """spglib, switched to raising its errors (the old return-None handling is deprecated)."""
+    import spglib
+    import spglib.error
+
+    spglib.error.OLD_ERROR_HANDLING = False
+    return spglib
+
+
+def symmetry_dataset(crystal: Crystal, symprec: float = 0.01) -> Any:
+    """spglib's symmetry dataset of a crystal, or None when spglib cannot find one."""
+    spglib = spglib_module()
+    cell = (crystal.lattice, crystal.frac_coords, crystal.atomic_numbers)
+    try:
+        return spglib.get_symmetry_dataset(cell, symprec=symprec)
+    except spglib.error.SpglibError:
+        return None
+
+
 def standardize(crystal: Crystal, symprec: float = 0.01) -> Crystal:
     """The conventional standard cell of a crystal found by spglib (positions wrapped into it)."""
-    import spglib
-
-    cell = (crystal.lattice, crystal.frac_coords, crystal.atomic_numbers)
-    dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    dataset = symmetry_dataset(crystal, symprec)
     if dataset is None:
         raise UserError(f"structure {crystal.id!r}: spglib could not determine its symmetry")
     std_lattice = np.asarray(dataset.std_lattice)
@@ -269,49 +286,3 @@ def standardize(crystal: Crystal, symprec: float = 0.01) -> Crystal:
         id=crystal.id,
         properties=crystal.properties,
     )
-
-
-@dataclass(frozen=True)
-class CrystalBatch:
-    """Padded arrays of several crystals for the model. Shapes: B structures, N = most atoms."""
-
-    cart_coords: np.ndarray  # (B, N, 3) float32, zero where padded
-    species: np.ndarray  # (B, N) int64 indices into the species table, -1 where padded
-    mask: np.ndarray  # (B, N) bool, True for real atoms
-    lengths: np.ndarray  # (B, 3) float32
-    angles: np.ndarray  # (B, 3) float32, degrees
-
-    def to_torch(self, device: Any = "cpu") -> dict[str, Any]:
-        import torch
-
-        return {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name))).to(device) for name in self.__dataclass_fields__}
-
-
-def batch_crystals(crystals: Sequence[Crystal], species_table: Sequence[int]) -> CrystalBatch:
-    """Pad crystals into a batch, mapping atomic numbers to indices of ``species_table``.
-
-    Raises:
-        UserError: if a crystal holds an element that is missing from the species table.
-    """
-    index_of = np.full(MAX_ATOMIC_NUMBER + 1, -1, dtype=np.int64)
-    index_of[np.asarray(species_table, dtype=np.int64)] = np.arange(len(species_table))
-    most = max(c.num_atoms for c in crystals)
-    count = len(crystals)
-    cart = np.zeros((count, most, 3), dtype=np.float32)
-    species = np.full((count, most), -1, dtype=np.int64)
-    mask = np.zeros((count, most), dtype=bool)
-    for row, crystal in enumerate(crystals):
-        n = crystal.num_atoms
-        indices = index_of[crystal.atomic_numbers]
-        if np.any(indices < 0):
-            missing = sorted({int(z) for z in crystal.atomic_numbers[indices < 0]})
-            raise UserError(
-                f"structure {crystal.id!r} contains elements with atomic numbers {missing} that are not in the "
-                "species table of the model/dataset"
-            )
-        cart[row, :n] = crystal.cart_coords
-        species[row, :n] = indices
-        mask[row, :n] = True
-    lengths = np.stack([c.lengths for c in crystals]).astype(np.float32)
-    angles = np.stack([c.angles for c in crystals]).astype(np.float32)
-    return CrystalBatch(cart, species, mask, lengths, angles)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from conftest import rock_salt
 
-from nesfgen.crystal import Crystal, batch_crystals, lattice_matrix, standardize
+from nesfgen.crystal import Crystal, lattice_matrix, standardize
 from nesfgen.errors import UserError
 
 
@@ -68,13 +68,3 @@ def test_standardize_primitive_rock_salt_gives_conventional():
     assert np.allclose(conventional.lengths, 5.64, atol=1e-3)
     assert isinstance(standardize(conventional), Crystal)
     assert isinstance(primitive, Structure)
-
-
-def test_batch_pads_and_maps_species(tiny_crystals):
-    crystals = [tiny_crystals["NaCl"], tiny_crystals["CsCl"]]
-    batch = batch_crystals(crystals, species_table=[11, 17, 55])
-    assert batch.cart_coords.shape == (2, 8, 3)
-    assert batch.mask.sum() == 10
-    assert batch.species[1, :2].tolist() == [2, 1] and batch.species[1, 2] == -1
-    with pytest.raises(UserError, match="species table"):
-        batch_crystals(crystals, species_table=[11, 17])

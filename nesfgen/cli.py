@@ -1,0 +1,279 @@
+"""The ``nesfgen`` command line: a thin typer shell that parses, calls one library function, renders."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nesfgen.errors import UserError
+
+app = typer.Typer(
+    help="Neural structure fields: encode crystals into latent vectors and decode them back.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Import, inspect and export datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console(stderr=True)
+stdout = Console()
+
+OVERRIDES_HELP = "Recipe overrides as dotted key=value pairs, e.g. train.epochs=10 model.latent_size=128."
+JSON_HELP = "Print one machine-readable JSON document on stdout."
+
+
+def emit(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:
+    """Print a result as JSON (stdout) or through a rich renderer."""
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=1, default=str) + "\n")
+    else:
+        render(result)
+
+
+@app.command("recipes")
+def recipes_command(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """List the shipped training recipes."""
+    from nesfgen.config import load_recipe, recipe_names, recipe_path
+
+    rows = []
+    for name in recipe_names():
+        recipe = load_recipe(name)
+        first = recipe_path(name).read_text().splitlines()
+        description = next((line.lstrip("# ").strip() for line in first[1:] if line.startswith("#")), "")
+        rows.append({"name": name, "dataset": recipe.data.dataset_name, "epochs": recipe.train.epochs, "about": description})
+
+    def render(rows: list[dict]) -> None:
+        table = Table(title="recipes (nesfgen train recipe=NAME)")
+        for column in ("name", "dataset", "epochs", "about"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(str(row[c]) for c in ("name", "dataset", "epochs", "about")))
+        stdout.print(table)
+
+    emit(rows, as_json, render)
+
+
+@data_app.command("import")
+def data_import(
+    src: Path = typer.Argument(..., help="Source: a paper dataset folder/prefix, a CIF folder, or a CDVAE CSV."),
+    format: str = typer.Option(..., "--format", "-f", help="paper | cif | cdvae-csv"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Dataset folder to write."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Import the valid entries and report the rest."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Import structures into a dataset folder (atomic: it completes or leaves nothing behind).
+
+    With --format paper and SRC the nesf-paper folder itself, every paper dataset is imported into the
+    data directory under its name (lcs6, icsg3d, ybco-fold0 ... ybco-fold19).
+    """
+    from nesfgen.data import importers
+    from nesfgen.data.store import data_dir
+
+    if format == "paper":
+        if out is None and src.is_dir() and not (src / "dataset.pkl").exists():
+            reports = importers.import_paper_collection(src, data_dir(), skip_invalid=skip_invalid)
+        else:
+            reports = [importers.import_paper(src, _required_out(out), skip_invalid=skip_invalid)]
+    elif format == "cif":
+        reports = [importers.import_cif(src, _required_out(out), skip_invalid=skip_invalid)]
+    elif format == "cdvae-csv":
+        reports = [importers.import_cdvae_csv(src, _required_out(out), skip_invalid=skip_invalid)]
+    else:
+        raise UserError(f"unknown --format {format!r}; choose one of: paper, cif, cdvae-csv")
+    result = [
+        {
+            "name": r.dataset.name,
+            "path": str(r.dataset.path),
+            "imported": dict(r.imported),
+            "skipped": [{"entry": e, "reason": why} for e, why in r.skipped],
+        }
+        for r in reports
+    ]
+
+    def render(result: list[dict]) -> None:
+        for entry in result:
+            counts = ", ".join(f"{split} {n}" for split, n in entry["imported"].items())
+            stdout.print(f"[green]imported[/] {entry['name']} -> {entry['path']} ({counts})")
+            for skipped in entry["skipped"]:
+                stdout.print(f"  [yellow]skipped[/] {skipped['entry']}: {skipped['reason']}")
+
+    emit(result, as_json, render)
+
+
+def _required_out(out: Path | None) -> Path:
+    if out is None:
+        raise UserError("--out DIR is required: the dataset folder to write")
+    return out
+
+
+@data_app.command("info")
+def data_info(
+    dataset: str = typer.Argument("builtin", help="Dataset name (builtin, lcs6, ...) or folder."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Counts per split, atoms per cell, species and cell sizes of a dataset."""
+    from nesfgen.data.info import dataset_info
+    from nesfgen.data.names import resolve_dataset
+
+    info = dataset_info(resolve_dataset(dataset))
+
+    def render(info: dict) -> None:
+        stdout.print(f"[bold]{info['name']}[/] ({info['path']}), {info['species_count']} species, hash {info['content_hash'][:12]}")
+        sizes = sorted({int(k) for s in info["splits"].values() for k in s["atoms_per_cell"]})
+        table = Table(title="structures by atoms per cell")
+        table.add_column("split")
+        table.add_column("total", justify="right")
+        for size in sizes:
+            table.add_column(str(size), justify="right")
+        for split, s in info["splits"].items():
+            table.add_row(split, str(s["structures"]), *(str(s["atoms_per_cell"].get(str(n), "")) for n in sizes))
+        stdout.print(table)
+        for split, s in info["splits"].items():
+            stdout.print(f"{split}: a,b,c in {s['lengths_min']}..{s['lengths_max']} Å; angles {s['angles_min']}..{s['angles_max']}°")
+        stdout.print("species: " + " ".join(f"{el}({n})" for el, n in info["species"].items()))
+
+    emit(info, as_json, render)
+
+
+@data_app.command("export")
+def data_export(
+    dataset: str = typer.Argument(..., help="Dataset name or folder."),
+    format: str = typer.Option("cif", "--format", "-f", help="Only cif for now."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write <split>/<id>.cif into."),
+    split: list[str] | None = typer.Option(None, "--split", help="Only these splits (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Write a dataset's structures as CIF files."""
+    from nesfgen.data.info import export_cif
+    from nesfgen.data.names import resolve_dataset
+
+    if format != "cif":
+        raise UserError(f"unknown --format {format!r}; export supports: cif")
+    written = export_cif(resolve_dataset(dataset), out, split)
+    emit({"written": written, "out": str(out)}, as_json, lambda r: stdout.print(f"wrote {r['written']} CIF files to {r['out']}"))
+
+
+class RichTrainProgress:
+    """Live progress bar with the running losses; one table row per epoch."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[losses]}"),
+            console=console,
+            transient=True,
+        )
+        self.task = None
+
+    def start(self, recipe, run_dir, parameters, start_epoch, batches_per_epoch) -> None:
+        console.print(f"[bold]{recipe.name}[/]: {parameters:,} parameters, run folder {run_dir}")
+        self.batches = batches_per_epoch
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=batches_per_epoch, epoch=start_epoch + 1, losses="")
+
+    def step(self, epoch, batch, losses) -> None:
+        text = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+        self.bar.update(self.task, completed=batch + 1, epoch=epoch + 1, losses=text)
+
+    def epoch(self, row) -> None:
+        console.print(
+            f"epoch {row['epoch']:>4}  {row['epoch_seconds']:7.1f}s  train {row['train_total']:.4f}  "
+            f"val {row['val_total']:.4f} (pos {row['val_position']:.4f} spe {row['val_species']:.3f} "
+            f"len {row['val_length']:.4f} ang {row['val_angle']:.5f})",
+            highlight=False,
+        )
+        self.bar.reset(self.task, total=self.batches)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_command(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Train an autoencoder: nesfgen train [recipe=NAME] [out=RUN_DIR] [resume=RUN_DIR] [key=value ...]."""
+    from nesfgen.config import load_recipe, parse_overrides, to_toml
+    from nesfgen.train import resume, train
+
+    overrides, positional = parse_overrides(list(ctx.args))
+    if positional:
+        raise UserError(f"unexpected argument(s) {' '.join(positional)}; nesfgen train takes key=value pairs. {OVERRIDES_HELP}")
+    recipe_name = overrides.pop("recipe", "quickstart")
+    out = overrides.pop("out", None)
+    resume_dir = overrides.pop("resume", None)
+    progress = None if as_json else RichTrainProgress()
+    try:
+        if resume_dir:
+            result = resume(Path(resume_dir), overrides, progress)
+        else:
+            recipe = load_recipe(recipe_name, overrides)
+            if not as_json:
+                console.print(to_toml(recipe, header="# resolved recipe"), highlight=False)
+            result = train(recipe, Path(out) if out else None, progress)
+    finally:
+        if progress:
+            progress.stop()
+    summary = {
+        "run_dir": str(result.run_dir),
+        "epochs": result.epochs_done,
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+        "stop_reason": result.stop_reason,
+        "seconds": round(result.seconds, 1),
+        "parameters": result.parameters,
+        "last": result.last_row,
+    }
+    emit(
+        summary,
+        as_json,
+        lambda s: stdout.print(
+            f"[green]done[/] ({s['stop_reason']}): {s['epochs']} epochs in {s['seconds']} s, best validation loss "
+            f"{s['best_val_loss']:.4f} at epoch {s['best_epoch']}; checkpoints in {s['run_dir']}"
+        ),
+    )
+
+
+def main() -> None:
+    """Entry point: user mistakes exit 2 with a message, internal errors exit 1."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(standalone_mode=False)
+    except UserError as error:
+        console.print(f"[red]error:[/] {error}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as error:  # a click usage error is a user mistake too
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            sys.exit(2)
+        if isinstance(error, click.exceptions.Abort):
+            sys.exit(130)
+        console.print_exception()
+        console.print("[red]internal error[/]: this is a bug in nesfgen; please report it with the trace above")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Summaries of a dataset: counts, atoms-per-cell histograms, species, cell sizes; CIF export."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nesfgen.data.store import Dataset
+from nesfgen.errors import UserError
+
+
+def dataset_info(dataset: Dataset) -> dict[str, Any]:
+    """Counts per split, the atoms-per-cell histogram (as the paper's Tables 2-4), species and cell ranges."""
+    splits = {}
+    all_numbers = []
+    for split in dataset.split_names:
+        crystals = dataset.load(split)
+        histogram = Counter(int(n) for n in crystals.num_atoms)
+        splits[split] = {
+            "structures": len(crystals),
+            "atoms": int(crystals.offsets[-1]),
+            "atoms_per_cell": {str(k): histogram[k] for k in sorted(histogram)},
+            "lengths_min": crystals.lengths.min(axis=0).round(3).tolist(),
+            "lengths_max": crystals.lengths.max(axis=0).round(3).tolist(),
+            "angles_min": crystals.angles.min(axis=0).round(2).tolist(),
+            "angles_max": crystals.angles.max(axis=0).round(2).tolist(),
+        }
+        all_numbers.append(crystals.atomic_numbers)
+    numbers = np.concatenate(all_numbers)
+    from pymatgen.core import Element
+
+    present = Counter(int(z) for z in numbers)
+    return {
+        "name": dataset.name,
+        "path": str(dataset.path),
+        "content_hash": dataset.content_hash,
+        "species_count": len(dataset.species_table),
+        "species": {Element.from_Z(z).symbol: present[z] for z in dataset.species_table},
+        "splits": splits,
+        "provenance": dict(dataset.manifest.get("provenance", {})),
+    }
+
+
+def export_cif(dataset: Dataset, out: Path, splits: list[str] | None = None) -> int:
+    """Write every structure as ``out/<split>/<id>.cif``; returns the number written.
+
+    Raises:
+        UserError: if ``out`` exists and is not an empty folder.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose another --out")
+    written = 0
+    for split in splits or dataset.split_names:
+        folder = out / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, crystal in enumerate(dataset.load(split)):
+            stem = crystal.id or f"{split}-{index}"
+            target = folder / f"{stem}.cif"
+            temporary = target.with_suffix(".cif.tmp")
+            temporary.write_text(crystal.to_cif())
+            os.replace(temporary, target)
+            written += 1
+    return written

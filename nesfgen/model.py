@@ -1,0 +1,151 @@
+"""The NeSF autoencoder: a PointNet encoder, the position and species fields, and the lattice heads.
+
+Queries are "packed": all query points of a batch in one (Q, 3) tensor with the index of their
+structure, so structures with different numbers of atoms need no padding. The latent's share of
+each field's first layer is computed once per structure and gathered per query, which is the same
+linear layer as concatenating z to every query, at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from nesfgen.config import ModelConfig
+from nesfgen.sampling import Atoms
+
+DEGREES_PER_RADIAN = 180.0 / math.pi
+
+
+def mlp(widths: list[int], batch_norm: bool, dropout: float = 0.0, last_activation: bool = True) -> nn.Sequential:
+    """Linear layers with BatchNorm + ReLU (+ dropout) after each hidden layer."""
+    layers: list[nn.Module] = []
+    for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(width_in, width_out))
+        if index < len(widths) - 2 or last_activation:
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(width_out))
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """PointNet/DeepSets encoder: per-atom MLPs, max pooling, then an MLP with the lattice parameters."""
+
+    def __init__(self, config: ModelConfig, num_species: int) -> None:
+        super().__init__()
+        self.num_species = num_species
+        bn = config.batch_norm
+        self.position_mlp = mlp([3, *config.encoder_position_widths], bn)
+        self.species_mlp = mlp([num_species, *config.encoder_species_widths], bn)
+        joined = config.encoder_position_widths[-1] + config.encoder_species_widths[-1]
+        self.mix = mlp([joined, config.encoder_mix_width], bn, config.dropout)
+        self.head = nn.Sequential(
+            mlp([config.encoder_mix_width + 6, *config.encoder_head_widths], bn, config.dropout),
+            nn.Linear(config.encoder_head_widths[-1], config.latent_size),
+        )
+
+    def features(self, atoms: Atoms) -> Tensor:
+        """(B, F) pooled features plus lattice parameters: the trunk shared with a variational head."""
+        one_hot = nn.functional.one_hot(atoms.species, self.num_species).to(atoms.cart_coords.dtype)
+        per_atom = self.mix(torch.cat([self.position_mlp(atoms.cart_coords), self.species_mlp(one_hot)], dim=-1))  # (A, M)
+        pooled = per_atom.new_full((atoms.num_structures, per_atom.shape[1]), -torch.inf)
+        index = atoms.structure[:, None].expand_as(per_atom)
+        pooled = pooled.scatter_reduce(0, index, per_atom, reduce="amax", include_self=True)  # (B, M)
+        return torch.cat([pooled, atoms.lengths, atoms.angles], dim=-1)
+
+    def forward(self, atoms: Atoms) -> Tensor:
+        return self.head(self.features(atoms))  # (B, D)
+
+
+class QueryEncoding(nn.Module):
+    """The query as given (3 features) or its positional encoding sin/cos(2^k π p), k < L (6L features)."""
+
+    def __init__(self, enabled: bool, frequencies: int) -> None:
+        super().__init__()
+        self.enabled = enabled
+        self.register_buffer("scales", (2.0 ** torch.arange(frequencies)) * math.pi, persistent=False)
+        self.size = 6 * frequencies if enabled else 3
+
+    def forward(self, points: Tensor) -> Tensor:
+        if not self.enabled:
+            return points
+        angles = (points[:, :, None] * self.scales).flatten(1)  # (Q, 3L)
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class Field(nn.Module):
+    """An MLP over (query, z) with the query re-injected at the input of every layer."""
+
+    def __init__(self, latent_size: int, widths: tuple[int, ...], out_size: int, encoding: QueryEncoding, batch_norm: bool) -> None:
+        super().__init__()
+        self.encoding = encoding
+        q = encoding.size
+        self.first_latent = nn.Linear(latent_size, widths[0])  # z's share of layer 1, once per structure
+        self.first_query = nn.Linear(q, widths[0], bias=False)
+        self.hidden = nn.ModuleList(nn.Linear(w_in + q, w_out) for w_in, w_out in zip(widths[:-1], widths[1:]))
+        self.out = nn.Linear(widths[-1] + q, out_size)
+        self.norms = nn.ModuleList(nn.BatchNorm1d(w) if batch_norm else nn.Identity() for w in widths)
+
+    def forward(self, points: Tensor, structure: Tensor, z: Tensor) -> Tensor:
+        """points (Q, 3), structure (Q,) index into z (B, D) -> (Q, out_size)."""
+        q = self.encoding(points)
+        h = torch.relu(self.norms[0](self.first_latent(z)[structure] + self.first_query(q)))
+        for layer, norm in zip(self.hidden, self.norms[1:]):
+            h = torch.relu(norm(layer(torch.cat([h, q], dim=-1))))
+        return self.out(torch.cat([h, q], dim=-1))
+
+
+class LatticeHead(nn.Module):
+    """Two small MLPs from z: lengths (Å) and angles (radians)."""
+
+    def __init__(self, latent_size: int, hidden: int) -> None:
+        super().__init__()
+        self.lengths = nn.Sequential(nn.Linear(latent_size, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+        self.angles = nn.Sequential(nn.Linear(latent_size, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.lengths(z), self.angles(z)
+
+
+class NeSF(nn.Module):
+    """Encoder, position field, species field and lattice heads, with the estimator's field interface."""
+
+    def __init__(self, config: ModelConfig, num_species: int) -> None:
+        super().__init__()
+        self.config = config
+        self.num_species = num_species
+        encoding = QueryEncoding(config.positional_encoding, config.encoding_frequencies)
+        self.encoder = Encoder(config, num_species)
+        self.position_field = Field(config.latent_size, config.position_widths, 3, encoding, config.batch_norm)
+        self.species_field = Field(config.latent_size, config.species_widths, num_species, encoding, config.batch_norm)
+        self.lattice_head = LatticeHead(config.latent_size, config.lattice_hidden)
+
+    def encode(self, atoms: Atoms) -> Tensor:
+        return self.encoder(atoms)
+
+    # The estimator's interface: points (B, P, 3) for every structure of z (B, D).
+    def position(self, points: Tensor, z: Tensor) -> Tensor:
+        return self._grid_call(self.position_field, points, z)
+
+    def species(self, points: Tensor, z: Tensor) -> Tensor:
+        return self._grid_call(self.species_field, points, z)
+
+    def lattice(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Lengths (B, 3) Å and angles (B, 3) degrees."""
+        lengths, angles = self.lattice_head(z)
+        return lengths, angles * DEGREES_PER_RADIAN
+
+    @staticmethod
+    def _grid_call(field: Field, points: Tensor, z: Tensor) -> Tensor:
+        count, per, _ = points.shape
+        structure = torch.arange(count, device=points.device).repeat_interleave(per)
+        return field(points.reshape(-1, 3), structure, z).reshape(count, per, -1)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

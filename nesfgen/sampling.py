@@ -1,0 +1,172 @@
+"""Tensors for the model: packed atoms of a split, the training query grids and their targets.
+
+Every sampler works on a whole batch at once (no Python loop per atom or per point). Grids follow
+numpy's ``arange`` semantics, as the reference configuration does: a local grid of range r and
+interval d has offsets ``arange(-r/2, r/2, d)`` per axis (4 × 4 × 4 points for 1.2 Å / 0.3 Å), and
+the global grid spans the dataset's bounding box widened by one interval on each side.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nesfgen.config import SamplingConfig
+from nesfgen.crystal import MAX_ATOMIC_NUMBER
+from nesfgen.data.store import CrystalSet
+from nesfgen.errors import UserError
+
+
+@dataclass(frozen=True)
+class Atoms:
+    """Packed atoms of a batch of structures (the encoder's input)."""
+
+    cart_coords: Tensor  # (A, 3) Å
+    species: Tensor  # (A,) int64 species-table index
+    structure: Tensor  # (A,) int64 index of the atom's structure in the batch
+    lengths: Tensor  # (B, 3) Å
+    angles: Tensor  # (B, 3) radians
+
+    @property
+    def num_structures(self) -> int:
+        return self.lengths.shape[0]
+
+
+class TensorSet:
+    """A split held as flat tensors on one device, from which batches are gathered without copying lists."""
+
+    def __init__(self, crystals: CrystalSet, species_table: Sequence[int], device: torch.device | str = "cpu") -> None:
+        index_of = np.full(MAX_ATOMIC_NUMBER + 1, -1, dtype=np.int64)
+        index_of[np.asarray(species_table, dtype=np.int64)] = np.arange(len(species_table))
+        species = index_of[crystals.atomic_numbers]
+        if np.any(species < 0):
+            missing = sorted({int(z) for z in crystals.atomic_numbers[species < 0]})
+            raise UserError(
+                f"the data holds elements with atomic numbers {missing} that are missing from the species table "
+                f"{list(species_table)} (of the model or dataset)"
+            )
+        self.ids = crystals.ids
+        self.device = torch.device(device)
+        self.cart_coords = torch.as_tensor(crystals.cart_coords, dtype=torch.float32, device=device)
+        self.species = torch.as_tensor(species, device=device)
+        self.offsets = torch.as_tensor(crystals.offsets, device=device)
+        self.lengths = torch.as_tensor(crystals.lengths, dtype=torch.float32, device=device)
+        self.angles = torch.as_tensor(np.radians(crystals.angles), dtype=torch.float32, device=device)
+
+    def __len__(self) -> int:
+        return self.lengths.shape[0]
+
+    def batch(self, indices: Tensor) -> Atoms:
+        """Gather structures ``indices`` (B,) into packed atoms."""
+        indices = indices.to(self.device)
+        starts = self.offsets[indices]
+        counts = self.offsets[indices + 1] - starts  # (B,)
+        structure = torch.repeat_interleave(torch.arange(len(indices), device=self.device), counts)  # (A,)
+        first_of_structure = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(structure.numel(), device=self.device) - first_of_structure[structure]
+        atom = starts[structure] + rank
+        return Atoms(self.cart_coords[atom], self.species[atom], structure, self.lengths[indices], self.angles[indices])
+
+
+def atoms_bounding_box(crystals: CrystalSet) -> np.ndarray:
+    """(2, 3) [lo, hi] of all atom positions: the box the global grid and the estimator's particles span."""
+    return np.stack([crystals.cart_coords.min(axis=0), crystals.cart_coords.max(axis=0)])
+
+
+def box_grid(box: np.ndarray, interval: float) -> Tensor:
+    """(G, 3) regular grid over ``box`` widened by one interval on each side."""
+    axes = [np.arange(lo - interval, hi + interval, interval) for lo, hi in zip(box[0], box[1])]
+    mesh = np.meshgrid(*axes, indexing="ij")
+    return torch.as_tensor(np.stack([m.reshape(-1) for m in mesh], axis=1), dtype=torch.float32)
+
+
+def local_offsets(interval: float, width: float) -> Tensor:
+    """(L, 3) offsets of a local grid of full width ``width`` around a point."""
+    axis = np.arange(-width / 2, width / 2, interval)
+    mesh = np.meshgrid(axis, axis, axis, indexing="ij")
+    return torch.as_tensor(np.stack([m.reshape(-1) for m in mesh], axis=1), dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class Queries:
+    """Training queries of one batch and their targets."""
+
+    position_points: Tensor  # (Q, 3)
+    position_structure: Tensor  # (Q,)
+    position_targets: Tensor  # (Q, 3) vector from the point to its nearest atom
+    species_points: Tensor  # (S, 3)
+    species_structure: Tensor  # (S,)
+    species_targets: Tensor  # (S,) species index of the nearest atom
+
+
+class QuerySampler:
+    """Draws the paper's three query sets (global, local, species grids) for a batch of structures."""
+
+    def __init__(self, config: SamplingConfig, box: np.ndarray, device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.global_grid = box_grid(box, config.global_interval).to(device)  # (G, 3)
+        self.local_grid = local_offsets(config.local_interval, config.local_range).to(device)  # (L, 3)
+        self.species_grid = local_offsets(config.species_interval, config.species_range).to(device)  # (S, 3)
+
+    def sample(self, atoms: Atoms, generator: torch.Generator) -> Queries:
+        c = self.config
+        count = atoms.num_structures
+        device = atoms.cart_coords.device
+        structures = torch.arange(count, device=device)
+        global_points = self.global_grid.repeat(count, 1)  # (B*G, 3)
+        global_structure = structures.repeat_interleave(self.global_grid.shape[0])
+        local_points = (atoms.cart_coords[:, None, :] + self.local_grid).reshape(-1, 3)  # (A*L, 3)
+        local_structure = atoms.structure.repeat_interleave(self.local_grid.shape[0])
+        points = torch.cat([global_points, local_points])
+        stds = torch.cat(
+            [
+                torch.full((global_points.shape[0], 1), c.global_std, device=device),
+                torch.full((local_points.shape[0], 1), c.local_std, device=device),
+            ]
+        )
+        points = points + stds * torch.randn(points.shape, generator=generator, device=device)
+        structure = torch.cat([global_structure, local_structure])
+        species_points = (atoms.cart_coords[:, None, :] + self.species_grid).reshape(-1, 3)
+        species_points = species_points + c.species_std * torch.randn(species_points.shape, generator=generator, device=device)
+        species_structure = atoms.structure.repeat_interleave(self.species_grid.shape[0])
+        if c.query_fraction < 1.0:
+            points, structure = _keep_fraction(points, structure, c.query_fraction, generator)
+            species_points, species_structure = _keep_fraction(species_points, species_structure, c.query_fraction, generator)
+        nearest = nearest_atoms(points, structure, atoms)
+        nearest_species = nearest_atoms(species_points, species_structure, atoms)
+        return Queries(
+            position_points=points,
+            position_structure=structure,
+            position_targets=atoms.cart_coords[nearest] - points,
+            species_points=species_points,
+            species_structure=species_structure,
+            species_targets=atoms.species[nearest_species],
+        )
+
+
+def _keep_fraction(points: Tensor, structure: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    keep = torch.rand(points.shape[0], generator=generator, device=points.device) < fraction
+    return points[keep], structure[keep]
+
+
+def nearest_atoms(points: Tensor, structure: Tensor, atoms: Atoms, chunk: int = 1 << 16) -> Tensor:
+    """(Q,) index into the packed atoms of each point's nearest atom in its own structure (no images)."""
+    counts = torch.bincount(atoms.structure, minlength=atoms.num_structures)
+    most = int(counts.max())
+    first = torch.cumsum(counts, 0) - counts  # (B,)
+    slot = torch.arange(most, device=points.device)  # (N,)
+    padded_index = (first[:, None] + slot).clamp(max=atoms.cart_coords.shape[0] - 1)  # (B, N)
+    valid = slot < counts[:, None]  # (B, N)
+    padded = atoms.cart_coords[padded_index]  # (B, N, 3)
+    result = torch.empty(points.shape[0], dtype=torch.long, device=points.device)
+    for start in range(0, points.shape[0], chunk):
+        s = structure[start : start + chunk]
+        distance = torch.linalg.vector_norm(padded[s] - points[start : start + chunk, None, :], dim=-1)  # (q, N)
+        distance = distance.masked_fill(~valid[s], math.inf)
+        result[start : start + chunk] = padded_index[s, distance.argmin(dim=1)]
+    return result

@@ -1,0 +1,360 @@
+"""Training: the loop, validation, early stopping, atomic checkpoints and exact resume.
+
+Each epoch reseeds its own random streams from (seed, epoch), so resuming from the checkpoint of
+epoch k replays epochs k+1... exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from nesfgen.checkpoint import read_checkpoint, save_checkpoint
+from nesfgen.config import Recipe, from_dict, to_dict, to_toml
+from nesfgen.data.names import resolve_dataset
+from nesfgen.data.store import CrystalSet, Dataset
+from nesfgen.errors import UserError
+from nesfgen.model import NeSF, count_parameters
+from nesfgen.sampling import Atoms, Queries, QuerySampler, TensorSet, atoms_bounding_box
+
+log = logging.getLogger(__name__)
+
+LOSS_NAMES = ("position", "species", "length", "angle")
+#: keys that may change when a run is resumed (everything else must match the checkpoint)
+RESUMABLE_KEYS = ("epochs", "early_stopping_patience", "time_limit_minutes", "device", "threads", "deterministic")
+
+
+class TrainProgress(Protocol):
+    """What the training loop reports to a front end (the CLI draws it with rich)."""
+
+    def start(self, recipe: Recipe, run_dir: Path, parameters: int, start_epoch: int, batches_per_epoch: int) -> None: ...
+    def step(self, epoch: int, batch: int, losses: dict[str, float]) -> None: ...
+    def epoch(self, row: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    best_epoch: int
+    best_val_loss: float
+    last_row: dict[str, Any]
+    stop_reason: str
+    parameters: int
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; otherwise the named device, checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device asks for CUDA but no CUDA device is available; use device=cpu or auto")
+    return device
+
+
+def new_run_dir(recipe_name: str, root: Path = Path("runs")) -> Path:
+    return root / f"{recipe_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def compute_losses(model: NeSF, atoms: Atoms, queries: Queries) -> dict[str, Tensor]:
+    """The four unweighted loss terms of one batch."""
+    z = model.encode(atoms)
+    position = model.position_field(queries.position_points, queries.position_structure, z)
+    species = model.species_field(queries.species_points, queries.species_structure, z)
+    lengths, angles = model.lattice_head(z)
+    return {
+        "position": nn.functional.mse_loss(position.float(), queries.position_targets),
+        "species": nn.functional.cross_entropy(species.float(), queries.species_targets),
+        "length": nn.functional.mse_loss(lengths.float(), atoms.lengths),
+        "angle": nn.functional.mse_loss(angles.float(), atoms.angles),
+    }
+
+
+def weighted_total(losses: dict[str, Tensor], recipe: Recipe) -> Tensor:
+    weights = recipe.loss
+    return (
+        weights.position * losses["position"]
+        + weights.species * losses["species"]
+        + weights.length * losses["length"]
+        + weights.angle * losses["angle"]
+    )
+
+
+def epoch_batches(count: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """A shuffled partition into batches; a trailing batch of one joins the previous one (BatchNorm needs 2)."""
+    order = torch.randperm(count, generator=generator)
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches[-2] = torch.cat([batches[-2], batches.pop()])
+    return batches
+
+
+def _seed(seed: int, epoch: int, stream: int) -> int:
+    return (seed * 1_000_003 + epoch * 101 + stream) % (2**63)
+
+
+class Trainer:
+    """Owns the model, optimizer, data and run folder of one training run."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, state: dict[str, Any] | None = None) -> None:
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        t = recipe.train
+        if t.threads > 0:
+            torch.set_num_threads(t.threads)
+        self.device = resolve_device(t.device)
+        # CUDA has kernels with no deterministic variant: there we only warn.
+        torch.use_deterministic_algorithms(t.deterministic, warn_only=self.device.type != "cpu")
+        if t.precision not in ("fp32", "bf16"):
+            raise UserError(f"train.precision must be fp32 or bf16, got {t.precision!r}")
+        dataset = resolve_dataset(recipe.data.dataset_name)
+        if state is not None and state["dataset_hash"] != dataset.content_hash:
+            raise UserError(
+                f"dataset {dataset.name!r} at {dataset.path} changed since the run started "
+                f"(content hash {dataset.content_hash[:12]} != {state['dataset_hash'][:12]}); cannot resume"
+            )
+        self.dataset = dataset
+        self.species_table = list(state["species_table"]) if state else dataset.species_table
+        train_crystals = self._split(dataset, recipe.data.train_split)
+        val_crystals = self._split(dataset, recipe.data.val_split)
+        if t.batch_size < 2:
+            raise UserError(f"train.batch_size must be at least 2 (BatchNorm), got {t.batch_size}")
+        if t.batch_size > len(train_crystals):
+            raise UserError(
+                f"train.batch_size {t.batch_size} is larger than the {len(train_crystals)} structures of split "
+                f"{recipe.data.train_split!r}; lower train.batch_size"
+            )
+        self.box = np.asarray(state["box"]) if state else atoms_bounding_box(train_crystals)
+        self.train_set = TensorSet(train_crystals, self.species_table, self.device)
+        self.val_set = TensorSet(val_crystals, self.species_table, self.device)
+        self.sampler = QuerySampler(recipe.sampling, self.box, self.device)
+        torch.manual_seed(t.seed)
+        self.model = NeSF(recipe.model, len(self.species_table)).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=t.lr_decay_every, gamma=t.lr_decay_factor)
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0
+        self.best_val = math.inf
+        self.best_epoch = -1
+        self.seconds = 0.0
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.history = list(state["history"])
+            self.epoch = int(state["epoch"])
+            self.best_val = float(state["best_val_loss"])
+            self.best_epoch = int(state["best_epoch"])
+            self.seconds = float(state["seconds"])
+
+    def _split(self, dataset: Dataset, split: str) -> CrystalSet:
+        crystals = dataset.load(split)
+        if self.recipe.data.limit > 0 and len(crystals) > self.recipe.data.limit:
+            crystals = crystals.subset(range(self.recipe.data.limit))
+        if len(crystals) == 0:
+            raise UserError(f"split {split!r} of dataset {dataset.name!r} is empty")
+        return crystals
+
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.recipe.train.precision == "bf16")
+
+    def train_epoch(self, progress: TrainProgress | None) -> dict[str, float]:
+        t = self.recipe.train
+        self.model.train()
+        torch.manual_seed(_seed(t.seed, self.epoch, 0))  # dropout
+        shuffle = torch.Generator().manual_seed(_seed(t.seed, self.epoch, 1))
+        noise = torch.Generator(self.device).manual_seed(_seed(t.seed, self.epoch, 2))
+        sums = dict.fromkeys(("total", *LOSS_NAMES), 0.0)
+        batches = epoch_batches(len(self.train_set), t.batch_size, shuffle)
+        for index, indices in enumerate(batches):
+            atoms = self.train_set.batch(indices)
+            queries = self.sampler.sample(atoms, noise)
+            with self._autocast():
+                losses = compute_losses(self.model, atoms, queries)
+            total = weighted_total(losses, self.recipe)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            values = {"total": total.item(), **{k: v.item() for k, v in losses.items()}}
+            for key, value in values.items():
+                sums[key] += value
+            if progress:
+                progress.step(self.epoch, index, values)
+        return {key: value / len(batches) for key, value in sums.items()}
+
+    @torch.no_grad()
+    def validation_losses(self) -> dict[str, float]:
+        """Losses on the validation split with fixed query noise, so epochs compare fairly."""
+        self.model.eval()
+        noise = torch.Generator(self.device).manual_seed(_seed(self.recipe.train.seed, -1, 3))
+        sums = dict.fromkeys(("total", *LOSS_NAMES), 0.0)
+        order = torch.arange(len(self.val_set))
+        batches = order.split(self.recipe.train.batch_size)
+        for indices in batches:
+            atoms = self.val_set.batch(indices)
+            queries = self.sampler.sample(atoms, noise)
+            with self._autocast():
+                losses = compute_losses(self.model, atoms, queries)
+            total = weighted_total(losses, self.recipe)
+            weight = len(indices) / len(self.val_set)
+            sums["total"] += total.item() * weight
+            for key, value in losses.items():
+                sums[key] += value.item() * weight
+        return sums
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "recipe": to_dict(self.recipe),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "best_val_loss": self.best_val,
+            "best_epoch": self.best_epoch,
+            "seconds": self.seconds,
+            "species_table": self.species_table,
+            "box": self.box.tolist(),
+            "dataset_hash": self.dataset.content_hash,
+            "dataset_name": self.dataset.name,
+            "parameters": count_parameters(self.model),
+        }
+
+    def run(self, progress: TrainProgress | None = None) -> TrainResult:
+        t = self.recipe.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _write_text(self.run_dir / "config.toml", to_toml(self.recipe, header=f"# nesfgen train recipe={self.run_dir / 'config.toml'}"))
+        batches = len(epoch_batches(len(self.train_set), t.batch_size, torch.Generator().manual_seed(0)))
+        if progress:
+            progress.start(self.recipe, self.run_dir, count_parameters(self.model), self.epoch, batches)
+        started = time.monotonic() - self.seconds
+        stop_reason = "epochs"
+        since_best = self.epoch - 1 - self.best_epoch if self.best_epoch >= 0 else 0
+        last_plot = time.monotonic()
+        while self.epoch < t.epochs:
+            epoch_start = time.monotonic()
+            train_losses = self.train_epoch(progress)
+            val_losses = self.validation_losses()
+            self.scheduler.step()
+            self.seconds = time.monotonic() - started
+            row = {
+                "epoch": self.epoch + 1,
+                "seconds": round(self.seconds, 2),
+                "epoch_seconds": round(time.monotonic() - epoch_start, 2),
+                "lr": self.optimizer.param_groups[0]["lr"],
+                **{f"train_{k}": v for k, v in train_losses.items()},
+                **{f"val_{k}": v for k, v in val_losses.items()},
+            }
+            self.history.append(row)
+            improved = val_losses["total"] < self.best_val
+            if improved:
+                self.best_val, self.best_epoch, since_best = val_losses["total"], self.epoch, 0
+            else:
+                since_best += 1
+            self.epoch += 1
+            state = self.state()
+            save_checkpoint(self.run_dir / "last.pt", state)
+            if improved:
+                save_checkpoint(self.run_dir / "best.pt", state)
+            write_history(self.run_dir, self.history)
+            if time.monotonic() - last_plot > 30:
+                plot_losses(self.run_dir, self.history)
+                last_plot = time.monotonic()
+            if progress:
+                progress.epoch(row)
+            if t.early_stopping_patience > 0 and since_best >= t.early_stopping_patience:
+                stop_reason = f"early stopping: no validation improvement for {since_best} epochs"
+                break
+            if t.time_limit_minutes > 0 and self.seconds >= 60 * t.time_limit_minutes:
+                stop_reason = f"time limit of {t.time_limit_minutes} min reached"
+                break
+        plot_losses(self.run_dir, self.history)
+        return TrainResult(
+            run_dir=self.run_dir,
+            epochs_done=self.epoch,
+            best_epoch=self.best_epoch + 1,
+            best_val_loss=self.best_val,
+            last_row=self.history[-1] if self.history else {},
+            stop_reason=stop_reason,
+            parameters=count_parameters(self.model),
+            seconds=self.seconds,
+            history=self.history,
+        )
+
+
+def train(recipe: Recipe, run_dir: Path | None = None, progress: TrainProgress | None = None) -> TrainResult:
+    """Train a fresh model from a recipe into ``run_dir`` (a new folder under ``runs/`` by default)."""
+    run_dir = Path(run_dir) if run_dir else new_run_dir(recipe.name)
+    if (run_dir / "last.pt").exists():
+        raise UserError(f"{run_dir} already holds a run; resume it with `nesfgen train resume={run_dir}` or choose another out=")
+    return Trainer(recipe, run_dir).run(progress)
+
+
+def resume(run_dir: Path, overrides: dict[str, str] | None = None, progress: TrainProgress | None = None) -> TrainResult:
+    """Continue a run from its ``last.pt`` exactly where it stopped; only ``train.`` keys in RESUMABLE_KEYS may change."""
+    from nesfgen.config import apply_overrides
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "last.pt").is_file():
+        raise UserError(f"cannot resume {run_dir}: no last.pt in it")
+    state = read_checkpoint(run_dir / "last.pt")
+    recipe = from_dict(Recipe, state["recipe"], where=str(run_dir / "last.pt"))
+    for key in overrides or {}:
+        if not (key.startswith("train.") and key.split(".", 1)[1] in RESUMABLE_KEYS):
+            allowed = ", ".join(f"train.{k}" for k in RESUMABLE_KEYS)
+            raise UserError(f"cannot change {key} when resuming; only {allowed} may change")
+    recipe = apply_overrides(recipe, overrides or {})
+    return Trainer(recipe, run_dir, state).run(progress)
+
+
+def _write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Per-epoch metrics as JSON lines, rewritten from the checkpoint's history (never duplicated on resume)."""
+    _write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+
+
+def plot_losses(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """losses.png: training and validation curves of each loss term."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, axes = plt.subplots(1, 5, figsize=(20, 3.6))
+    for axis, name in zip(axes, ("total", *LOSS_NAMES)):
+        axis.plot(epochs, [row[f"train_{name}"] for row in history], label="train")
+        axis.plot(epochs, [row[f"val_{name}"] for row in history], label="validation")
+        axis.set_yscale("log")
+        axis.set_title(name)
+        axis.set_xlabel("epoch")
+    axes[0].legend()
+    figure.tight_layout()
+    temporary = run_dir / ".losses.png.tmp.png"
+    figure.savefig(temporary, dpi=90)
+    plt.close(figure)
+    os.replace(temporary, run_dir / "losses.png")

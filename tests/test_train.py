@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+
+from nesfgen.checkpoint import load_model, read_checkpoint
+from nesfgen.config import load_recipe
+from nesfgen.data.store import write_dataset
+from nesfgen.errors import UserError
+from nesfgen.train import resume, train
+
+TINY_MODEL = {
+    "model.latent_size": "16",
+    "model.encoder_position_widths": "8,16",
+    "model.encoder_species_widths": "16",
+    "model.encoder_mix_width": "32",
+    "model.encoder_head_widths": "32",
+    "model.position_widths": "32,32,32",
+    "model.species_widths": "32",
+    "model.lattice_hidden": "16",
+    "sampling.global_interval": "2.0",
+}
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    crystals = []
+    for k in range(12):
+        for name, make in TINY.items():
+            base = make()
+            scale = 1.0 + 0.01 * k
+            crystals.append(type(base).create(base.lengths * scale, base.angles, atomic_numbers=base.atomic_numbers,
+                                              frac_coords=base.frac_coords, id=f"{name}-{k}"))
+    return write_dataset(tmp_path / "tiny", {"train": crystals[:48], "val": crystals[48:54], "test": crystals[54:]}, name="tiny")
+
+
+def tiny_recipe(dataset, **extra):
+    overrides = {"data.name": str(dataset.path), "train.batch_size": "8", "train.epochs": "2", **TINY_MODEL}
+    overrides.update({k: str(v) for k, v in extra.items()})
+    return load_recipe("quickstart", overrides)
+
+
+def test_short_training_lowers_the_loss(tiny_dataset, tmp_path):
+    result = train(tiny_recipe(tiny_dataset, **{"train.epochs": 6, "train.lr": 3e-3}), tmp_path / "run")
+    losses = [row["train_total"] for row in result.history]
+    assert losses[-1] < losses[0]
+    assert (tmp_path / "run" / "losses.png").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 7))
+
+
+def test_two_epochs_equal_one_plus_resume(tiny_dataset, tmp_path):
+    train(tiny_recipe(tiny_dataset), tmp_path / "straight")
+    train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "split")
+    resume(tmp_path / "split", {"train.epochs": "2"})
+    a = read_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = read_checkpoint(tmp_path / "split" / "last.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_checkpoint_rebuilds_model(tiny_dataset, tmp_path):
+    train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "run")
+    trained = load_model(tmp_path / "run")
+    assert trained.species_table == tiny_dataset.species_table
+    assert trained.box.shape == (2, 3) and np.all(trained.box[1] > trained.box[0])
+    z = torch.zeros(2, 16)
+    assert trained.model.position(torch.zeros(2, 5, 3), z).shape == (2, 5, 3)
+
+
+def test_bad_inputs(tiny_dataset, tmp_path):
+    with pytest.raises(UserError, match="larger than"):
+        train(tiny_recipe(tiny_dataset, **{"train.batch_size": 1000}), tmp_path / "a")
+    with pytest.raises(UserError, match="no split"):
+        train(tiny_recipe(tiny_dataset, **{"data.val_split": "nope"}), tmp_path / "b")
+    train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "c")
+    with pytest.raises(UserError, match="cannot change"):
+        resume(tmp_path / "c", {"model.latent_size": "8"})
