@@ -224,7 +224,7 @@ def train_command(
         else:
             recipe = load_recipe(recipe_name, overrides)
             if not as_json:
-                console.print(to_toml(recipe, header="# resolved recipe"), highlight=False)
+                console.print(to_toml(recipe, header="# resolved recipe"), highlight=False, markup=False)
             result = train(recipe, Path(out) if out else None, progress)
     finally:
         if progress:

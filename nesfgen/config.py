@@ -99,7 +99,8 @@ class TrainConfig:
     lr: float = 1e-3
     lr_decay_every: int = 640  # epochs
     lr_decay_factor: float = 0.5
-    early_stopping_patience: int = 0  # epochs without validation improvement; 0 = off
+    early_stopping: bool = True  # keep the best-validation model (best.pt); false: best.pt is the last epoch
+    early_stopping_patience: int = 0  # stop after this many epochs without improvement; 0 = run all epochs
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16

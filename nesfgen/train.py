@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 LOSS_NAMES = ("position", "species", "length", "angle")
 #: keys that may change when a run is resumed (everything else must match the checkpoint)
-RESUMABLE_KEYS = ("epochs", "early_stopping_patience", "time_limit_minutes", "device", "threads", "deterministic")
+RESUMABLE_KEYS = ("epochs", "early_stopping", "early_stopping_patience", "time_limit_minutes", "device", "threads", "deterministic")
 
 
 class TrainProgress(Protocol):
@@ -263,7 +263,7 @@ class Trainer:
                 **{f"val_{k}": v for k, v in val_losses.items()},
             }
             self.history.append(row)
-            improved = val_losses["total"] < self.best_val
+            improved = val_losses["total"] < self.best_val or not t.early_stopping
             if improved:
                 self.best_val, self.best_epoch, since_best = val_losses["total"], self.epoch, 0
             else:
@@ -279,7 +279,7 @@ class Trainer:
                 last_plot = time.monotonic()
             if progress:
                 progress.epoch(row)
-            if t.early_stopping_patience > 0 and since_best >= t.early_stopping_patience:
+            if t.early_stopping and t.early_stopping_patience > 0 and since_best >= t.early_stopping_patience:
                 stop_reason = f"early stopping: no validation improvement for {since_best} epochs"
                 break
             if t.time_limit_minutes > 0 and self.seconds >= 60 * t.time_limit_minutes:
