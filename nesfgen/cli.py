@@ -25,7 +25,7 @@ data_app = typer.Typer(help="Import, inspect and export datasets.", no_args_is_h
 app.add_typer(data_app, name="data")
 
 console = Console(stderr=True)
-stdout = Console()
+stdout = Console(soft_wrap=True)
 
 OVERRIDES_HELP = "Recipe overrides as dotted key=value pairs, e.g. train.epochs=10 model.latent_size=128."
 JSON_HELP = "Print one machine-readable JSON document on stdout."
@@ -247,6 +247,115 @@ def train_command(
             f"{s['best_val_loss']:.4f} at epoch {s['best_epoch']}; checkpoints in {s['run_dir']}"
         ),
     )
+
+
+def _key_values(ctx: typer.Context, command: str, allowed: set[str]) -> dict[str, str]:
+    """key=value arguments of a non-recipe command; estimator.* keys pass through."""
+    from nesfgen.config import parse_overrides
+
+    values, positional = parse_overrides(list(ctx.args))
+    if positional:
+        raise UserError(f"unexpected argument(s) {' '.join(positional)}; nesfgen {command} takes key=value pairs")
+    for key in values:
+        if key not in allowed and not key.startswith("estimator."):
+            raise UserError(f"unknown option {key} for nesfgen {command}; valid: {', '.join(sorted(allowed))}, estimator.*")
+    return values
+
+
+def _decode_progress(label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    bar = Progress(label, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
+    task = bar.add_task(label, total=None)
+    return bar, lambda done, total: bar.update(task, completed=done, total=total)
+
+
+EVALUATE_KEYS = {"checkpoint", "data", "split", "field", "limit", "device", "out"}
+
+
+@app.command("evaluate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def evaluate_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Decode a split and score it: nesfgen evaluate checkpoint=RUN[,RUN|GLOB] data=NAME split=test [field=exact] [out=DIR]."""
+    from nesfgen.config import parse_value
+    from nesfgen.evaluate import evaluate, expand_checkpoints, markdown_table, summarise_runs, write_report
+
+    options = _key_values(ctx, "evaluate", EVALUATE_KEYS)
+    estimator = {k: v for k, v in options.items() if k.startswith("estimator.")}
+    checkpoints = expand_checkpoints(options["checkpoint"]) if "checkpoint" in options else [None]
+    limit = parse_value(options.get("limit", "0"), int, "limit")
+    evaluations = []
+    for checkpoint in checkpoints:
+        bar, progress = _decode_progress(f"decoding ({checkpoint or 'exact field'})")
+        with bar:
+            evaluation = evaluate(
+                checkpoint,
+                options.get("data", "builtin"),
+                options.get("split", "test"),
+                options.get("field", "model"),
+                limit,
+                options.get("device", "cpu"),
+                estimator,
+                progress,
+            )
+        folder = _report_folder(options.get("out"), checkpoint, evaluation.summary, len(checkpoints) > 1)
+        evaluation.summary["report_files"] = [str(p) for p in write_report(evaluation, folder)]
+        evaluations.append(evaluation)
+    result = evaluations[0].summary if len(evaluations) == 1 else summarise_runs(evaluations)
+
+    def render(result: dict) -> None:
+        if "runs" in result:
+            stdout.print(f"mean ± std over {result['runs']} runs")
+            stdout.print(markdown_table({**result["mean"], "dataset": result["each"][0]["dataset"]}, result["std"]), markup=False)
+        else:
+            stdout.print(markdown_table(result), markup=False)
+            stdout.print(
+                f"empty decodes {result['empty_decodes']}; StructureMatcher match {result['cdvae_match_rate_pct']:.1f} % "
+                f"(RMSE {result['cdvae_rmse']:.4f}); space group recovered {result['cdvae_spacegroup_match_pct']:.1f} %"
+            )
+            stdout.print(f"reports: {', '.join(result['report_files'])}", markup=False)
+
+    emit(result, as_json, render)
+
+
+def _report_folder(out: str | None, checkpoint: str | None, summary: dict, several: bool) -> Path:
+    """out= as given (one sub-folder per run when several), else beside the checkpoint."""
+    name = f"eval-{summary['dataset']}-{summary['split']}" + ("-exact" if summary["field"] == "exact" else "")
+    from nesfgen.checkpoint import PACKAGED_MODELS
+
+    run = Path(summary["checkpoint"]).parent if checkpoint else None
+    if out:
+        return Path(out) / run.name if several else Path(out)
+    if run is None or run == PACKAGED_MODELS:
+        return Path("runs") / name
+    return run / name
+
+
+RECONSTRUCT_KEYS = {"checkpoint", "data", "split", "field", "limit", "device", "out"}
+
+
+@app.command("reconstruct", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def reconstruct_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Write input and decoded CIFs side by side: nesfgen reconstruct checkpoint=RUN data=NAME split=test out=DIR."""
+    from nesfgen.config import parse_value
+    from nesfgen.evaluate import evaluate, write_reconstructions
+
+    options = _key_values(ctx, "reconstruct", RECONSTRUCT_KEYS)
+    if "out" not in options:
+        raise UserError("out=FOLDER is required: where to write the CIF pairs")
+    bar, progress = _decode_progress("decoding")
+    with bar:
+        evaluation = evaluate(
+            options.get("checkpoint"),
+            options.get("data", "builtin"),
+            options.get("split", "test"),
+            options.get("field", "model"),
+            parse_value(options.get("limit", "0"), int, "limit"),
+            options.get("device", "cpu"),
+            {k: v for k, v in options.items() if k.startswith("estimator.")},
+            progress,
+        )
+    written = write_reconstructions(evaluation, Path(options["out"]))
+    emit({"pairs": written, "out": options["out"]}, as_json, lambda r: stdout.print(f"wrote {r['pairs']} input/decoded CIF pairs to {r['out']}"))
 
 
 def main() -> None:

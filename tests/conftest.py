@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nesfgen.config import load_recipe
 from nesfgen.crystal import Crystal
+from nesfgen.data.store import write_dataset
 
 
 def rock_salt(a: float = 5.64, cation: int = 11, anion: int = 17, id: str = "NaCl") -> Crystal:
@@ -34,7 +36,11 @@ def perovskite(a: float = 3.905, id: str = "SrTiO3") -> Crystal:
 
 def monoclinic(id: str = "mono") -> Crystal:
     return Crystal.create(
-        [4.1, 5.3, 4.7], [90, 103.5, 90], atomic_numbers=[12, 8, 8], frac_coords=[[0.1, 0.2, 0.3], [0.6, 0.7, 0.2], [0.4, 0.1, 0.8]], id=id
+        [4.1, 5.3, 4.7],
+        [90, 103.5, 90],
+        atomic_numbers=[12, 8, 8],
+        frac_coords=[[0.1, 0.2, 0.3], [0.6, 0.7, 0.2], [0.4, 0.1, 0.8]],
+        id=id,
     )
 
 
@@ -59,3 +65,47 @@ def paper_data() -> Path:
     if not root or not Path(root).is_dir():
         pytest.skip("paper datasets not available: set NESFGEN_PAPER_DATA to the nesf-paper folder")
     return Path(root)
+
+
+TINY_MODEL = {
+    "model.latent_size": "16",
+    "model.encoder_position_widths": "8,16",
+    "model.encoder_species_widths": "16",
+    "model.encoder_mix_width": "32",
+    "model.encoder_head_widths": "32",
+    "model.position_widths": "32,32,32",
+    "model.species_widths": "32",
+    "model.lattice_hidden": "16",
+    "sampling.global_interval": "2.0",
+    "sampling.query_fraction": "1.0",
+    "train.precision": "fp32",
+    "train.lr_decay_every": "640",
+}
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    """60 small crystals (5 prototypes × 12 scales) split 48 / 6 / 6."""
+    crystals = []
+    for k in range(12):
+        for name, make in TINY.items():
+            base = make()
+            scale = 1.0 + 0.01 * k
+            crystals.append(
+                Crystal.create(
+                    base.lengths * scale,
+                    base.angles,
+                    atomic_numbers=base.atomic_numbers,
+                    frac_coords=base.frac_coords,
+                    id=f"{name}-{k}",
+                )
+            )
+    return write_dataset(
+        tmp_path / "tiny", {"train": crystals[:48], "val": crystals[48:54], "test": crystals[54:]}, name="tiny"
+    )
+
+
+def tiny_recipe(dataset, **extra):
+    overrides = {"data.name": str(dataset.path), "train.batch_size": "8", "train.epochs": "2", **TINY_MODEL}
+    overrides.update({k: str(v) for k, v in extra.items()})
+    return load_recipe("quickstart", overrides)

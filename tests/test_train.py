@@ -3,43 +3,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import tiny_recipe
 
 from nesfgen.checkpoint import load_model, read_checkpoint
-from nesfgen.config import load_recipe
-from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
 from nesfgen.train import resume, train
-
-TINY_MODEL = {
-    "model.latent_size": "16",
-    "model.encoder_position_widths": "8,16",
-    "model.encoder_species_widths": "16",
-    "model.encoder_mix_width": "32",
-    "model.encoder_head_widths": "32",
-    "model.position_widths": "32,32,32",
-    "model.species_widths": "32",
-    "model.lattice_hidden": "16",
-    "sampling.global_interval": "2.0",
-}
-
-
-@pytest.fixture
-def tiny_dataset(tmp_path):
-    crystals = []
-    for k in range(12):
-        for name, make in TINY.items():
-            base = make()
-            scale = 1.0 + 0.01 * k
-            crystals.append(type(base).create(base.lengths * scale, base.angles, atomic_numbers=base.atomic_numbers,
-                                              frac_coords=base.frac_coords, id=f"{name}-{k}"))
-    return write_dataset(tmp_path / "tiny", {"train": crystals[:48], "val": crystals[48:54], "test": crystals[54:]}, name="tiny")
-
-
-def tiny_recipe(dataset, **extra):
-    overrides = {"data.name": str(dataset.path), "train.batch_size": "8", "train.epochs": "2", **TINY_MODEL}
-    overrides.update({k: str(v) for k, v in extra.items()})
-    return load_recipe("quickstart", overrides)
 
 
 def test_short_training_lowers_the_loss(tiny_dataset, tmp_path):

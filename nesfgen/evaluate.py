@@ -1,0 +1,272 @@
+"""Reconstruction evaluation: encode a split, decode it with the estimator, score it as the paper does."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nesfgen.checkpoint import TrainedModel, load_model
+from nesfgen.config import EstimatorConfig, apply_overrides
+from nesfgen.crystal import Crystal
+from nesfgen.data.names import resolve_dataset
+from nesfgen.data.store import CrystalSet
+from nesfgen.errors import UserError
+from nesfgen.estimator import ExactField, estimate
+from nesfgen.metrics import PAPER_METRICS, aggregate, cdvae_metrics, mean_std, structure_metrics
+from nesfgen.sampling import TensorSet, atoms_bounding_box
+
+Progress = Callable[[int, int], None]
+
+#: The paper's Table 1 (mean over 10 seeds, or 20 folds for YBCO-like), for side-by-side reports.
+PAPER_TABLE1 = {
+    "icsg3d": (0.53, 0.0308, 0.0359, 4.31, 4.36, 0.27, 0.37),
+    "lcs6": (6.35, 0.1161, 0.1632, 14.78, 16.11, 0.05, 0.19),
+    "ybco": (12.00, 0.2631, 0.2448, 14.78, 19.89, 0.25, 2.91),
+}
+METRIC_LABELS = {
+    "atom_count_error_pct": "error in number of atoms [%]",
+    "position_error_actual": "position error, actual [Å]",
+    "position_error_detected": "position error, detected [Å]",
+    "species_error_actual_pct": "species error, actual [%]",
+    "species_error_detected_pct": "species error, detected [%]",
+    "length_error": "lattice length error [Å]",
+    "angle_error": "lattice angle error [deg]",
+}
+
+
+@dataclass
+class Evaluation:
+    """Everything one evaluation produced."""
+
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+    truth: list[Crystal]
+    decoded: list[Crystal | None]
+
+
+@torch.no_grad()
+def encode(trained: TrainedModel, crystals: CrystalSet, batch_size: int = 256) -> Tensor:
+    """(S, D) latents of every structure of a split, in eval mode."""
+    device = next(trained.model.parameters()).device
+    tensors = TensorSet(crystals, trained.species_table, device)
+    trained.model.eval()
+    order = torch.arange(len(tensors))
+    return torch.cat([trained.model.encode(tensors.batch(chunk)) for chunk in order.split(batch_size)])
+
+
+def evaluate(
+    checkpoint: str | None,
+    data: str,
+    split: str = "test",
+    field: str = "model",
+    limit: int = 0,
+    device: str = "cpu",
+    estimator_overrides: dict[str, str] | None = None,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Decode a split and score it with the paper's and the CDVAE-family metrics.
+
+    Args:
+        checkpoint: run folder, .pt file or shipped model name; optional for ``field="exact"``.
+        data: dataset name or folder. split: which split. limit: first N structures only (0 = all).
+        field: ``model`` (the network) or ``exact`` (the analytic field of the true structures, which
+            tests the estimator apart from training).
+        estimator_overrides: ``{"estimator.steps": "32"}``-style overrides of the estimator settings.
+    """
+    if field not in ("model", "exact"):
+        raise UserError(f"field must be model or exact, got {field!r}")
+    dataset = resolve_dataset(data)
+    crystals = dataset.load(split)
+    if limit > 0:
+        crystals = crystals.subset(range(min(limit, len(crystals))))
+    if len(crystals) == 0:
+        raise UserError(f"split {split!r} of dataset {dataset.name!r} is empty")
+    trained = load_model(checkpoint, device) if checkpoint else None
+    if trained is None and field == "model":
+        raise UserError("checkpoint= is required to evaluate a model (give a run folder or a .pt file)")
+    config = _estimator_config(trained, estimator_overrides or {})
+    truth = list(crystals)
+    if field == "exact":
+        species_table = trained.species_table if trained else dataset.species_table
+        box = trained.box if trained else atoms_bounding_box(dataset.load(dataset.split_names[0]))
+        exact = ExactField(truth, species_table)
+        decoded = estimate(exact, exact.latents(), box, species_table, config, progress)
+    else:
+        z = encode(trained, crystals)
+        decoded = estimate(trained.model, z, trained.box, trained.species_table, config, progress)
+    rows = []
+    for true, result in zip(truth, decoded):
+        rows.append({"id": true.id, "formula": true.reduced_formula, **structure_metrics(true, result)})
+    decoded_crystals = [result.to_crystal(true.id) for true, result in zip(truth, decoded)]
+    summary = {
+        "checkpoint": trained.path if trained else None,
+        "dataset": dataset.name,
+        "dataset_hash": dataset.content_hash,
+        "trained_on_this_dataset": bool(trained and trained.dataset_hash == dataset.content_hash),
+        "split": split,
+        "field": field,
+        "estimator": {k: getattr(config, k) for k in config.__dataclass_fields__},
+        **aggregate(rows),
+        **{f"cdvae_{k}": v for k, v in cdvae_metrics(truth, decoded_crystals).items() if k != "num_structures"},
+    }
+    return Evaluation(summary, rows, truth, decoded_crystals)
+
+
+def _estimator_config(trained: TrainedModel | None, overrides: dict[str, str]) -> EstimatorConfig:
+    config = trained.recipe.estimator if trained else EstimatorConfig()
+    stripped = {}
+    for key, value in overrides.items():
+        if not key.startswith("estimator."):
+            raise UserError(f"unknown option {key}; evaluation takes estimator.* overrides, e.g. estimator.steps=32")
+        stripped[key.removeprefix("estimator.")] = value
+    try:
+        return apply_overrides(config, stripped)
+    except UserError as error:
+        raise UserError(f"{error} (as estimator.KEY)") from None
+
+
+def paper_reference(dataset_name: str) -> tuple[float, ...] | None:
+    """The paper's Table 1 column for a dataset name, if it is one of the paper's."""
+    for key, values in PAPER_TABLE1.items():
+        if dataset_name == key or dataset_name.startswith(key + "-"):
+            return values
+    return None
+
+
+def summarise_runs(evaluations: Sequence[Evaluation]) -> dict[str, Any]:
+    """Mean ± std over several runs (the paper's 10 seeds), with each run's summary."""
+    statistics = mean_std([e.summary for e in evaluations])
+    return {
+        "runs": len(evaluations),
+        "mean": {k: v[0] for k, v in statistics.items()},
+        "std": {k: v[1] for k, v in statistics.items()},
+        "each": [e.summary for e in evaluations],
+    }
+
+
+def expand_checkpoints(spec: str) -> list[str]:
+    """``a,b`` lists and ``runs/seed*`` globs into checkpoint paths."""
+    paths = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        matches = sorted(glob.glob(part)) if any(ch in part for ch in "*?[") else [part]
+        if not matches:
+            raise UserError(f"checkpoint pattern {part!r} matched nothing")
+        paths += matches
+    return paths
+
+
+def markdown_table(summary: dict[str, Any], std: dict[str, float] | None = None) -> str:
+    """A Table-1-style Markdown table, with the paper's column beside ours when the dataset is the paper's."""
+    reference = paper_reference(summary["dataset"])
+    header = "| metric | nesfgen |" + (" paper |" if reference else "")
+    lines = [header, "|---|---|" + ("---|" if reference else "")]
+    for index, name in enumerate(PAPER_METRICS):
+        value = summary[name]
+        text = f"{value:.4f}" if not math.isnan(value) else "n/a"
+        if std is not None:
+            text += f" ± {std[name]:.4f}"
+        lines.append(f"| {METRIC_LABELS[name]} | {text} |" + (f" {reference[index]} |" if reference else ""))
+    return "\n".join(lines) + "\n"
+
+
+def write_report(evaluation: Evaluation, out: Path) -> list[Path]:
+    """evaluation.json, evaluation.md, structures.csv and errors_vs_atoms.png (the paper's Fig. 4)."""
+    out.mkdir(parents=True, exist_ok=True)
+    s = evaluation.summary
+    title = f"# Evaluation: {s['dataset']} / {s['split']} ({s['num_structures']} structures, {s['field']} field)\n\n"
+    extra = (
+        f"\nEmpty decodes: {s['empty_decodes']}. StructureMatcher match rate {s['cdvae_match_rate_pct']:.2f} %, "
+        f"RMSE {s['cdvae_rmse']:.4f}; space group recovered {s['cdvae_spacegroup_match_pct']:.2f} %.\n"
+        f"Checkpoint: {s['checkpoint']}\n"
+    )
+    files = {
+        "evaluation.json": json.dumps(s, indent=1, default=str),
+        "evaluation.md": title + markdown_table(s) + extra,
+        "structures.csv": _csv(evaluation.rows),
+    }
+    written = []
+    for name, text in files.items():
+        written.append(atomic_write_text(out / name, text))
+    written.append(plot_errors_vs_atoms(evaluation.rows, out / "errors_vs_atoms.png"))
+    return written
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+    return path
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def plot_errors_vs_atoms(rows: list[dict[str, Any]], path: Path, min_samples: int = 10) -> Path:
+    """Median and 68 % range of the signed atom-count, position and species errors per atom count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {
+        "detected − actual atoms": lambda r: r["num_detected"] - r["num_atoms"],
+        "position error, actual [Å]": lambda r: r["position_error_actual"],
+        "species error, actual [%]": lambda r: r["species_error_actual_pct"],
+    }
+    sizes = sorted({r["num_atoms"] for r in rows})
+    figure, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for axis, (label, value) in zip(axes, series.items()):
+        xs, median, low, high = [], [], [], []
+        for size in sizes:
+            values = np.array([value(r) for r in rows if r["num_atoms"] == size], dtype=float)
+            values = values[np.isfinite(values)]
+            if len(values) < min_samples:
+                continue
+            xs.append(size)
+            median.append(np.median(values))
+            low.append(np.percentile(values, 16))
+            high.append(np.percentile(values, 84))
+        axis.plot(xs, median, "o-")
+        axis.fill_between(xs, low, high, alpha=0.3)
+        axis.set_xlabel("atoms per cell")
+        axis.set_title(label)
+    figure.suptitle(f"medians and 68 % ranges (atom counts with ≥ {min_samples} structures)")
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(temporary, dpi=90)
+    plt.close(figure)
+    os.replace(temporary, path)
+    return path
+
+
+def write_reconstructions(evaluation: Evaluation, out: Path) -> int:
+    """``<id>.input.cif`` and ``<id>.decoded.cif`` side by side; returns the number of pairs written."""
+    out.mkdir(parents=True, exist_ok=True)
+    for index, (true, decoded) in enumerate(zip(evaluation.truth, evaluation.decoded)):
+        stem = _safe_name(true.id or f"structure-{index}")
+        atomic_write_text(out / f"{stem}.input.cif", true.to_cif())
+        if decoded is not None:
+            atomic_write_text(out / f"{stem}.decoded.cif", decoded.to_cif())
+    atomic_write_text(out / "structures.csv", _csv(evaluation.rows))
+    return len(evaluation.truth)
+
+
+def _safe_name(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
