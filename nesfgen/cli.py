@@ -49,7 +49,9 @@ def recipes_command(as_json: bool = typer.Option(False, "--json", help=JSON_HELP
         recipe = load_recipe(name)
         first = recipe_path(name).read_text().splitlines()
         description = next((line.lstrip("# ").strip() for line in first[1:] if line.startswith("#")), "")
-        rows.append({"name": name, "dataset": recipe.data.dataset_name, "epochs": recipe.train.epochs, "about": description})
+        rows.append(
+            {"name": name, "dataset": recipe.data.dataset_name, "epochs": recipe.train.epochs, "about": description}
+        )
 
     def render(rows: list[dict]) -> None:
         table = Table(title="recipes (nesfgen train recipe=NAME)")
@@ -127,7 +129,9 @@ def data_info(
     info = dataset_info(resolve_dataset(dataset))
 
     def render(info: dict) -> None:
-        stdout.print(f"[bold]{info['name']}[/] ({info['path']}), {info['species_count']} species, hash {info['content_hash'][:12]}")
+        stdout.print(
+            f"[bold]{info['name']}[/] ({info['path']}), {info['species_count']} species, hash {info['content_hash'][:12]}"
+        )
         sizes = sorted({int(k) for s in info["splits"].values() for k in s["atoms_per_cell"]})
         table = Table(title="structures by atoms per cell")
         table.add_column("split")
@@ -138,7 +142,9 @@ def data_info(
             table.add_row(split, str(s["structures"]), *(str(s["atoms_per_cell"].get(str(n), "")) for n in sizes))
         stdout.print(table)
         for split, s in info["splits"].items():
-            stdout.print(f"{split}: a,b,c in {s['lengths_min']}..{s['lengths_max']} Å; angles {s['angles_min']}..{s['angles_max']}°")
+            stdout.print(
+                f"{split}: a,b,c in {s['lengths_min']}..{s['lengths_max']} Å; angles {s['angles_min']}..{s['angles_max']}°"
+            )
         stdout.print("species: " + " ".join(f"{el}({n})" for el, n in info["species"].items()))
 
     emit(info, as_json, render)
@@ -159,7 +165,11 @@ def data_export(
     if format != "cif":
         raise UserError(f"unknown --format {format!r}; export supports: cif")
     written = export_cif(resolve_dataset(dataset), out, split)
-    emit({"written": written, "out": str(out)}, as_json, lambda r: stdout.print(f"wrote {r['written']} CIF files to {r['out']}"))
+    emit(
+        {"written": written, "out": str(out)},
+        as_json,
+        lambda r: stdout.print(f"wrote {r['written']} CIF files to {r['out']}"),
+    )
 
 
 class RichTrainProgress:
@@ -213,7 +223,9 @@ def train_command(
 
     overrides, positional = parse_overrides(list(ctx.args))
     if positional:
-        raise UserError(f"unexpected argument(s) {' '.join(positional)}; nesfgen train takes key=value pairs. {OVERRIDES_HELP}")
+        raise UserError(
+            f"unexpected argument(s) {' '.join(positional)}; nesfgen train takes key=value pairs. {OVERRIDES_HELP}"
+        )
     recipe_name = overrides.pop("recipe", "quickstart")
     out = overrides.pop("out", None)
     resume_dir = overrides.pop("resume", None)
@@ -258,7 +270,9 @@ def _key_values(ctx: typer.Context, command: str, allowed: set[str]) -> dict[str
         raise UserError(f"unexpected argument(s) {' '.join(positional)}; nesfgen {command} takes key=value pairs")
     for key in values:
         if key not in allowed and not key.startswith("estimator."):
-            raise UserError(f"unknown option {key} for nesfgen {command}; valid: {', '.join(sorted(allowed))}, estimator.*")
+            raise UserError(
+                f"unknown option {key} for nesfgen {command}; valid: {', '.join(sorted(allowed))}, estimator.*"
+            )
     return values
 
 
@@ -305,7 +319,9 @@ def evaluate_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--
     def render(result: dict) -> None:
         if "runs" in result:
             stdout.print(f"mean ± std over {result['runs']} runs")
-            stdout.print(markdown_table({**result["mean"], "dataset": result["each"][0]["dataset"]}, result["std"]), markup=False)
+            stdout.print(
+                markdown_table({**result["mean"], "dataset": result["each"][0]["dataset"]}, result["std"]), markup=False
+            )
         else:
             stdout.print(markdown_table(result), markup=False)
             stdout.print(
@@ -355,7 +371,11 @@ def reconstruct_command(ctx: typer.Context, as_json: bool = typer.Option(False, 
             progress,
         )
     written = write_reconstructions(evaluation, Path(options["out"]))
-    emit({"pairs": written, "out": options["out"]}, as_json, lambda r: stdout.print(f"wrote {r['pairs']} input/decoded CIF pairs to {r['out']}"))
+    emit(
+        {"pairs": written, "out": options["out"]},
+        as_json,
+        lambda r: stdout.print(f"wrote {r['pairs']} input/decoded CIF pairs to {r['out']}"),
+    )
 
 
 def main() -> None:

@@ -184,7 +184,9 @@ def _set_dotted(obj: Any, parts: list[str], text: str, full_key: str) -> Any:
     current = getattr(obj, head)
     if len(parts) == 1:
         if is_dataclass(current):
-            raise UserError(f"{full_key} is a section; set one of its keys, e.g. {full_key}.{fields(current)[0].name}=...")
+            raise UserError(
+                f"{full_key} is a section; set one of its keys, e.g. {full_key}.{fields(current)[0].name}=..."
+            )
         value = parse_value(text, hints[head], full_key)
     else:
         if not is_dataclass(current):

@@ -52,7 +52,9 @@ class Encoder(nn.Module):
     def features(self, atoms: Atoms) -> Tensor:
         """(B, F) pooled features plus lattice parameters: the trunk shared with a variational head."""
         one_hot = nn.functional.one_hot(atoms.species, self.num_species).to(atoms.cart_coords.dtype)
-        per_atom = self.mix(torch.cat([self.position_mlp(atoms.cart_coords), self.species_mlp(one_hot)], dim=-1))  # (A, M)
+        per_atom = self.mix(
+            torch.cat([self.position_mlp(atoms.cart_coords), self.species_mlp(one_hot)], dim=-1)
+        )  # (A, M)
         pooled = per_atom.new_full((atoms.num_structures, per_atom.shape[1]), -torch.inf)
         index = atoms.structure[:, None].expand_as(per_atom)
         pooled = pooled.scatter_reduce(0, index, per_atom, reduce="amax", include_self=True)  # (B, M)
@@ -81,7 +83,9 @@ class QueryEncoding(nn.Module):
 class Field(nn.Module):
     """An MLP over (query, z) with the query re-injected at the input of every layer."""
 
-    def __init__(self, latent_size: int, widths: tuple[int, ...], out_size: int, encoding: QueryEncoding, batch_norm: bool) -> None:
+    def __init__(
+        self, latent_size: int, widths: tuple[int, ...], out_size: int, encoding: QueryEncoding, batch_norm: bool
+    ) -> None:
         super().__init__()
         self.encoding = encoding
         q = encoding.size

@@ -78,15 +78,28 @@ def atoms_bounding_box(crystals: CrystalSet) -> np.ndarray:
     return np.stack([crystals.cart_coords.min(axis=0), crystals.cart_coords.max(axis=0)])
 
 
-def box_grid(box: np.ndarray, interval: float) -> Tensor:
-    """(G, 3) regular grid over ``box`` widened by one interval on each side."""
+def box_grid(box: np.ndarray | Tensor | Sequence[Sequence[float]], interval: float) -> Tensor:
+    """(G, 3) regular grid over ``box`` [lo, hi] widened by one interval on each side.
+
+    The global training grid and the estimator's particles; the LCS6Å box of the released files' frame
+    at 0.5 Å gives the paper's 26 × 20 × 14 = 7280 particles.
+    """
+    box = np.asarray(box.cpu() if isinstance(box, Tensor) else box, dtype=float)
+    if box.shape != (2, 3) or not np.all(np.isfinite(box)) or np.any(box[0] > box[1]):
+        raise UserError(
+            f"a grid box must be [[lo_x, lo_y, lo_z], [hi_x, hi_y, hi_z]] with lo <= hi, got {box.tolist()}"
+        )
+    if not interval > 0:
+        raise UserError(f"grid intervals must be positive, got {interval}")
     axes = [np.arange(lo - interval, hi + interval, interval) for lo, hi in zip(box[0], box[1])]
     mesh = np.meshgrid(*axes, indexing="ij")
     return torch.as_tensor(np.stack([m.reshape(-1) for m in mesh], axis=1), dtype=torch.float32)
 
 
 def local_offsets(interval: float, width: float) -> Tensor:
-    """(L, 3) offsets of a local grid of full width ``width`` around a point."""
+    """(L, 3) offsets of a local grid of full width ``width`` around a point (0.1 Å, 0.6 Å -> 6³ = 216)."""
+    if not interval > 0 or not width > 0:
+        raise UserError(f"local grid interval and range must be positive, got {interval} and {width}")
     axis = np.arange(-width / 2, width / 2, interval)
     mesh = np.meshgrid(axis, axis, axis, indexing="ij")
     return torch.as_tensor(np.stack([m.reshape(-1) for m in mesh], axis=1), dtype=torch.float32)
@@ -132,11 +145,15 @@ class QuerySampler:
         points = points + stds * torch.randn(points.shape, generator=generator, device=device)
         structure = torch.cat([global_structure, local_structure])
         species_points = (atoms.cart_coords[:, None, :] + self.species_grid).reshape(-1, 3)
-        species_points = species_points + c.species_std * torch.randn(species_points.shape, generator=generator, device=device)
+        species_points = species_points + c.species_std * torch.randn(
+            species_points.shape, generator=generator, device=device
+        )
         species_structure = atoms.structure.repeat_interleave(self.species_grid.shape[0])
         if c.query_fraction < 1.0:
             points, structure = _keep_fraction(points, structure, c.query_fraction, generator)
-            species_points, species_structure = _keep_fraction(species_points, species_structure, c.query_fraction, generator)
+            species_points, species_structure = _keep_fraction(
+                species_points, species_structure, c.query_fraction, generator
+            )
         nearest = nearest_atoms(points, structure, atoms)
         nearest_species = nearest_atoms(species_points, species_structure, atoms)
         return Queries(
@@ -149,7 +166,9 @@ class QuerySampler:
         )
 
 
-def _keep_fraction(points: Tensor, structure: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def _keep_fraction(
+    points: Tensor, structure: Tensor, fraction: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     keep = torch.rand(points.shape[0], generator=generator, device=points.device) < fraction
     return points[keep], structure[keep]
 

@@ -32,13 +32,23 @@ log = logging.getLogger(__name__)
 
 LOSS_NAMES = ("position", "species", "length", "angle")
 #: keys that may change when a run is resumed (everything else must match the checkpoint)
-RESUMABLE_KEYS = ("epochs", "early_stopping", "early_stopping_patience", "time_limit_minutes", "device", "threads", "deterministic")
+RESUMABLE_KEYS = (
+    "epochs",
+    "early_stopping",
+    "early_stopping_patience",
+    "time_limit_minutes",
+    "device",
+    "threads",
+    "deterministic",
+)
 
 
 class TrainProgress(Protocol):
     """What the training loop reports to a front end (the CLI draws it with rich)."""
 
-    def start(self, recipe: Recipe, run_dir: Path, parameters: int, start_epoch: int, batches_per_epoch: int) -> None: ...
+    def start(
+        self, recipe: Recipe, run_dir: Path, parameters: int, start_epoch: int, batches_per_epoch: int
+    ) -> None: ...
     def step(self, epoch: int, batch: int, losses: dict[str, float]) -> None: ...
     def epoch(self, row: dict[str, Any]) -> None: ...
 
@@ -148,7 +158,9 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.model = NeSF(recipe.model, len(self.species_table)).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=t.lr_decay_every, gamma=t.lr_decay_factor)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=t.lr_decay_every, gamma=t.lr_decay_factor
+        )
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
         self.best_val = math.inf
@@ -240,7 +252,10 @@ class Trainer:
     def run(self, progress: TrainProgress | None = None) -> TrainResult:
         t = self.recipe.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(self.run_dir / "config.toml", to_toml(self.recipe, header=f"# nesfgen train recipe={self.run_dir / 'config.toml'}"))
+        _write_text(
+            self.run_dir / "config.toml",
+            to_toml(self.recipe, header=f"# nesfgen train recipe={self.run_dir / 'config.toml'}"),
+        )
         batches = len(epoch_batches(len(self.train_set), t.batch_size, torch.Generator().manual_seed(0)))
         if progress:
             progress.start(self.recipe, self.run_dir, count_parameters(self.model), self.epoch, batches)
@@ -303,11 +318,15 @@ def train(recipe: Recipe, run_dir: Path | None = None, progress: TrainProgress |
     """Train a fresh model from a recipe into ``run_dir`` (a new folder under ``runs/`` by default)."""
     run_dir = Path(run_dir) if run_dir else new_run_dir(recipe.name)
     if (run_dir / "last.pt").exists():
-        raise UserError(f"{run_dir} already holds a run; resume it with `nesfgen train resume={run_dir}` or choose another out=")
+        raise UserError(
+            f"{run_dir} already holds a run; resume it with `nesfgen train resume={run_dir}` or choose another out="
+        )
     return Trainer(recipe, run_dir).run(progress)
 
 
-def resume(run_dir: Path, overrides: dict[str, str] | None = None, progress: TrainProgress | None = None) -> TrainResult:
+def resume(
+    run_dir: Path, overrides: dict[str, str] | None = None, progress: TrainProgress | None = None
+) -> TrainResult:
     """Continue a run from its ``last.pt`` exactly where it stopped; only ``train.`` keys in RESUMABLE_KEYS may change."""
     from nesfgen.config import apply_overrides
 

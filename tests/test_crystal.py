@@ -26,7 +26,9 @@ def test_round_trip_structure_and_cif(tiny_crystals):
 
 
 def test_positions_wrapped_into_cell():
-    crystal = Crystal.create([4, 4, 4], [90] * 3, atomic_numbers=[11, 17], frac_coords=[[1.0, -0.25, 0.5], [0.5, 0.5, 1.2]])
+    crystal = Crystal.create(
+        [4, 4, 4], [90] * 3, atomic_numbers=[11, 17], frac_coords=[[1.0, -0.25, 0.5], [0.5, 0.5, 1.2]]
+    )
     assert np.all(crystal.frac_coords >= 0) and np.all(crystal.frac_coords < 1)
     assert np.allclose(crystal.frac_coords[0], [0, 0.75, 0.5])
 
@@ -51,7 +53,13 @@ def test_record_is_immutable(tiny_crystals):
     ],
 )
 def test_bad_records_are_refused(kwargs, message):
-    args = {"lengths": [4, 4, 4], "angles": [90] * 3, "atomic_numbers": [11, 17], "frac_coords": [[0, 0, 0], [0.5, 0.5, 0.5]], "id": "bad-1"}
+    args = {
+        "lengths": [4, 4, 4],
+        "angles": [90] * 3,
+        "atomic_numbers": [11, 17],
+        "frac_coords": [[0, 0, 0], [0.5, 0.5, 0.5]],
+        "id": "bad-1",
+    }
     args.update(kwargs)
     with pytest.raises(UserError, match=message) as error:
         Crystal.create(**args)

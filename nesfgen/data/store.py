@@ -56,9 +56,7 @@ class CrystalSet:
             else np.zeros(0, dtype=np.int64),
             offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             ids=tuple(c.id for c in crystals),
-            properties={
-                name: np.array([float(c.properties.get(name, np.nan)) for c in crystals]) for name in names
-            },
+            properties={name: np.array([float(c.properties.get(name, np.nan)) for c in crystals]) for name in names},
         )
 
     def __len__(self) -> int:
@@ -181,7 +179,10 @@ def write_dataset(
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; choose another --out or remove it first")
-    sets = {split: items if isinstance(items, CrystalSet) else CrystalSet.from_crystals(items) for split, items in splits.items()}
+    sets = {
+        split: items if isinstance(items, CrystalSet) else CrystalSet.from_crystals(items)
+        for split, items in splits.items()
+    }
     for split, crystals in sets.items():
         if len(crystals) == 0:
             raise UserError(f"split {split!r} of dataset {name!r} is empty")
@@ -199,7 +200,11 @@ def write_dataset(
                 digest.update(key.encode())
                 digest.update(np.ascontiguousarray(arrays[key]).tobytes())
             digest.update("\n".join(crystals.ids).encode())
-            manifest_splits[split] = {"count": len(crystals), "atoms": int(crystals.offsets[-1]), "ids": list(crystals.ids)}
+            manifest_splits[split] = {
+                "count": len(crystals),
+                "atoms": int(crystals.offsets[-1]),
+                "ids": list(crystals.ids),
+            }
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

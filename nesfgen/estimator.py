@@ -1,0 +1,316 @@
+"""The deterministic particle estimator: a structure field and latents -> lattice, atom positions and species."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from nesfgen.config import EstimatorConfig
+from nesfgen.crystal import DUPLICATE_DISTANCE, MAX_ATOMIC_NUMBER, Crystal, lattice_matrix, wrap_fractional
+from nesfgen.errors import UserError
+from nesfgen.sampling import box_grid, local_offsets
+
+log = logging.getLogger(__name__)
+
+#: logit of the true species in the exact field (the others are 0): a softmax of practically 1
+EXACT_LOGIT = 50.0
+
+Progress = Callable[[int, int], None]
+
+
+class StructureField(Protocol):
+    """What the estimator needs from a decoder; ``NeSF`` and ``ExactField`` both provide it."""
+
+    def lattice(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """z (B, D) -> lengths (B, 3) Å and angles (B, 3) degrees."""
+        ...
+
+    def position(self, points: Tensor, z: Tensor) -> Tensor:
+        """points (B, P, 3) Å -> (B, P, 3) vector from each point to its nearest atom."""
+        ...
+
+    def species(self, points: Tensor, z: Tensor) -> Tensor:
+        """points (B, P, 3) Å -> (B, P, K) logits over the species table."""
+        ...
+
+
+class ExactField:
+    """The analytic field of known structures, so the estimator can be checked without a trained model.
+
+    The latent of structure ``i`` is simply ``i`` (see :meth:`latents`). As in the reference, the
+    nearest atom is searched among the atoms listed in the cell, without periodic images.
+    """
+
+    def __init__(self, crystals: Sequence[Crystal], species_table: Sequence[int]) -> None:
+        if len(crystals) == 0:
+            raise UserError("ExactField needs at least one crystal")
+        self.species_table = [int(z) for z in species_table]
+        index_of = np.full(MAX_ATOMIC_NUMBER + 1, -1, dtype=np.int64)
+        index_of[np.asarray(self.species_table, dtype=np.int64)] = np.arange(len(self.species_table))
+        counts = np.array([c.num_atoms for c in crystals])
+        coords = np.zeros((len(crystals), counts.max(), 3))
+        species = np.zeros((len(crystals), counts.max()), dtype=np.int64)
+        for i, crystal in enumerate(crystals):
+            table_index = index_of[crystal.atomic_numbers]
+            if np.any(table_index < 0):
+                missing = sorted({int(z) for z in crystal.atomic_numbers[table_index < 0]})
+                raise UserError(
+                    f"structure {crystal.id!r} holds atomic numbers {missing} missing from the species table "
+                    f"{self.species_table}"
+                )
+            coords[i, : crystal.num_atoms] = crystal.cart_coords
+            species[i, : crystal.num_atoms] = table_index
+        self._counts = torch.as_tensor(counts)  # (S,)
+        self._coords = torch.as_tensor(coords, dtype=torch.float32)  # (S, N, 3)
+        self._species = torch.as_tensor(species)  # (S, N)
+        self._lengths = torch.as_tensor(np.stack([c.lengths for c in crystals]), dtype=torch.float32)  # (S, 3)
+        self._angles = torch.as_tensor(np.stack([c.angles for c in crystals]), dtype=torch.float32)  # (S, 3)
+
+    def __len__(self) -> int:
+        return self._counts.numel()
+
+    def latents(self) -> Tensor:
+        """(S, 1) the structure indices as float latents."""
+        return torch.arange(len(self), dtype=torch.float32)[:, None]
+
+    def lattice(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        index = self._index(z).cpu()
+        return self._lengths[index].to(z), self._angles[index].to(z)
+
+    def position(self, points: Tensor, z: Tensor) -> Tensor:
+        coords, nearest = self._nearest(points, z)
+        return coords.gather(1, nearest[..., None].expand(-1, -1, 3)) - points  # (B, P, 3)
+
+    def species(self, points: Tensor, z: Tensor) -> Tensor:
+        _, nearest = self._nearest(points, z)
+        species = self._species[self._index(z).cpu()].to(points.device).gather(1, nearest)  # (B, P)
+        one_hot = nn.functional.one_hot(species, len(self.species_table)).to(points.dtype)
+        return EXACT_LOGIT * one_hot  # (B, P, K)
+
+    def _index(self, z: Tensor) -> Tensor:
+        index = z[:, 0].round().long()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self)):
+            raise ValueError(
+                f"ExactField latents must be structure indices in [0, {len(self)}), got {z[:, 0].tolist()}"
+            )
+        return index
+
+    def _nearest(self, points: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The structures' atoms (B, N, 3) and the index of each point's nearest one (B, P)."""
+        index = self._index(z).cpu()
+        counts = self._counts[index]
+        most = int(counts.max())
+        coords = self._coords[index, :most].to(points)  # (B, N, 3)
+        padding = (torch.arange(most)[None, :] >= counts[:, None]).to(points.device)  # (B, N)
+        # In slices of about 256k distances, axis by axis: temporaries stay in cache when batches are large.
+        step = max(256, (1 << 18) // (most * points.shape[0]))
+        nearest = []
+        for start in range(0, points.shape[1], step):
+            part = points[:, start : start + step]  # (B, p, 3)
+            squared = sum((coords[:, None, :, k] - part[:, :, None, k]).square() for k in range(3))  # (B, p, N)
+            nearest.append(squared.masked_fill(padding[:, None, :], math.inf).argmin(dim=-1))
+        return coords, torch.cat(nearest, dim=1)
+
+
+@dataclass(frozen=True, eq=False)
+class Decoded:
+    """One decoded structure, as the estimator found it (positions not yet wrapped into the cell)."""
+
+    lengths: np.ndarray  # (3,) Å
+    angles: np.ndarray  # (3,) degrees
+    cart_coords: np.ndarray  # (M, 3) Å
+    species: np.ndarray  # (M,) int species-table index
+    atomic_numbers: np.ndarray  # (M,) int
+
+    @property
+    def num_atoms(self) -> int:
+        return int(self.atomic_numbers.size)
+
+    def to_crystal(self, id: str = "") -> Crystal | None:
+        """A valid Crystal: positions wrapped into the cell, of atoms closer than 0.1 Å the first kept.
+
+        Returns None, with the reason logged, when nothing was detected or the decoded lattice is not a
+        valid cell: such decodes are failures to count, not errors to stop an evaluation for.
+        """
+        if self.num_atoms == 0:
+            log.debug("decoded structure %r has no atoms; no crystal", id)
+            return None
+        try:
+            matrix = lattice_matrix(self.lengths, self.angles)
+            frac = wrap_fractional(self.cart_coords @ np.linalg.inv(matrix))  # (M, 3)
+            keep = _first_of_duplicates(frac, matrix)
+            return Crystal.create(
+                self.lengths, self.angles, atomic_numbers=self.atomic_numbers[keep], frac_coords=frac[keep], id=id
+            )
+        except (UserError, np.linalg.LinAlgError) as error:
+            log.debug("decoded structure %r is not a valid crystal: %s", id, error)
+            return None
+
+
+def _first_of_duplicates(frac: np.ndarray, matrix: np.ndarray) -> list[int]:
+    """Indices of the atoms to keep: each atom unless it lies within DUPLICATE_DISTANCE of an earlier kept one."""
+    delta = frac[:, None, :] - frac[None, :, :]
+    delta -= np.round(delta)  # nearest periodic image
+    distance = np.linalg.norm(delta @ matrix, axis=-1)  # (M, M)
+    keep: list[int] = []
+    for i in range(len(frac)):
+        if not keep or distance[i, keep].min() >= DUPLICATE_DISTANCE:
+            keep.append(i)
+    return keep
+
+
+def estimate(
+    field: StructureField,
+    z: Tensor,
+    box: np.ndarray | Tensor | Sequence[Sequence[float]],
+    species_table: Sequence[int],
+    config: EstimatorConfig = EstimatorConfig(),
+    progress: Progress | None = None,
+) -> list[Decoded]:
+    """Decode latents z (B, D) into structures with the paper's five steps, ``config.chunk_size`` at a time.
+
+    Runs on z's device without gradients. A module field is switched to eval mode for the call (and
+    back), since dropout and batch statistics would make decoding random.
+
+    Args:
+        field: the position, species and lattice fields.
+        z: (B, D) latents.
+        box: (2, 3) [lo, hi] bounding box of the training atoms, saved with the model.
+        species_table: atomic number of each species index of the species field.
+        config: particle grid, steps, score threshold, NMS and species-vote settings.
+        progress: called with (structures done, total) after each chunk.
+    """
+    _check_config(config)
+    if z.ndim != 2:
+        raise ValueError(f"z must be (B, D), got shape {tuple(z.shape)}")
+    dtype = z.dtype if z.is_floating_point() else torch.float32
+    grid = box_grid(box, config.particle_interval).to(z.device, dtype)  # (P, 3)
+    offsets = local_offsets(config.species_interval, config.species_range).to(z.device, dtype)  # (S, 3)
+    table = np.asarray(species_table, dtype=np.int64)
+    was_training = isinstance(field, nn.Module) and field.training
+    if was_training:
+        field.eval()
+    decoded: list[Decoded] = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, z.shape[0], config.chunk_size):
+                decoded += _estimate_chunk(field, z[start : start + config.chunk_size], grid, offsets, table, config)
+                if progress is not None:
+                    progress(len(decoded), z.shape[0])
+    finally:
+        if was_training:
+            field.train()
+    return decoded
+
+
+def estimate_crystals(
+    field: StructureField,
+    z: Tensor,
+    box: np.ndarray | Tensor | Sequence[Sequence[float]],
+    species_table: Sequence[int],
+    config: EstimatorConfig = EstimatorConfig(),
+    ids: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> list[Crystal | None]:
+    """Like :func:`estimate`, then :meth:`Decoded.to_crystal` (None where no valid crystal came out)."""
+    decoded = estimate(field, z, box, species_table, config, progress)
+    ids = ids if ids is not None else [str(i) for i in range(len(decoded))]
+    if len(ids) != len(decoded):
+        raise ValueError(f"{len(ids)} ids for {len(decoded)} latents")
+    return [d.to_crystal(id) for d, id in zip(decoded, ids)]
+
+
+def _check_config(config: EstimatorConfig) -> None:
+    checks = {
+        "steps": config.steps >= 0,
+        "score_threshold": config.score_threshold > 0,
+        "nms_radius": config.nms_radius > 0,
+        "nms_min_particles": config.nms_min_particles >= 1,
+        "chunk_size": config.chunk_size >= 1,
+    }
+    for name, ok in checks.items():
+        if not ok:
+            raise UserError(f"estimator.{name} = {getattr(config, name)} is out of range (steps >= 0, others positive)")
+
+
+def _estimate_chunk(
+    field: StructureField, z: Tensor, grid: Tensor, offsets: Tensor, table: np.ndarray, config: EstimatorConfig
+) -> list[Decoded]:
+    count = z.shape[0]
+    lengths, angles = field.lattice(z)  # (B, 3), (B, 3)
+    points = grid.expand(count, -1, -1)  # (B, P, 3)
+    for _ in range(config.steps):
+        points = points + field.position(points, z)
+    score = torch.linalg.vector_norm(field.position(points, z), dim=-1)  # (B, P)
+    atoms, found = _suppress(points, score, config)  # (B, M, 3), (B, M)
+    atoms = torch.where(found[..., None], atoms, 0.0)  # empty slots may hold a rejected or NaN position
+    species = _vote_species(field, z, atoms, offsets, grid.shape[0])  # (B, M)
+    if species.numel() and int(species.max()) >= len(table):
+        raise UserError(f"the species field has more classes than the species table's {len(table)} entries")
+    lengths, angles = lengths.double().cpu().numpy(), angles.double().cpu().numpy()
+    atoms, found, species = atoms.double().cpu().numpy(), found.cpu().numpy(), species.cpu().numpy()
+    results = []
+    for b in range(count):
+        kinds = species[b, found[b]]
+        results.append(Decoded(lengths[b], angles[b], atoms[b, found[b]], kinds, table[kinds]))
+    return results
+
+
+def _suppress(points: Tensor, score: Tensor, config: EstimatorConfig) -> tuple[Tensor, Tensor]:
+    """Non-maximum suppression, one candidate per structure per iteration.
+
+    Returns the accepted positions packed to the front, (B, M, 3), and which slots hold one (B, M),
+    in order of acceptance.
+    """
+    count = points.shape[0]
+    rows = torch.arange(count, device=points.device)
+    alive = score <= config.score_threshold  # (B, P); NaN scores drop out here
+    # Drop the discarded particles (keeping order) so each iteration only touches live ones.
+    order = torch.argsort((~alive).to(torch.uint8), dim=1, stable=True)[:, : int(alive.sum(1).max())]
+    points = points.gather(1, order[..., None].expand(-1, -1, 3))  # (B, P', 3)
+    score, alive = score.gather(1, order), alive.gather(1, order)  # (B, P')
+    positions, accepted = [], []
+    while bool(alive.any()):
+        best = score.masked_fill(~alive, math.inf).argmin(dim=1)  # (B,) lowest score, first on ties
+        centre = points[rows, best]  # (B, 3)
+        offset = points - centre[:, None, :]  # (B, P', 3)
+        sphere = alive & (torch.linalg.vector_norm(offset, dim=-1) <= config.nms_radius)  # (B, P')
+        # softmax(-score) over the sphere; relative to the centre so a collapsed cluster stays exact
+        weight = torch.exp(score[rows, best][:, None] - score).masked_fill(~sphere, 0.0)  # (B, P')
+        shift = torch.where(sphere[..., None], weight[..., None] * offset, 0.0).sum(1)  # (B, 3)
+        positions.append(centre + shift / weight.sum(1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny))
+        accepted.append(sphere.sum(1) >= config.nms_min_particles)  # empty structures have an empty sphere
+        alive = alive & ~sphere
+    if not positions:
+        return points.new_zeros(count, 0, 3), torch.zeros(count, 0, dtype=torch.bool, device=points.device)
+    positions_, accepted_ = torch.stack(positions, 1), torch.stack(accepted, 1)  # (B, T, 3), (B, T)
+    order = torch.argsort((~accepted_).to(torch.uint8), dim=1, stable=True)[:, : int(accepted_.sum(1).max())]
+    return positions_.gather(1, order[..., None].expand(-1, -1, 3)), accepted_.gather(1, order)
+
+
+def _vote_species(field: StructureField, z: Tensor, atoms: Tensor, offsets: Tensor, budget: int) -> Tensor:
+    """(B, M) majority species over the local grid around each atom (ties -> lowest index).
+
+    Atoms are queried in groups of at most ``budget`` points per structure, bounding memory like the
+    particle passes.
+    """
+    count, most, _ = atoms.shape
+    per_atom = offsets.shape[0]
+    votes = []
+    group = max(1, budget // per_atom)
+    for start in range(0, most, group):
+        queries = atoms[:, start : start + group, None, :] + offsets  # (B, m, S, 3)
+        logits = field.species(queries.reshape(count, -1, 3), z)  # (B, m*S, K)
+        choice = logits.argmax(-1).reshape(count, -1, per_atom)  # (B, m, S)
+        tally = torch.zeros(*choice.shape[:2], logits.shape[-1], dtype=torch.long, device=atoms.device)
+        votes.append(tally.scatter_add_(2, choice, torch.ones_like(choice)).argmax(-1))  # (B, m)
+    if not votes:
+        return torch.zeros(count, 0, dtype=torch.long, device=atoms.device)
+    return torch.cat(votes, 1)
