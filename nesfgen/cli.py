@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Import, inspect and export datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+bench_app = typer.Typer(help="Measure speed against this machine's own matmul rate.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 console = Console(stderr=True)
 stdout = Console(soft_wrap=True)
@@ -376,6 +378,105 @@ def reconstruct_command(ctx: typer.Context, as_json: bool = typer.Option(False, 
         as_json,
         lambda r: stdout.print(f"wrote {r['pairs']} input/decoded CIF pairs to {r['out']}"),
     )
+
+
+@app.command("cv", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def cv_command(
+    ctx: typer.Context,
+    folds: str = typer.Option("0-19", help="Folds to run, e.g. 0-19 or 0,3,5."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Cross-validation: train and evaluate every fold (nesfgen cv recipe=paper-ybco [out=DIR] [key=value ...])."""
+    from nesfgen.config import load_recipe, parse_overrides
+    from nesfgen.crossval import cross_validate, parse_folds
+    from nesfgen.evaluate import atomic_write_text, markdown_table
+
+    overrides, positional = parse_overrides(list(ctx.args))
+    if positional:
+        raise UserError(f"unexpected argument(s) {' '.join(positional)}. {OVERRIDES_HELP}")
+    out = overrides.pop("out", None)
+    recipe = load_recipe(overrides.pop("recipe", "paper-ybco"), overrides)
+    out = Path(out or f"runs/cv-{recipe.name}")
+    progress = None if as_json else RichTrainProgress()
+    try:
+        result = cross_validate(recipe, parse_folds(folds), out, progress)
+    finally:
+        if progress:
+            progress.stop()
+    dataset = recipe.data.name
+    table = markdown_table({**result["pooled"], "dataset": dataset})
+    atomic_write_text(out / "cv.md", f"# {recipe.name}: folds {folds}, pooled test structures\n\n{table}")
+    atomic_write_text(out / "cv.json", json.dumps(result, indent=1, default=str))
+
+    def render(r: dict) -> None:
+        stdout.print(f"{len(r['folds'])} folds, {r['pooled']['num_structures']} pooled test structures:")
+        stdout.print(table, markup=False)
+        stdout.print(f"written: {out / 'cv.md'}, {out / 'cv.json'}", markup=False)
+
+    emit(result, as_json, render)
+
+
+@bench_app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_train_command(
+    ctx: typer.Context,
+    steps: int = typer.Option(6, help="Timed training steps (after 2 warm-up steps)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Training throughput: nesfgen bench train [recipe=NAME] [key=value ...]."""
+    from nesfgen.bench import bench_train
+    from nesfgen.config import load_recipe, parse_overrides
+
+    overrides, positional = parse_overrides(list(ctx.args))
+    if positional:
+        raise UserError(f"unexpected argument(s) {' '.join(positional)}. {OVERRIDES_HELP}")
+    recipe = load_recipe(overrides.pop("recipe", "quickstart"), overrides)
+    with console.status("timing training steps"):
+        result = bench_train(recipe, steps=steps)
+
+    def render(r: dict) -> None:
+        shares = ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["step_share"].items())
+        stdout.print(
+            f"{r['recipe']} on {r['device']} ({r['precision']}, batch {r['batch_size']}): "
+            f"{r['queries_per_second']:,.0f} queries/s, {r['structures_per_second']:.1f} structures/s, "
+            f"{r['seconds_per_step']:.3f} s/step ({shares}); ~{r['epoch_seconds_estimate']:.0f} s per epoch\n"
+            f"matmul FLOP rate {r['achieved_gflops']:.1f} GFLOP/s = {r['fraction_of_matmul']:.2f} × this machine's dense "
+            f"{r['precision']} matmul ({r['matmul_gflops']:.1f} GFLOP/s, measured now)"
+        )
+
+    emit(result, as_json, render)
+
+
+@bench_app.command("estimate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_estimate_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Decoding throughput: nesfgen bench estimate checkpoint=RUN [data=NAME] [split=test] [limit=32] [single=4]."""
+    from nesfgen.bench import bench_estimate
+    from nesfgen.checkpoint import load_model
+    from nesfgen.config import parse_value
+    from nesfgen.data.names import resolve_dataset
+    from nesfgen.evaluate import encode
+
+    options = _key_values(ctx, "bench estimate", {"checkpoint", "data", "split", "limit", "single", "device"})
+    if "checkpoint" not in options:
+        raise UserError("checkpoint= is required: the model whose decoding to time")
+    trained = load_model(options["checkpoint"], options.get("device", "cpu"))
+    crystals = resolve_dataset(options.get("data", "builtin")).load(options.get("split", "test"))
+    limit = parse_value(options.get("limit", "32"), int, "limit")
+    crystals = crystals.subset(range(min(limit, len(crystals))))
+    z = encode(trained, crystals)
+    with console.status(f"decoding {len(crystals)} structures"):
+        result = bench_estimate(
+            trained.model, z, trained.box, trained.species_table, trained.recipe, parse_value(options.get("single", "4"), int, "single")
+        )
+
+    def render(r: dict) -> None:
+        stdout.print(
+            f"{r['structures']} structures on {r['device']}: {r['structures_per_second']:.2f} structures/s batched, "
+            f"{r['structures_per_second_one_at_a_time']:.2f} one at a time (batching ×{r['batching_speedup']:.2f}); "
+            f"{r['field_evaluations_per_second']:,.0f} field evaluations/s; {r['achieved_gflops']:.1f} GFLOP/s = "
+            f"{r['fraction_of_matmul']:.2f} × dense fp32 matmul ({r['matmul_gflops']:.1f} GFLOP/s, measured now)"
+        )
+
+    emit(result, as_json, render)
 
 
 def main() -> None:

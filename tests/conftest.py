@@ -109,3 +109,9 @@ def tiny_recipe(dataset, **extra):
     overrides = {"data.name": str(dataset.path), "train.batch_size": "8", "train.epochs": "2", **TINY_MODEL}
     overrides.update({k: str(v) for k, v in extra.items()})
     return load_recipe("quickstart", overrides)
+
+
+@pytest.fixture(autouse=True)
+def isolated_data_dir(tmp_path, monkeypatch):
+    """Every test gets its own data directory, so nothing touches the user's cache."""
+    monkeypatch.setenv("NESFGEN_DATA_DIR", str(tmp_path / "nesfgen-data"))

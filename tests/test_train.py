@@ -46,3 +46,36 @@ def test_bad_inputs(tiny_dataset, tmp_path):
     train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "c")
     with pytest.raises(UserError, match="cannot change"):
         resume(tmp_path / "c", {"model.latent_size": "8"})
+
+
+def test_killed_run_loses_at_most_the_epoch_in_progress(tiny_dataset, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import TINY_MODEL
+
+    run_dir = tmp_path / "killed"
+    args = [f"{k}={v}" for k, v in TINY_MODEL.items()]
+    command = [sys.executable, "-m", "nesfgen", "train", f"data.name={tiny_dataset.path}", "train.batch_size=8"]
+    process = subprocess.Popen(
+        [*command, "train.epochs=40", *args, f"out={run_dir}", "--json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (run_dir / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = read_checkpoint(run_dir / "last.pt")["epoch"]
+    assert 1 <= done < 40
+    resume(run_dir, {"train.epochs": str(done + 1)})
+    straight = train(tiny_recipe(tiny_dataset, **{"train.epochs": done + 1}), tmp_path / "straight")
+    assert straight.epochs_done == done + 1
+    a = read_checkpoint(run_dir / "last.pt")["model"]
+    b = read_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,147 @@
+"""Benchmarks that report speed as ratios to the machine's own dense matmul rate, measured in the same run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nesfgen.config import Recipe
+from nesfgen.estimator import estimate
+from nesfgen.model import Field, NeSF
+
+
+def matmul_rate(dtype: torch.dtype, device: torch.device, size: int = 2048, seconds: float = 1.0) -> float:
+    """Dense square matmul FLOP/s of this machine at ``dtype``: the yardstick for every ratio."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b  # warm-up
+    _sync(device)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    _sync(device)
+    return count * 2 * size**3 / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def field_flops_per_query(field: Field) -> int:
+    """Forward matmul FLOPs of one query through a field (the latent's share is per structure, not counted)."""
+    layers = [field.first_query, *field.hidden, field.out]
+    return 2 * sum(layer.weight.numel() for layer in layers)
+
+
+def encoder_flops_per_atom(model: NeSF) -> int:
+    encoder = model.encoder
+    per_atom = [encoder.position_mlp, encoder.species_mlp, encoder.mix]
+    return 2 * sum(m.weight.numel() for block in per_atom for m in block.modules() if isinstance(m, nn.Linear))
+
+
+def bench_train(recipe: Recipe, steps: int = 6, warmup: int = 2) -> dict[str, Any]:
+    """Time full training steps (sampling, forward, backward, optimizer) of a recipe on its own data."""
+    from nesfgen.train import Trainer, compute_losses, weighted_total
+
+    trainer = Trainer(recipe, Path("unused-run-folder"))
+    device = trainer.device
+    dtype = torch.bfloat16 if recipe.train.precision == "bf16" else torch.float32
+    rate = matmul_rate(dtype, device)
+    model, generator = trainer.model, torch.Generator(device).manual_seed(0)
+    model.train()
+    pos_flops = field_flops_per_query(model.position_field)
+    spe_flops = field_flops_per_query(model.species_field)
+    enc_flops = encoder_flops_per_atom(model)
+    size = recipe.train.batch_size
+    totals = {"seconds": 0.0, "queries": 0, "structures": 0, "flops": 0.0}
+    timings = {"sample": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    for step in range(warmup + steps):
+        indices = (torch.arange(size) + step * size) % len(trainer.train_set)
+        t0 = time.perf_counter()
+        atoms = trainer.train_set.batch(indices)
+        queries = trainer.sampler.sample(atoms, generator)
+        _sync(device)
+        t1 = time.perf_counter()
+        with trainer._autocast():
+            losses = compute_losses(model, atoms, queries)
+        total = weighted_total(losses, recipe)
+        _sync(device)
+        t2 = time.perf_counter()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        _sync(device)
+        t3 = time.perf_counter()
+        trainer.optimizer.step()
+        _sync(device)
+        t4 = time.perf_counter()
+        if step < warmup:
+            continue
+        q, s = queries.position_points.shape[0], queries.species_points.shape[0]
+        totals["seconds"] += t4 - t0
+        totals["queries"] += q + s
+        totals["structures"] += len(indices)
+        # forward + backward of a matmul is 3× its forward FLOPs
+        totals["flops"] += 3 * (q * pos_flops + s * spe_flops + atoms.cart_coords.shape[0] * enc_flops)
+        for key, value in zip(timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            timings[key] += value
+    seconds = totals["seconds"]
+    achieved = totals["flops"] / seconds
+    return {
+        "recipe": recipe.name,
+        "device": str(device),
+        "precision": recipe.train.precision,
+        "batch_size": size,
+        "steps": steps,
+        "queries_per_second": totals["queries"] / seconds,
+        "structures_per_second": totals["structures"] / seconds,
+        "seconds_per_step": seconds / steps,
+        "step_share": {k: v / seconds for k, v in timings.items()},
+        "achieved_gflops": achieved / 1e9,
+        "matmul_gflops": rate / 1e9,
+        "fraction_of_matmul": achieved / rate,
+        "epoch_seconds_estimate": seconds / steps * -(-len(trainer.train_set) // size),
+    }
+
+
+def bench_estimate(model: NeSF, z: torch.Tensor, box: Any, species_table: list[int], recipe: Recipe, single: int = 4) -> dict[str, Any]:
+    """Decode ``z`` batched and ``single`` structures one at a time; field rate against the matmul rate."""
+    device = z.device
+    config = recipe.estimator
+    rate = matmul_rate(torch.float32, device)
+    from nesfgen.sampling import box_grid, local_offsets
+
+    particles = box_grid(box, config.particle_interval).shape[0]
+    species_points = local_offsets(config.species_interval, config.species_range).shape[0]
+    start = time.perf_counter()
+    decoded = estimate(model, z, box, species_table, config)
+    _sync(device)
+    batched = time.perf_counter() - start
+    start = time.perf_counter()
+    for index in range(min(single, z.shape[0])):
+        estimate(model, z[index : index + 1], box, species_table, config)
+    _sync(device)
+    one_at_a_time = (time.perf_counter() - start) / min(single, z.shape[0])
+    atoms = sum(d.num_atoms for d in decoded)
+    evaluations = z.shape[0] * particles * (config.steps + 1)
+    flops = evaluations * field_flops_per_query(model.position_field) + atoms * species_points * field_flops_per_query(
+        model.species_field
+    )
+    return {
+        "structures": z.shape[0],
+        "device": str(device),
+        "particles_per_structure": particles,
+        "steps": config.steps,
+        "structures_per_second": z.shape[0] / batched,
+        "structures_per_second_one_at_a_time": 1 / one_at_a_time,
+        "batching_speedup": one_at_a_time * z.shape[0] / batched,
+        "field_evaluations_per_second": (evaluations + atoms * species_points) / batched,
+        "achieved_gflops": flops / batched / 1e9,
+        "matmul_gflops": rate / 1e9,
+        "fraction_of_matmul": flops / batched / rate,
+    }

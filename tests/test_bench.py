@@ -1,0 +1,31 @@
+import torch
+from conftest import tiny_recipe
+
+from nesfgen.bench import bench_estimate, bench_train, field_flops_per_query, matmul_rate
+from nesfgen.model import NeSF
+
+
+def test_matmul_rate_is_positive():
+    assert matmul_rate(torch.float32, torch.device("cpu"), size=256, seconds=0.05) > 0
+
+
+def test_field_flops_count_every_query_layer():
+    from nesfgen.config import ModelConfig
+
+    model = NeSF(ModelConfig(), 10)
+    # (3→256) + (259→128) + 6×(131→128) + (131→3), times 2 FLOPs per multiply-add
+    assert field_flops_per_query(model.position_field) == 2 * (3 * 256 + 259 * 128 + 6 * 131 * 128 + 131 * 3)
+
+
+def test_bench_train_reports_ratios(tiny_dataset):
+    result = bench_train(tiny_recipe(tiny_dataset), steps=2, warmup=1)
+    assert result["queries_per_second"] > 0 and 0 < result["fraction_of_matmul"] < 2
+    assert abs(sum(result["step_share"].values()) - 1) < 1e-6
+
+
+def test_bench_estimate_reports_batching_speedup(tiny_dataset):
+    recipe = tiny_recipe(tiny_dataset, **{"estimator.steps": 2})
+    model = NeSF(recipe.model, 3).eval()
+    box = [[0, 0, 0], [4, 4, 4]]
+    result = bench_estimate(model, torch.zeros(3, recipe.model.latent_size), box, [11, 17, 55], recipe, single=2)
+    assert result["structures_per_second"] > 0 and result["batching_speedup"] > 0
