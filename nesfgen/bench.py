@@ -109,7 +109,9 @@ def bench_train(recipe: Recipe, steps: int = 6, warmup: int = 2) -> dict[str, An
     }
 
 
-def bench_estimate(model: NeSF, z: torch.Tensor, box: Any, species_table: list[int], recipe: Recipe, single: int = 4) -> dict[str, Any]:
+def bench_estimate(
+    model: NeSF, z: torch.Tensor, box: Any, species_table: list[int], recipe: Recipe, single: int = 4
+) -> dict[str, Any]:
     """Decode ``z`` batched and ``single`` structures one at a time; field rate against the matmul rate."""
     device = z.device
     config = recipe.estimator

@@ -465,7 +465,12 @@ def bench_estimate_command(ctx: typer.Context, as_json: bool = typer.Option(Fals
     z = encode(trained, crystals)
     with console.status(f"decoding {len(crystals)} structures"):
         result = bench_estimate(
-            trained.model, z, trained.box, trained.species_table, trained.recipe, parse_value(options.get("single", "4"), int, "single")
+            trained.model,
+            z,
+            trained.box,
+            trained.species_table,
+            trained.recipe,
+            parse_value(options.get("single", "4"), int, "single"),
         )
 
     def render(r: dict) -> None:

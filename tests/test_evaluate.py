@@ -1,0 +1,67 @@
+import pytest
+from conftest import rock_salt, tiny_recipe
+
+from nesfgen.checkpoint import read_checkpoint
+from nesfgen.data.store import write_dataset
+from nesfgen.errors import UserError
+from nesfgen.evaluate import evaluate, expand_checkpoints, markdown_table, summarise_runs, write_report
+from nesfgen.train import train
+
+
+@pytest.fixture
+def trained_run(tiny_dataset, tmp_path):
+    train(tiny_recipe(tiny_dataset, **{"train.epochs": 1, "estimator.steps": 3}), tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_evaluate_writes_reports(trained_run, tiny_dataset, tmp_path):
+    evaluation = evaluate(str(trained_run), str(tiny_dataset.path), "test")
+    assert evaluation.summary["num_structures"] == len(evaluation.rows) == 6
+    assert evaluation.summary["trained_on_this_dataset"]
+    files = write_report(evaluation, tmp_path / "report")
+    assert {f.name for f in files} == {"evaluation.json", "evaluation.md", "structures.csv", "errors_vs_atoms.png"}
+
+
+def test_several_runs_give_mean_and_std(trained_run, tiny_dataset):
+    evaluations = [evaluate(str(trained_run), str(tiny_dataset.path), "test", limit=2) for _ in range(2)]
+    summary = summarise_runs(evaluations)
+    assert summary["runs"] == 2 and summary["std"]["length_error"] == 0.0
+    assert expand_checkpoints(f"{trained_run}/*.pt") == sorted(str(p) for p in trained_run.glob("*.pt"))
+    with pytest.raises(UserError, match="matched nothing"):
+        expand_checkpoints(f"{trained_run}/nothing*")
+
+
+def test_dataset_with_foreign_species_is_refused(trained_run, tmp_path):
+    foreign = rock_salt(6.6, cation=19, anion=35)  # KBr: neither element is in the tiny table
+    assert not {19, 35} & set(read_checkpoint(trained_run)["species_table"])
+    other = write_dataset(tmp_path / "other", {"test": [foreign.with_id("x")]}, name="other")
+    with pytest.raises(UserError, match="missing from the species table"):
+        evaluate(str(trained_run), str(other.path), "test")
+
+
+def test_bad_checkpoint_is_a_clear_error(tiny_dataset, tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable nesfgen checkpoint"):
+        evaluate(str(garbage), str(tiny_dataset.path), "test")
+    with pytest.raises(UserError, match="checkpoint= is required"):
+        evaluate(None, str(tiny_dataset.path), "test")
+    with pytest.raises(UserError, match="estimator.steps=32"):
+        evaluate(None, str(tiny_dataset.path), "test", field="exact", estimator_overrides={"steps": "3"})
+
+
+def test_markdown_puts_the_paper_beside_ours():
+    summary = dict.fromkeys(
+        [
+            "atom_count_error_pct",
+            "position_error_actual",
+            "position_error_detected",
+            "species_error_actual_pct",
+            "species_error_detected_pct",
+            "length_error",
+            "angle_error",
+        ],
+        0.5,
+    )
+    assert "| 6.35 |" in markdown_table({**summary, "dataset": "lcs6"})
+    assert "paper" not in markdown_table({**summary, "dataset": "mine"})

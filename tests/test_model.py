@@ -1,0 +1,57 @@
+import torch
+
+from nesfgen.config import ModelConfig
+from nesfgen.model import NeSF, count_parameters
+from nesfgen.sampling import Atoms
+
+
+def random_atoms(counts, num_species, generator):
+    structure = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    total = int(sum(counts))
+    return Atoms(
+        cart_coords=torch.rand(total, 3, generator=generator) * 5,
+        species=torch.randint(0, num_species, (total,), generator=generator),
+        structure=structure,
+        lengths=torch.rand(len(counts), 3, generator=generator) * 3 + 3,
+        angles=torch.full((len(counts), 3), torch.pi / 2),
+    )
+
+
+def test_paper_configuration_has_about_076_million_parameters():
+    model = NeSF(ModelConfig(), num_species=80)
+    assert 0.74e6 < count_parameters(model) < 0.78e6
+    assert len(model.position_field.hidden) + 2 == 9  # first layer, 7 hidden, output
+    assert len(model.species_field.hidden) + 2 == 3
+
+
+def test_shapes():
+    generator = torch.Generator().manual_seed(0)
+    model = NeSF(ModelConfig(positional_encoding=True), num_species=7).eval()
+    atoms = random_atoms([2, 5, 3], 7, generator)
+    z = model.encode(atoms)
+    assert z.shape == (3, 192)
+    points = torch.rand(3, 11, 3, generator=generator)
+    assert model.position(points, z).shape == (3, 11, 3)
+    assert model.species(points, z).shape == (3, 11, 7)
+    lengths, angles = model.lattice(z)
+    assert lengths.shape == angles.shape == (3, 3)
+
+
+def test_encoder_is_invariant_to_atom_order():
+    generator = torch.Generator().manual_seed(1)
+    model = NeSF(ModelConfig(), num_species=5).eval()
+    atoms = random_atoms([4, 6], 5, generator)
+    order = torch.cat([torch.randperm(4, generator=generator), 4 + torch.randperm(6, generator=generator)])
+    shuffled = Atoms(
+        atoms.cart_coords[order], atoms.species[order], atoms.structure[order], atoms.lengths, atoms.angles
+    )
+    assert torch.allclose(model.encode(atoms), model.encode(shuffled), atol=1e-5)
+
+
+def test_grid_call_equals_packed_call():
+    generator = torch.Generator().manual_seed(2)
+    model = NeSF(ModelConfig(), num_species=5).eval()
+    z = torch.randn(2, 192, generator=generator)
+    points = torch.rand(2, 4, 3, generator=generator)
+    packed = model.position_field(points.reshape(-1, 3), torch.tensor([0] * 4 + [1] * 4), z)
+    assert torch.allclose(model.position(points, z).reshape(-1, 3), packed)

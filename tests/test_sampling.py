@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+import torch
+
+from nesfgen.config import SamplingConfig
+from nesfgen.data.store import CrystalSet
+from nesfgen.errors import UserError
+from nesfgen.sampling import QuerySampler, TensorSet, atoms_bounding_box, box_grid, local_offsets, nearest_atoms
+
+
+@pytest.fixture
+def tensors(tiny_crystals):
+    crystals = CrystalSet.from_crystals(list(tiny_crystals.values()))
+    table = sorted({int(z) for c in tiny_crystals.values() for z in c.atomic_numbers})
+    return crystals, TensorSet(crystals, table)
+
+
+def test_grid_sizes_follow_the_reference():
+    assert local_offsets(0.3, 1.2).shape == (64, 3)
+    assert local_offsets(0.1, 0.6).shape == (216, 3)
+    lcs6_box = np.array([[0, 0, 0], [11.65, 8.50, 5.97]])
+    assert box_grid(lcs6_box, 1.0).shape == (14 * 11 * 8, 3) == (1232, 3)
+    assert np.allclose(sorted(set(local_offsets(0.3, 1.2)[:, 0].tolist())), [-0.6, -0.3, 0.0, 0.3], atol=1e-6)
+
+
+def test_batch_gathers_the_right_atoms(tensors):
+    crystals, data = tensors
+    atoms = data.batch(torch.tensor([3, 0]))
+    counts = torch.bincount(atoms.structure).tolist()
+    assert counts == [crystals[3].num_atoms, crystals[0].num_atoms]
+    assert np.allclose(atoms.cart_coords[: counts[0]].numpy(), crystals[3].cart_coords, atol=1e-5)
+    assert np.allclose(atoms.angles.numpy(), np.radians([crystals[3].angles, crystals[0].angles]))
+
+
+def test_missing_species_is_a_clear_error(tensors):
+    crystals, _ = tensors
+    with pytest.raises(UserError, match="missing from the species table"):
+        TensorSet(crystals, [11, 17])
+
+
+def test_targets_equal_brute_force_nearest_atoms(tensors):
+    crystals, data = tensors
+    sampler = QuerySampler(SamplingConfig(global_interval=1.5), atoms_bounding_box(crystals))
+    atoms = data.batch(torch.arange(len(data)))
+    queries = sampler.sample(atoms, torch.Generator().manual_seed(0))
+    for points, structure, targets in [
+        (queries.position_points, queries.position_structure, queries.position_targets),
+    ]:
+        for q in range(0, len(points), 97):
+            own = atoms.cart_coords[atoms.structure == structure[q]]
+            nearest = own[torch.linalg.vector_norm(own - points[q], dim=1).argmin()]
+            assert torch.allclose(points[q] + targets[q], nearest, atol=1e-5)
+    for q in range(0, len(queries.species_points), 53):
+        mask = atoms.structure == queries.species_structure[q]
+        distance = torch.linalg.vector_norm(atoms.cart_coords[mask] - queries.species_points[q], dim=1)
+        assert atoms.species[mask][distance.argmin()] == queries.species_targets[q]
+
+
+def test_sample_counts_and_noise(tensors):
+    crystals, data = tensors
+    config = SamplingConfig()
+    box = atoms_bounding_box(crystals)
+    sampler = QuerySampler(config, box)
+    atoms = data.batch(torch.arange(len(data)))
+    queries = sampler.sample(atoms, torch.Generator().manual_seed(0))
+    total_atoms = atoms.cart_coords.shape[0]
+    grid = box_grid(box, config.global_interval).shape[0]
+    assert queries.position_points.shape[0] == len(data) * grid + total_atoms * 64
+    assert queries.species_points.shape[0] == total_atoms * 216
+    # species queries: grid offsets plus N(0, 0.05²) noise around their atom
+    offsets = queries.species_points.reshape(total_atoms, 216, 3) - atoms.cart_coords[:, None, :]
+    residual = offsets - local_offsets(0.1, 0.6)
+    assert abs(residual.std().item() - 0.05) < 0.005 and abs(residual.mean().item()) < 0.005
+
+
+def test_query_fraction_keeps_about_that_share(tensors):
+    crystals, data = tensors
+    full = QuerySampler(SamplingConfig(), atoms_bounding_box(crystals))
+    half = QuerySampler(SamplingConfig(query_fraction=0.5), atoms_bounding_box(crystals))
+    atoms = data.batch(torch.arange(len(data)))
+    n_full = full.sample(atoms, torch.Generator().manual_seed(0)).position_points.shape[0]
+    n_half = half.sample(atoms, torch.Generator().manual_seed(0)).position_points.shape[0]
+    assert abs(n_half / n_full - 0.5) < 0.05
+
+
+def test_nearest_atoms_ignores_other_structures(tensors):
+    _, data = tensors
+    atoms = data.batch(torch.tensor([0, 1]))
+    point = atoms.cart_coords[atoms.structure == 1][0:1] + 0.01
+    index = nearest_atoms(point, torch.tensor([0]), atoms)
+    assert atoms.structure[index].item() == 0
