@@ -136,12 +136,12 @@ def data_info(
         )
         sizes = sorted({int(k) for s in info["splits"].values() for k in s["atoms_per_cell"]})
         table = Table(title="structures by atoms per cell")
-        table.add_column("split")
-        table.add_column("total", justify="right")
+        table.add_column("atoms per cell", justify="right")
+        for split in info["splits"]:
+            table.add_column(split, justify="right")
         for size in sizes:
-            table.add_column(str(size), justify="right")
-        for split, s in info["splits"].items():
-            table.add_row(split, str(s["structures"]), *(str(s["atoms_per_cell"].get(str(n), "")) for n in sizes))
+            table.add_row(str(size), *(str(s["atoms_per_cell"].get(str(size), "")) for s in info["splits"].values()))
+        table.add_row("total", *(str(s["structures"]) for s in info["splits"].values()), style="bold")
         stdout.print(table)
         for split, s in info["splits"].items():
             stdout.print(
