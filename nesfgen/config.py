@@ -57,7 +57,8 @@ class ModelConfig:
     encoder_mix_width: int = 512
     encoder_head_widths: tuple[int, ...] = (256, 256)
     dropout: float = 0.3
-    batch_norm: bool = True
+    batch_norm: bool = True  # in the encoder
+    field_batch_norm: bool = True  # in the position and species fields
     position_widths: tuple[int, ...] = (256, 128, 128, 128, 128, 128, 128, 128)
     species_widths: tuple[int, ...] = (256, 128)
     lattice_hidden: int = 128
@@ -104,9 +105,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16
+    compile: bool = False  # torch.compile the two fields (fuses BatchNorm and ReLU; ~1.4x on CPU)
     threads: int = 0  # CPU threads for torch (0 = torch's default)
     deterministic: bool = True  # bit-identical runs for a seed (torch's deterministic kernels)
-    time_limit_minutes: float = 0.0  # stop cleanly after this wall time (0 = none)
+    time_limit_minutes: float = 0.0  # stop cleanly after this much training time (0 = none)
+    snapshot_every_minutes: float = 0.0  # keep a checkpoint per this much training time, for accuracy-vs-time curves
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,7 @@ class Field(nn.Module):
     def forward(self, points: Tensor, structure: Tensor, z: Tensor) -> Tensor:
         """points (Q, 3), structure (Q,) index into z (B, D) -> (Q, out_size)."""
         q = self.encoding(points)
-        h = torch.relu(self.norms[0](self.first_latent(z)[structure] + self.first_query(q)))
+        h = torch.relu(self.norms[0](self.first_latent(z).index_select(0, structure) + self.first_query(q)))
         for layer, norm in zip(self.hidden, self.norms[1:]):
             h = torch.relu(norm(layer(torch.cat([h, q], dim=-1))))
         return self.out(torch.cat([h, q], dim=-1))
@@ -125,8 +125,9 @@ class NeSF(nn.Module):
         self.num_species = num_species
         encoding = QueryEncoding(config.positional_encoding, config.encoding_frequencies)
         self.encoder = Encoder(config, num_species)
-        self.position_field = Field(config.latent_size, config.position_widths, 3, encoding, config.batch_norm)
-        self.species_field = Field(config.latent_size, config.species_widths, num_species, encoding, config.batch_norm)
+        bn = config.field_batch_norm
+        self.position_field = Field(config.latent_size, config.position_widths, 3, encoding, bn)
+        self.species_field = Field(config.latent_size, config.species_widths, num_species, encoding, bn)
         self.lattice_head = LatticeHead(config.latent_size, config.lattice_hidden)
 
     def encode(self, atoms: Atoms) -> Tensor:

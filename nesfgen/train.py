@@ -159,6 +159,10 @@ class Trainer:
         self.sampler = QuerySampler(recipe.sampling, self.box, self.device)
         torch.manual_seed(t.seed)
         self.model = NeSF(recipe.model, len(self.species_table)).to(self.device)
+        if t.compile:
+            # In place, so parameter names (and so checkpoints) stay those of the plain model.
+            self.model.position_field.compile(dynamic=True)
+            self.model.species_field.compile(dynamic=True)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=t.lr_decay_every, gamma=t.lr_decay_factor
@@ -251,6 +255,11 @@ class Trainer:
             "parameters": count_parameters(self.model),
         }
 
+    def _snapshot_due(self, every_minutes: float) -> bool:
+        """True when this epoch crossed a multiple of the snapshot interval of training time."""
+        previous = self.history[-2]["seconds"] if len(self.history) > 1 else 0.0
+        return int(self.seconds // (60 * every_minutes)) > int(previous // (60 * every_minutes))
+
     def run(self, progress: TrainProgress | None = None) -> TrainResult:
         t = self.recipe.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -290,6 +299,8 @@ class Trainer:
             save_checkpoint(self.run_dir / "last.pt", state)
             if improved:
                 save_checkpoint(self.run_dir / "best.pt", state)
+            if t.snapshot_every_minutes > 0 and self._snapshot_due(t.snapshot_every_minutes):
+                save_checkpoint(self.run_dir / "snapshots" / f"epoch-{self.epoch:05d}.pt", state)
             write_history(self.run_dir, self.history)
             if time.monotonic() - last_plot > 30:
                 plot_losses(self.run_dir, self.history)

@@ -79,3 +79,10 @@ def test_killed_run_loses_at_most_the_epoch_in_progress(tiny_dataset, tmp_path):
     a = read_checkpoint(run_dir / "last.pt")["model"]
     b = read_checkpoint(tmp_path / "straight" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_compiled_fields_train_and_keep_plain_checkpoint_names(tiny_dataset, tmp_path):
+    train(tiny_recipe(tiny_dataset, **{"train.epochs": 1, "train.compile": "true"}), tmp_path / "compiled")
+    state = read_checkpoint(tmp_path / "compiled" / "last.pt")["model"]
+    assert not any("_orig_mod" in key for key in state)
+    load_model(tmp_path / "compiled")  # the plain model loads the compiled run's weights
