@@ -348,6 +348,32 @@ def _report_folder(out: str | None, checkpoint: str | None, summary: dict, sever
     return run / name
 
 
+@app.command("trajectory", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def trajectory_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Accuracy against training time: nesfgen trajectory run=RUN data=NAME [split=test] [limit=N]."""
+    from nesfgen.config import parse_value
+    from nesfgen.evaluate import evaluate_trajectory, write_trajectory
+
+    options = _key_values(ctx, "trajectory", {"run", "data", "split", "limit"})
+    if "run" not in options:
+        raise UserError("run=RUN_DIR is required: a run trained with train.snapshot_every_minutes")
+    bar, progress = _decode_progress("decoding snapshots")
+    with bar:
+        rows = evaluate_trajectory(
+            Path(options["run"]),
+            options.get("data", "builtin"),
+            options.get("split", "test"),
+            parse_value(options.get("limit", "0"), int, "limit"),
+            progress,
+        )
+    files = write_trajectory(rows, Path(options["run"]) / "trajectory", options.get("data", "builtin"))
+    emit(
+        {"rows": rows, "files": [str(f) for f in files]},
+        as_json,
+        lambda r: stdout.print((Path(options["run"]) / "trajectory" / "trajectory.md").read_text(), markup=False),
+    )
+
+
 RECONSTRUCT_KEYS = {"checkpoint", "data", "split", "field", "limit", "device", "out"}
 
 

@@ -270,3 +270,65 @@ def write_reconstructions(evaluation: Evaluation, out: Path) -> int:
 
 def _safe_name(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def evaluate_trajectory(
+    run_dir: Path, data: str, split: str = "test", limit: int = 0, progress: Progress | None = None
+) -> list[dict[str, Any]]:
+    """The paper's metrics of every snapshot (and the best model) of a run against its training time."""
+    from nesfgen.checkpoint import read_checkpoint
+
+    checkpoints = sorted((Path(run_dir) / "snapshots").glob("epoch-*.pt"))
+    if not checkpoints:
+        raise UserError(f"{run_dir} has no snapshots; train with train.snapshot_every_minutes=N to record them")
+    rows = []
+    for path in checkpoints:
+        state = read_checkpoint(path)
+        summary = evaluate(str(path), data, split, limit=limit, progress=progress).summary
+        rows.append(
+            {
+                "epoch": state["epoch"],
+                "training_minutes": state["seconds"] / 60,
+                **{k: summary[k] for k in PAPER_METRICS},
+            }
+        )
+    return rows
+
+
+def write_trajectory(rows: list[dict[str, Any]], out: Path, dataset: str) -> list[Path]:
+    """trajectory.csv, trajectory.md and trajectory.png (each metric against training time, paper value dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    reference = paper_reference(dataset)
+    figure, axes = plt.subplots(1, len(PAPER_METRICS), figsize=(4 * len(PAPER_METRICS), 3.4))
+    minutes = [row["training_minutes"] for row in rows]
+    for index, (axis, name) in enumerate(zip(axes, PAPER_METRICS)):
+        axis.plot(minutes, [row[name] for row in rows], "o-", label="nesfgen")
+        if reference:
+            axis.axhline(reference[index], linestyle="--", color="gray", label="paper (3200 epochs, GPU)")
+        axis.set_title(METRIC_LABELS[name], fontsize=9)
+        axis.set_xlabel("training time [min]")
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    png = out / "trajectory.png"
+    temporary = out / ".trajectory.tmp.png"
+    figure.savefig(temporary, dpi=90)
+    plt.close(figure)
+    os.replace(temporary, png)
+    header = "| epoch | minutes | " + " | ".join(METRIC_LABELS[name] for name in PAPER_METRICS) + " |"
+    lines = [header, "|" + "---|" * (len(PAPER_METRICS) + 2)]
+    for row in rows:
+        lines.append(
+            f"| {row['epoch']} | {row['training_minutes']:.1f} | "
+            + " | ".join(f"{row[n]:.4f}" for n in PAPER_METRICS)
+            + " |"
+        )
+    return [
+        atomic_write_text(out / "trajectory.md", "\n".join(lines) + "\n"),
+        atomic_write_text(out / "trajectory.csv", _csv(rows)),
+        png,
+    ]

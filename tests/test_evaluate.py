@@ -65,3 +65,19 @@ def test_markdown_puts_the_paper_beside_ours():
     )
     assert "| 6.35 |" in markdown_table({**summary, "dataset": "lcs6"})
     assert "paper" not in markdown_table({**summary, "dataset": "mine"})
+
+
+def test_trajectory_of_snapshots(tiny_dataset, tmp_path):
+    from nesfgen.evaluate import evaluate_trajectory, write_trajectory
+
+    recipe = tiny_recipe(
+        tiny_dataset, **{"train.epochs": 2, "train.snapshot_every_minutes": 1e-6, "estimator.steps": 2}
+    )
+    train(recipe, tmp_path / "run")
+    rows = evaluate_trajectory(tmp_path / "run", str(tiny_dataset.path), "test", limit=2)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert rows[1]["training_minutes"] > rows[0]["training_minutes"]
+    files = write_trajectory(rows, tmp_path / "trajectory", "lcs6")
+    assert {f.name for f in files} == {"trajectory.md", "trajectory.csv", "trajectory.png"}
+    with pytest.raises(UserError, match="no snapshots"):
+        evaluate_trajectory(tmp_path, str(tiny_dataset.path))
