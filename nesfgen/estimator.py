@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from nesfgen.config import EstimatorConfig
-from nesfgen.crystal import DUPLICATE_DISTANCE, MAX_ATOMIC_NUMBER, Crystal, lattice_matrix, wrap_fractional
+from nesfgen.crystal import DUPLICATE_DISTANCE, Crystal, lattice_matrix, wrap_fractional
 from nesfgen.errors import UserError
-from nesfgen.sampling import box_grid, local_offsets
+from nesfgen.sampling import box_grid, local_offsets, species_indices
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +52,11 @@ class ExactField:
         if len(crystals) == 0:
             raise UserError("ExactField needs at least one crystal")
         self.species_table = [int(z) for z in species_table]
-        index_of = np.full(MAX_ATOMIC_NUMBER + 1, -1, dtype=np.int64)
-        index_of[np.asarray(self.species_table, dtype=np.int64)] = np.arange(len(self.species_table))
         counts = np.array([c.num_atoms for c in crystals])
         coords = np.zeros((len(crystals), counts.max(), 3))
         species = np.zeros((len(crystals), counts.max()), dtype=np.int64)
         for i, crystal in enumerate(crystals):
-            table_index = index_of[crystal.atomic_numbers]
-            if np.any(table_index < 0):
-                missing = sorted({int(z) for z in crystal.atomic_numbers[table_index < 0]})
-                raise UserError(
-                    f"structure {crystal.id!r} holds atomic numbers {missing} missing from the species table "
-                    f"{self.species_table}"
-                )
+            table_index = species_indices(crystal.atomic_numbers, self.species_table, f"structure {crystal.id!r}")
             coords[i, : crystal.num_atoms] = crystal.cart_coords
             species[i, : crystal.num_atoms] = table_index
         self._counts = torch.as_tensor(counts)  # (S,)
@@ -208,23 +200,6 @@ def estimate(
         if was_training:
             field.train()
     return decoded
-
-
-def estimate_crystals(
-    field: StructureField,
-    z: Tensor,
-    box: np.ndarray | Tensor | Sequence[Sequence[float]],
-    species_table: Sequence[int],
-    config: EstimatorConfig = EstimatorConfig(),
-    ids: Sequence[str] | None = None,
-    progress: Progress | None = None,
-) -> list[Crystal | None]:
-    """Like :func:`estimate`, then :meth:`Decoded.to_crystal` (None where no valid crystal came out)."""
-    decoded = estimate(field, z, box, species_table, config, progress)
-    ids = ids if ids is not None else [str(i) for i in range(len(decoded))]
-    if len(ids) != len(decoded):
-        raise ValueError(f"{len(ids)} ids for {len(decoded)} latents")
-    return [d.to_crystal(id) for d, id in zip(decoded, ids)]
 
 
 def _check_config(config: EstimatorConfig) -> None:

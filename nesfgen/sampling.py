@@ -37,19 +37,29 @@ class Atoms:
         return self.lengths.shape[0]
 
 
+def species_indices(atomic_numbers: np.ndarray, species_table: Sequence[int], where: str) -> np.ndarray:
+    """Map atomic numbers to species-table indices.
+
+    Raises:
+        UserError: naming ``where`` and the elements missing from the table.
+    """
+    index_of = np.full(MAX_ATOMIC_NUMBER + 1, -1, dtype=np.int64)
+    index_of[np.asarray(species_table, dtype=np.int64)] = np.arange(len(species_table))
+    indices = index_of[np.asarray(atomic_numbers, dtype=np.int64)]
+    if np.any(indices < 0):
+        missing = sorted({int(z) for z in np.asarray(atomic_numbers)[indices < 0]})
+        raise UserError(
+            f"{where} holds elements with atomic numbers {missing} that are missing from the species table "
+            f"{list(species_table)} (of the model or dataset)"
+        )
+    return indices
+
+
 class TensorSet:
     """A split held as flat tensors on one device, from which batches are gathered without copying lists."""
 
     def __init__(self, crystals: CrystalSet, species_table: Sequence[int], device: torch.device | str = "cpu") -> None:
-        index_of = np.full(MAX_ATOMIC_NUMBER + 1, -1, dtype=np.int64)
-        index_of[np.asarray(species_table, dtype=np.int64)] = np.arange(len(species_table))
-        species = index_of[crystals.atomic_numbers]
-        if np.any(species < 0):
-            missing = sorted({int(z) for z in crystals.atomic_numbers[species < 0]})
-            raise UserError(
-                f"the data holds elements with atomic numbers {missing} that are missing from the species table "
-                f"{list(species_table)} (of the model or dataset)"
-            )
+        species = species_indices(crystals.atomic_numbers, species_table, "the data")
         self.ids = crystals.ids
         self.device = torch.device(device)
         self.cart_coords = torch.as_tensor(crystals.cart_coords, dtype=torch.float32, device=device)

@@ -19,7 +19,6 @@ from nesfgen.estimator import (
     ExactField,
     _suppress,
     estimate,
-    estimate_crystals,
 )
 from nesfgen.metrics import aggregate, structure_metrics
 from nesfgen.sampling import box_grid, local_offsets
@@ -170,14 +169,6 @@ def test_to_crystal_wraps_and_drops_duplicates() -> None:
     np.testing.assert_allclose(crystal.cart_coords[1], [2.0, 2.0, 3.0], atol=1e-9)
     bad_lattice = replace(decoded, lengths=np.array([-1.0, 4.0, 4.0]))
     assert bad_lattice.to_crystal() is None
-
-
-def test_estimate_crystals(tiny: tuple) -> None:
-    crystals, field, box = tiny
-    rebuilt = estimate_crystals(field, field.latents(), box, field.species_table, FAST, ids=[c.id for c in crystals])
-    for true, crystal in zip(crystals, rebuilt):
-        assert crystal is not None and crystal.id == true.id
-        assert sorted(crystal.atomic_numbers.tolist()) == sorted(true.atomic_numbers.tolist())
 
 
 @pytest.mark.paper_data
