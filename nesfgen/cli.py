@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -231,13 +232,14 @@ def train_command(
     recipe_name = overrides.pop("recipe", "quickstart")
     out = overrides.pop("out", None)
     resume_dir = overrides.pop("resume", None)
-    progress = None if as_json else RichTrainProgress()
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    progress = None if as_json or not main_rank else RichTrainProgress()
     try:
         if resume_dir:
             result = resume(Path(resume_dir), overrides, progress)
         else:
             recipe = load_recipe(recipe_name, overrides)
-            if not as_json:
+            if not as_json and main_rank:
                 console.print(to_toml(recipe, header="# resolved recipe"), highlight=False, markup=False)
             result = train(recipe, Path(out) if out else None, progress)
     finally:
@@ -253,6 +255,8 @@ def train_command(
         "parameters": result.parameters,
         "last": result.last_row,
     }
+    if not main_rank:
+        return
     emit(
         summary,
         as_json,

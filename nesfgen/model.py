@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from nesfgen.config import ModelConfig
-from nesfgen.sampling import Atoms
+from nesfgen.sampling import Atoms, Queries
 
 DEGREES_PER_RADIAN = 180.0 / math.pi
 
@@ -132,6 +132,14 @@ class NeSF(nn.Module):
 
     def encode(self, atoms: Atoms) -> Tensor:
         return self.encoder(atoms)
+
+    def forward(self, atoms: Atoms, queries: Queries) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Training outputs: position (Q, 3), species logits (S, K), lengths (B, 3) Å, angles (B, 3) rad."""
+        z = self.encode(atoms)
+        position = self.position_field(queries.position_points, queries.position_structure, z)
+        species = self.species_field(queries.species_points, queries.species_structure, z)
+        lengths, angles = self.lattice_head(z)
+        return position, species, lengths, angles
 
     # The estimator's interface: points (B, P, 3) for every structure of z (B, D).
     def position(self, points: Tensor, z: Tensor) -> Tensor:

@@ -199,3 +199,36 @@ def nearest_atoms(points: Tensor, structure: Tensor, atoms: Atoms, chunk: int = 
         distance = distance.masked_fill(~valid[s], math.inf)
         result[start : start + chunk] = padded_index[s, distance.argmin(dim=1)]
     return result
+
+
+def rank_share(atoms: Atoms, queries: Queries, rank: int, world: int) -> tuple[Atoms, Queries]:
+    """The structures ``rank, rank + world, ...`` of a batch, with their atoms and queries, renumbered.
+
+    Every data-parallel rank draws the queries of the whole batch from the same random stream and
+    keeps its share, so the union over ranks is exactly what one process would train on.
+    """
+    if world == 1:
+        return atoms, queries
+
+    def mine(structure: Tensor) -> Tensor:
+        return structure % world == rank
+
+    atom_mask = mine(atoms.structure)
+    local_atoms = Atoms(
+        atoms.cart_coords[atom_mask],
+        atoms.species[atom_mask],
+        atoms.structure[atom_mask] // world,
+        atoms.lengths[rank::world],
+        atoms.angles[rank::world],
+    )
+    position_mask = mine(queries.position_structure)
+    species_mask = mine(queries.species_structure)
+    local_queries = Queries(
+        queries.position_points[position_mask],
+        queries.position_structure[position_mask] // world,
+        queries.position_targets[position_mask],
+        queries.species_points[species_mask],
+        queries.species_structure[species_mask] // world,
+        queries.species_targets[species_mask],
+    )
+    return local_atoms, local_queries

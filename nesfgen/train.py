@@ -26,7 +26,7 @@ from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet, Dataset
 from nesfgen.errors import UserError
 from nesfgen.model import NeSF, count_parameters
-from nesfgen.sampling import Atoms, Queries, QuerySampler, TensorSet, atoms_bounding_box
+from nesfgen.sampling import Atoms, Queries, QuerySampler, TensorSet, atoms_bounding_box, rank_share
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,9 @@ class TrainResult:
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; otherwise the named device, checked to exist."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -83,18 +85,64 @@ def new_run_dir(recipe_name: str, root: Path = Path("runs")) -> Path:
     return root / f"{recipe_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def compute_losses(model: NeSF, atoms: Atoms, queries: Queries) -> dict[str, Tensor]:
-    """The four unweighted loss terms of one batch."""
-    z = model.encode(atoms)
-    position = model.position_field(queries.position_points, queries.position_structure, z)
-    species = model.species_field(queries.species_points, queries.species_structure, z)
-    lengths, angles = model.lattice_head(z)
-    return {
-        "position": nn.functional.mse_loss(position.float(), queries.position_targets),
-        "species": nn.functional.cross_entropy(species.float(), queries.species_targets),
-        "length": nn.functional.mse_loss(lengths.float(), atoms.lengths),
-        "angle": nn.functional.mse_loss(angles.float(), atoms.angles),
+def compute_losses(
+    model: nn.Module, atoms: Atoms, queries: Queries, totals: tuple[int, int, int] | None = None
+) -> dict[str, Tensor]:
+    """The four unweighted loss terms of one batch: mean squared errors and cross-entropy.
+
+    ``totals`` = (position queries, species queries, structures) of the whole batch when this process
+    holds only a share of it: the terms are then this share's sums divided by those totals, times the
+    world size, so that averaging gradients over ranks gives exactly the whole batch's means.
+    """
+    position, species, lengths, angles = model(atoms, queries)
+    terms = {
+        "position": (
+            (position.float() - queries.position_targets).square().sum(),
+            3 * queries.position_points.shape[0],
+        ),
+        "species": (
+            nn.functional.cross_entropy(species.float(), queries.species_targets, reduction="sum"),
+            queries.species_points.shape[0],
+        ),
+        "length": ((lengths.float() - atoms.lengths).square().sum(), 3 * atoms.num_structures),
+        "angle": ((angles.float() - atoms.angles).square().sum(), 3 * atoms.num_structures),
     }
+    if totals is None:
+        return {name: total / count for name, (total, count) in terms.items()}
+    world = _world_size()
+    q, s, b = totals
+    denominators = {"position": 3 * q, "species": s, "length": 3 * b, "angle": 3 * b}
+    return {name: total * world / denominators[name] for name, (total, _) in terms.items()}
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a data-parallel run (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_ranks(device: torch.device) -> Ranks:
+    """Join the process group torchrun describes in the environment (NCCL on GPUs, Gloo on CPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size())
 
 
 def weighted_total(losses: dict[str, Tensor], recipe: Recipe) -> Tensor:
@@ -136,6 +184,7 @@ class Trainer:
         torch.utils.deterministic.fill_uninitialized_memory = False
         if t.precision not in ("fp32", "bf16"):
             raise UserError(f"train.precision must be fp32 or bf16, got {t.precision!r}")
+        self.ranks = init_ranks(self.device)
         dataset = resolve_dataset(recipe.data.dataset_name)
         if state is not None and state["dataset_hash"] != dataset.content_hash:
             raise UserError(
@@ -146,8 +195,10 @@ class Trainer:
         self.species_table = list(state["species_table"]) if state else dataset.species_table
         train_crystals = self._split(dataset, recipe.data.train_split)
         val_crystals = self._split(dataset, recipe.data.val_split)
-        if t.batch_size < 2:
-            raise UserError(f"train.batch_size must be at least 2 (BatchNorm), got {t.batch_size}")
+        if t.batch_size < 2 * self.ranks.world:
+            raise UserError(
+                f"train.batch_size must be at least 2 per process (BatchNorm), got {t.batch_size} for {self.ranks.world}"
+            )
         if t.batch_size > len(train_crystals):
             raise UserError(
                 f"train.batch_size {t.batch_size} is larger than the {len(train_crystals)} structures of split "
@@ -163,6 +214,11 @@ class Trainer:
             # In place, so parameter names (and so checkpoints) stay those of the plain model.
             self.model.position_field.compile(dynamic=True)
             self.model.species_field.compile(dynamic=True)
+        self.parallel: nn.Module = self.model
+        if self.ranks.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.parallel = DistributedDataParallel(self.model)  # averages gradients over ranks
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=t.lr_decay_every, gamma=t.lr_decay_factor
@@ -204,18 +260,32 @@ class Trainer:
         for index, indices in enumerate(batches):
             atoms = self.train_set.batch(indices)
             queries = self.sampler.sample(atoms, noise)
+            totals = None
+            if self.ranks.world > 1:
+                totals = (queries.position_points.shape[0], queries.species_points.shape[0], atoms.num_structures)
+                atoms, queries = rank_share(atoms, queries, self.ranks.rank, self.ranks.world)
             with self._autocast():
-                losses = compute_losses(self.model, atoms, queries)
+                losses = compute_losses(self.parallel, atoms, queries, totals)
             total = weighted_total(losses, self.recipe)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
-            values = {"total": total.item(), **{k: v.item() for k, v in losses.items()}}
+            values = self._global_values(total, losses)
             for key, value in values.items():
                 sums[key] += value
-            if progress:
+            if progress and self.ranks.main:
                 progress.step(self.epoch, index, values)
         return {key: value / len(batches) for key, value in sums.items()}
+
+    def _global_values(self, total: Tensor, losses: dict[str, Tensor]) -> dict[str, float]:
+        """The batch's losses as floats; across ranks, the mean of the ranks' scaled shares."""
+        stacked = torch.stack([total.detach(), *(v.detach() for v in losses.values())]).float()
+        if self.ranks.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(stacked)
+            stacked /= self.ranks.world
+        return dict(zip(("total", *losses), stacked.tolist()))
 
     @torch.no_grad()
     def validation_losses(self) -> dict[str, float]:
@@ -255,6 +325,16 @@ class Trainer:
             "parameters": count_parameters(self.model),
         }
 
+    def _agreed_stop(self, stop: bool) -> bool:
+        """Rank 0's decision, so that every rank leaves the loop after the same epoch."""
+        if self.ranks.world == 1:
+            return stop
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(stop)], device=self.device)
+        dist.broadcast(flag, 0)
+        return bool(flag.item())
+
     def _snapshot_due(self, every_minutes: float) -> bool:
         """True when this epoch crossed a multiple of the snapshot interval of training time."""
         previous = self.history[-2]["seconds"] if len(self.history) > 1 else 0.0
@@ -262,16 +342,15 @@ class Trainer:
 
     def run(self, progress: TrainProgress | None = None) -> TrainResult:
         t = self.recipe.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(
-            self.run_dir / "config.toml",
-            to_toml(self.recipe, header=f"# nesfgen train recipe={self.run_dir / 'config.toml'}"),
-        )
+        if self.ranks.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            header = f"# nesfgen train recipe={self.run_dir / 'config.toml'}"
+            _write_text(self.run_dir / "config.toml", to_toml(self.recipe, header=header))
         batches = len(epoch_batches(len(self.train_set), t.batch_size, torch.Generator().manual_seed(0)))
-        if progress:
+        if progress and self.ranks.main:
             progress.start(self.recipe, self.run_dir, count_parameters(self.model), self.epoch, batches)
         started = time.monotonic() - self.seconds
-        stop_reason = "epochs"
+        stop_reason = ""
         since_best = self.epoch - 1 - self.best_epoch if self.best_epoch >= 0 else 0
         last_plot = time.monotonic()
         while self.epoch < t.epochs:
@@ -295,25 +374,29 @@ class Trainer:
             else:
                 since_best += 1
             self.epoch += 1
-            state = self.state()
-            save_checkpoint(self.run_dir / "last.pt", state)
-            if improved:
-                save_checkpoint(self.run_dir / "best.pt", state)
-            if t.snapshot_every_minutes > 0 and self._snapshot_due(t.snapshot_every_minutes):
-                save_checkpoint(self.run_dir / "snapshots" / f"epoch-{self.epoch:05d}.pt", state)
-            write_history(self.run_dir, self.history)
-            if time.monotonic() - last_plot > 30:
-                plot_losses(self.run_dir, self.history)
-                last_plot = time.monotonic()
-            if progress:
-                progress.epoch(row)
+            if self.ranks.main:
+                state = self.state()
+                save_checkpoint(self.run_dir / "last.pt", state)
+                if improved:
+                    save_checkpoint(self.run_dir / "best.pt", state)
+                if t.snapshot_every_minutes > 0 and self._snapshot_due(t.snapshot_every_minutes):
+                    save_checkpoint(self.run_dir / "snapshots" / f"epoch-{self.epoch:05d}.pt", state)
+                write_history(self.run_dir, self.history)
+                if time.monotonic() - last_plot > 30:
+                    plot_losses(self.run_dir, self.history)
+                    last_plot = time.monotonic()
+                if progress:
+                    progress.epoch(row)
+            stop_reason = ""
             if t.early_stopping and t.early_stopping_patience > 0 and since_best >= t.early_stopping_patience:
                 stop_reason = f"early stopping: no validation improvement for {since_best} epochs"
-                break
             if t.time_limit_minutes > 0 and self.seconds >= 60 * t.time_limit_minutes:
                 stop_reason = f"time limit of {t.time_limit_minutes} min reached"
+            if self._agreed_stop(bool(stop_reason)):
                 break
-        plot_losses(self.run_dir, self.history)
+        stop_reason = stop_reason or "epochs"
+        if self.ranks.main:
+            plot_losses(self.run_dir, self.history)
         return TrainResult(
             run_dir=self.run_dir,
             epochs_done=self.epoch,

@@ -86,3 +86,50 @@ def test_compiled_fields_train_and_keep_plain_checkpoint_names(tiny_dataset, tmp
     state = read_checkpoint(tmp_path / "compiled" / "last.pt")["model"]
     assert not any("_orig_mod" in key for key in state)
     load_model(tmp_path / "compiled")  # the plain model loads the compiled run's weights
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def data_parallel_run(run_dir, processes, arguments):
+    import os
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={processes}",
+        f"--master_port={free_port()}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*command, "-m", "nesfgen", "train", *arguments, "--json"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count('"run_dir"') == 1  # only rank 0 reports
+    return read_checkpoint(run_dir / "last.pt")
+
+
+def test_two_gloo_processes_match_one_process(tiny_dataset, tmp_path):
+    from conftest import TINY_MODEL
+
+    # Without BatchNorm and dropout the only difference left is the order of float additions.
+    plain = {"model.batch_norm": "false", "model.field_batch_norm": "false", "model.dropout": "0", "train.epochs": "2"}
+    arguments = [f"{k}={v}" for k, v in {**TINY_MODEL, **plain}.items()]
+    arguments += [f"data.name={tiny_dataset.path}", "train.batch_size=8", f"out={tmp_path / 'two'}"]
+    two = data_parallel_run(tmp_path / "two", 2, arguments)
+    one = train(tiny_recipe(tiny_dataset, **plain), tmp_path / "one")
+    single = read_checkpoint(tmp_path / "one" / "last.pt")
+    assert one.epochs_done == two["epoch"] == 2
+    for key, value in single["model"].items():
+        assert torch.allclose(value, two["model"][key], atol=1e-4, rtol=1e-3), key
+    # resume works the same way under torchrun
+    resumed = data_parallel_run(tmp_path / "two", 2, [f"resume={tmp_path / 'two'}", "train.epochs=3"])
+    assert resumed["epoch"] == 3
