@@ -247,6 +247,7 @@ def train_command(
             progress.stop()
     summary = {
         "run_dir": str(result.run_dir),
+        "dataset": result.dataset,
         "epochs": result.epochs_done,
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
@@ -262,7 +263,8 @@ def train_command(
         as_json,
         lambda s: stdout.print(
             f"[green]done[/] ({s['stop_reason']}): {s['epochs']} epochs in {s['seconds']} s, best validation loss "
-            f"{s['best_val_loss']:.4f} at epoch {s['best_epoch']}; checkpoints in {s['run_dir']}"
+            f"{s['best_val_loss']:.4f} at epoch {s['best_epoch']}; checkpoints in {s['run_dir']}\n"
+            f"next: nesfgen evaluate checkpoint={s['run_dir']} data={s['dataset']} split=test"
         ),
     )
 

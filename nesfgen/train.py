@@ -62,6 +62,7 @@ class TrainResult:
     last_row: dict[str, Any]
     stop_reason: str
     parameters: int
+    dataset: str = ""
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -155,11 +156,14 @@ def weighted_total(losses: dict[str, Tensor], recipe: Recipe) -> Tensor:
     )
 
 
-def epoch_batches(count: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
-    """A shuffled partition into batches; a trailing batch of one joins the previous one (BatchNorm needs 2)."""
+def epoch_batches(count: int, batch_size: int, generator: torch.Generator, minimum: int = 2) -> list[Tensor]:
+    """A shuffled partition into batches; a trailing batch under ``minimum`` joins the previous one.
+
+    BatchNorm needs two structures per process, so ``minimum`` is twice the number of processes.
+    """
     order = torch.randperm(count, generator=generator)
     batches = list(order.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) < 2:
+    if len(batches) > 1 and len(batches[-1]) < minimum:
         batches[-2] = torch.cat([batches[-2], batches.pop()])
     return batches
 
@@ -256,7 +260,7 @@ class Trainer:
         shuffle = torch.Generator().manual_seed(_seed(t.seed, self.epoch, 1))
         noise = torch.Generator(self.device).manual_seed(_seed(t.seed, self.epoch, 2))
         sums = dict.fromkeys(("total", *LOSS_NAMES), 0.0)
-        batches = epoch_batches(len(self.train_set), t.batch_size, shuffle)
+        batches = epoch_batches(len(self.train_set), t.batch_size, shuffle, 2 * self.ranks.world)
         for index, indices in enumerate(batches):
             atoms = self.train_set.batch(indices)
             queries = self.sampler.sample(atoms, noise)
@@ -405,6 +409,7 @@ class Trainer:
             last_row=self.history[-1] if self.history else {},
             stop_reason=stop_reason,
             parameters=count_parameters(self.model),
+            dataset=self.recipe.data.dataset_name,
             seconds=self.seconds,
             history=self.history,
         )
