@@ -5,6 +5,7 @@ from nesfgen.checkpoint import read_checkpoint
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
 from nesfgen.evaluate import evaluate, expand_checkpoints, markdown_table, summarise_runs, write_report
+from nesfgen.metrics import PAPER_METRICS
 from nesfgen.train import train
 
 
@@ -51,18 +52,7 @@ def test_bad_checkpoint_is_a_clear_error(tiny_dataset, tmp_path):
 
 
 def test_markdown_puts_the_paper_beside_ours():
-    summary = dict.fromkeys(
-        [
-            "atom_count_error_pct",
-            "position_error_actual",
-            "position_error_detected",
-            "species_error_actual_pct",
-            "species_error_detected_pct",
-            "length_error",
-            "angle_error",
-        ],
-        0.5,
-    )
+    summary = dict.fromkeys(PAPER_METRICS, 0.5)
     assert "| 6.35 |" in markdown_table({**summary, "dataset": "lcs6"})
     assert "paper" not in markdown_table({**summary, "dataset": "mine"})
 
