@@ -421,7 +421,8 @@ def cv_command(
     """Cross-validation: train and evaluate every fold (nesfgen cv recipe=paper-ybco [out=DIR] [key=value ...])."""
     from nesfgen.config import load_recipe, parse_overrides
     from nesfgen.crossval import cross_validate, parse_folds
-    from nesfgen.evaluate import atomic_write_text, markdown_table
+    from nesfgen.evaluate import markdown_table
+    from nesfgen.files import atomic_write_text
 
     overrides, positional = parse_overrides(list(ctx.args))
     if positional:

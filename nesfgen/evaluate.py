@@ -7,7 +7,6 @@ import glob
 import io
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet
 from nesfgen.errors import UserError
 from nesfgen.estimator import ExactField, estimate
+from nesfgen.files import atomic_write_text, new_figure, save_figure
 from nesfgen.metrics import PAPER_METRICS, aggregate, cdvae_metrics, mean_std, structure_metrics
 from nesfgen.sampling import TensorSet, atoms_bounding_box
 
@@ -203,13 +203,6 @@ def write_report(evaluation: Evaluation, out: Path) -> list[Path]:
     return written
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-    return path
-
-
 def _csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
@@ -220,18 +213,13 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 def plot_errors_vs_atoms(rows: list[dict[str, Any]], path: Path, min_samples: int = 10) -> Path:
     """Median and 68 % range of the signed atom-count, position and species errors per atom count."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     series = {
         "detected − actual atoms": lambda r: r["num_detected"] - r["num_atoms"],
         "position error, actual [Å]": lambda r: r["position_error_actual"],
         "species error, actual [%]": lambda r: r["species_error_actual_pct"],
     }
     sizes = sorted({r["num_atoms"] for r in rows})
-    figure, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    figure, axes = new_figure(3, 14, 3.8)
     for axis, (label, value) in zip(axes, series.items()):
         xs, median, low, high = [], [], [], []
         for size in sizes:
@@ -248,12 +236,7 @@ def plot_errors_vs_atoms(rows: list[dict[str, Any]], path: Path, min_samples: in
         axis.set_xlabel("atoms per cell")
         axis.set_title(label)
     figure.suptitle(f"medians and 68 % ranges (atom counts with ≥ {min_samples} structures)")
-    figure.tight_layout()
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=90)
-    plt.close(figure)
-    os.replace(temporary, path)
-    return path
+    return save_figure(figure, path)
 
 
 def write_reconstructions(evaluation: Evaluation, out: Path) -> int:
@@ -297,14 +280,9 @@ def evaluate_trajectory(
 
 def write_trajectory(rows: list[dict[str, Any]], out: Path, dataset: str) -> list[Path]:
     """trajectory.csv, trajectory.md and trajectory.png (each metric against training time, paper value dashed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out.mkdir(parents=True, exist_ok=True)
     reference = paper_reference(dataset)
-    figure, axes = plt.subplots(1, len(PAPER_METRICS), figsize=(4 * len(PAPER_METRICS), 3.4))
+    figure, axes = new_figure(len(PAPER_METRICS), 4 * len(PAPER_METRICS), 3.4)
     minutes = [row["training_minutes"] for row in rows]
     for index, (axis, name) in enumerate(zip(axes, PAPER_METRICS)):
         axis.plot(minutes, [row[name] for row in rows], "o-", label="nesfgen")
@@ -313,12 +291,7 @@ def write_trajectory(rows: list[dict[str, Any]], out: Path, dataset: str) -> lis
         axis.set_title(METRIC_LABELS[name], fontsize=9)
         axis.set_xlabel("training time [min]")
     axes[0].legend(fontsize=8)
-    figure.tight_layout()
-    png = out / "trajectory.png"
-    temporary = out / ".trajectory.tmp.png"
-    figure.savefig(temporary, dpi=90)
-    plt.close(figure)
-    os.replace(temporary, png)
+    png = save_figure(figure, out / "trajectory.png")
     header = "| epoch | minutes | " + " | ".join(METRIC_LABELS[name] for name in PAPER_METRICS) + " |"
     lines = [header, "|" + "---|" * (len(PAPER_METRICS) + 2)]
     for row in rows:

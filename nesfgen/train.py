@@ -25,6 +25,7 @@ from nesfgen.config import Recipe, from_dict, to_dict, to_toml
 from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet, Dataset
 from nesfgen.errors import UserError
+from nesfgen.files import atomic_write_text, new_figure, save_figure
 from nesfgen.model import NeSF, count_parameters
 from nesfgen.sampling import Atoms, Queries, QuerySampler, TensorSet, atoms_bounding_box, rank_share
 
@@ -349,7 +350,7 @@ class Trainer:
         if self.ranks.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             header = f"# nesfgen train recipe={self.run_dir / 'config.toml'}"
-            _write_text(self.run_dir / "config.toml", to_toml(self.recipe, header=header))
+            atomic_write_text(self.run_dir / "config.toml", to_toml(self.recipe, header=header))
         batches = len(epoch_batches(len(self.train_set), t.batch_size, torch.Generator().manual_seed(0)))
         if progress and self.ranks.main:
             progress.start(self.recipe, self.run_dir, count_parameters(self.model), self.epoch, batches)
@@ -444,28 +445,17 @@ def resume(
     return Trainer(recipe, run_dir, state).run(progress)
 
 
-def _write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Per-epoch metrics as JSON lines, rewritten from the checkpoint's history (never duplicated on resume)."""
-    _write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
 
 def plot_losses(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """losses.png: training and validation curves of each loss term."""
     if not history:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [row["epoch"] for row in history]
-    figure, axes = plt.subplots(1, 5, figsize=(20, 3.6))
+    figure, axes = new_figure(5, 20, 3.6)
     for axis, name in zip(axes, ("total", *LOSS_NAMES)):
         axis.plot(epochs, [row[f"train_{name}"] for row in history], label="train")
         axis.plot(epochs, [row[f"val_{name}"] for row in history], label="validation")
@@ -473,8 +463,4 @@ def plot_losses(run_dir: Path, history: list[dict[str, Any]]) -> None:
         axis.set_title(name)
         axis.set_xlabel("epoch")
     axes[0].legend()
-    figure.tight_layout()
-    temporary = run_dir / ".losses.png.tmp.png"
-    figure.savefig(temporary, dpi=90)
-    plt.close(figure)
-    os.replace(temporary, run_dir / "losses.png")
+    save_figure(figure, run_dir / "losses.png")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import numpy as np
 
 from nesfgen.data.store import Dataset
 from nesfgen.errors import UserError
+from nesfgen.files import atomic_write_text
 
 
 def dataset_info(dataset: Dataset) -> dict[str, Any]:
@@ -60,9 +60,6 @@ def export_cif(dataset: Dataset, out: Path, splits: list[str] | None = None) -> 
         folder.mkdir(parents=True, exist_ok=True)
         for index, crystal in enumerate(dataset.load(split)):
             stem = crystal.id or f"{split}-{index}"
-            target = folder / f"{stem}.cif"
-            temporary = target.with_suffix(".cif.tmp")
-            temporary.write_text(crystal.to_cif())
-            os.replace(temporary, target)
+            atomic_write_text(folder / f"{stem}.cif", crystal.to_cif())
             written += 1
     return written
