@@ -22,6 +22,8 @@ from nesfgen.model import NeSF
 
 FORMAT_VERSION = 1
 PACKAGED_MODELS = Path(__file__).resolve().parent / "models"
+#: The shipped autoencoder that evaluate, reconstruct and the latent tools use when no checkpoint= is given.
+DEFAULT_MODEL = "nesf-lcs6"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -52,7 +54,10 @@ def resolve_checkpoint(path_or_run: str | Path) -> Path:
     shipped = PACKAGED_MODELS / f"{path_or_run}.pt"
     if shipped.is_file():
         return shipped
-    raise UserError(f"checkpoint {path_or_run} not found (give a .pt file, a run folder, or a shipped model name)")
+    shipped_names = ", ".join(sorted(p.stem for p in PACKAGED_MODELS.glob("*.pt"))) or "none"
+    raise UserError(
+        f"checkpoint {path_or_run} not found (give a .pt file, a run folder, or a shipped model name: {shipped_names})"
+    )
 
 
 def read_checkpoint(path_or_run: str | Path) -> dict[str, Any]:
