@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from nesfgen import __version__
-from nesfgen.config import Recipe, from_dict
+from nesfgen.config import ModelConfig, Recipe, from_dict
 from nesfgen.errors import UserError
 from nesfgen.model import NeSF
 
@@ -24,6 +24,8 @@ FORMAT_VERSION = 1
 PACKAGED_MODELS = Path(__file__).resolve().parent / "models"
 #: The shipped autoencoder that evaluate, reconstruct and the latent tools use when no checkpoint= is given.
 DEFAULT_MODEL = "nesf-lcs6"
+#: The shipped variational model that ``nesfgen sample`` uses when no checkpoint= is given.
+DEFAULT_VAE_MODEL = "nesf-vae-lcs6"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -91,11 +93,20 @@ class TrainedModel:
     path: str
 
 
+def build_model(config: ModelConfig, num_species: int) -> NeSF:
+    """A fresh NeSF, or its variational form when ``config.variational`` (Pyro is imported only then)."""
+    if config.variational:
+        from nesfgen.vae import VariationalNeSF
+
+        return VariationalNeSF(config, num_species)
+    return NeSF(config, num_species)
+
+
 def load_model(path_or_run: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
     """Rebuild the model of a checkpoint from its saved recipe alone, in eval mode."""
     state = read_checkpoint(path_or_run)
     recipe = from_dict(Recipe, state["recipe"], where=state["path"])
-    model = NeSF(recipe.model, len(state["species_table"]))
+    model = build_model(recipe.model, len(state["species_table"]))
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return TrainedModel(

@@ -125,7 +125,7 @@ def data_info(
     dataset: str = typer.Argument("builtin", help="Dataset name (builtin, lcs6, ...) or folder."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Counts per split, atoms per cell, species and cell sizes of a dataset."""
+    """Counts per split, atoms per cell, species, cell sizes and training space groups of a dataset."""
     from nesfgen.data.info import dataset_info
     from nesfgen.data.names import resolve_dataset
 
@@ -149,6 +149,16 @@ def data_info(
                 f"{split}: a,b,c in {s['lengths_min']}..{s['lengths_max']} Å; angles {s['angles_min']}..{s['angles_max']}°"
             )
         stdout.print("species: " + " ".join(f"{el}({n})" for el, n in info["species"].items()))
+        groups = info["space_groups"]
+        table = Table(title=f"space groups of the {groups['split']} split (spglib, symprec {groups['symprec']:g} Å)")
+        for column in ("number", "symbol", "structures", "share"):
+            table.add_column(column, justify="right" if column != "symbol" else "left")
+        for group in groups["groups"]:
+            share = f"{100 * group['count'] / groups['structures']:.1f} %"
+            table.add_row(str(group["number"]), group["symbol"], str(group["count"]), share)
+        if groups["unassigned"]:
+            table.add_row("", "none found", str(groups["unassigned"]), "")
+        stdout.print(table)
 
     emit(info, as_json, render)
 
@@ -173,6 +183,70 @@ def data_export(
         as_json,
         lambda r: stdout.print(f"wrote {r['written']} CIF files to {r['out']}"),
     )
+
+
+@data_app.command("fetch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def data_fetch(
+    ctx: typer.Context,
+    selection: str = typer.Argument(..., help="lcs6 | icsg3d | ybco-like | query"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Dataset folder (default: mp-NAME in the data dir)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Build a dataset from the Materials Project (needs MP_API_KEY): nesfgen data fetch lcs6 key=value ...
+
+    Keys: seed=, split=TRAIN,VAL,TEST, folds=K, limit=N, page_size=, cache=DIR, gnome=true; lcs6 and query take
+    max_length=Å; ybco-like takes candidates=CSV; query takes elements=, exclude_elements=, chemsys=, formula=,
+    num_sites=MIN:MAX, num_elements=, spacegroup=, crystal_system=, energy_above_hull=, formation_energy=,
+    band_gap=, volume=, density=, stable=, is_metal=, theoretical=. Pages are cached: run it again to resume.
+    """
+    from nesfgen.data import materials_project as mp
+
+    plan = mp.plan_fetch(selection, _key_values(ctx, f"data fetch {selection}", mp.selection_keys(selection)))
+    out = out or mp.default_out(selection)
+    client = mp.MPResterClient(mp.api_key())
+    bar, progress = _decode_progress("fetching documents")
+    with bar:
+        report = mp.fetch_dataset(plan, out, client, progress=progress)
+    result = {
+        "selection": plan.selection.description,
+        "documents": report.documents,
+        "pages_downloaded": report.pages_downloaded,
+        "pages_cached": report.pages_cached,
+        "kept": report.kept,
+        "filtered": report.filtered,
+        "skipped": [{"id": i, "reason": why} for i, why in report.skipped],
+        "datasets": [
+            {
+                "name": d.name,
+                "path": str(d.path),
+                "counts": {s: d.manifest["splits"][s]["count"] for s in d.split_names},
+            }
+            for d in report.datasets
+        ],
+        "cache": str(report.cache),
+        "notes": report.notes,
+    }
+
+    def render(result: dict) -> None:
+        stdout.print(
+            f"{result['selection']}: {result['documents']} documents ({result['pages_downloaded']} pages downloaded, "
+            f"{result['pages_cached']} from the cache), {result['kept']} kept",
+            markup=False,
+        )
+        for reason, count in result["filtered"].items():
+            stdout.print(f"  left out {count}: {reason}", markup=False)
+        for skipped in result["skipped"][:10]:
+            stdout.print(f"  [yellow]skipped[/] {skipped['id']}: {skipped['reason']}")
+        for note in result["notes"]:
+            stdout.print(f"  note: {note}", markup=False)
+        for dataset in result["datasets"][:3]:
+            counts = ", ".join(f"{split} {n}" for split, n in dataset["counts"].items())
+            stdout.print(f"[green]wrote[/] {dataset['name']} -> {dataset['path']} ({counts})")
+        if len(result["datasets"]) > 3:
+            stdout.print(f"... and {len(result['datasets']) - 3} more folds")
+        stdout.print(f"cached pages: {result['cache']} (delete to free space)", markup=False)
+
+    emit(result, as_json, render)
 
 
 class RichTrainProgress:
@@ -206,7 +280,8 @@ class RichTrainProgress:
         console.print(
             f"epoch {row['epoch']:>4}  {row['epoch_seconds']:7.1f}s  train {row['train_total']:.4f}  "
             f"val {row['val_total']:.4f} (pos {row['val_position']:.4f} spe {row['val_species']:.3f} "
-            f"len {row['val_length']:.4f} ang {row['val_angle']:.5f})",
+            f"len {row['val_length']:.4f} ang {row['val_angle']:.5f}"
+            + (f" kl {row['val_kl']:.2f})" if "val_kl" in row else ")"),
             highlight=False,
         )
         self.bar.reset(self.task, total=self.batches)
@@ -292,18 +367,42 @@ def _decode_progress(label: str):
     return bar, lambda done, total: bar.update(task, completed=done, total=total)
 
 
-EVALUATE_KEYS = {"checkpoint", "data", "split", "field", "limit", "device", "out"}
+def _symmetrize_options(options: dict[str, str]) -> dict[str, Any]:
+    """symmetrize=true|false and symprec=Å as keyword arguments (symprec only means something with symmetrize)."""
+    from nesfgen.config import parse_value
+    from nesfgen.symmetry import STATED_SYMPREC, check_symprec
+
+    symmetrize = parse_value(options.get("symmetrize", "false"), bool, "symmetrize")
+    if "symprec" in options and not symmetrize:
+        raise UserError("symprec= is the tolerance of symmetrize=true; add symmetrize=true or drop symprec=")
+    return {"symmetrize": symmetrize, "symprec": check_symprec(options.get("symprec", STATED_SYMPREC))}
+
+
+EVALUATE_KEYS = {"checkpoint", "data", "split", "field", "limit", "device", "out", "symmetrize", "symprec"}
 
 
 @app.command("evaluate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def evaluate_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Decode a split and score it: nesfgen evaluate checkpoint=RUN[,RUN|GLOB] data=NAME split=test [field=exact] [out=DIR]."""
+    """Decode a split and score it: nesfgen evaluate [checkpoint=RUN[,RUN|GLOB]] [data=NAME] [split=test] [field=exact] [out=DIR] [symmetrize=true [symprec=0.1]].
+
+    Without checkpoint= the shipped default model (nesf-lcs6) is used; without data= the dataset the
+    model was trained on.
+    """
     from nesfgen.config import parse_value
-    from nesfgen.evaluate import evaluate, expand_checkpoints, markdown_table, summarise_runs, write_report
+    from nesfgen.evaluate import (
+        evaluate,
+        expand_checkpoints,
+        markdown_table,
+        recovery_key,
+        summarise_runs,
+        symmetry_markdown,
+        write_report,
+    )
 
     options = _key_values(ctx, "evaluate", EVALUATE_KEYS)
+    symmetrize = _symmetrize_options(options)
     estimator = {k: v for k, v in options.items() if k.startswith("estimator.")}
-    checkpoints = expand_checkpoints(options["checkpoint"]) if "checkpoint" in options else [None]
+    checkpoints = expand_checkpoints(options["checkpoint"]) if "checkpoint" in options else [None]  # None: default
     limit = parse_value(options.get("limit", "0"), int, "limit")
     evaluations = []
     for checkpoint in checkpoints:
@@ -311,13 +410,14 @@ def evaluate_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--
         with bar:
             evaluation = evaluate(
                 checkpoint,
-                options.get("data", "builtin"),
+                options.get("data"),
                 options.get("split", "test"),
                 options.get("field", "model"),
                 limit,
                 options.get("device", "cpu"),
                 estimator,
                 progress,
+                **symmetrize,
             )
         folder = _report_folder(options.get("out"), checkpoint, evaluation.summary, len(checkpoints) > 1)
         evaluation.summary["report_files"] = [str(p) for p in write_report(evaluation, folder)]
@@ -330,12 +430,20 @@ def evaluate_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--
             stdout.print(
                 markdown_table({**result["mean"], "dataset": result["each"][0]["dataset"]}, result["std"]), markup=False
             )
+            stated = result["mean"]["symmetry_symprec"]
+            key = recovery_key(stated)
+            stdout.print(
+                f"symmetry recovered (decoded space group = input's at {stated:g} Å): "
+                f"{result['mean'][key]:.1f} ± {result['std'][key]:.1f} %"
+                + (" after symmetrize" if result["each"][0]["symmetrize"] else "")
+            )
         else:
             stdout.print(markdown_table(result), markup=False)
             stdout.print(
                 f"empty decodes {result['empty_decodes']}; StructureMatcher match {result['cdvae_match_rate_pct']:.1f} % "
                 f"(RMSE {result['cdvae_rmse']:.4f}); space group recovered {result['cdvae_spacegroup_match_pct']:.1f} %"
             )
+            stdout.print(symmetry_markdown(result), markup=False)
             stdout.print(f"reports: {', '.join(result['report_files'])}", markup=False)
 
     emit(result, as_json, render)
@@ -380,36 +488,235 @@ def trajectory_command(ctx: typer.Context, as_json: bool = typer.Option(False, "
     )
 
 
-RECONSTRUCT_KEYS = {"checkpoint", "data", "split", "field", "limit", "device", "out"}
+RECONSTRUCT_KEYS = {"checkpoint", "data", "split", "field", "limit", "device", "out", "symmetrize", "symprec"}
 
 
 @app.command("reconstruct", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def reconstruct_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Write input and decoded CIFs side by side: nesfgen reconstruct checkpoint=RUN data=NAME split=test out=DIR."""
+    """Write input and decoded CIFs side by side: nesfgen reconstruct [checkpoint=RUN] [data=NAME] [split=test] out=DIR [symmetrize=true [symprec=0.1]]."""
     from nesfgen.config import parse_value
-    from nesfgen.evaluate import evaluate, write_reconstructions
+    from nesfgen.evaluate import evaluate, recovery_key, write_reconstructions
 
     options = _key_values(ctx, "reconstruct", RECONSTRUCT_KEYS)
+    symmetrize = _symmetrize_options(options)
     if "out" not in options:
         raise UserError("out=FOLDER is required: where to write the CIF pairs")
     bar, progress = _decode_progress("decoding")
     with bar:
         evaluation = evaluate(
             options.get("checkpoint"),
-            options.get("data", "builtin"),
+            options.get("data"),
             options.get("split", "test"),
             options.get("field", "model"),
             parse_value(options.get("limit", "0"), int, "limit"),
             options.get("device", "cpu"),
             {k: v for k, v in options.items() if k.startswith("estimator.")},
             progress,
+            **symmetrize,
         )
     written = write_reconstructions(evaluation, Path(options["out"]))
-    emit(
-        {"pairs": written, "out": options["out"]},
-        as_json,
-        lambda r: stdout.print(f"wrote {r['pairs']} input/decoded CIF pairs to {r['out']}"),
-    )
+    summary = evaluation.summary
+    stated = summary["symmetry_symprec"]
+    result = {
+        "pairs": written,
+        "out": options["out"],
+        "symmetrize": summary["symmetrize"],
+        "symmetrize_symprec": summary.get("symmetrize_symprec"),
+        "symmetrize_failed": summary.get("symmetrize_failed"),
+        "symmetry_symprec": stated,
+        "symmetry_recovery_pct": summary[recovery_key(stated)],
+    }
+
+    def render(r: dict) -> None:
+        snapped = (
+            f"symmetrised within {r['symmetrize_symprec']:g} Å ({r['symmetrize_failed']} could not be)"
+            if r["symmetrize"]
+            else "as decoded (not symmetrised)"
+        )
+        stdout.print(
+            f"wrote {r['pairs']} input/decoded CIF pairs to {r['out']}; decoded structures {snapped}; "
+            f"space group recovered {r['symmetry_recovery_pct']:.1f} % at {r['symmetry_symprec']:g} Å",
+            markup=False,
+        )
+
+    emit(result, as_json, render)
+
+
+@app.command("symmetry", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def symmetry_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Space groups by spglib at a ladder of tolerances: nesfgen symmetry PATHS... | data=NAME [split=train] [limit=N] [tolerances=0.01,0.05,0.1,0.2].
+
+    PATHS are CIF/POSCAR files or folders of them; a decoded CIF written by nesfgen reconstruct
+    (X.decoded.cif beside X.input.cif) is compared with its input's space group.
+    """
+    from nesfgen.config import parse_overrides, parse_value
+    from nesfgen.symmetry import STATED_SYMPREC, TOLERANCES, agreement, analyse_dataset, analyse_files
+
+    options, paths = parse_overrides(list(ctx.args))
+    unknown = set(options) - {"data", "split", "limit", "tolerances"}
+    if unknown:
+        raise UserError(
+            f"unknown option {sorted(unknown)[0]} for nesfgen symmetry; valid: data, split, limit, tolerances"
+        )
+    tolerances = parse_value(options.get("tolerances", TOLERANCES), tuple[float, ...], "tolerances")
+    if paths and "data" in options:
+        raise UserError("give structure files or data=NAME, not both")
+    if "data" in options:
+        limit = parse_value(options.get("limit", "0"), int, "limit")
+        entries = analyse_dataset(options["data"], options.get("split", "train"), limit, tolerances)
+    elif paths:
+        if "split" in options or "limit" in options:
+            raise UserError("split= and limit= go with data=NAME, not with structure files")
+        entries = analyse_files(paths, tolerances)
+    else:
+        raise UserError("nothing to analyse: give CIF/POSCAR files or folders, or data=NAME")
+    result = {"tolerances": list(tolerances), "structures": entries, "agreement": agreement(entries)}
+
+    def render(r: dict) -> None:
+        stated = STATED_SYMPREC if STATED_SYMPREC in r["tolerances"] else r["tolerances"][-1]
+        compared = r["agreement"]["decoded"] > 0
+        ladder = " / ".join(f"{t:g}" for t in r["tolerances"])
+        table = Table(title=f"space groups by spglib (symprec {ladder} Å)")
+        table.add_column("structure", overflow="fold")
+        table.add_column("formula")
+        table.add_column("atoms", justify="right")
+        table.add_column("number by tolerance")
+        table.add_column(f"group at {stated:g} Å")
+        table.add_column("Wyckoff sites")
+        if compared:
+            table.add_column("input's group at (Å)")
+        for e in r["structures"]:
+            level = next(lv for lv in e["levels"] if lv["symprec"] == stated)
+            row = [e["name"], e["formula"], str(e["num_atoms"])]
+            row.append(" / ".join(str(lv["number"] or "-") for lv in e["levels"]))
+            row.append(f"{level['symbol']} ({level['crystal_system']})" if level["number"] else "none found")
+            row.append(level["sites"])
+            if compared:
+                same = e["same_as_input"]
+                agreed = [f"{float(t):g}" for t, ok in (same or {}).items() if ok]
+                row.append("" if same is None else "all" if len(agreed) == len(same) else ", ".join(agreed) or "none")
+            table.add_row(*row)
+        stdout.print(table)
+        if compared:
+            counts = ", ".join(
+                f"{float(t):g} Å {n}/{r['agreement']['decoded']}" for t, n in r["agreement"]["same_space_group"].items()
+            )
+            stdout.print(f"decoded structures with their input's space group: {counts}")
+
+    emit(result, as_json, render)
+
+
+SAMPLE_KEYS = {
+    "checkpoint",
+    "n",
+    "seed",
+    "temperature",
+    "near",
+    "radius",
+    "data",
+    "device",
+    "out",
+    "symmetrize",
+    "symprec",
+}
+
+
+@app.command("sample", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Generate structures from a VAE: nesfgen sample [checkpoint=RUN] [n=100] [seed=0] [temperature=1] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=true].
+
+    Without checkpoint= the shipped VAE (nesf-vae-lcs6) is used. Writes one CIF per decoded structure,
+    samples.csv and summary.json (validity, uniqueness, novelty, space groups, Wasserstein distances).
+    """
+    from nesfgen.config import parse_value
+    from nesfgen.generate import sample_structures, write_samples
+
+    options = _key_values(ctx, "sample", SAMPLE_KEYS)
+    symmetrize = _symmetrize_options(options)
+    out = Path(options.get("out", "samples"))
+    bar, progress = _decode_progress("decoding samples")
+    with bar:
+        generation = sample_structures(
+            options.get("checkpoint"),
+            parse_value(options.get("n", "100"), int, "n"),
+            parse_value(options.get("seed", "0"), int, "seed"),
+            parse_value(options.get("temperature", "1.0"), float, "temperature"),
+            options.get("near"),
+            parse_value(options.get("radius", "0.5"), float, "radius"),
+            options.get("data"),
+            options.get("device", "cpu"),
+            {k: v for k, v in options.items() if k.startswith("estimator.")},
+            progress,
+            **symmetrize,
+        )
+    write_samples(generation, out)
+    result = {**generation.summary, "out": str(out)}
+
+    def render(r: dict) -> None:
+        def pct(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.1f} %"
+
+        source = (
+            f"around {r['near']} (radius {r['radius']:g})"
+            if r["near"]
+            else f"from the prior (T = {r['temperature']:g})"
+        )
+        table = Table(title=f"{r['n']} samples {source}, seed {r['seed']}: {r['checkpoint']}")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        rows = [
+            ("decoded into a crystal", f"{r['decoded']} / {r['n']}"),
+            ("structural validity (no atoms < 0.5 Å)", pct(r["structural_validity_pct"])),
+            ("compositional validity (charge balance)", pct(r["compositional_validity_pct"])),
+            ("both", pct(r["validity_pct"])),
+            ("uniqueness (of the decoded)", pct(r["uniqueness_pct"])),
+            ("novelty (of the unique, vs training)", pct(r["novelty_pct"])),
+        ]
+        for name, distance in (r["wasserstein"] or {}).items():
+            rows.append(
+                (f"Wasserstein distance, {name.replace('_', ' ')}", "n/a" if distance is None else f"{distance:.3f}")
+            )
+        for row in rows:
+            table.add_row(*row)
+        stdout.print(table)
+        groups = ", ".join(f"{group} × {count}" for group, count in list(r["space_groups"].items())[:8])
+        stdout.print(f"space groups (spglib, 0.1 Å): {groups or 'none'}", markup=False)
+        if "skipped" in r["reference"]:
+            stdout.print(f"[yellow]note:[/] {r['reference']['skipped']}")
+        stdout.print(f"wrote {r['decoded']} CIF files, samples.csv and summary.json to {r['out']}", markup=False)
+
+    emit(result, as_json, render)
+
+
+@app.command("package", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def package_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Ship a run as a package model with its model card: nesfgen package run=RUN name=NAME [data=NAME] [split=test] [out=DIR]."""
+    from nesfgen.card import package_model
+    from nesfgen.checkpoint import PACKAGED_MODELS
+
+    options = _key_values(ctx, "package", {"run", "name", "data", "split", "out"})
+    for required in ("run", "name"):
+        if required not in options:
+            raise UserError(f"{required}= is required: nesfgen package run=RUN_DIR name=MODEL_NAME")
+    bar, progress = _decode_progress("decoding")
+    with bar:
+        packaged = package_model(
+            Path(options["run"]),
+            options["name"],
+            options.get("data"),
+            options.get("split", "test"),
+            Path(options.get("out", PACKAGED_MODELS)),
+            progress,
+        )
+    result = {"checkpoint": str(packaged.checkpoint), "card": str(packaged.card), **packaged.evaluation.summary}
+
+    def render(result: dict) -> None:
+        from nesfgen.evaluate import markdown_table
+
+        stdout.print(markdown_table(result), markup=False)
+        stdout.print(f"wrote {result['checkpoint']} and its card {result['card']}", markup=False)
+
+    emit(result, as_json, render)
 
 
 @app.command("cv", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -447,6 +754,149 @@ def cv_command(
         stdout.print(f"written: {out / 'cv.md'}, {out / 'cv.json'}", markup=False)
 
     emit(result, as_json, render)
+
+
+class RichTuneProgress:
+    """A status line with the running trial's epoch; one printed line per finished trial."""
+
+    def __init__(self) -> None:
+        self.status = console.status("starting the first trial")
+
+    def epoch(self, trial: int, row: dict) -> None:
+        self.status.update(f"trial {trial}: epoch {row['epoch']}, validation loss {row['val_total']:.4f}")
+
+    def trial(self, row: dict) -> None:
+        values = ", ".join(f"{v:.5g}" for v in row["values"]) if row["values"] else ""
+        params = " ".join(f"{k}={_short(v)}" for k, v in row["params"].items())
+        seconds = f"{row['seconds']:.0f} s" if row["seconds"] is not None else ""
+        console.print(
+            f"trial {row['number']:>3} {row['state']:<8} {values:<12} {row['epochs'] or 0:>3} epochs {seconds:>6}  {params}",
+            highlight=False,
+        )
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+TUNE_KEYS = {
+    "run": {"study", "n_trials", "timeout", "storage", "worker"},
+    "show": {"study", "storage", "limit"},
+    "export": {"study", "storage", "out", "trial"},
+}
+
+
+def _seconds(text: str) -> float:
+    """``3600``, ``90m`` or ``2h`` as seconds."""
+    from nesfgen.config import parse_value
+
+    units = {"s": 1, "m": 60, "h": 3600}
+    unit = text[-1:] if text[-1:] in units else "s"
+    number = parse_value(text.removesuffix(unit) if text[-1:] in units else text, float, "timeout (e.g. 3600, 90m, 2h)")
+    if number <= 0:
+        raise UserError(f"timeout must be positive, got {text!r}")
+    return number * units[unit]
+
+
+@app.command("tune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def tune_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Optuna search: nesfgen tune study=NAME [n_trials=N] [timeout=2h] [storage=URL] [worker=K];
+    `nesfgen tune study=NAME show` prints the leaderboard and writes plots; `... export [out=FILE] [trial=N]`
+    writes the best trial as a recipe."""
+    import optuna
+
+    from nesfgen import tune
+    from nesfgen.config import parse_overrides, parse_value
+
+    options, positional = parse_overrides(list(ctx.args))
+    action = positional[0] if positional else "run"
+    if positional and (len(positional) > 1 or action not in ("show", "export")):
+        raise UserError(
+            f"unexpected argument(s) {' '.join(positional)}; nesfgen tune takes key=value pairs and show or export"
+        )
+    for key in options:
+        if key not in TUNE_KEYS[action]:
+            raise UserError(
+                f"unknown option {key} for nesfgen tune {action}; valid: {', '.join(sorted(TUNE_KEYS[action]))}"
+            )
+    if "study" not in options:
+        raise UserError(f"study=NAME is required; shipped studies: {', '.join(tune.study_names())} (or a .toml path)")
+    spec = tune.load_study(options["study"])
+    storage = options.get("storage")
+    if action == "show":
+        result = tune.show_study(spec, storage)
+        emit(result, as_json, lambda r: _render_leaderboard(r, parse_value(options.get("limit", "20"), int, "limit")))
+        return
+    if action == "export":
+        trial = parse_value(options["trial"], int, "trial") if "trial" in options else None
+        result = tune.export_recipe(spec, storage, Path(options["out"]) if "out" in options else None, trial)
+        emit(
+            result,
+            as_json,
+            lambda r: stdout.print(
+                f"wrote trial {r['trial']} as {r['path']}\nnext: nesfgen train recipe={r['path']}", highlight=False
+            ),
+        )
+        return
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # failures still show; our own line reports each trial
+    progress = None if as_json else RichTuneProgress()
+    n_trials = parse_value(options["n_trials"], int, "n_trials") if "n_trials" in options else None
+    timeout = _seconds(options["timeout"]) if "timeout" in options else None
+    worker = parse_value(options.get("worker", "0"), int, "worker")
+    if progress:
+        console.print(
+            f"[bold]study {spec.name}[/]: {', '.join(f'{o.metric} ({o.direction})' for o in spec.objectives)}, "
+            f"{n_trials or spec.n_trials} trials of recipe {spec.recipe.name}, storage {tune.storage_url(spec, storage)}",
+            highlight=False,
+        )
+        progress.status.start()
+    try:
+        result = tune.run_study(spec, n_trials, timeout, storage, worker, progress)
+    finally:
+        if progress:
+            progress.status.stop()
+
+    def render(r: dict) -> None:
+        counts = ", ".join(f"{n} {state}" for state, n in r["trials"].items())
+        stdout.print(f"[green]done[/]: study {r['study']} holds {counts} trials; this worker ran {len(r['ran'])}")
+        for row in r["best"][:1]:
+            values = ", ".join(f"{v:.5g}" for v in row["values"])
+            stdout.print(f"best: trial {row['number']} ({values}) {row['params']}", highlight=False)
+        stdout.print(
+            f"next: nesfgen tune study={options['study']} show; nesfgen tune study={options['study']} export",
+            highlight=False,
+        )
+
+    emit(result, as_json, render)
+
+
+def _render_leaderboard(result: dict, limit: int) -> None:
+    objectives = result["objectives"]
+    params = list(dict.fromkeys(key for row in result["rows"] for key in row["params"]))
+    table = Table(title=f"study {result['study']} ({result['storage']})")
+    table.add_column("trial", justify="right")
+    table.add_column("state")
+    for name in objectives:
+        table.add_column(name, justify="right")
+    table.add_column("epochs", justify="right")
+    table.add_column("s", justify="right")
+    for key in params:
+        table.add_column(key, justify="right")
+    front = {row["number"] for row in result["best"]}
+    for row in result["rows"][:limit]:
+        values = row["values"] or [None] * len(objectives)
+        table.add_row(
+            f"{row['number']}{' *' if row['number'] in front else ''}",
+            row["state"],
+            *("" if v is None else f"{v:.5g}" for v in values),
+            str(row["epochs"] or ""),
+            "" if row["seconds"] is None else f"{row['seconds']:.0f}",
+            *(_short(row["params"].get(key, "")) for key in params),
+        )
+    stdout.print(table)
+    counts = ", ".join(f"{n} {state}" for state, n in result["trials"].items())
+    stdout.print(f"{counts}; * = best (Pareto front for several objectives)", highlight=False)
+    stdout.print(f"plots: {', '.join(result['plots'])}", highlight=False)
 
 
 @bench_app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -517,6 +967,172 @@ def bench_estimate_command(ctx: typer.Context, as_json: bool = typer.Option(Fals
     emit(result, as_json, render)
 
 
+INTERPOLATE_KEYS = {"checkpoint", "steps", "out", "device", "symmetrize", "symprec"}
+
+
+@app.command("interpolate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def interpolate_command(
+    ctx: typer.Context,
+    a: str = typer.Argument(
+        ..., metavar="A", help="Start: a CIF/POSCAR file, a material id (mp-10695, known-ZnS-zincblende) or a formula."
+    ),
+    b: str = typer.Argument(..., metavar="B", help="End: the same kinds."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Decode the line between two crystals' latents: nesfgen interpolate A B [checkpoint=RUN] [steps=7] [out=DIR] [symmetrize=true] [symprec=0.1].
+
+    A formula is looked up in the local datasets and the built-in table of textbook compounds (then the
+    Materials Project with MP_API_KEY set, then the generated built-in dataset). Without checkpoint= the
+    shipped default model (nesf-lcs6) is used. Writes a.input.cif, b.input.cif, step-NN.cif,
+    interpolation.json and interpolation.png into out= (default runs/interpolate-A-B).
+    """
+    from nesfgen.config import parse_value
+    from nesfgen.latent import interpolate, interpolation_folder, write_interpolation
+    from nesfgen.symmetry import STATED_SYMPREC
+
+    options = _key_values(ctx, "interpolate", INTERPOLATE_KEYS)
+    for endpoint in (a, b):
+        if "=" in endpoint:
+            raise UserError(
+                f"{endpoint!r} came where an endpoint belongs: give the endpoints A B first, then key=value"
+            )
+    bar, progress = _decode_progress("decoding")
+    with bar:
+        result = interpolate(
+            a,
+            b,
+            options.get("checkpoint"),
+            parse_value(options.get("steps", "7"), int, "steps"),
+            options.get("device", "cpu"),
+            {k: v for k, v in options.items() if k.startswith("estimator.")},
+            parse_value(options.get("symprec", STATED_SYMPREC), float, "symprec"),
+            parse_value(options.get("symmetrize", "false"), bool, "symmetrize"),
+            progress,
+        )
+    write_interpolation(result, Path(options.get("out") or interpolation_folder(a, b)))
+    emit(result.summary(), as_json, _render_interpolation)
+
+
+def _render_interpolation(summary: dict) -> None:
+    for label in ("a", "b"):
+        e = summary[label]
+        stdout.print(
+            f"[bold]{label.upper()}[/] {e['query']} → {e['id']} ({e['formula']}, {e['num_atoms']} atoms, "
+            f"{e['space_group']}) from {e['source']}" + (f"; chosen: {e['reason']}" if e["reason"] else ""),
+            highlight=False,
+        )
+        if e["alternatives"]:
+            shown = e["alternatives"][:5]
+            more = f" … and {len(e['alternatives']) - 5} more (--json lists all)" if len(e["alternatives"]) > 5 else ""
+            stdout.print("   others: " + "; ".join(shown) + more, highlight=False, markup=False)
+    a, b = summary["a"]["reduced_formula"], summary["b"]["reduced_formula"]
+    table = Table(title=f"{a} → {b}" + (" (symmetrised)" if summary["symmetrized"] else ""))
+    columns = ("step", "t", "formula", "reduced", "atoms", "a", "b", "c", "α", "β", "γ", "space group")
+    for column in (*columns, f"% {a} (A)", f"% {b} (B)", "% other"):
+        table.add_column(column, justify="left" if column in ("formula", "reduced", "space group") else "right")
+    percent = lambda value: "—" if value is None else f"{100 * value:.0f}"  # noqa: E731
+    for row in summary["rows"]:
+        if row["formula"] is None:
+            table.add_row(str(row["step"]), f"{row['t']:.2f}", "nothing decoded", *[""] * 12)
+            continue
+        group = f"{row['space_group_symbol']} ({row['space_group']})" if row["space_group"] else "none found"
+        table.add_row(
+            str(row["step"]),
+            f"{row['t']:.2f}",
+            row["formula"],
+            row["reduced_formula"],
+            str(row["num_atoms"]),
+            *(f"{row[k]:.3f}" for k in ("a", "b", "c")),
+            *(f"{row[k]:.1f}" for k in ("alpha", "beta", "gamma")),
+            group,
+            percent(row["share_a"]),
+            percent(row["share_b"]),
+            percent(row["share_other"]),
+        )
+    stdout.print(table)
+    recovered = {k: "yes" if summary[f"{k}_recovered"] else "no" for k in ("a", "b")}
+    stdout.print(f"endpoints decoded to their own composition and atom count: A {recovered['a']}, B {recovered['b']}")
+    stdout.print(f"written: {Path(summary['files'][0]).parent}/ ({len(summary['files'])} files)", markup=False)
+
+
+EMBED_KEYS = {"checkpoint", "data", "split", "out", "device"}
+
+
+@app.command("embed", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def embed_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Latents of a split with ids: nesfgen embed [checkpoint=RUN] [data=NAME] [split=test|all] [out=FILE.npz|.csv].
+
+    Each structure's id, split, reduced formula, cell volume, atoms per cell and space group are stored
+    beside its latent, for nesfgen map. Defaults: the shipped model, the dataset it was trained on,
+    out=runs/latents-DATASET-SPLIT.npz.
+    """
+    from nesfgen.latent import embed, save_embedding
+
+    options = _key_values(ctx, "embed", EMBED_KEYS)
+    if any(k.startswith("estimator.") for k in options):
+        raise UserError("nesfgen embed only encodes; estimator.* options do not apply")
+    split = options.get("split", "test")
+    with console.status("encoding"):
+        embedding = embed(options.get("checkpoint"), options.get("data"), split, options.get("device", "cpu"))
+    out = Path(options.get("out") or Path("runs") / f"latents-{embedding.meta['dataset']}-{split}.npz")
+    save_embedding(embedding, out)
+    result = {
+        **embedding.meta,
+        "structures": len(embedding),
+        "latent_size": embedding.latents.shape[1],
+        "out": str(out),
+    }
+    emit(
+        result,
+        as_json,
+        lambda r: stdout.print(
+            f"wrote {r['structures']} latents ({r['latent_size']} dimensions) of {r['dataset']} / {r['split']} to "
+            f"{r['out']}\nnext: nesfgen map {r['out']}",
+            highlight=False,
+        ),
+    )
+
+
+@app.command("map", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def map_command(
+    ctx: typer.Context,
+    source: Path = typer.Argument(
+        ..., metavar="LATENTS", help="A latents file written by nesfgen embed (.npz or .csv)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Project latents to 2-D: nesfgen map LATENTS [method=tsne|pca] [out=DIR] [perplexity=30] [seed=0].
+
+    Writes map.csv (2-D coordinates), map.json and three PNGs coloured by cell volume, atoms per cell
+    and space group (the paper's Fig. 7) into out= (default: beside LATENTS, named LATENTS-METHOD).
+    """
+    from nesfgen.config import parse_value
+    from nesfgen.latent import load_embedding, project, write_map
+
+    options = _key_values(ctx, "map", {"method", "out", "perplexity", "seed"})
+    if any(k.startswith("estimator.") for k in options):
+        raise UserError("nesfgen map only projects latents; estimator.* options do not apply")
+    method = options.get("method", "tsne")
+    embedding = load_embedding(source)
+    with console.status(f"{method} of {len(embedding)} latents"):
+        coords, info = project(
+            embedding.latents,
+            method,
+            parse_value(options.get("seed", "0"), int, "seed"),
+            parse_value(options.get("perplexity", "30"), float, "perplexity"),
+        )
+    out = Path(options.get("out") or source.with_name(f"{source.stem}-{method}"))
+    files = write_map(embedding, coords, method, out, info)
+    result = {"method": method, "structures": len(embedding), **info, "files": [str(f) for f in files]}
+    emit(
+        result,
+        as_json,
+        lambda r: stdout.print(
+            f"{r['method']} map of {r['structures']} latents: " + ", ".join(r["files"]), markup=False
+        ),
+    )
+
+
 def main() -> None:
     """Entry point: user mistakes exit 2 with a message, internal errors exit 1."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -531,12 +1147,15 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as error:  # a click usage error is a user mistake too
-        import click
+        try:
+            from click.exceptions import ClickException
+        except ImportError:  # newer typer releases vendor click instead of depending on it
+            from typer._click.exceptions import ClickException
 
-        if isinstance(error, click.exceptions.ClickException):
+        if isinstance(error, ClickException):
             error.show()
             sys.exit(2)
-        if isinstance(error, click.exceptions.Abort):
+        if isinstance(error, typer.Abort):
             sys.exit(130)
         console.print_exception()
         console.print("[red]internal error[/]: this is a bug in nesfgen; please report it with the trace above")

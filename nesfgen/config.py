@@ -64,6 +64,7 @@ class ModelConfig:
     lattice_hidden: int = 128
     positional_encoding: bool = False
     encoding_frequencies: int = 10
+    variational: bool = False  # a VAE (nesfgen.vae): the encoder also gives a posterior scale
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,14 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights of the four loss terms."""
+    """Weights of the four loss terms, and of the KL term of a variational model."""
 
     position: float = 10.0
     species: float = 0.1
     length: float = 1.0
     angle: float = 1.0
+    kl: float = 0.001  # model.variational only: weight of the KL divergence summed over a batch's structures
+    kl_warmup_epochs: int = 0  # raise the KL weight linearly to `kl` over this many epochs (0 = full from the start)
 
 
 @dataclass(frozen=True)

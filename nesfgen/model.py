@@ -135,7 +135,10 @@ class NeSF(nn.Module):
 
     def forward(self, atoms: Atoms, queries: Queries) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Training outputs: position (Q, 3), species logits (S, K), lengths (B, 3) Å, angles (B, 3) rad."""
-        z = self.encode(atoms)
+        return self.decode(self.encode(atoms), queries)
+
+    def decode(self, z: Tensor, queries: Queries) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The training outputs of latents z (B, D), which a variational model samples instead of encoding."""
         position = self.position_field(queries.position_points, queries.position_structure, z)
         species = self.species_field(queries.species_points, queries.species_structure, z)
         lengths, angles = self.lattice_head(z)

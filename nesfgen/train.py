@@ -20,13 +20,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nesfgen.checkpoint import read_checkpoint, save_checkpoint
+from nesfgen.checkpoint import build_model, read_checkpoint, save_checkpoint
 from nesfgen.config import Recipe, from_dict, to_dict, to_toml
 from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet, Dataset
 from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text, new_figure, save_figure
-from nesfgen.model import NeSF, count_parameters
+from nesfgen.machine import machine_description
+from nesfgen.model import count_parameters
 from nesfgen.sampling import Atoms, Queries, QuerySampler, TensorSet, atoms_bounding_box, rank_share
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,17 @@ def compute_losses(
     holds only a share of it: the terms are then this share's sums divided by those totals, times the
     world size, so that averaging gradients over ranks gives exactly the whole batch's means.
     """
-    position, species, lengths, angles = model(atoms, queries)
+    return loss_terms(model(atoms, queries), atoms, queries, totals)
+
+
+def loss_terms(
+    outputs: tuple[Tensor, Tensor, Tensor, Tensor],
+    atoms: Atoms,
+    queries: Queries,
+    totals: tuple[int, int, int] | None = None,
+) -> dict[str, Tensor]:
+    """compute_losses of given training outputs; also the likelihood terms of the variational model."""
+    position, species, lengths, angles = outputs
     terms = {
         "position": (
             (position.float() - queries.position_targets).square().sum(),
@@ -214,16 +225,23 @@ class Trainer:
         self.val_set = TensorSet(val_crystals, self.species_table, self.device)
         self.sampler = QuerySampler(recipe.sampling, self.box, self.device)
         torch.manual_seed(t.seed)
-        self.model = NeSF(recipe.model, len(self.species_table)).to(self.device)
+        self.model = build_model(recipe.model, len(self.species_table)).to(self.device)
         if t.compile:
             # In place, so parameter names (and so checkpoints) stay those of the plain model.
             self.model.position_field.compile(dynamic=True)
             self.model.species_field.compile(dynamic=True)
-        self.parallel: nn.Module = self.model
+        self.loss_names = LOSS_NAMES
+        self.objective: nn.Module = self.model  # what a training step calls: the model, or a VAE's negative ELBO
+        if recipe.model.variational:
+            from nesfgen.vae import VariationalObjective
+
+            self.loss_names = (*LOSS_NAMES, "kl")
+            self.objective = VariationalObjective(self.model, recipe.loss, loss_terms)
+        self.parallel: nn.Module = self.objective
         if self.ranks.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.parallel = DistributedDataParallel(self.model)  # averages gradients over ranks
+            self.parallel = DistributedDataParallel(self.objective)  # averages gradients over ranks
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=t.lr_decay_every, gamma=t.lr_decay_factor
@@ -260,7 +278,7 @@ class Trainer:
         torch.manual_seed(_seed(t.seed, self.epoch, 0))  # dropout
         shuffle = torch.Generator().manual_seed(_seed(t.seed, self.epoch, 1))
         noise = torch.Generator(self.device).manual_seed(_seed(t.seed, self.epoch, 2))
-        sums = dict.fromkeys(("total", *LOSS_NAMES), 0.0)
+        sums = dict.fromkeys(("total", *self.loss_names), 0.0)
         batches = epoch_batches(len(self.train_set), t.batch_size, shuffle, 2 * self.ranks.world)
         for index, indices in enumerate(batches):
             atoms = self.train_set.batch(indices)
@@ -269,9 +287,7 @@ class Trainer:
             if self.ranks.world > 1:
                 totals = (queries.position_points.shape[0], queries.species_points.shape[0], atoms.num_structures)
                 atoms, queries = rank_share(atoms, queries, self.ranks.rank, self.ranks.world)
-            with self._autocast():
-                losses = compute_losses(self.parallel, atoms, queries, totals)
-            total = weighted_total(losses, self.recipe)
+            total, losses = self.batch_losses(self.parallel, atoms, queries, totals, self.kl_weight(self.epoch))
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
@@ -281,6 +297,31 @@ class Trainer:
             if progress and self.ranks.main:
                 progress.step(self.epoch, index, values)
         return {key: value / len(batches) for key, value in sums.items()}
+
+    def batch_losses(
+        self,
+        module: nn.Module,
+        atoms: Atoms,
+        queries: Queries,
+        totals: tuple[int, int, int] | None = None,
+        kl_weight: float = 0.0,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss to minimise and its parts: the weighted loss terms, or a VAE's negative ELBO, terms and KL."""
+        with self._autocast():
+            if self.recipe.model.variational:
+                losses = module(atoms, queries, kl_weight, totals, self.ranks.world)
+            else:
+                losses = compute_losses(module, atoms, queries, totals)
+        total = losses.pop("total") if self.recipe.model.variational else weighted_total(losses, self.recipe)
+        return total, losses
+
+    def kl_weight(self, epoch: int) -> float:
+        """A variational model's KL weight in this epoch (warm-up); 0 for the autoencoder."""
+        if not self.recipe.model.variational:
+            return 0.0
+        from nesfgen.vae import kl_weight
+
+        return kl_weight(self.recipe.loss, epoch)
 
     def _global_values(self, total: Tensor, losses: dict[str, Tensor]) -> dict[str, float]:
         """The batch's losses as floats; across ranks, the mean of the ranks' scaled shares."""
@@ -297,15 +338,15 @@ class Trainer:
         """Losses on the validation split with fixed query noise, so epochs compare fairly."""
         self.model.eval()
         noise = torch.Generator(self.device).manual_seed(_seed(self.recipe.train.seed, -1, 3))
-        sums = dict.fromkeys(("total", *LOSS_NAMES), 0.0)
+        torch.manual_seed(_seed(self.recipe.train.seed, -1, 4))  # a VAE's latent samples
+        sums = dict.fromkeys(("total", *self.loss_names), 0.0)
         order = torch.arange(len(self.val_set))
         batches = order.split(self.recipe.train.batch_size)
         for indices in batches:
             atoms = self.val_set.batch(indices)
             queries = self.sampler.sample(atoms, noise)
-            with self._autocast():
-                losses = compute_losses(self.model, atoms, queries)
-            total = weighted_total(losses, self.recipe)
+            # the full KL weight, so that validation losses compare across a warm-up
+            total, losses = self.batch_losses(self.objective, atoms, queries, kl_weight=self.recipe.loss.kl)
             weight = len(indices) / len(self.val_set)
             sums["total"] += total.item() * weight
             for key, value in losses.items():
@@ -351,6 +392,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             header = f"# nesfgen train recipe={self.run_dir / 'config.toml'}"
             atomic_write_text(self.run_dir / "config.toml", to_toml(self.recipe, header=header))
+            if not (self.run_dir / "machine.json").exists():  # where the run started, for its model card
+                atomic_write_text(self.run_dir / "machine.json", json.dumps(machine_description(), indent=1))
         batches = len(epoch_batches(len(self.train_set), t.batch_size, torch.Generator().manual_seed(0)))
         if progress and self.ranks.main:
             progress.start(self.recipe, self.run_dir, count_parameters(self.model), self.epoch, batches)
@@ -369,6 +412,7 @@ class Trainer:
                 "seconds": round(self.seconds, 2),
                 "epoch_seconds": round(time.monotonic() - epoch_start, 2),
                 "lr": self.optimizer.param_groups[0]["lr"],
+                **({"kl_weight": self.kl_weight(self.epoch)} if self.recipe.model.variational else {}),
                 **{f"train_{k}": v for k, v in train_losses.items()},
                 **{f"val_{k}": v for k, v in val_losses.items()},
             }
@@ -455,8 +499,9 @@ def plot_losses(run_dir: Path, history: list[dict[str, Any]]) -> None:
     if not history:
         return
     epochs = [row["epoch"] for row in history]
-    figure, axes = new_figure(5, 20, 3.6)
-    for axis, name in zip(axes, ("total", *LOSS_NAMES)):
+    names = ("total", *LOSS_NAMES, *(("kl",) if "train_kl" in history[-1] else ()))  # kl: a VAE's
+    figure, axes = new_figure(len(names), 4 * len(names), 3.6)
+    for axis, name in zip(axes, names):
         axis.plot(epochs, [row[f"train_{name}"] for row in history], label="train")
         axis.plot(epochs, [row[f"val_{name}"] for row in history], label="validation")
         axis.set_yscale("log")

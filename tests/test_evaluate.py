@@ -45,10 +45,16 @@ def test_bad_checkpoint_is_a_clear_error(tiny_dataset, tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a readable nesfgen checkpoint"):
         evaluate(str(garbage), str(tiny_dataset.path), "test")
-    with pytest.raises(UserError, match="checkpoint= is required"):
-        evaluate(None, str(tiny_dataset.path), "test")
     with pytest.raises(UserError, match="estimator.steps=32"):
         evaluate(None, str(tiny_dataset.path), "test", field="exact", estimator_overrides={"steps": "3"})
+
+
+def test_defaults_are_the_shipped_model_and_its_dataset(trained_run, tiny_dataset, tmp_path, monkeypatch):
+    evaluation = evaluate(str(trained_run), None, "test", limit=1)
+    assert evaluation.summary["dataset_hash"] == tiny_dataset.content_hash
+    monkeypatch.setattr("nesfgen.checkpoint.PACKAGED_MODELS", tmp_path / "no-models")
+    with pytest.raises(UserError, match="checkpoint nesf-lcs6 not found"):
+        evaluate(None, str(tiny_dataset.path), "test")
 
 
 def test_markdown_puts_the_paper_beside_ours():

@@ -463,6 +463,24 @@ def _structure_files(src: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def read_structure_file(path: str | Path) -> Crystal:
+    """The conventional standard cell of the one structure in a CIF or POSCAR file; its id is the file stem.
+
+    Raises:
+        UserError: naming the file, when it is missing or unreadable or holds no or several structures.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"structure file {path} does not exist")
+    try:
+        structures = _structures_from_file(path)
+        if len(structures) != 1:
+            raise UserError(f"holds {len(structures)} structures; give a file with exactly one")
+        return _to_crystal(structures[0], path.stem)
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+
+
 def import_cif(
     src: str | Path | Sequence[str | Path],
     out: str | Path,

@@ -8,13 +8,21 @@ from typing import Any
 
 import numpy as np
 
-from nesfgen.data.store import Dataset
+from nesfgen.crystal import symmetry_dataset
+from nesfgen.data.store import CrystalSet, Dataset
 from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text
 
+#: spglib tolerance (Å) of the space-group histogram; the one nesfgen.symmetry states its headline numbers at
+SPACE_GROUP_SYMPREC = 0.1
 
-def dataset_info(dataset: Dataset) -> dict[str, Any]:
-    """Counts per split, the atoms-per-cell histogram (as the paper's Tables 2-4), species and cell ranges."""
+
+def dataset_info(dataset: Dataset, space_groups: bool = True) -> dict[str, Any]:
+    """Counts per split, the atoms-per-cell histogram (as the paper's Tables 2-4), species and cell ranges.
+
+    With ``space_groups``, also the space-group histogram of the training split (the first split when
+    there is no ``train``), which takes spglib a few milliseconds per structure.
+    """
     splits = {}
     all_numbers = []
     for split in dataset.split_names:
@@ -42,6 +50,28 @@ def dataset_info(dataset: Dataset) -> dict[str, Any]:
         "species": {Element.from_Z(z).symbol: present[z] for z in dataset.species_table},
         "splits": splits,
         "provenance": dict(dataset.manifest.get("provenance", {})),
+    } | ({"space_groups": space_group_histogram(dataset)} if space_groups else {})
+
+
+def space_group_histogram(dataset: Dataset, symprec: float = SPACE_GROUP_SYMPREC) -> dict[str, Any]:
+    """How many training structures spglib puts in each space group, most common first."""
+    split = "train" if "train" in dataset.split_names else dataset.split_names[0]
+    crystals: CrystalSet = dataset.load(split)
+    groups: Counter[tuple[int, str]] = Counter()
+    unassigned = 0
+    for crystal in crystals:
+        found = symmetry_dataset(crystal, symprec)
+        if found is None:
+            unassigned += 1
+        else:
+            groups[(int(found.number), str(found.international))] += 1
+    ranked = sorted(groups.items(), key=lambda item: (-item[1], item[0][0]))
+    return {
+        "split": split,
+        "symprec": symprec,
+        "structures": len(crystals),
+        "groups": [{"number": number, "symbol": symbol, "count": count} for (number, symbol), count in ranked],
+        "unassigned": unassigned,
     }
 
 

@@ -1,0 +1,26 @@
+import json
+
+from conftest import tiny_recipe
+
+from nesfgen.card import package_model
+from nesfgen.checkpoint import load_model, read_checkpoint
+from nesfgen.evaluate import evaluate
+from nesfgen.train import train
+
+
+def test_package_writes_a_slim_checkpoint_and_a_card_that_evaluate_reproduces(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_recipe(tiny_dataset, **{"train.epochs": 1, "estimator.steps": 3}), run)
+    assert json.loads((run / "machine.json").read_text())["cores"] >= 1
+    packaged = package_model(run, "tiny-model", split="test", out_dir=tmp_path / "models")
+    state = read_checkpoint(packaged.checkpoint)
+    assert "optimizer" not in state and "history" not in state
+    assert state["training"]["epochs_run"] == 1 and state["machine"]["torch"]
+    assert packaged.checkpoint.stat().st_size < (run / "best.pt").stat().st_size
+    load_model(packaged.checkpoint)  # rebuilds from the slim file alone
+    card = packaged.card.read_text()
+    assert "nesfgen package run=" in card and "| error in number of atoms [%] |" in card
+    again = evaluate(str(packaged.checkpoint), str(tiny_dataset.path), "test")
+    value = f"{again.summary['position_error_actual']:.4f}"
+    assert value in card or again.summary["position_error_actual"] != again.summary["position_error_actual"]
+    assert (run / "eval-tiny-model" / "evaluation.md").is_file()
