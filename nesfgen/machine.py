@@ -23,6 +23,6 @@ def machine_description() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "python": platform.python_version(),
     }

@@ -478,10 +478,11 @@ class _TrialReporter:
         self.sign = -1.0 if first.from_evaluator and first.direction == "maximize" else 1.0
         self.report = len(spec.objectives) == 1
 
-    def start(self, recipe, run_dir, parameters, start_epoch, batches_per_epoch) -> None:  # noqa: D102
+    # The pruner needs the epochs only.
+    def start(self, recipe, run_dir, parameters, start_epoch, batches_per_epoch) -> None:
         pass
 
-    def step(self, epoch, batch, losses) -> None:  # noqa: D102
+    def step(self, epoch, batch, losses) -> None:
         pass
 
     def epoch(self, row: dict[str, Any]) -> None:

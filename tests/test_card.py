@@ -12,6 +12,7 @@ def test_package_writes_a_slim_checkpoint_and_a_card_that_evaluate_reproduces(ti
     run = tmp_path / "run"
     train(tiny_recipe(tiny_dataset, **{"train.epochs": 1, "estimator.steps": 3}), run)
     assert json.loads((run / "machine.json").read_text())["cores"] >= 1
+    (run / "machine.json").unlink()  # a run from before machine.json: the packaging machine is described
     packaged = package_model(run, "tiny-model", split="test", out_dir=tmp_path / "models")
     state = read_checkpoint(packaged.checkpoint)
     assert "optimizer" not in state and "history" not in state
