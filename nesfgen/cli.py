@@ -21,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=False,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # docstrings show key=value syntax in [brackets], which rich would eat as markup
 )
 data_app = typer.Typer(help="Import, inspect and export datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
