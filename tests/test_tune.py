@@ -147,7 +147,8 @@ def test_two_workers_on_one_sqlite_file_share_the_study(tiny_dataset, in_tmp):
 
 def test_a_killed_worker_is_resumed_and_its_trial_retried(tiny_dataset, in_tmp):
     # Each trial trains for 0.6 s of wall time (the minutes budget), long enough to be killed inside.
-    path = write_study(in_tmp / "killed.toml", tiny_dataset, epochs=200, minutes=0.01)
+    # No pruner: epochs per trial depend on the machine's load, so pruning would be down to chance.
+    path = write_study(in_tmp / "killed.toml", tiny_dataset, epochs=200, minutes=0.01, pruner=['type = "none"'])
     worker = tune_process(path, "n_trials=3", "--json", cwd=in_tmp)
     started = in_tmp / "runs" / "tune-killed" / "trial-0000" / "metrics.jsonl"
     deadline = time.monotonic() + 600
