@@ -142,23 +142,33 @@ class Recipe:
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
 
 
+def shipped_toml_names(folder: Path) -> list[str]:
+    """Names of the TOML files shipped in a package folder (recipes, studies)."""
+    return sorted(p.stem for p in folder.glob("*.toml"))
+
+
+def shipped_toml_path(folder: Path, kind: str, name_or_path: str) -> Path:
+    """Resolve a shipped name (``paper-lcs6``) in ``folder`` or a path to a TOML file; ``kind`` names it in errors."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" and candidate.is_file():
+        return candidate
+    shipped = folder / f"{name_or_path}.toml"
+    if shipped.is_file():
+        return shipped
+    raise UserError(
+        f"unknown {kind} {name_or_path!r}; shipped: {', '.join(shipped_toml_names(folder))} "
+        f"(or give the path of a .toml {kind} file)"
+    )
+
+
 def recipe_names() -> list[str]:
     """Names of the recipes shipped with the package."""
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+    return shipped_toml_names(RECIPES_DIR)
 
 
 def recipe_path(name_or_path: str) -> Path:
     """Resolve a recipe name (``paper-lcs6``) or a path to a TOML file."""
-    candidate = Path(name_or_path)
-    if candidate.suffix == ".toml" and candidate.is_file():
-        return candidate
-    shipped = RECIPES_DIR / f"{name_or_path}.toml"
-    if shipped.is_file():
-        return shipped
-    raise UserError(
-        f"unknown recipe {name_or_path!r}; shipped recipes are: {', '.join(recipe_names())} "
-        "(or give the path of a .toml recipe file)"
-    )
+    return shipped_toml_path(RECIPES_DIR, "recipe", name_or_path)
 
 
 def load_recipe(name_or_path: str = "quickstart", overrides: dict[str, str] | None = None) -> Recipe:

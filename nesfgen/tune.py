@@ -26,7 +26,17 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nesfgen.config import Recipe, _shipped_dir, apply_overrides, from_dict, load_recipe, to_dict, to_toml
+from nesfgen.config import (
+    Recipe,
+    _shipped_dir,
+    apply_overrides,
+    from_dict,
+    load_recipe,
+    shipped_toml_names,
+    shipped_toml_path,
+    to_dict,
+    to_toml,
+)
 from nesfgen.errors import UserError
 from nesfgen.evaluate import evaluate
 from nesfgen.files import atomic_write_text, new_figure, save_figure
@@ -141,21 +151,12 @@ class TuneProgress(Protocol):
 
 def study_names() -> list[str]:
     """Names of the studies shipped with the package."""
-    return sorted(p.stem for p in STUDIES_DIR.glob("*.toml"))
+    return shipped_toml_names(STUDIES_DIR)
 
 
 def study_path(name_or_path: str) -> Path:
     """Resolve a study name (``quickstart``) or a path to a TOML file."""
-    candidate = Path(name_or_path)
-    if candidate.suffix == ".toml" and candidate.is_file():
-        return candidate
-    shipped = STUDIES_DIR / f"{name_or_path}.toml"
-    if shipped.is_file():
-        return shipped
-    raise UserError(
-        f"unknown study {name_or_path!r}; shipped studies are: {', '.join(study_names())} "
-        "(or give the path of a .toml study file)"
-    )
+    return shipped_toml_path(STUDIES_DIR, "study", name_or_path)
 
 
 def load_study(name_or_path: str) -> StudySpec:
