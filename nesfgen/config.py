@@ -20,7 +20,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
-def _shipped_dir(package: str) -> Path:
+def shipped_dir(package: str) -> Path:
     """Folder of a data package shipped beside the code (top-level recipes/ and studies/)."""
     import importlib
 
@@ -28,7 +28,7 @@ def _shipped_dir(package: str) -> Path:
     return Path(list(module.__path__)[0])
 
 
-RECIPES_DIR = _shipped_dir("nesfgen.recipes")
+RECIPES_DIR = shipped_dir("nesfgen.recipes")
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def evaluate(
         crystals = crystals.subset(range(min(limit, len(crystals))))
     if len(crystals) == 0:
         raise UserError(f"split {split!r} of dataset {dataset.name!r} is empty")
-    config = _estimator_config(trained, estimator_overrides or {})
+    config = estimator_config(trained, estimator_overrides or {})
     truth = list(crystals)
     if field == "exact":
         species_table = trained.species_table if trained else dataset.species_table
@@ -188,12 +188,12 @@ def recovery_key(symprec: float) -> str:
     return f"symmetry_recovery_pct_{symprec:g}"
 
 
-def _estimator_config(trained: TrainedModel | None, overrides: dict[str, str]) -> EstimatorConfig:
+def estimator_config(trained: TrainedModel | None, overrides: dict[str, str]) -> EstimatorConfig:
     config = trained.recipe.estimator if trained else EstimatorConfig()
     stripped = {}
     for key, value in overrides.items():
         if not key.startswith("estimator."):
-            raise UserError(f"unknown option {key}; evaluation takes estimator.* overrides, e.g. estimator.steps=32")
+            raise UserError(f"unknown option {key}; only estimator.* overrides are taken here, e.g. estimator.steps=32")
         stripped[key.removeprefix("estimator.")] = value
     try:
         return apply_overrides(config, stripped)

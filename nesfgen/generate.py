@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 from nesfgen.checkpoint import DEFAULT_VAE_MODEL, PACKAGED_MODELS, TrainedModel, load_model
-from nesfgen.config import EstimatorConfig, apply_overrides
 from nesfgen.crystal import Crystal, lattice_matrix, symmetry_dataset
 from nesfgen.data.builtin import find_known
 from nesfgen.data.importers import read_structure_file
 from nesfgen.data.store import CrystalSet
 from nesfgen.errors import UserError
 from nesfgen.estimator import estimate
+from nesfgen.evaluate import estimator_config
 from nesfgen.files import atomic_write_text
 from nesfgen.sampling import TensorSet
 from nesfgen.symmetry import STATED_SYMPREC, symmetrize_decoded
@@ -368,7 +368,7 @@ def sample_structures(
             f"{trained.path} is an autoencoder (model.variational=false): its latents have no prior to sample. "
             "Train a VAE (e.g. `nesfgen train recipe=vae-quickstart`), or decode around a structure with near=FORMULA|PATH"
         )
-    config = _estimator_config(trained.recipe.estimator, estimator_overrides or {})
+    config = estimator_config(trained, estimator_overrides or {})
     reference, reference_note = reference_set(trained, data)
     center, anchor = None, None
     if near is not None:
@@ -398,15 +398,6 @@ def sample_structures(
         "estimator": {k: getattr(config, k) for k in config.__dataclass_fields__},
     }
     return Generation(summary, rows, crystals)
-
-
-def _estimator_config(config: EstimatorConfig, overrides: Mapping[str, str]) -> EstimatorConfig:
-    stripped = {}
-    for key, value in overrides.items():
-        if not key.startswith("estimator."):
-            raise UserError(f"unknown option {key}; sampling takes estimator.* overrides, e.g. estimator.steps=32")
-        stripped[key.removeprefix("estimator.")] = value
-    return apply_overrides(config, stripped)
 
 
 def measure(crystals: Sequence[Crystal | None], reference: CrystalSet | None) -> tuple[list[dict], dict[str, Any]]:

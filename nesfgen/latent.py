@@ -34,7 +34,7 @@ from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet, Dataset, data_dir, open_dataset
 from nesfgen.errors import UserError
 from nesfgen.estimator import StructureField, estimate
-from nesfgen.evaluate import _estimator_config, encode
+from nesfgen.evaluate import encode, estimator_config
 from nesfgen.files import atomic_write_text, new_figure, save_figure
 from nesfgen.metrics import space_group_number
 from nesfgen.symmetry import STATED_SYMPREC, check_symprec, symmetrize_decoded
@@ -395,7 +395,7 @@ def interpolate(
         raise UserError(f"steps must be at least 2 (the two endpoints), got {steps}")
     symprec = check_symprec(symprec)
     trained = load_model(checkpoint or DEFAULT_MODEL, device)
-    config = _estimator_config(trained, estimator_overrides or {})
+    config = estimator_config(trained, estimator_overrides or {})
     endpoints = (resolve_endpoint(a, trained.dataset_hash), resolve_endpoint(b, trained.dataset_hash))
     for label, endpoint in zip("AB", endpoints):
         check_species(endpoint, trained, label)

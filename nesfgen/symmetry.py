@@ -283,12 +283,12 @@ def recovery_rates(
 
 
 def _files(paths: Sequence[str | Path]) -> list[Path]:
-    from nesfgen.data.importers import _is_structure_file
+    from nesfgen.data.importers import is_structure_file
 
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and _is_structure_file(p))
+            found = sorted(p for p in path.iterdir() if p.is_file() and is_structure_file(p))
             if not found:
                 raise UserError(f"{path} holds no *.cif, POSCAR* or *.vasp files")
             files += found
@@ -307,11 +307,11 @@ def read_crystals(path: Path) -> list[Crystal]:
     Raises:
         UserError: naming the file, for unreadable, disordered or invalid structures.
     """
-    from nesfgen.data.importers import _structures_from_file
+    from nesfgen.data.importers import structures_from_file
 
     stem = path.name.removesuffix(DECODED_SUFFIX).removesuffix(INPUT_SUFFIX).removesuffix(path.suffix)
     try:
-        structures = _structures_from_file(path)
+        structures = structures_from_file(path)
         ids = [stem] if len(structures) == 1 else [f"{stem}-{k}" for k in range(len(structures))]
         return [as_crystal(s, id) for s, id in zip(structures, ids)]
     except UserError as error:

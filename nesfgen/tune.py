@@ -28,10 +28,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nesfgen.config import (
     Recipe,
-    _shipped_dir,
     apply_overrides,
     from_dict,
     load_recipe,
+    shipped_dir,
     shipped_toml_names,
     shipped_toml_path,
     to_dict,
@@ -50,7 +50,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 log = logging.getLogger(__name__)
 
-STUDIES_DIR = _shipped_dir("nesfgen.studies")
+STUDIES_DIR = shipped_dir("nesfgen.studies")
 #: Validation losses of the epoch whose model is kept (best.pt); ``val_loss`` is the weighted total.
 TRAINING_METRICS = ("val_loss", *(f"val_{name}" for name in ("total", *LOSS_NAMES)))
 #: Metrics of ``nesfgen.evaluate.evaluate`` on the validation split, with the direction that is better.

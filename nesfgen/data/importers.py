@@ -421,7 +421,7 @@ def _structures_from_cif(text: str) -> list[Structure]:
     return structures
 
 
-def _structures_from_file(path: Path) -> list[Structure]:
+def structures_from_file(path: Path) -> list[Structure]:
     if path.suffix.lower() == ".cif":
         return _structures_from_cif(path.read_text(encoding="utf-8", errors="replace"))
     from pymatgen.core import Structure
@@ -441,7 +441,7 @@ def _to_crystal(structure: Structure, id: str, properties: Mapping[str, float] |
     return Crystal.from_structure(structure, id=id, properties=properties, conventional=True)
 
 
-def _is_structure_file(path: Path) -> bool:
+def is_structure_file(path: Path) -> bool:
     return path.suffix.lower() in (".cif", ".vasp") or path.name.startswith("POSCAR")
 
 
@@ -449,7 +449,7 @@ def _structure_files(src: str | Path | Sequence[str | Path]) -> list[Path]:
     if isinstance(src, (str, Path)):
         path = Path(src)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and _is_structure_file(p))
+            files = sorted(p for p in path.iterdir() if p.is_file() and is_structure_file(p))
             if not files:
                 raise UserError(f"{path} holds no *.cif, POSCAR* or *.vasp files")
             return files
@@ -473,7 +473,7 @@ def read_structure_file(path: str | Path) -> Crystal:
     if not path.is_file():
         raise UserError(f"structure file {path} does not exist")
     try:
-        structures = _structures_from_file(path)
+        structures = structures_from_file(path)
         if len(structures) != 1:
             raise UserError(f"holds {len(structures)} structures; give a file with exactly one")
         return _to_crystal(structures[0], path.stem)
@@ -508,13 +508,13 @@ def import_cif(
     crystals = []
     for file in files:
         with entries.entry(str(file)):
-            structures = _structures_from_file(file)
+            structures = structures_from_file(file)
             ids = [file.stem] if len(structures) == 1 else [f"{file.stem}-{k + 1}" for k in range(len(structures))]
             parsed = [_to_crystal(s, id) for s, id in zip(structures, ids)]
             for crystal in parsed:
                 entries.claim_id(crystal.id, str(file))
             crystals.extend(parsed)
-    splits, notes = _seeded_split(crystals, seed, fractions)
+    splits, notes = seeded_split(crystals, seed, fractions)
     sources = [str(src)] if isinstance(src, (str, Path)) else [str(f) for f in files]
     provenance = {
         "format": "cif",
@@ -604,7 +604,7 @@ def import_cdvae_csv(
         if src.stem in SPLITS:
             splits = {src.stem: crystals}
         else:
-            splits, notes = _seeded_split(crystals, seed, fractions)
+            splits, notes = seeded_split(crystals, seed, fractions)
             provenance["split"] = {"seed": seed, "fractions": list(fractions)}
     else:
         raise UserError(f"{src} does not exist")
@@ -614,7 +614,7 @@ def import_cdvae_csv(
 # --- shared ------------------------------------------------------------------------------------------------------------
 
 
-def _seeded_split(
+def seeded_split(
     crystals: list[Crystal], seed: int, fractions: Sequence[float]
 ) -> tuple[dict[str, list[Crystal]], list[str]]:
     """Assign crystals to train/val/test by a seeded shuffle, each split with a positive fraction non-empty.

@@ -32,7 +32,7 @@ import numpy as np
 
 from nesfgen.config import parse_value
 from nesfgen.crystal import Crystal
-from nesfgen.data.importers import _seeded_split
+from nesfgen.data.importers import seeded_split
 from nesfgen.data.store import Dataset, data_dir, write_dataset
 from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text
@@ -815,7 +815,7 @@ def _write_splits(
 ) -> list[Dataset]:
     """One seeded split, or k folds (each fold's test set a distinct share, 5 % of the rest as validation)."""
     if plan.folds == 1:
-        splits, split_notes = _seeded_split(crystals, plan.seed, plan.fractions)
+        splits, split_notes = seeded_split(crystals, plan.seed, plan.fractions)
         notes.extend(split_notes)
         layouts = [(splits, {"seed": plan.seed, "fractions": list(plan.fractions)})]
     else:
