@@ -26,7 +26,7 @@ def training_summary(state: dict[str, Any]) -> dict[str, Any]:
     history = state.get("history") or []
     return {
         "epochs_run": int(state.get("epoch", len(history))),
-        "best_epoch": int(state.get("best_epoch", 0)),
+        "best_epoch": int(state.get("best_epoch", -1)) + 1,  # stored from 0, shown from 1 as in the training log
         "best_val_loss": float(state.get("best_val_loss", float("nan"))),
         "training_minutes": round(float(state.get("seconds", 0.0)) / 60.0, 1),
         "final_lr": history[-1]["lr"] if history else None,
@@ -57,9 +57,7 @@ def package_model(
     run_dir = Path(run_dir)
     state = read_checkpoint(run_dir)
     trained_on = run_dir / "machine.json" if run_dir.is_dir() else None
-    machine = (
-        json.loads(trained_on.read_text()) if trained_on and trained_on.is_file() else machine_description()
-    )
+    machine = json.loads(trained_on.read_text()) if trained_on and trained_on.is_file() else machine_description()
     training = training_summary(state)
     shipped = {key: state[key] for key in SHIPPED_KEYS if key in state}
     shipped.update({"training": training, "machine": machine})
@@ -84,10 +82,15 @@ def model_card(
 ) -> str:
     s = evaluation.summary
     hardware = machine["gpu"] or f"{machine['cores']} CPU cores ({machine['cpu']})"
+    kind = (
+        "variational NeSF (a VAE; evaluation decodes the posterior mean)"
+        if recipe.model.variational
+        else "NeSF autoencoder"
+    )
     lines = [
         f"# Model card: `{name}`",
         "",
-        f"A NeSF autoencoder trained on `{recipe.data.dataset_name}` with the `{recipe.name}` recipe "
+        f"A {kind} trained on `{recipe.data.dataset_name}` with the `{recipe.name}` recipe "
         f"(seed {recipe.train.seed}), shipped in the package as `nesfgen/models/{name}.pt`.",
         "",
         "## Training",
@@ -98,6 +101,11 @@ def model_card(
         f"(time limit {recipe.train.time_limit_minutes:g} min, epochs planned {recipe.train.epochs})",
         f"- Kept: epoch {training['best_epoch']}, best validation loss {training['best_val_loss']:.4f} "
         f"(early stopping on the validation split: {'yes' if recipe.train.early_stopping else 'no'})",
+        *(
+            [f"- Started from: `{recipe.train.init_from}` (train.init_from; its own training time not included)"]
+            if recipe.train.init_from
+            else []
+        ),
         f"- Parameters: {training['parameters']:,}" if training["parameters"] else "- Parameters: n/a",
         "",
         f"## Evaluation: {s['dataset']} / {s['split']} ({s['num_structures']} structures)",
@@ -120,4 +128,3 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
-

@@ -888,7 +888,7 @@ def _render_leaderboard(result: dict, limit: int) -> None:
         values = row["values"] or [None] * len(objectives)
         table.add_row(
             f"{row['number']}{' *' if row['number'] in front else ''}",
-            row["state"],
+            row["state"] + (" (baseline)" if row.get("baseline") else ""),
             *("" if v is None else f"{v:.5g}" for v in values),
             str(row["epochs"] or ""),
             "" if row["seconds"] is None else f"{row['seconds']:.0f}",
@@ -896,7 +896,10 @@ def _render_leaderboard(result: dict, limit: int) -> None:
         )
     stdout.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in result["trials"].items())
-    stdout.print(f"{counts}; * = best (Pareto front for several objectives)", highlight=False)
+    stdout.print(
+        f"{counts}; * = best (Pareto front for several objectives); baseline = the study's recipe unchanged",
+        highlight=False,
+    )
     stdout.print(f"plots: {', '.join(result['plots'])}", highlight=False)
 
 

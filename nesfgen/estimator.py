@@ -191,7 +191,8 @@ def estimate(
         field.eval()
     decoded: list[Decoded] = []
     try:
-        with torch.inference_mode():
+        low_precision = torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+        with torch.inference_mode(), low_precision:
             for start in range(0, z.shape[0], config.chunk_size):
                 decoded += _estimate_chunk(field, z[start : start + config.chunk_size], grid, offsets, table, config)
                 if progress is not None:
@@ -213,17 +214,20 @@ def _check_config(config: EstimatorConfig) -> None:
     for name, ok in checks.items():
         if not ok:
             raise UserError(f"estimator.{name} = {getattr(config, name)} is out of range (steps >= 0, others positive)")
+    if config.precision not in ("fp32", "bf16"):
+        raise UserError(f"estimator.precision must be fp32 or bf16, got {config.precision!r}")
 
 
 def _estimate_chunk(
     field: StructureField, z: Tensor, grid: Tensor, offsets: Tensor, table: np.ndarray, config: EstimatorConfig
 ) -> list[Decoded]:
     count = z.shape[0]
-    lengths, angles = field.lattice(z)  # (B, 3), (B, 3)
-    points = grid.expand(count, -1, -1)  # (B, P, 3)
+    with torch.autocast(z.device.type, enabled=False):  # bf16 would round a 6 Å length by up to 0.02 Å
+        lengths, angles = field.lattice(z)  # (B, 3), (B, 3)
+    points = grid.expand(count, -1, -1)  # (B, P, 3); stays float32 under bf16: only the moves are rounded
     for _ in range(config.steps):
         points = points + field.position(points, z)
-    score = torch.linalg.vector_norm(field.position(points, z), dim=-1)  # (B, P)
+    score = torch.linalg.vector_norm(field.position(points, z).float(), dim=-1)  # (B, P)
     atoms, found = _suppress(points, score, config)  # (B, M, 3), (B, M)
     atoms = torch.where(found[..., None], atoms, 0.0)  # empty slots may hold a rejected or NaN position
     species = _vote_species(field, z, atoms, offsets, grid.shape[0])  # (B, M)

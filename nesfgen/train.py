@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -184,6 +184,28 @@ def _seed(seed: int, epoch: int, stream: int) -> int:
     return (seed * 1_000_003 + epoch * 101 + stream) % (2**63)
 
 
+def initialise_from(model: nn.Module, recipe: Recipe, source: dict[str, Any], dataset: Dataset) -> None:
+    """Copy a trained checkpoint's weights into a fresh model (e.g. an autoencoder into its VAE).
+
+    The architecture must be the source's, apart from ``model.variational``: every source weight
+    is copied, and weights only the new model has (a VAE's scale head) keep their initialisation.
+    The species table and bounding box come from the source too, so its fields keep their meaning.
+    """
+    where = f"train.init_from = {recipe.train.init_from!r} ({source['path']})"
+    theirs = from_dict(Recipe, source["recipe"], where=source["path"]).model
+    if replace(theirs, variational=False) != replace(recipe.model, variational=False):
+        raise UserError(f"{where}: its [model] section differs from this recipe's, so its weights do not fit")
+    if source["dataset_hash"] != dataset.content_hash:
+        raise UserError(
+            f"{where} was trained on other data than dataset {dataset.name!r} "
+            f"(content hash {source['dataset_hash'][:12]} != {dataset.content_hash[:12]})"
+        )
+    missing, unexpected = model.load_state_dict(source["model"], strict=False)
+    if unexpected:
+        raise UserError(f"{where}: weights {unexpected[:3]} have no place in this model")
+    log.info("initialised from %s; %d tensors kept their fresh initialisation", source["path"], len(missing))
+
+
 class Trainer:
     """Owns the model, optimizer, data and run folder of one training run."""
 
@@ -208,7 +230,8 @@ class Trainer:
                 f"(content hash {dataset.content_hash[:12]} != {state['dataset_hash'][:12]}); cannot resume"
             )
         self.dataset = dataset
-        self.species_table = list(state["species_table"]) if state else dataset.species_table
+        source = read_checkpoint(t.init_from) if t.init_from and state is None else None
+        self.species_table = list((state or source or {}).get("species_table", dataset.species_table))
         train_crystals = self._split(dataset, recipe.data.train_split)
         val_crystals = self._split(dataset, recipe.data.val_split)
         if t.batch_size < 2 * self.ranks.world:
@@ -220,12 +243,15 @@ class Trainer:
                 f"train.batch_size {t.batch_size} is larger than the {len(train_crystals)} structures of split "
                 f"{recipe.data.train_split!r}; lower train.batch_size"
             )
-        self.box = np.asarray(state["box"]) if state else atoms_bounding_box(train_crystals)
+        known = state or source
+        self.box = np.asarray(known["box"]) if known else atoms_bounding_box(train_crystals)
         self.train_set = TensorSet(train_crystals, self.species_table, self.device)
         self.val_set = TensorSet(val_crystals, self.species_table, self.device)
         self.sampler = QuerySampler(recipe.sampling, self.box, self.device)
         torch.manual_seed(t.seed)
         self.model = build_model(recipe.model, len(self.species_table)).to(self.device)
+        if source is not None:
+            initialise_from(self.model, recipe, source, dataset)
         if t.compile:
             # In place, so parameter names (and so checkpoints) stay those of the plain model.
             self.model.position_field.compile(dynamic=True)

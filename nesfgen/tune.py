@@ -67,6 +67,7 @@ DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 TOP_LEVEL_KEYS = (
     "name",
     "recipe",
+    "baseline",
     "n_trials",
     "seed",
     "retries",
@@ -132,6 +133,7 @@ class StudySpec:
     evaluate_limit: int = 0
     heartbeat_seconds: int = 60
     grace_seconds: int = 180
+    baseline: dict[str, Any] | None = None  # the recipe's own values of the searched keys, run as trial 0
 
     @property
     def directions(self) -> list[str]:
@@ -210,10 +212,39 @@ def load_study(name_or_path: str) -> StudySpec:
         evaluate_limit=_integer(evaluation.get("limit", 0), f"{where}: evaluate.limit"),
         heartbeat_seconds=_integer(storage.get("heartbeat_seconds", 60), f"{where}: storage.heartbeat_seconds", 1),
         grace_seconds=_integer(storage.get("grace_seconds", 180), f"{where}: storage.grace_seconds", 1),
+        baseline=_baseline(recipe, space, where) if _flag(document.get("baseline", False), f"{where}: baseline") else None,
     )
     make_sampler(spec, 0)  # built once here so that a bad argument fails before any training
     make_pruner(spec)
     return spec
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise UserError(f"{what} must be true or false, got {value!r}")
+    return value
+
+
+def _baseline(recipe: Recipe, space: tuple[Param, ...], where: str) -> dict[str, Any]:
+    """The starting recipe's values of the searched keys, so the search is measured against it.
+
+    Raises:
+        UserError: if a value lies outside its search space (Optuna could not record it as a trial).
+    """
+    values: dict[str, Any] = {}
+    for param in space:
+        node: Any = to_dict(recipe)
+        for part in param.key.split("."):
+            node = node[part]
+        value = _override_text(node)
+        inside = value in param.choices if param.kind == "categorical" else param.low <= value <= param.high
+        if not inside:
+            raise UserError(
+                f"{where}: baseline = true, but the recipe's {param.key} = {value!r} lies outside its search space; "
+                "widen the space or drop baseline"
+            )
+        values[param.key] = value
+    return values
 
 
 def _table(document: dict, key: str, where: str) -> dict:
@@ -459,6 +490,8 @@ def open_study(spec: StudySpec, storage: str | None = None, create: bool = True,
         )
     if create and "study_file" not in study.user_attrs:
         study.set_user_attr("study_file", spec.path.read_text())
+        if spec.baseline is not None:
+            study.enqueue_trial(spec.baseline, user_attrs={"baseline": True}, skip_if_exists=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([o.metric for o in spec.objectives])  # shown by optuna-dashboard
@@ -571,6 +604,7 @@ def trial_row(spec: StudySpec, trial: FrozenTrial) -> dict[str, Any]:
         "epochs": metrics.get("epochs_done"),
         "seconds": trial.duration.total_seconds() if trial.duration else None,
         "retry_of": trial.system_attrs.get("failed_trial", trial.user_attrs.get("retry_of")),
+        "baseline": bool(trial.user_attrs.get("baseline", False)),
         "metrics": metrics,
         "run_dir": trial.user_attrs.get("run_dir"),
     }

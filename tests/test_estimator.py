@@ -146,6 +146,32 @@ def test_module_field_is_decoded_in_eval_mode(tiny: tuple) -> None:
     assert field.modes == {False} and field.training
 
 
+def test_bf16_rounds_the_field_passes_but_not_the_lattice(tiny: tuple) -> None:
+    crystals, exact, box = tiny
+    seen: dict[str, set[bool]] = {"lattice": set(), "position": set(), "species": set()}
+
+    class RecordingField:
+        def lattice(self, z):
+            seen["lattice"].add(torch.is_autocast_enabled("cpu"))
+            return exact.lattice(z)
+
+        def position(self, points, z):
+            seen["position"].add(torch.is_autocast_enabled("cpu"))
+            return exact.position(points, z).bfloat16()  # what a network's last layer gives under autocast
+
+        def species(self, points, z):
+            seen["species"].add(torch.is_autocast_enabled("cpu"))
+            return exact.species(points, z)
+
+    found = estimate(RecordingField(), exact.latents(), box, exact.species_table, replace(FAST, precision="bf16"))
+    assert seen == {"lattice": {False}, "position": {True}, "species": {True}}
+    summary = aggregate([structure_metrics(c, d) for c, d in zip(crystals, found)])
+    assert summary["atom_count_error_pct"] == 0.0 and summary["species_error_actual_pct"] == 0.0
+    assert summary["length_error"] < 1e-5 and summary["position_error_actual"] < 0.05  # bf16 rounding of moves
+    with pytest.raises(UserError, match="estimator.precision must be fp32 or bf16"):
+        estimate(exact, exact.latents(), box, exact.species_table, replace(FAST, precision="fp16"))
+
+
 def test_sparse_atoms_are_rejected(tiny: tuple) -> None:
     """An atom needs nms_min_particles particles: with a coarse grid a small cell decodes empty."""
     crystals, field, box = tiny

@@ -144,6 +144,13 @@ def test_near_a_structure_and_the_autoencoder(vae_run, tiny_dataset, tmp_path):
     assert len(sample_structures(str(tmp_path / "ae"), n=2, near="NaCl", estimator_overrides=FAST_DECODE).rows) == 2
 
 
+def test_a_fresh_install_samples_from_the_shipped_vae(tmp_path):
+    """No dataset, no checkpoint given: the packaged VAE decodes, and novelty is skipped, not faked."""
+    result = sample_structures(n=1, seed=0, estimator_overrides=FAST_DECODE)
+    assert result.summary["checkpoint"].endswith(f"{DEFAULT_VAE_MODEL}.pt") and result.summary["variational"]
+    assert result.summary["novelty_pct"] is None and result.summary["n"] == 1
+
+
 def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(generate, "PACKAGED_MODELS", tmp_path)
     with pytest.raises(UserError, match=f"default model {DEFAULT_VAE_MODEL} is not shipped"):

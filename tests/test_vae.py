@@ -129,6 +129,19 @@ def test_vae_training_resumes_exactly_and_evaluates(tiny_dataset, tmp_path):
     assert summary["num_structures"] == 6 and summary["trained_on_this_dataset"]
 
 
+def test_a_vae_starts_from_a_trained_autoencoder(tiny_dataset, tmp_path):
+    autoencoder = train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "ae")
+    weights = read_checkpoint(tmp_path / "ae" / "last.pt")["model"]
+    trainer = Trainer(vae_recipe(tiny_dataset, **{"train.init_from": str(autoencoder.run_dir)}), tmp_path / "vae")
+    mine = trainer.model.state_dict()
+    assert all(torch.equal(mine[key], value) for key, value in weights.items())
+    assert any(key.startswith("scale_head") for key in mine if key not in weights)
+
+    other_width = vae_recipe(tiny_dataset, **{"train.init_from": str(autoencoder.run_dir), "model.latent_size": "24"})
+    with pytest.raises(UserError, match=r"train.init_from.*\[model\] section differs"):
+        Trainer(other_width, tmp_path / "bad")
+
+
 def test_each_run_starts_from_an_empty_param_store(tiny_dataset, tmp_path):
     pyro.get_param_store().setdefault("left-over", torch.zeros(1))
     trainer = Trainer(vae_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "run")
