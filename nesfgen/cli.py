@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from nesfgen.allocator import keep_freed_memory
 from nesfgen.errors import UserError
 
 app = typer.Typer(
@@ -1140,6 +1141,7 @@ def map_command(
 def main() -> None:
     """Entry point: user mistakes exit 2 with a message, internal errors exit 1."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()
     try:
         app(standalone_mode=False)
     except UserError as error:
