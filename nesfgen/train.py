@@ -253,6 +253,10 @@ class Trainer:
         if source is not None:
             initialise_from(self.model, recipe, source, dataset)
         if t.compile:
+            # Earlier runs in this process (tune trials, cv folds) compiled the same Field.forward for their own
+            # models; their cached graphs count against dynamo's recompile limit, past which this run would
+            # silently train in eager mode. This run's fields are the only compiled code that must stay fast.
+            torch._dynamo.reset()
             # In place, so parameter names (and so checkpoints) stay those of the plain model.
             self.model.position_field.compile(dynamic=True)
             self.model.species_field.compile(dynamic=True)

@@ -88,6 +88,17 @@ def test_compiled_fields_train_and_keep_plain_checkpoint_names(tiny_dataset, tmp
     load_model(tmp_path / "compiled")  # the plain model loads the compiled run's weights
 
 
+def test_compiled_runs_one_after_another_stay_compiled(tiny_dataset, tmp_path, monkeypatch):
+    """Tune trials and cv folds train in one process: no run may inherit the graphs of the ones before."""
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)  # instead of going eager
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 4)  # one run needs 2 per field
+    for run, latent_size in enumerate([8, 12, 16]):  # as trials do, each run a differently shaped model
+        recipe = tiny_recipe(
+            tiny_dataset, **{"train.epochs": 1, "train.compile": "true", "model.latent_size": latent_size}
+        )
+        train(recipe, tmp_path / f"run{run}")
+
+
 def free_port() -> int:
     import socket
 
