@@ -212,7 +212,9 @@ def load_study(name_or_path: str) -> StudySpec:
         evaluate_limit=_integer(evaluation.get("limit", 0), f"{where}: evaluate.limit"),
         heartbeat_seconds=_integer(storage.get("heartbeat_seconds", 60), f"{where}: storage.heartbeat_seconds", 1),
         grace_seconds=_integer(storage.get("grace_seconds", 180), f"{where}: storage.grace_seconds", 1),
-        baseline=_baseline(recipe, space, where) if _flag(document.get("baseline", False), f"{where}: baseline") else None,
+        baseline=_baseline(recipe, space, where)
+        if _flag(document.get("baseline", False), f"{where}: baseline")
+        else None,
     )
     make_sampler(spec, 0)  # built once here so that a bad argument fails before any training
     make_pruner(spec)
