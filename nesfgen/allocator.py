@@ -2,7 +2,7 @@
 
 glibc serves every allocation above 32 MB with its own ``mmap`` and unmaps it on free. The estimator
 and the training step allocate and free tensors of that size many times a second, so the kernel
-zeroes and maps every page again: decoding spent 30 to 40 % of its CPU time in the kernel. Turning off
+zeroes and maps every page again: decoding spent up to half of its CPU time in the kernel. Turning off
 mmap-served allocations and raising the trim threshold lets freed blocks be reused from the heap.
 The results are bitwise the same; the cost is that the process keeps its peak heap until it exits
 (above the trim threshold, memory is still returned).
