@@ -11,7 +11,6 @@ The results are bitwise the same; the cost is that the process keeps its peak he
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 
@@ -30,16 +29,13 @@ def keep_freed_memory() -> bool:
     """Configure glibc malloc for reuse; True when applied (False off Linux/glibc or when switched off)."""
     if os.environ.get(SWITCH, "1") == "0":
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-        if not hasattr(libc, "gnu_get_libc_version"):  # mallopt of another C library may mean something else
-            return False
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL(None)  # the C library this process already runs on
+    except OSError:  # Windows: no process-wide symbol table
         return False
+    if not (hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version")):  # another libc's mallopt differs
+        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     applied = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     log.debug("glibc malloc keeps freed memory: %s", applied)

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -193,8 +193,16 @@ def initialise_from(model: nn.Module, recipe: Recipe, source: dict[str, Any], da
     """
     where = f"train.init_from = {recipe.train.init_from!r} ({source['path']})"
     theirs = from_dict(Recipe, source["recipe"], where=source["path"]).model
-    if replace(theirs, variational=False) != replace(recipe.model, variational=False):
-        raise UserError(f"{where}: its [model] section differs from this recipe's, so its weights do not fit")
+    mine = recipe.model
+    differing = [
+        f"model.{key} = {value!r} there, {getattr(mine, key)!r} here"
+        for key, value in vars(theirs).items()
+        if key != "variational" and value != getattr(mine, key)
+    ]
+    if differing:
+        raise UserError(
+            f"{where}: its [model] section differs from this recipe's, so its weights do not fit: {'; '.join(differing)}"
+        )
     if source["dataset_hash"] != dataset.content_hash:
         raise UserError(
             f"{where} was trained on other data than dataset {dataset.name!r} "

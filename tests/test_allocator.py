@@ -1,4 +1,3 @@
-import ctypes.util
 import os
 import platform
 import subprocess
@@ -8,23 +7,24 @@ import pytest
 
 from nesfgen.allocator import SWITCH, keep_freed_memory
 
+glibc_only = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt settings apply to glibc only"
+)
+
 
 def test_switched_off_it_leaves_malloc_alone(monkeypatch):
     monkeypatch.setenv(SWITCH, "0")
     assert keep_freed_memory() is False
 
 
-@pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or ctypes.util.find_library("c") is None,
-    reason="mallopt settings apply to glibc only",
-)
+@glibc_only
 def test_glibc_accepts_the_settings(monkeypatch):
     monkeypatch.delenv(SWITCH, raising=False)
     assert keep_freed_memory() is True
 
 
 REFILL = """
-import resource, sys, torch
+import resource, torch
 from nesfgen.allocator import keep_freed_memory
 keep_freed_memory()
 for _ in range(10):  # 64 MB blocks: the heap settles after a few (aligned blocks first leave gaps)
@@ -36,7 +36,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc behaviour")
+@glibc_only
 @pytest.mark.parametrize("switch", ["0", "1"])
 def test_freed_blocks_are_reused_instead_of_faulted_in_again(switch):
     env = {**os.environ, SWITCH: switch}

@@ -138,7 +138,9 @@ def test_a_vae_starts_from_a_trained_autoencoder(tiny_dataset, tmp_path):
     assert any(key.startswith("scale_head") for key in mine if key not in weights)
 
     other_width = vae_recipe(tiny_dataset, **{"train.init_from": str(autoencoder.run_dir), "model.latent_size": "24"})
-    with pytest.raises(UserError, match=r"train.init_from.*\[model\] section differs"):
+    with pytest.raises(
+        UserError, match=r"train.init_from.*\[model\] section differs.*model.latent_size = 16 there, 24 here"
+    ):
         Trainer(other_width, tmp_path / "bad")
 
 
