@@ -29,8 +29,19 @@ app.add_typer(data_app, name="data")
 bench_app = typer.Typer(help="Measure speed against this machine's own matmul rate.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
+#: width of tables written to a file or pipe: rich's 80-column default would cut their columns to "…"
+PIPED_WIDTH = 240
+
+
+def _stdout_console() -> Console:
+    """Results on stdout: a terminal's own width, or PIPED_WIDTH when redirected (unless COLUMNS says)."""
+    if sys.stdout.isatty() or "COLUMNS" in os.environ:
+        return Console(soft_wrap=True)
+    return Console(soft_wrap=True, width=PIPED_WIDTH)
+
+
 console = Console(stderr=True)
-stdout = Console(soft_wrap=True)
+stdout = _stdout_console()
 
 OVERRIDES_HELP = "Recipe overrides as dotted key=value pairs, e.g. train.epochs=10 model.latent_size=128."
 JSON_HELP = "Print one machine-readable JSON document on stdout."

@@ -101,8 +101,9 @@ class TrainConfig:
     epochs: int = 3200
     batch_size: int = 64
     lr: float = 1e-3
-    lr_decay_every: int = 640  # epochs
-    lr_decay_factor: float = 0.5
+    lr_schedule: str = "step"  # step: the paper's, × lr_decay_factor every lr_decay_every epochs | cosine
+    lr_decay_every: int = 640  # epochs (step schedule)
+    lr_decay_factor: float = 0.5  # (step schedule)
     early_stopping: bool = True  # keep the best-validation model (best.pt); false: best.pt is the last epoch
     early_stopping_patience: int = 0  # stop after this many epochs without improvement; 0 = run all epochs
     seed: int = 0

@@ -1,6 +1,7 @@
 """Latent-space tools: endpoint resolution, interpolation, embedding and maps, at tiny size."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -270,8 +271,9 @@ def test_pca_keeps_a_line_a_line():
 
 
 def cli(*args, cwd=None):
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # as in a script whose output goes to a file
     return subprocess.run(
-        [sys.executable, "-m", "nesfgen", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+        [sys.executable, "-m", "nesfgen", *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env
     )
 
 
@@ -296,6 +298,7 @@ def test_cli_interpolate_embed_and_map(tiny_run, tmp_path):
     table = cli("interpolate", "NaCl", "ZnS", f"checkpoint={run}", *steps, f"out={tmp_path / 'i'}")
     assert table.returncode == 0, table.stderr
     assert "NaCl → ZnS" in table.stdout and "known-ZnS-zincblende" in table.stdout
+    assert "space group" in table.stdout and "% other" in table.stdout  # piped tables keep whole columns
     assert (tmp_path / "i" / "interpolation.png").is_file()
     latents = tmp_path / "z.csv"
     assert cli("embed", f"checkpoint={run}", f"data={dataset.path}", "split=train", f"out={latents}").returncode == 0

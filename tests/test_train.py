@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -144,3 +145,19 @@ def test_two_gloo_processes_match_one_process(tiny_dataset, tmp_path):
     # resume works the same way under torchrun
     resumed = data_parallel_run(tmp_path / "two", 2, [f"resume={tmp_path / 'two'}", "train.epochs=3"])
     assert resumed["epoch"] == 3
+
+
+def test_cosine_schedule_anneals_to_its_floor_and_resumes_exactly(tiny_dataset, tmp_path):
+    cosine = {"train.lr_schedule": "cosine", "train.lr": 2e-3}
+    straight = train(tiny_recipe(tiny_dataset, **cosine, **{"train.epochs": 4}), tmp_path / "straight")
+    rates = [row["lr"] for row in straight.history]  # the rate after each epoch's step
+    expected = [2e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * e / 4))) for e in range(1, 5)]
+    assert rates == pytest.approx(expected)
+    assert rates[-1] == pytest.approx(2e-5)
+    train(tiny_recipe(tiny_dataset, **cosine, **{"train.epochs": 4, "train.time_limit_minutes": 1e-9}), tmp_path / "cut")
+    resume(tmp_path / "cut", {"train.time_limit_minutes": "0"})
+    a = read_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = read_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    with pytest.raises(UserError, match="lr_schedule must be step or cosine"):
+        train(tiny_recipe(tiny_dataset, **{"train.lr_schedule": "linear"}), tmp_path / "bad")
