@@ -154,7 +154,9 @@ def test_cosine_schedule_anneals_to_its_floor_and_resumes_exactly(tiny_dataset, 
     expected = [2e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * e / 4))) for e in range(1, 5)]
     assert rates == pytest.approx(expected)
     assert rates[-1] == pytest.approx(2e-5)
-    train(tiny_recipe(tiny_dataset, **cosine, **{"train.epochs": 4, "train.time_limit_minutes": 1e-9}), tmp_path / "cut")
+    train(
+        tiny_recipe(tiny_dataset, **cosine, **{"train.epochs": 4, "train.time_limit_minutes": 1e-9}), tmp_path / "cut"
+    )
     resume(tmp_path / "cut", {"train.time_limit_minutes": "0"})
     a = read_checkpoint(tmp_path / "straight" / "last.pt")["model"]
     b = read_checkpoint(tmp_path / "cut" / "last.pt")["model"]
