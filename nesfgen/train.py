@@ -203,11 +203,15 @@ def _seed(seed: int, epoch: int, stream: int) -> int:
     return (seed * 1_000_003 + epoch * 101 + stream) % (2**63)
 
 
+#: [model] keys a warm start may change: one adds weights (a VAE's scale head), one acts in training only
+FREE_ON_INIT = ("variational", "dropout")
+
+
 def initialise_from(model: nn.Module, recipe: Recipe, source: dict[str, Any], dataset: Dataset) -> None:
     """Copy a trained checkpoint's weights into a fresh model (e.g. an autoencoder into its VAE).
 
-    The architecture must be the source's, apart from ``model.variational``: every source weight
-    is copied, and weights only the new model has (a VAE's scale head) keep their initialisation.
+    The architecture must be the source's, apart from FREE_ON_INIT: every source weight is copied,
+    and weights only the new model has (a VAE's scale head) keep their initialisation.
     The species table and bounding box come from the source too, so its fields keep their meaning.
     """
     where = f"train.init_from = {recipe.train.init_from!r} ({source['path']})"
@@ -216,7 +220,7 @@ def initialise_from(model: nn.Module, recipe: Recipe, source: dict[str, Any], da
     differing = [
         f"model.{key} = {value!r} there, {getattr(mine, key)!r} here"
         for key, value in vars(theirs).items()
-        if key != "variational" and value != getattr(mine, key)
+        if key not in FREE_ON_INIT and value != getattr(mine, key)
     ]
     if differing:
         raise UserError(
