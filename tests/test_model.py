@@ -55,3 +55,15 @@ def test_grid_call_equals_packed_call():
     points = torch.rand(2, 4, 3, generator=generator)
     packed = model.position_field(points.reshape(-1, 3), torch.tensor([0] * 4 + [1] * 4), z)
     assert torch.allclose(model.position(points, z).reshape(-1, 3), packed)
+
+
+def test_lattice_heads_stay_float32_under_bf16_autocast():
+    # In bf16 an angle near 90° could only move in 0.45° steps: the heads must train and decode in float32.
+    torch.manual_seed(0)
+    model = NeSF(ModelConfig(), num_species=4).eval()
+    z = torch.randn(3, ModelConfig().latent_size)
+    lengths, angles = model.lattice_head(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low_lengths, low_angles = model.lattice_head(z)
+    assert low_lengths.dtype == low_angles.dtype == torch.float32
+    assert torch.equal(low_lengths, lengths) and torch.equal(low_angles, angles)
