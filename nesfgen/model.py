@@ -65,19 +65,24 @@ class Encoder(nn.Module):
 
 
 class QueryEncoding(nn.Module):
-    """The query as given (3 features) or its positional encoding sin/cos(2^k π p), k < L (6L features)."""
+    """The query as given (3 features), or the query followed by sin/cos(2^k π p), k < L (3 + 6L features).
+
+    The paper's encoding has only the sin/cos features. Their longest period is 2 Å, so points 2 Å apart
+    look the same and a field cannot tell where in a 6-12 Å cell it is asked (on LCS6Å every trial
+    with it failed to learn); keeping the query itself, as NeRF does, makes the encoding one-to-one.
+    """
 
     def __init__(self, enabled: bool, frequencies: int) -> None:
         super().__init__()
         self.enabled = enabled
         self.register_buffer("scales", (2.0 ** torch.arange(frequencies)) * math.pi, persistent=False)
-        self.size = 6 * frequencies if enabled else 3
+        self.size = 3 + 6 * frequencies if enabled else 3
 
     def forward(self, points: Tensor) -> Tensor:
         if not self.enabled:
             return points
         angles = (points[:, :, None] * self.scales).flatten(1)  # (Q, 3L)
-        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+        return torch.cat([points, torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
 class Field(nn.Module):
