@@ -18,12 +18,31 @@ from nesfgen.sampling import Atoms, Queries
 
 DEGREES_PER_RADIAN = 180.0 / math.pi
 
+#: Under bf16 autocast on a CPU, matmuls run through oneDNN, which builds a kernel for every new shape.
+#: Every batch has its own number of atoms and queries, so without padding each step built them afresh.
+ROW_MULTIPLE = 256
+
+
+class BucketedLinear(nn.Linear):
+    """nn.Linear whose input rows are padded with zeros to a multiple of ROW_MULTIPLE under CPU bf16.
+
+    The padded rows are cut off again before anything else sees them, so outputs and gradients are the
+    plain layer's; only the set of matmul shapes becomes small enough for oneDNN to keep its kernels.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.shape[0]
+        if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+            return super().forward(x)
+        pad = -rows % ROW_MULTIPLE
+        return super().forward(nn.functional.pad(x, (0, 0, 0, pad)) if pad else x)[:rows]
+
 
 def mlp(widths: list[int], batch_norm: bool, dropout: float = 0.0, last_activation: bool = True) -> nn.Sequential:
     """Linear layers with BatchNorm + ReLU (+ dropout) after each hidden layer."""
     layers: list[nn.Module] = []
     for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(nn.Linear(width_in, width_out))
+        layers.append(BucketedLinear(width_in, width_out))
         if index < len(widths) - 2 or last_activation:
             if batch_norm:
                 layers.append(nn.BatchNorm1d(width_out))
@@ -46,7 +65,7 @@ class Encoder(nn.Module):
         self.mix = mlp([joined, config.encoder_mix_width], bn, config.dropout)
         self.head = nn.Sequential(
             mlp([config.encoder_mix_width + 6, *config.encoder_head_widths], bn, config.dropout),
-            nn.Linear(config.encoder_head_widths[-1], config.latent_size),
+            BucketedLinear(config.encoder_head_widths[-1], config.latent_size),
         )
 
     def features(self, atoms: Atoms) -> Tensor:
@@ -95,9 +114,9 @@ class Field(nn.Module):
         self.encoding = encoding
         q = encoding.size
         self.first_latent = nn.Linear(latent_size, widths[0])  # z's share of layer 1, once per structure
-        self.first_query = nn.Linear(q, widths[0], bias=False)
-        self.hidden = nn.ModuleList(nn.Linear(w_in + q, w_out) for w_in, w_out in zip(widths[:-1], widths[1:]))
-        self.out = nn.Linear(widths[-1] + q, out_size)
+        self.first_query = BucketedLinear(q, widths[0], bias=False)
+        self.hidden = nn.ModuleList(BucketedLinear(w_in + q, w_out) for w_in, w_out in zip(widths[:-1], widths[1:]))
+        self.out = BucketedLinear(widths[-1] + q, out_size)
         self.norms = nn.ModuleList(nn.BatchNorm1d(w) if batch_norm else nn.Identity() for w in widths)
 
     def forward(self, points: Tensor, structure: Tensor, z: Tensor) -> Tensor:

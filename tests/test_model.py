@@ -1,5 +1,6 @@
 import torch
 
+from nesfgen import model as model_module
 from nesfgen.config import ModelConfig
 from nesfgen.model import Field, NeSF, QueryEncoding, count_parameters
 from nesfgen.sampling import Atoms
@@ -91,3 +92,27 @@ def test_position_field_with_positional_encoding_learns_a_whole_cell():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.1  # the targets' own mean square is about 5.3
+
+
+def test_padded_bf16_rows_change_neither_outputs_nor_gradients(monkeypatch):
+    # The zero rows that keep oneDNN's shapes few must not reach BatchNorm, the outputs or the weights.
+    generator = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 16, generator=generator)
+    points = 6 * torch.rand(37, 3, generator=generator)
+    structure = (torch.arange(37) >= 20).long()
+    results = []
+    for multiple in (1, 16):
+        monkeypatch.setattr(model_module, "ROW_MULTIPLE", multiple)
+        torch.manual_seed(0)
+        field = Field(16, (32, 32, 32), 3, QueryEncoding(enabled=False, frequencies=0), batch_norm=True).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = field(points, structure, z)
+        out.float().square().sum().backward()
+        grads = [p.grad for p in field.parameters()]
+        results.append((out, grads, field.norms[1].running_mean.clone()))
+    (plain, plain_grads, plain_mean), (padded, padded_grads, padded_mean) = results
+    assert padded.shape == (37, 3)
+    assert torch.allclose(padded.float(), plain.float(), atol=1e-2)
+    assert torch.allclose(padded_mean, plain_mean, atol=1e-3)
+    for a, b in zip(plain_grads, padded_grads):
+        assert torch.allclose(a, b, rtol=0.05, atol=1e-2)
