@@ -31,9 +31,9 @@ class BucketedLinear(nn.Linear):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        rows = x.shape[0]
         if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
             return super().forward(x)
+        rows = x.shape[0]
         pad = -rows % ROW_MULTIPLE
         return super().forward(nn.functional.pad(x, (0, 0, 0, pad)) if pad else x)[:rows]
 
