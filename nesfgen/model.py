@@ -123,6 +123,7 @@ class Field(nn.Module):
         """points (Q, 3), structure (Q,) index into z (B, D) -> (Q, out_size)."""
         q = self.encoding(points)
         h = torch.relu(self.norms[0](self.first_latent(z).index_select(0, structure) + self.first_query(q)))
+        q = q.to(h.dtype)  # under bf16 autocast a float32 q would make every concatenation float32
         for layer, norm in zip(self.hidden, self.norms[1:]):
             h = torch.relu(norm(layer(torch.cat([h, q], dim=-1))))
         return self.out(torch.cat([h, q], dim=-1))
