@@ -31,6 +31,7 @@ def training_summary(state: dict[str, Any]) -> dict[str, Any]:
         "training_minutes": round(float(state.get("seconds", 0.0)) / 60.0, 1),
         "final_lr": history[-1]["lr"] if history else None,
         "parameters": state.get("parameters"),
+        "lattice_refit": state.get("lattice_refit"),
     }
 
 
@@ -72,6 +73,16 @@ def package_model(
     return PackagedModel(checkpoint, card, evaluation)
 
 
+def lattice_refit_line(refit: dict[str, Any]) -> str:
+    before, after, kept = refit["val_before"], refit["val_after"], refit["best_epoch"]
+    return (
+        f"- Lattice heads refit on the frozen encoder's eval-mode latents: {refit['epochs']} epochs in "
+        f"{refit['seconds']:.0f} s; validation length error {before['lengths']:.4f} → {after['lengths']:.4f} Å "
+        f"(epoch {kept['lengths']} kept), angle error {before['angles']:.3f} → {after['angles']:.3f}° "
+        f"(epoch {kept['angles']} kept)"
+    )
+
+
 def model_card(
     name: str,
     recipe: Recipe,
@@ -101,6 +112,7 @@ def model_card(
         f"(time limit {recipe.train.time_limit_minutes:g} min, epochs planned {recipe.train.epochs})",
         f"- Kept: epoch {training['best_epoch']}, best validation loss {training['best_val_loss']:.4f} "
         f"(early stopping on the validation split: {'yes' if recipe.train.early_stopping else 'no'})",
+        *([lattice_refit_line(training["lattice_refit"])] if training.get("lattice_refit") else []),
         *(
             [f"- Started from: `{recipe.train.init_from}` (train.init_from; its own training time not included)"]
             if recipe.train.init_from

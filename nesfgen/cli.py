@@ -343,6 +343,7 @@ def train_command(
         "seconds": round(result.seconds, 1),
         "parameters": result.parameters,
         "last": result.last_row,
+        "lattice_refit": result.lattice_refit,
     }
     if not main_rank:
         return
@@ -352,9 +353,38 @@ def train_command(
         lambda s: stdout.print(
             f"[green]done[/] ({s['stop_reason']}): {s['epochs']} epochs in {s['seconds']} s, best validation loss "
             f"{s['best_val_loss']:.4f} at epoch {s['best_epoch']}; checkpoints in {s['run_dir']}\n"
-            f"next: nesfgen evaluate checkpoint={s['run_dir']} data={s['dataset']} split=test"
+            + (_refit_line(s["lattice_refit"]) + "\n" if s["lattice_refit"] else "")
+            + f"next: nesfgen evaluate checkpoint={s['run_dir']} data={s['dataset']} split=test"
         ),
     )
+
+
+def _refit_line(refit: dict[str, Any]) -> str:
+    before, after, kept = refit["val_before"], refit["val_after"], refit["best_epoch"]
+    return (
+        f"lattice heads refit on eval-mode latents in {refit['seconds']:.0f} s ({refit['epochs']} epochs): "
+        f"validation length error {before['lengths']:.4f} -> {after['lengths']:.4f} Å (epoch {kept['lengths']}), "
+        f"angle error {before['angles']:.3f} -> {after['angles']:.3f}° (epoch {kept['angles']})"
+    )
+
+
+@app.command("refit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def refit_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Refit a trained run's lattice heads on eval-mode latents: nesfgen refit run=RUN [epochs=300] [lr=3e-4].
+
+    Rewrites RUN/best.pt and keeps the checkpoint as trained in RUN/best.before-refit.pt.
+    """
+    from nesfgen.config import TrainConfig, parse_value
+    from nesfgen.train import refit_best
+
+    options = _key_values(ctx, "refit", {"run", "epochs", "lr"})
+    if "run" not in options or any(key.startswith("estimator.") for key in options):
+        raise UserError("nesfgen refit run=RUN_DIR [epochs=300] [lr=3e-4]")
+    epochs = parse_value(options.get("epochs", "300"), int, "epochs")
+    lr = parse_value(options.get("lr", str(TrainConfig.lattice_refit_lr)), float, "lr")
+    with console.status("refitting the lattice heads"):
+        result = refit_best(Path(options["run"]), epochs, lr).as_dict()
+    emit({"run": options["run"], **result}, as_json, lambda r: stdout.print(_refit_line(r), markup=False))
 
 
 def _key_values(ctx: typer.Context, command: str, allowed: set[str]) -> dict[str, str]:

@@ -115,6 +115,8 @@ class TrainConfig:
     time_limit_minutes: float = 0.0  # stop cleanly after this much training time (0 = none)
     snapshot_every_minutes: float = 0.0  # keep a checkpoint per this much training time, for accuracy-vs-time curves
     init_from: str = ""  # start from this checkpoint's weights (run, .pt or shipped name); "" = random init
+    lattice_refit_epochs: int = 0  # after training, refit the lattice heads on eval-mode latents (0 = off)
+    lattice_refit_lr: float = 3e-4
 
 
 @dataclass(frozen=True)

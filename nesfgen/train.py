@@ -28,6 +28,7 @@ from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text, new_figure, save_figure
 from nesfgen.machine import machine_description
 from nesfgen.model import count_parameters
+from nesfgen.refit import RefitResult, refit_lattice_heads
 from nesfgen.sampling import Atoms, Queries, QuerySampler, TensorSet, atoms_bounding_box, rank_share
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ RESUMABLE_KEYS = (
     "device",
     "threads",
     "deterministic",
+    "lattice_refit_epochs",
+    "lattice_refit_lr",
 )
 
 
@@ -67,6 +70,7 @@ class TrainResult:
     dataset: str = ""
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    lattice_refit: dict[str, Any] | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -237,6 +241,16 @@ def initialise_from(model: nn.Module, recipe: Recipe, source: dict[str, Any], da
     log.info("initialised from %s; %d tensors kept their fresh initialisation", source["path"], len(missing))
 
 
+def load_split(dataset: Dataset, recipe: Recipe, split: str) -> CrystalSet:
+    """A split as the recipe trains on it: its first ``data.limit`` structures when a limit is set."""
+    crystals = dataset.load(split)
+    if recipe.data.limit > 0 and len(crystals) > recipe.data.limit:
+        crystals = crystals.subset(range(recipe.data.limit))
+    if len(crystals) == 0:
+        raise UserError(f"split {split!r} of dataset {dataset.name!r} is empty")
+    return crystals
+
+
 class Trainer:
     """Owns the model, optimizer, data and run folder of one training run."""
 
@@ -263,8 +277,8 @@ class Trainer:
         self.dataset = dataset
         source = read_checkpoint(t.init_from) if t.init_from and state is None else None
         self.species_table = list((state or source or {}).get("species_table", dataset.species_table))
-        train_crystals = self._split(dataset, recipe.data.train_split)
-        val_crystals = self._split(dataset, recipe.data.val_split)
+        train_crystals = load_split(dataset, recipe, recipe.data.train_split)
+        val_crystals = load_split(dataset, recipe, recipe.data.val_split)
         if t.batch_size < 2 * self.ranks.world:
             raise UserError(
                 f"train.batch_size must be at least 2 per process (BatchNorm), got {t.batch_size} for {self.ranks.world}"
@@ -319,14 +333,6 @@ class Trainer:
             self.best_val = float(state["best_val_loss"])
             self.best_epoch = int(state["best_epoch"])
             self.seconds = float(state["seconds"])
-
-    def _split(self, dataset: Dataset, split: str) -> CrystalSet:
-        crystals = dataset.load(split)
-        if self.recipe.data.limit > 0 and len(crystals) > self.recipe.data.limit:
-            crystals = crystals.subset(range(self.recipe.data.limit))
-        if len(crystals) == 0:
-            raise UserError(f"split {split!r} of dataset {dataset.name!r} is empty")
-        return crystals
 
     def _autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.recipe.train.precision == "bf16")
@@ -503,8 +509,11 @@ class Trainer:
             if self._agreed_stop(bool(stop_reason)):
                 break
         stop_reason = stop_reason or "epochs"
+        refit = None
         if self.ranks.main:
             plot_losses(self.run_dir, self.history)
+            if t.lattice_refit_epochs > 0 and (self.run_dir / "best.pt").is_file():
+                refit = refit_best(self.run_dir, t.lattice_refit_epochs, t.lattice_refit_lr, again=False)
         return TrainResult(
             run_dir=self.run_dir,
             epochs_done=self.epoch,
@@ -516,6 +525,7 @@ class Trainer:
             dataset=self.recipe.data.dataset_name,
             seconds=self.seconds,
             history=self.history,
+            lattice_refit=refit.as_dict() if refit else None,
         )
 
 
@@ -546,6 +556,52 @@ def resume(
             raise UserError(f"cannot change {key} when resuming; only {allowed} may change")
     recipe = apply_overrides(recipe, overrides or {})
     return Trainer(recipe, run_dir, state).run(progress)
+
+
+def refit_best(run_dir: Path, epochs: int, lr: float, again: bool = True) -> RefitResult | None:
+    """Refit the lattice heads of ``run_dir/best.pt`` on eval-mode latents and write them into it.
+
+    A refit of a checkpoint as trained keeps it in ``best.before-refit.pt``. With ``again=False``
+    (the end of a training run) a best.pt that is already refit is left alone and None returned.
+    """
+    path = Path(run_dir) / "best.pt"
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no best.pt to refit")
+    state = read_checkpoint(path)
+    state.pop("path")
+    if "lattice_refit" in state and not again:
+        return None
+    if epochs < 1:
+        raise UserError(f"the lattice refit needs at least 1 epoch, got epochs={epochs}")
+    recipe = from_dict(Recipe, state["recipe"], where=str(path))
+    if recipe.model.variational:
+        raise UserError(f"{path} is a variational model; the lattice refit is for autoencoders")
+    dataset = resolve_dataset(recipe.data.dataset_name)
+    if state["dataset_hash"] != dataset.content_hash:
+        raise UserError(
+            f"dataset {dataset.name!r} at {dataset.path} changed since {path} was trained "
+            f"(content hash {dataset.content_hash[:12]} != {state['dataset_hash'][:12]}); cannot refit"
+        )
+    model = build_model(recipe.model, len(state["species_table"]))
+    model.load_state_dict(state["model"])
+    species = state["species_table"]
+    result = refit_lattice_heads(
+        model,
+        TensorSet(load_split(dataset, recipe, recipe.data.train_split), species),
+        TensorSet(load_split(dataset, recipe, recipe.data.val_split), species),
+        epochs,
+        lr,
+        recipe.train.batch_size,
+        recipe.train.seed,
+    )
+    if "lattice_refit" not in state:  # as trained: keep it (a refit of a refit keeps the first backup)
+        save_checkpoint(path.with_name("best.before-refit.pt"), state)
+    # the saved recipe says how this model was made: training with it ends in this same refit
+    train_section = {**state["recipe"]["train"], "lattice_refit_epochs": epochs, "lattice_refit_lr": lr}
+    refit_state = {**state, "recipe": {**state["recipe"], "train": train_section}, "model": model.state_dict()}
+    save_checkpoint(path, {**refit_state, "lattice_refit": {**result.as_dict(), "lr": lr}})
+    log.info("lattice heads refit: kept epochs %s of %d", result.best_epoch, epochs)
+    return result
 
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:

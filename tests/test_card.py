@@ -10,7 +10,7 @@ from nesfgen.train import train
 
 def test_package_writes_a_slim_checkpoint_and_a_card_that_evaluate_reproduces(tiny_dataset, tmp_path):
     run = tmp_path / "run"
-    train(tiny_recipe(tiny_dataset, **{"train.epochs": 1, "estimator.steps": 3}), run)
+    train(tiny_recipe(tiny_dataset, **{"train.epochs": 1, "estimator.steps": 3, "train.lattice_refit_epochs": 2}), run)
     assert json.loads((run / "machine.json").read_text())["cores"] >= 1
     (run / "machine.json").unlink()  # a run from before machine.json: the packaging machine is described
     packaged = package_model(run, "tiny-model", split="test", out_dir=tmp_path / "models")
@@ -21,6 +21,7 @@ def test_package_writes_a_slim_checkpoint_and_a_card_that_evaluate_reproduces(ti
     load_model(packaged.checkpoint)  # rebuilds from the slim file alone
     card = packaged.card.read_text()
     assert "nesfgen package run=" in card and "| error in number of atoms [%] |" in card
+    assert "Lattice heads refit on the frozen encoder's eval-mode latents: 2 epochs" in card
     again = evaluate(str(packaged.checkpoint), str(tiny_dataset.path), "test")
     value = f"{again.summary['position_error_actual']:.4f}"
     assert value in card or again.summary["position_error_actual"] != again.summary["position_error_actual"]

@@ -36,6 +36,7 @@ def test_recipes_json():
         (["evaluate", "data=nowhere/at/all", "field=exact"], "does not exist"),
         (["evaluate", "checkpoint=missing.pt"], "not found"),
         (["data", "info", "nope"], "not found"),
+        (["refit", "run=nowhere"], "holds no best.pt"),
         (["data", "import", "x", "--format", "zip", "--out", "y"], "unknown --format"),
     ],
 )
@@ -96,6 +97,12 @@ def test_train_evaluate_reconstruct(tiny_dataset, tmp_path):
     result = run("train", f"resume={run_dir}", "train.epochs=3", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["epochs"] == 3
+
+    result = run("refit", f"run={run_dir}", "epochs=2", "--json")
+    assert result.returncode == 0, result.stderr
+    refit = json.loads(result.stdout)
+    assert refit["epochs"] == 2 and set(refit["best_epoch"]) == {"lengths", "angles"}
+    assert (run_dir / "best.before-refit.pt").is_file()
 
 
 def test_exact_field_evaluation_is_perfect(tiny_dataset, tmp_path):
