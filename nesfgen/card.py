@@ -16,6 +16,7 @@ from nesfgen.config import Recipe, from_dict, to_toml
 from nesfgen.evaluate import Evaluation, Progress, evaluate, markdown_table, write_report
 from nesfgen.files import atomic_write_text
 from nesfgen.machine import machine_description
+from nesfgen.refit import describe_refit
 
 #: What a shipped model keeps of a training checkpoint: enough to rebuild, decode and describe it.
 SHIPPED_KEYS = ("recipe", "model", "species_table", "box", "dataset_hash", "dataset_name", "parameters")
@@ -73,16 +74,6 @@ def package_model(
     return PackagedModel(checkpoint, card, evaluation)
 
 
-def lattice_refit_line(refit: dict[str, Any]) -> str:
-    before, after, kept = refit["val_before"], refit["val_after"], refit["best_epoch"]
-    return (
-        f"- Lattice heads refit on the frozen encoder's eval-mode latents: {refit['epochs']} epochs in "
-        f"{refit['seconds']:.0f} s; validation length error {before['lengths']:.4f} → {after['lengths']:.4f} Å "
-        f"(epoch {kept['lengths']} kept), angle error {before['angles']:.3f} → {after['angles']:.3f}° "
-        f"(epoch {kept['angles']} kept)"
-    )
-
-
 def model_card(
     name: str,
     recipe: Recipe,
@@ -112,7 +103,7 @@ def model_card(
         f"(time limit {recipe.train.time_limit_minutes:g} min, epochs planned {recipe.train.epochs})",
         f"- Kept: epoch {training['best_epoch']}, best validation loss {training['best_val_loss']:.4f} "
         f"(early stopping on the validation split: {'yes' if recipe.train.early_stopping else 'no'})",
-        *([lattice_refit_line(training["lattice_refit"])] if training.get("lattice_refit") else []),
+        *([f"- {describe_refit(training['lattice_refit'])}"] if training.get("lattice_refit") else []),
         *(
             [f"- Started from: `{recipe.train.init_from}` (train.init_from; its own training time not included)"]
             if recipe.train.init_from

@@ -310,6 +310,7 @@ def train_command(
 ) -> None:
     """Train an autoencoder: nesfgen train [recipe=NAME] [out=RUN_DIR] [resume=RUN_DIR] [key=value ...]."""
     from nesfgen.config import load_recipe, parse_overrides, to_toml
+    from nesfgen.refit import describe_refit
     from nesfgen.train import resume, train
 
     overrides, positional = parse_overrides(list(ctx.args))
@@ -353,18 +354,9 @@ def train_command(
         lambda s: stdout.print(
             f"[green]done[/] ({s['stop_reason']}): {s['epochs']} epochs in {s['seconds']} s, best validation loss "
             f"{s['best_val_loss']:.4f} at epoch {s['best_epoch']}; checkpoints in {s['run_dir']}\n"
-            + (_refit_line(s["lattice_refit"]) + "\n" if s["lattice_refit"] else "")
+            + (describe_refit(s["lattice_refit"]) + "\n" if s["lattice_refit"] else "")
             + f"next: nesfgen evaluate checkpoint={s['run_dir']} data={s['dataset']} split=test"
         ),
-    )
-
-
-def _refit_line(refit: dict[str, Any]) -> str:
-    before, after, kept = refit["val_before"], refit["val_after"], refit["best_epoch"]
-    return (
-        f"lattice heads refit on eval-mode latents in {refit['seconds']:.0f} s ({refit['epochs']} epochs): "
-        f"validation length error {before['lengths']:.4f} -> {after['lengths']:.4f} Å (epoch {kept['lengths']}), "
-        f"angle error {before['angles']:.3f} -> {after['angles']:.3f}° (epoch {kept['angles']})"
     )
 
 
@@ -375,6 +367,7 @@ def refit_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--jso
     Rewrites RUN/best.pt and keeps the checkpoint as trained in RUN/best.before-refit.pt.
     """
     from nesfgen.config import TrainConfig, parse_value
+    from nesfgen.refit import describe_refit
     from nesfgen.train import refit_best
 
     options = _key_values(ctx, "refit", {"run", "epochs", "lr"})
@@ -384,7 +377,7 @@ def refit_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--jso
     lr = parse_value(options.get("lr", str(TrainConfig.lattice_refit_lr)), float, "lr")
     with console.status("refitting the lattice heads"):
         result = refit_best(Path(options["run"]), epochs, lr).as_dict()
-    emit({"run": options["run"], **result}, as_json, lambda r: stdout.print(_refit_line(r), markup=False))
+    emit({"run": options["run"], **result}, as_json, lambda r: stdout.print(describe_refit(r), markup=False))
 
 
 def _key_values(ctx: typer.Context, command: str, allowed: set[str]) -> dict[str, str]:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from nesfgen.checkpoint import DEFAULT_MODEL, TrainedModel, load_model
@@ -25,6 +24,7 @@ from nesfgen.errors import UserError
 from nesfgen.estimator import Decoded, ExactField, estimate
 from nesfgen.files import atomic_write_text, new_figure, save_figure
 from nesfgen.metrics import PAPER_METRICS, aggregate, cdvae_metrics, mean_std, structure_metrics
+from nesfgen.model import encode_all
 from nesfgen.sampling import TensorSet, atoms_bounding_box
 from nesfgen.symmetry import STATED_SYMPREC, TOLERANCES, check_symprec, recovery_rates, symmetrize_decoded
 
@@ -57,14 +57,10 @@ class Evaluation:
     decoded: list[Crystal | None]
 
 
-@torch.no_grad()
 def encode(trained: TrainedModel, crystals: CrystalSet, batch_size: int = 256) -> Tensor:
     """(S, D) latents of every structure of a split, in eval mode."""
     device = next(trained.model.parameters()).device
-    tensors = TensorSet(crystals, trained.species_table, device)
-    trained.model.eval()
-    order = torch.arange(len(tensors))
-    return torch.cat([trained.model.encode(tensors.batch(chunk)) for chunk in order.split(batch_size)])
+    return encode_all(trained.model, TensorSet(crystals, trained.species_table, device), batch_size)
 
 
 def evaluate(

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from nesfgen.config import ModelConfig
-from nesfgen.sampling import Atoms, Queries
+from nesfgen.sampling import Atoms, Queries, TensorSet
 
 DEGREES_PER_RADIAN = 180.0 / math.pi
 
@@ -190,6 +190,14 @@ class NeSF(nn.Module):
         count, per, _ = points.shape
         structure = torch.arange(count, device=points.device).repeat_interleave(per)
         return field(points.reshape(-1, 3), structure, z).reshape(count, per, -1)
+
+
+@torch.no_grad()
+def encode_all(model: NeSF, tensors: TensorSet, batch_size: int = 256) -> Tensor:
+    """(S, D) latents of every structure of a split, in eval mode: the latents decoding works from."""
+    model.eval()
+    order = torch.arange(len(tensors))
+    return torch.cat([model.encode(tensors.batch(chunk)) for chunk in order.split(batch_size)])
 
 
 def count_parameters(module: nn.Module) -> int:

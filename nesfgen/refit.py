@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nesfgen.model import NeSF
+from nesfgen.model import NeSF, encode_all
 from nesfgen.sampling import TensorSet
 
 #: each head, with the lattice parameters it predicts
@@ -41,12 +41,15 @@ class RefitResult:
         return asdict(self)
 
 
-@torch.no_grad()
-def eval_latents(model: NeSF, tensors: TensorSet, batch_size: int = 256) -> Tensor:
-    """(S, D) float32 latents of every structure in eval mode, the way decoding computes them."""
-    model.eval()
-    order = torch.arange(len(tensors))
-    return torch.cat([model.encode(tensors.batch(chunk)).float() for chunk in order.split(batch_size)])
+def describe_refit(refit: dict[str, Any]) -> str:
+    """One sentence on a refit (a RefitResult as a dict, as saved in checkpoints), for logs and model cards."""
+    before, after, kept = refit["val_before"], refit["val_after"], refit["best_epoch"]
+    return (
+        f"Lattice heads refit on the frozen encoder's eval-mode latents: {refit['epochs']} epochs in "
+        f"{refit['seconds']:.0f} s; validation length error {before['lengths']:.4f} → {after['lengths']:.4f} Å "
+        f"(epoch {kept['lengths']} kept), angle error {before['angles']:.3f} → {after['angles']:.3f}° "
+        f"(epoch {kept['angles']} kept)"
+    )
 
 
 @torch.no_grad()
@@ -64,7 +67,7 @@ def refit_lattice_heads(
 ) -> RefitResult:
     """Retrain ``model.lattice_head`` in place with its training loss (MSE) on frozen eval-mode latents."""
     start = time.monotonic()
-    z_train, z_val = eval_latents(model, train), eval_latents(model, val)
+    z_train, z_val = encode_all(model, train), encode_all(model, val)
     head = model.lattice_head
     before = lattice_errors(model, z_val, val)
     best = {name: (before[name], copy.deepcopy(getattr(head, name).state_dict()), 0) for name in HEADS}

@@ -2,7 +2,8 @@ import torch
 from conftest import tiny_recipe
 
 from nesfgen.checkpoint import build_model, read_checkpoint
-from nesfgen.refit import eval_latents, lattice_errors, refit_lattice_heads
+from nesfgen.model import encode_all
+from nesfgen.refit import lattice_errors, refit_lattice_heads
 from nesfgen.sampling import TensorSet
 from nesfgen.train import refit_best, resume, train
 
@@ -24,7 +25,7 @@ def test_refit_fits_the_heads_and_touches_nothing_else(tiny_dataset):
         # freshly initialised heads are far off: the refit must find much better ones on the validation split
         assert result.val_after["lengths"] < 0.5 * result.val_before["lengths"]
         assert result.val_after["angles"] < result.val_before["angles"]
-        assert result.val_after == lattice_errors(model, eval_latents(model, val_set), val_set)
+        assert result.val_after == lattice_errors(model, encode_all(model, val_set), val_set)
         for key, value in model.state_dict().items():
             if not key.startswith("lattice_head."):
                 assert torch.equal(value, before[key]), key
