@@ -80,6 +80,7 @@ class SamplingConfig:
     species_range: float = 0.6
     species_std: float = 0.05
     query_fraction: float = 1.0  # keep this random fraction of the grid points each step
+    global_query_fraction: float | None = None  # the global grid's own fraction; None = query_fraction
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,12 @@ class QuerySampler:
 
     def __init__(self, config: SamplingConfig, box: np.ndarray, device: torch.device | str = "cpu") -> None:
         self.config = config
+        self.global_fraction = (
+            config.query_fraction if config.global_query_fraction is None else config.global_query_fraction
+        )
+        for key, value in (("query_fraction", config.query_fraction), ("global_query_fraction", self.global_fraction)):
+            if not 0.0 < value <= 1.0:
+                raise UserError(f"sampling.{key} must be in (0, 1], got {value}")
         self.global_grid = box_grid(box, config.global_interval).to(device)  # (G, 3)
         self.local_grid = local_offsets(config.local_interval, config.local_range).to(device)  # (L, 3)
         self.species_grid = local_offsets(config.species_interval, config.species_range).to(device)  # (S, 3)
@@ -159,8 +165,14 @@ class QuerySampler:
             species_points.shape, generator=generator, device=device
         )
         species_structure = atoms.structure.repeat_interleave(self.species_grid.shape[0])
-        if c.query_fraction < 1.0:
-            points, structure = _keep_fraction(points, structure, c.query_fraction, generator)
+        if c.query_fraction < 1.0 or self.global_fraction < 1.0:
+            fraction = torch.cat(
+                [
+                    torch.full((global_points.shape[0],), self.global_fraction, device=device),
+                    torch.full((local_points.shape[0],), c.query_fraction, device=device),
+                ]
+            )
+            points, structure = _keep_fraction(points, structure, fraction, generator)
             species_points, species_structure = _keep_fraction(
                 species_points, species_structure, c.query_fraction, generator
             )
@@ -177,8 +189,9 @@ class QuerySampler:
 
 
 def _keep_fraction(
-    points: Tensor, structure: Tensor, fraction: float, generator: torch.Generator
+    points: Tensor, structure: Tensor, fraction: float | Tensor, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
+    """Keep each point with probability ``fraction`` (one number, or one per point)."""
     keep = torch.rand(points.shape[0], generator=generator, device=points.device) < fraction
     return points[keep], structure[keep]
 

@@ -83,6 +83,38 @@ def test_query_fraction_keeps_about_that_share(tensors):
     assert abs(n_half / n_full - 0.5) < 0.05
 
 
+def test_global_query_fraction_thins_only_the_global_grid(tensors):
+    crystals, data = tensors
+    box = atoms_bounding_box(crystals)
+    sampler = QuerySampler(SamplingConfig(global_query_fraction=0.2), box)
+    atoms = data.batch(torch.arange(len(data)))
+    queries = sampler.sample(atoms, torch.Generator().manual_seed(0))
+    local = atoms.cart_coords.shape[0] * 64  # every local point is kept at query_fraction 1
+    global_total = len(data) * sampler.global_grid.shape[0]
+    kept_global = queries.position_points.shape[0] - local
+    assert abs(kept_global / global_total - 0.2) < 0.03
+    assert queries.species_points.shape[0] == atoms.cart_coords.shape[0] * 216
+
+
+def test_global_query_fraction_defaults_to_query_fraction(tensors):
+    crystals, data = tensors
+    box = atoms_bounding_box(crystals)
+    atoms = data.batch(torch.arange(len(data)))
+    implicit = QuerySampler(SamplingConfig(query_fraction=0.3), box).sample(atoms, torch.Generator().manual_seed(0))
+    explicit = QuerySampler(SamplingConfig(query_fraction=0.3, global_query_fraction=0.3), box).sample(
+        atoms, torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(implicit.position_points, explicit.position_points)
+
+
+@pytest.mark.parametrize("key", ["query_fraction", "global_query_fraction"])
+@pytest.mark.parametrize("value", [0.0, 1.5])
+def test_query_fractions_outside_zero_one_are_refused(tensors, key, value):
+    crystals, _ = tensors
+    with pytest.raises(UserError, match=f"sampling.{key} must be in"):
+        QuerySampler(SamplingConfig(**{key: value}), atoms_bounding_box(crystals))
+
+
 def test_nearest_atoms_ignores_other_structures(tensors):
     _, data = tensors
     atoms = data.batch(torch.tensor([0, 1]))
