@@ -961,7 +961,7 @@ def bench_train_command(
             f"{r['recipe']} on {r['device']} ({r['precision']}, batch {r['batch_size']}): "
             f"{r['queries_per_second']:,.0f} queries/s, {r['structures_per_second']:.1f} structures/s, "
             f"{r['seconds_per_step']:.3f} s/step ({shares}); ~{r['epoch_seconds_estimate']:.0f} s per epoch\n"
-            f"matmul FLOP rate {r['achieved_gflops']:.1f} GFLOP/s = {r['fraction_of_matmul']:.2f} × this machine's dense "
+            f"matmul FLOP rate {r['achieved_gflops']:.1f} GFLOP/s = {r['fraction_of_matmul']:.2g} × this machine's dense "
             f"{r['precision']} matmul ({r['matmul_gflops']:.1f} GFLOP/s, measured now)"
         )
 
@@ -1000,7 +1000,7 @@ def bench_estimate_command(ctx: typer.Context, as_json: bool = typer.Option(Fals
             f"{r['structures']} structures on {r['device']}: {r['structures_per_second']:.2f} structures/s batched, "
             f"{r['structures_per_second_one_at_a_time']:.2f} one at a time (batching ×{r['batching_speedup']:.2f}); "
             f"{r['field_evaluations_per_second']:,.0f} field evaluations/s; {r['achieved_gflops']:.1f} GFLOP/s = "
-            f"{r['fraction_of_matmul']:.2f} × dense fp32 matmul ({r['matmul_gflops']:.1f} GFLOP/s, measured now)"
+            f"{r['fraction_of_matmul']:.2g} × dense fp32 matmul ({r['matmul_gflops']:.1f} GFLOP/s, measured now)"
         )
 
     emit(result, as_json, render)

@@ -105,7 +105,13 @@ class QueryEncoding(nn.Module):
 
 
 class Field(nn.Module):
-    """An MLP over (query, z) with the query re-injected at the input of every layer."""
+    """An MLP over (query, z) with the query re-injected at the input of every layer.
+
+    Training computes feature-major, (features, queries): the compiled BatchNorm kernels then reduce
+    along contiguous memory, which made a fast-lcs6 training step about a tenth faster. Decoding computes
+    query-major, (queries, features), where eager float32 matmuls and BatchNorm run about a quarter faster.
+    Both are the same layers, plain nn.Linear and nn.BatchNorm1d, so checkpoints are the usual ones.
+    """
 
     def __init__(
         self, latent_size: int, widths: tuple[int, ...], out_size: int, encoding: QueryEncoding, batch_norm: bool
@@ -121,12 +127,56 @@ class Field(nn.Module):
 
     def forward(self, points: Tensor, structure: Tensor, z: Tensor) -> Tensor:
         """points (Q, 3), structure (Q,) index into z (B, D) -> (Q, out_size)."""
+        if self.training:
+            return self._feature_major(points, structure, z)
         q = self.encoding(points)
         h = torch.relu(self.norms[0](self.first_latent(z).index_select(0, structure) + self.first_query(q)))
         q = q.to(h.dtype)  # under bf16 autocast a float32 q would make every concatenation float32
         for layer, norm in zip(self.hidden, self.norms[1:]):
             h = torch.relu(norm(layer(torch.cat([h, q], dim=-1))))
         return self.out(torch.cat([h, q], dim=-1))
+
+    def _feature_major(self, points: Tensor, structure: Tensor, z: Tensor) -> Tensor:
+        rows = points.shape[0]
+        q = self.encoding(points).T  # (F, Q)
+        pad = -rows % ROW_MULTIPLE if points.device.type == "cpu" and torch.is_autocast_enabled("cpu") else 0
+        if pad:  # zero columns ride along to the output and are cut off there; BatchNorm never counts them
+            q, structure = nn.functional.pad(q, (0, pad)), nn.functional.pad(structure, (0, pad))
+        # z's share as a matmul with the one-hot of each query's structure (B × Q' values): its backward is
+        # a matmul too, where a gather along columns has a scatter along columns as backward, which cost more
+        # than all the field's matmuls.
+        one_hot = (structure[None, :] == torch.arange(len(z), device=z.device)[:, None]).to(q.dtype)
+        first_weight = torch.cat([self.first_query.weight, self.first_latent(z).T], dim=1)
+        h = _train_batch_norm_relu(self.norms[0], first_weight @ torch.cat([q, one_hot]), rows)
+        q = q.to(h.dtype)
+        for layer, norm in zip(self.hidden, self.norms[1:]):
+            h = _train_batch_norm_relu(norm, torch.addmm(layer.bias[:, None], layer.weight, torch.cat([h, q])), rows)
+        return torch.addmm(self.out.bias[:, None], self.out.weight, torch.cat([h, q]))[:, :rows].T
+
+
+def _train_batch_norm_relu(norm: nn.Module, h: Tensor, rows: int) -> Tensor:
+    """Training-mode ReLU(BatchNorm(h)) of feature-major h (C, Q'), with statistics over its first ``rows`` columns.
+
+    The statistics and running-average updates of nn.BatchNorm1d. With padding columns, the variance comes
+    from sums shifted by the running mean: one fused pass, without the cancellation of E[x²] - E[x]².
+    """
+    if not isinstance(norm, nn.BatchNorm1d):
+        return torch.relu(h)
+    norm.num_batches_tracked.add_(1)
+    if h.shape[1] == rows:  # no padding: the native kernel, the fastest without torch.compile
+        running = (norm.running_mean, norm.running_var)
+        normalized = nn.functional.batch_norm(h[None], *running, norm.weight, norm.bias, True, norm.momentum, norm.eps)
+        return torch.relu(normalized[0])
+    running_mean = norm.running_mean.clone()
+    shifted = h[:, :rows].float() - running_mean[:, None]
+    shifted_mean = shifted.mean(dim=1)
+    var = shifted.square().mean(dim=1) - shifted_mean.square()
+    mean = shifted_mean + running_mean
+    with torch.no_grad():
+        norm.running_mean.lerp_(mean, norm.momentum)
+        norm.running_var.lerp_(var * rows / max(rows - 1, 1), norm.momentum)
+    scale = norm.weight * torch.rsqrt(var + norm.eps)
+    return torch.relu(h * scale[:, None] + (norm.bias - mean * scale)[:, None]).to(h.dtype)
 
 
 class LatticeHead(nn.Module):
