@@ -139,31 +139,34 @@ class Field(nn.Module):
     def _feature_major(self, points: Tensor, structure: Tensor, z: Tensor) -> Tensor:
         rows = points.shape[0]
         q = self.encoding(points).T  # (F, Q)
-        pad = -rows % ROW_MULTIPLE if points.device.type == "cpu" and torch.is_autocast_enabled("cpu") else 0
-        if pad:  # zero columns ride along to the output and are cut off there; BatchNorm never counts them
+        padded = points.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        if padded:  # zero columns ride along to the output and are cut off there; BatchNorm never counts them
+            pad = ROW_MULTIPLE - rows % ROW_MULTIPLE  # never 0: torch.compile would compile that case apart
             q, structure = nn.functional.pad(q, (0, pad)), nn.functional.pad(structure, (0, pad))
+        counted = rows if padded else None
         # z's share as a matmul with the one-hot of each query's structure (B × Q' values): its backward is
         # a matmul too, where a gather along columns has a scatter along columns as backward, which cost more
         # than all the field's matmuls.
         one_hot = (structure[None, :] == torch.arange(len(z), device=z.device)[:, None]).to(q.dtype)
         first_weight = torch.cat([self.first_query.weight, self.first_latent(z).T], dim=1)
-        h = _train_batch_norm_relu(self.norms[0], first_weight @ torch.cat([q, one_hot]), rows)
+        h = _train_batch_norm_relu(self.norms[0], first_weight @ torch.cat([q, one_hot]), counted)
         q = q.to(h.dtype)
         for layer, norm in zip(self.hidden, self.norms[1:]):
-            h = _train_batch_norm_relu(norm, torch.addmm(layer.bias[:, None], layer.weight, torch.cat([h, q])), rows)
+            h = _train_batch_norm_relu(norm, torch.addmm(layer.bias[:, None], layer.weight, torch.cat([h, q])), counted)
         return torch.addmm(self.out.bias[:, None], self.out.weight, torch.cat([h, q]))[:, :rows].T
 
 
-def _train_batch_norm_relu(norm: nn.Module, h: Tensor, rows: int) -> Tensor:
+def _train_batch_norm_relu(norm: nn.Module, h: Tensor, rows: int | None) -> Tensor:
     """Training-mode ReLU(BatchNorm(h)) of feature-major h (C, Q'), with statistics over its first ``rows`` columns.
 
     The statistics and running-average updates of nn.BatchNorm1d. With padding columns, the variance comes
     from sums shifted by the running mean: one fused pass, without the cancellation of E[x²] - E[x]².
+    ``rows=None``: no padding, all columns count.
     """
     if not isinstance(norm, nn.BatchNorm1d):
         return torch.relu(h)
     norm.num_batches_tracked.add_(1)
-    if h.shape[1] == rows:  # no padding: the native kernel, the fastest without torch.compile
+    if rows is None:  # the native kernel, the fastest without torch.compile
         running = (norm.running_mean, norm.running_var)
         normalized = nn.functional.batch_norm(h[None], *running, norm.weight, norm.bias, True, norm.momentum, norm.eps)
         return torch.relu(normalized[0])
