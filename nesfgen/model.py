@@ -24,7 +24,7 @@ ROW_MULTIPLE = 256
 
 
 class BucketedLinear(nn.Linear):
-    """nn.Linear whose input rows are padded with zeros to a multiple of ROW_MULTIPLE under CPU bf16.
+    """nn.Linear whose input rows are padded with zeros to the next multiple of ROW_MULTIPLE under CPU bf16.
 
     The padded rows are cut off again before anything else sees them, so outputs and gradients are the
     plain layer's; only the set of matmul shapes becomes small enough for oneDNN to keep its kernels.
@@ -34,8 +34,8 @@ class BucketedLinear(nn.Linear):
         if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
             return super().forward(x)
         rows = x.shape[0]
-        pad = -rows % ROW_MULTIPLE
-        return super().forward(nn.functional.pad(x, (0, 0, 0, pad)) if pad else x)[:rows]
+        pad = ROW_MULTIPLE - rows % ROW_MULTIPLE  # never 0: torch.compile would compile that case apart
+        return super().forward(nn.functional.pad(x, (0, 0, 0, pad)))[:rows]
 
 
 def mlp(widths: list[int], batch_norm: bool, dropout: float = 0.0, last_activation: bool = True) -> nn.Sequential:
