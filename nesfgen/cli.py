@@ -962,7 +962,8 @@ def bench_train_command(
             f"{r['queries_per_second']:,.0f} queries/s, {r['structures_per_second']:.1f} structures/s, "
             f"{r['seconds_per_step']:.3f} s/step ({shares}); ~{r['epoch_seconds_estimate']:.0f} s per epoch\n"
             f"matmul FLOP rate {r['achieved_gflops']:.1f} GFLOP/s = {r['fraction_of_matmul']:.2g} × this machine's dense "
-            f"{r['precision']} matmul ({r['matmul_gflops']:.1f} GFLOP/s, measured now)"
+            f"{r['precision']} matmul (median {r['matmul_gflops']:.1f} GFLOP/s, "
+            f"{r['matmul_gflops_range'][0]:.0f}-{r['matmul_gflops_range'][1]:.0f} between the steps)"
         )
 
     emit(result, as_json, render)

@@ -8,7 +8,6 @@ the global grid spans the dataset's bounding box widened by one interval on each
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -143,39 +142,34 @@ class QuerySampler:
         self.species_grid = local_offsets(config.species_interval, config.species_range).to(device)  # (S, 3)
 
     def sample(self, atoms: Atoms, generator: torch.Generator) -> Queries:
+        """Thin each grid to its fraction first, then draw noise and targets for the kept points only.
+
+        With fractions of 1 nothing is thinned and the draws are the paper recipe's: position noise, then
+        species noise. Thinned grids draw their keep masks first.
+        """
         c = self.config
         count = atoms.num_structures
         device = atoms.cart_coords.device
-        structures = torch.arange(count, device=device)
-        global_points = self.global_grid.repeat(count, 1)  # (B*G, 3)
-        global_structure = structures.repeat_interleave(self.global_grid.shape[0])
-        local_points = (atoms.cart_coords[:, None, :] + self.local_grid).reshape(-1, 3)  # (A*L, 3)
-        local_structure = atoms.structure.repeat_interleave(self.local_grid.shape[0])
-        points = torch.cat([global_points, local_points])
+        global_slot = _kept_slots(count * self.global_grid.shape[0], self.global_fraction, generator, device)
+        global_points = self.global_grid[global_slot % self.global_grid.shape[0]]
+        global_structure = global_slot // self.global_grid.shape[0]
+        local_atom, local_offset = _kept_atom_slots(atoms, self.local_grid, c.query_fraction, generator)
+        local_points = atoms.cart_coords[local_atom] + local_offset
         stds = torch.cat(
             [
                 torch.full((global_points.shape[0], 1), c.global_std, device=device),
                 torch.full((local_points.shape[0], 1), c.local_std, device=device),
             ]
         )
+        points = torch.cat([global_points, local_points])
         points = points + stds * torch.randn(points.shape, generator=generator, device=device)
-        structure = torch.cat([global_structure, local_structure])
-        species_points = (atoms.cart_coords[:, None, :] + self.species_grid).reshape(-1, 3)
+        structure = torch.cat([global_structure, atoms.structure[local_atom]])
+        species_atom, species_offset = _kept_atom_slots(atoms, self.species_grid, c.query_fraction, generator)
+        species_points = atoms.cart_coords[species_atom] + species_offset
         species_points = species_points + c.species_std * torch.randn(
             species_points.shape, generator=generator, device=device
         )
-        species_structure = atoms.structure.repeat_interleave(self.species_grid.shape[0])
-        if c.query_fraction < 1.0 or self.global_fraction < 1.0:
-            fraction = torch.cat(
-                [
-                    torch.full((global_points.shape[0],), self.global_fraction, device=device),
-                    torch.full((local_points.shape[0],), c.query_fraction, device=device),
-                ]
-            )
-            points, structure = _keep_fraction(points, structure, fraction, generator)
-            species_points, species_structure = _keep_fraction(
-                species_points, species_structure, c.query_fraction, generator
-            )
+        species_structure = atoms.structure[species_atom]
         nearest = nearest_atoms(points, structure, atoms)
         nearest_species = nearest_atoms(species_points, species_structure, atoms)
         return Queries(
@@ -188,29 +182,45 @@ class QuerySampler:
         )
 
 
-def _keep_fraction(
-    points: Tensor, structure: Tensor, fraction: float | Tensor, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """Keep each point with probability ``fraction`` (one number, or one per point)."""
-    keep = torch.rand(points.shape[0], generator=generator, device=points.device) < fraction
-    return points[keep], structure[keep]
+def _kept_slots(total: int, fraction: float, generator: torch.Generator, device: torch.device) -> Tensor:
+    """Indices of ``total`` slots, each kept with probability ``fraction`` (all of them, drawing nothing, at 1)."""
+    if fraction >= 1.0:
+        return torch.arange(total, device=device)
+    return torch.nonzero(torch.rand(total, generator=generator, device=device) < fraction).squeeze(1)
 
 
-def nearest_atoms(points: Tensor, structure: Tensor, atoms: Atoms, chunk: int = 1 << 16) -> Tensor:
-    """(Q,) index into the packed atoms of each point's nearest atom in its own structure (no images)."""
+def _kept_atom_slots(atoms: Atoms, grid: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The kept points of a local grid around every atom: (atom index, offset from that atom)."""
+    slot = _kept_slots(atoms.cart_coords.shape[0] * grid.shape[0], fraction, generator, atoms.cart_coords.device)
+    return slot // grid.shape[0], grid[slot % grid.shape[0]]
+
+
+#: the (points, atoms) temporaries of the nearest-atom search are bounded by this many elements (16 MB)
+TEMPORARY_ELEMENTS = 1 << 22
+#: stands in for the missing atoms of smaller structures in the padded search: never the nearest
+FAR_AWAY = 1e6
+
+
+def nearest_atoms(points: Tensor, structure: Tensor, atoms: Atoms) -> Tensor:
+    """(Q,) index into the packed atoms of each point's nearest atom in its own structure (no images).
+
+    Squared distances to the (B, N) padded atoms of each structure, one coordinate plane at a time:
+    (Q, N) temporaries instead of (Q, N, 3), and no square root.
+    """
     counts = torch.bincount(atoms.structure, minlength=atoms.num_structures)
-    most = int(counts.max())
     first = torch.cumsum(counts, 0) - counts  # (B,)
-    slot = torch.arange(most, device=points.device)  # (N,)
+    slot = torch.arange(int(counts.max()), device=points.device)  # (N,)
     padded_index = (first[:, None] + slot).clamp(max=atoms.cart_coords.shape[0] - 1)  # (B, N)
     valid = slot < counts[:, None]  # (B, N)
-    padded = atoms.cart_coords[padded_index]  # (B, N, 3)
+    planes = atoms.cart_coords[padded_index].masked_fill(~valid[..., None], FAR_AWAY).permute(2, 0, 1).contiguous()
     result = torch.empty(points.shape[0], dtype=torch.long, device=points.device)
+    chunk = max(1, TEMPORARY_ELEMENTS // slot.numel())
     for start in range(0, points.shape[0], chunk):
-        s = structure[start : start + chunk]
-        distance = torch.linalg.vector_norm(padded[s] - points[start : start + chunk, None, :], dim=-1)  # (q, N)
-        distance = distance.masked_fill(~valid[s], math.inf)
-        result[start : start + chunk] = padded_index[s, distance.argmin(dim=1)]
+        own, part = structure[start : start + chunk], points[start : start + chunk]
+        squared = (planes[0].index_select(0, own) - part[:, 0:1]).square()  # (q, N)
+        for axis in (1, 2):
+            squared += (planes[axis].index_select(0, own) - part[:, axis : axis + 1]).square()
+        result[start : start + chunk] = padded_index[own, squared.argmin(dim=1)]
     return result
 
 

@@ -92,25 +92,19 @@ def new_run_dir(recipe_name: str, root: Path = Path("runs")) -> Path:
     return root / f"{recipe_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def compute_losses(
-    model: nn.Module, atoms: Atoms, queries: Queries, totals: tuple[int, int, int] | None = None
-) -> dict[str, Tensor]:
-    """The four unweighted loss terms of one batch: mean squared errors and cross-entropy.
-
-    ``totals`` = (position queries, species queries, structures) of the whole batch when this process
-    holds only a share of it: the terms are then this share's sums divided by those totals, times the
-    world size, so that averaging gradients over ranks gives exactly the whole batch's means.
-    """
-    return loss_terms(model(atoms, queries), atoms, queries, totals)
-
-
 def loss_terms(
     outputs: tuple[Tensor, Tensor, Tensor, Tensor],
     atoms: Atoms,
     queries: Queries,
     totals: tuple[int, int, int] | None = None,
 ) -> dict[str, Tensor]:
-    """compute_losses of given training outputs; also the likelihood terms of the variational model."""
+    """The four unweighted loss terms of a batch's training outputs: mean squared errors and cross-entropy.
+
+    ``totals`` = (position queries, species queries, structures) of the whole batch when this process
+    holds only a share of it: the terms are then this share's sums divided by those totals, times the
+    world size, so that averaging gradients over ranks gives exactly the whole batch's means.
+    Also the likelihood terms of the variational model.
+    """
     position, species, lengths, angles = outputs
     terms = {
         "position": (
@@ -184,6 +178,8 @@ def epoch_batches(count: int, batch_size: int, generator: torch.Generator, minim
     return batches
 
 
+#: device types with a fused Adam kernel: one kernel for all parameters, a fourth of the time of the default on a CPU
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
 #: the cosine schedule ends at this fraction of train.lr
 COSINE_FINAL_FACTOR = 0.01
 
@@ -305,19 +301,24 @@ class Trainer:
             # In place, so parameter names (and so checkpoints) stay those of the plain model.
             self.model.position_field.compile(dynamic=True)
             self.model.species_field.compile(dynamic=True)
+        # Compiled, the cross-entropy reads the species field's feature-major logits where they lie and fuses
+        # softmax, loss and gradient: about 3 ms of a fast-lcs6 step
+        self.loss_terms = torch.compile(loss_terms, dynamic=True) if t.compile else loss_terms
         self.loss_names = LOSS_NAMES
         self.objective: nn.Module = self.model  # what a training step calls: the model, or a VAE's negative ELBO
         if recipe.model.variational:
             from nesfgen.vae import VariationalObjective
 
             self.loss_names = (*LOSS_NAMES, "kl")
-            self.objective = VariationalObjective(self.model, recipe.loss, loss_terms)
+            self.objective = VariationalObjective(self.model, recipe.loss, self.loss_terms)
         self.parallel: nn.Module = self.objective
         if self.ranks.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             self.parallel = DistributedDataParallel(self.objective)  # averages gradients over ranks
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=t.lr, fused=self.device.type in FUSED_ADAM_DEVICES or None
+        )
         self.scheduler = learning_rate_schedule(self.optimizer, t)
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
@@ -376,7 +377,7 @@ class Trainer:
             if self.recipe.model.variational:
                 losses = module(atoms, queries, kl_weight, totals, self.ranks.world)
             else:
-                losses = compute_losses(module, atoms, queries, totals)
+                losses = self.loss_terms(module(atoms, queries), atoms, queries, totals)
         total = losses.pop("total") if self.recipe.model.variational else weighted_total(losses, self.recipe)
         return total, losses
 

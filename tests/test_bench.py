@@ -21,6 +21,8 @@ def test_bench_train_reports_ratios(tiny_dataset):
     result = bench_train(tiny_recipe(tiny_dataset), steps=2, warmup=1)
     assert result["queries_per_second"] > 0 and 0 < result["fraction_of_matmul"] < 2
     assert abs(sum(result["step_share"].values()) - 1) < 1e-6
+    low, high = result["matmul_gflops_range"]  # the yardstick is timed between the steps
+    assert low <= result["matmul_gflops"] <= high
 
 
 def test_bench_estimate_reports_batching_speedup(tiny_dataset):

@@ -121,3 +121,15 @@ def test_nearest_atoms_ignores_other_structures(tensors):
     point = atoms.cart_coords[atoms.structure == 1][0:1] + 0.01
     index = nearest_atoms(point, torch.tensor([0]), atoms)
     assert atoms.structure[index].item() == 0
+
+
+def test_nearest_atoms_in_chunks_equals_one_pass(tensors, monkeypatch):
+    import nesfgen.sampling as sampling
+
+    crystals, data = tensors
+    sampler = QuerySampler(SamplingConfig(global_interval=1.5), atoms_bounding_box(crystals))
+    atoms = data.batch(torch.arange(len(data)))
+    queries = sampler.sample(atoms, torch.Generator().manual_seed(1))
+    whole = nearest_atoms(queries.position_points, queries.position_structure, atoms)
+    monkeypatch.setattr(sampling, "TEMPORARY_ELEMENTS", 50)  # a few points per chunk
+    assert torch.equal(nearest_atoms(queries.position_points, queries.position_structure, atoms), whole)

@@ -89,6 +89,20 @@ def test_compiled_fields_train_and_keep_plain_checkpoint_names(tiny_dataset, tmp
     load_model(tmp_path / "compiled")  # the plain model loads the compiled run's weights
 
 
+def test_compiled_loss_terms_equal_the_eager_ones(tiny_dataset, tmp_path):
+    from nesfgen.train import Trainer, loss_terms
+
+    trainer = Trainer(tiny_recipe(tiny_dataset, **{"train.compile": "true"}), tmp_path / "run")
+    atoms = trainer.train_set.batch(torch.arange(8))
+    queries = trainer.sampler.sample(atoms, torch.Generator().manual_seed(0))
+    trainer.model.train()
+    outputs = trainer.model(atoms, queries)  # training layout: the fields' outputs are feature-major views
+    compiled, eager = trainer.loss_terms(outputs, atoms, queries), loss_terms(outputs, atoms, queries)
+    assert trainer.loss_terms is not loss_terms
+    for name in eager:
+        assert torch.allclose(compiled[name], eager[name], rtol=1e-5), name
+
+
 def test_compiled_runs_one_after_another_stay_compiled(tiny_dataset, tmp_path, monkeypatch):
     """Tune trials and cv folds train in one process: no run may inherit the graphs of the ones before."""
     monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)  # instead of going eager
