@@ -1,7 +1,7 @@
 import torch
 from conftest import tiny_recipe
 
-from nesfgen.bench import bench_estimate, bench_train, field_flops_per_query, matmul_rate
+from nesfgen.bench import bench_estimate, bench_train, field_flops_per_query, matmul_rate, training_flops
 from nesfgen.model import NeSF
 
 
@@ -15,6 +15,9 @@ def test_field_flops_count_every_query_layer():
     model = NeSF(ModelConfig(), 10)
     # (3→256) + (259→128) + 6×(131→128) + (131→3), times 2 FLOPs per multiply-add
     assert field_flops_per_query(model.position_field) == 2 * (3 * 256 + 259 * 128 + 6 * 131 * 128 + 131 * 3)
+    # training: forward, weight gradient and input gradient, except the query's own input gradient
+    forward = field_flops_per_query(model.position_field)
+    assert training_flops(forward, [model.position_field.first_query]) == 3 * forward - 2 * 3 * 256
 
 
 def test_bench_train_reports_ratios(tiny_dataset):
