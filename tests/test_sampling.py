@@ -133,3 +133,25 @@ def test_nearest_atoms_in_chunks_equals_one_pass(tensors, monkeypatch):
     whole = nearest_atoms(queries.position_points, queries.position_structure, atoms)
     monkeypatch.setattr(sampling, "TEMPORARY_ELEMENTS", 50)  # a few points per chunk
     assert torch.equal(nearest_atoms(queries.position_points, queries.position_structure, atoms), whole)
+
+
+def test_full_grids_draw_the_paper_recipes_noise_in_order(tensors):
+    # At query fractions of 1 nothing is thinned and no keep mask is drawn: position noise, then species noise.
+    crystals, data = tensors
+    config = SamplingConfig()
+    sampler = QuerySampler(config, atoms_bounding_box(crystals))
+    atoms = data.batch(torch.arange(len(data)))
+    queries = sampler.sample(atoms, torch.Generator().manual_seed(7))
+    grid, local, species = sampler.global_grid, sampler.local_grid, sampler.species_grid
+    generator = torch.Generator().manual_seed(7)
+    centres = torch.cat([grid.repeat(len(data), 1), (atoms.cart_coords[:, None] + local).reshape(-1, 3)])
+    stds = torch.cat(
+        [
+            torch.full((len(data) * len(grid), 1), config.global_std),
+            torch.full((len(centres) - len(data) * len(grid), 1), config.local_std),
+        ]
+    )
+    assert torch.equal(queries.position_points, centres + stds * torch.randn(centres.shape, generator=generator))
+    species_centres = (atoms.cart_coords[:, None] + species).reshape(-1, 3)
+    expected = species_centres + config.species_std * torch.randn(species_centres.shape, generator=generator)
+    assert torch.equal(queries.species_points, expected)
