@@ -941,7 +941,7 @@ def _render_leaderboard(result: dict, limit: int) -> None:
 @bench_app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench_train_command(
     ctx: typer.Context,
-    steps: int = typer.Option(6, help="Timed training steps (after 2 warm-up steps)."),
+    steps: int = typer.Option(6, min=1, help="Timed training steps (after 2 warm-up steps)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Training throughput: nesfgen bench train [recipe=NAME] [key=value ...]."""

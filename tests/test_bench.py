@@ -28,6 +28,11 @@ def test_bench_train_reports_ratios(tiny_dataset):
     assert low <= result["matmul_gflops"] <= high
 
 
+def test_bench_train_times_a_variational_recipe(tiny_dataset):
+    result = bench_train(tiny_recipe(tiny_dataset, **{"model.variational": "true"}), steps=1, warmup=1)
+    assert result["queries_per_second"] > 0
+
+
 def test_bench_estimate_reports_batching_speedup(tiny_dataset):
     recipe = tiny_recipe(tiny_dataset, **{"estimator.steps": 2})
     model = NeSF(recipe.model, 3).eval()
