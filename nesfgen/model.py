@@ -216,7 +216,8 @@ class BatchNormReLU(torch.autograd.Function):
         h, mean, inverse_std, scale, shift, bias = ctx.saved_tensors
         rows = ctx.rows
         x = h.float()
-        masked = torch.where(x * scale[:, None] + shift[:, None] > 0, grad.float(), 0.0)  # 0 on padding
+        # the incoming gradient is 0 on padding (cut off at the field's output), so the sums see real columns only
+        masked = torch.where(x * scale[:, None] + shift[:, None] > 0, grad.float(), 0.0)
         grad_bias = masked.sum(1)
         grad_weight = ((masked * x).sum(1) - mean * grad_bias) * inverse_std  # Σ g·x̂
         slope = -scale * inverse_std * grad_weight / rows
