@@ -181,11 +181,10 @@ def _train_batch_norm_relu(norm: nn.Module, h: Tensor, rows: int | None) -> Tens
         normalized = nn.functional.batch_norm(h[None], *running, norm.weight, norm.bias, True, norm.momentum, norm.eps)
         return torch.relu(normalized[0])
     with torch.no_grad():  # BatchNormReLU's backward carries the gradient through the statistics
-        running_mean = norm.running_mean.clone()
-        shifted = h[:, :rows].float() - running_mean[:, None]
+        shifted = h[:, :rows].float() - norm.running_mean[:, None]
         shifted_mean = shifted.mean(dim=1)
         var = shifted.square().mean(dim=1) - shifted_mean.square()
-        mean = shifted_mean + running_mean
+        mean = shifted_mean + norm.running_mean  # a new tensor: the running update below leaves it alone
         norm.running_mean.lerp_(mean, norm.momentum)
         norm.running_var.lerp_(var * rows / max(rows - 1, 1), norm.momentum)
         inverse_std = torch.rsqrt(var + norm.eps)
