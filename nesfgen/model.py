@@ -8,8 +8,9 @@ linear layer as concatenating z to every query, at a fraction of the cost.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -154,41 +155,89 @@ class Field(nn.Module):
         if pad:  # zero columns ride along to the output and are cut off there; BatchNorm never counts them
             q, structure = nn.functional.pad(q, (0, pad)), nn.functional.pad(structure, (0, pad))
         counted = rows if pad else None
-        # z's share as a matmul with the one-hot of each query's structure (B × Q' values): its backward is
+        # z's share as a matmul with the one-hot of each query's structure (B × Q values): its backward is
         # a matmul too, where a gather along columns has a scatter along columns as backward, which cost more
         # than all the field's matmuls.
         one_hot = (structure[None, :] == torch.arange(len(z), device=z.device)[:, None]).to(q.dtype)
-        first_weight = torch.cat([self.first_query.weight, self.first_latent(z).T], dim=1)
-        h = _train_batch_norm_relu(self.norms[0], first_weight @ torch.cat([q, one_hot]), counted)
+        latent = self.first_latent(z).T  # (C, B): z's share of the first layer, once per structure
+        joined = torch.cat([q, one_hot]).to(latent.dtype)
+        written_out = pad and isinstance(self.norms[0], nn.BatchNorm1d)  # BatchNormReLU takes the gradient
+        with torch.no_grad() if written_out else contextlib.nullcontext():
+            h = torch.cat([self.first_query.weight, latent], dim=1) @ joined
+        first = FirstLayer(joined, self.first_query.weight, latent) if written_out else None
+        h = _train_batch_norm_relu(self.norms[0], h, counted, first=first)
         q = q.to(h.dtype)
         for layer, norm in zip(self.hidden, self.norms[1:]):
-            h = _train_batch_norm_relu(norm, torch.addmm(layer.bias[:, None], layer.weight, torch.cat([h, q])), counted)
+            if pad:
+                product = QueryConcatLinear.apply(h, q, layer.weight, layer.bias)  # the bias is added in BatchNorm
+                h = _train_batch_norm_relu(norm, product, counted, bias=layer.bias)
+            else:
+                h = _train_batch_norm_relu(
+                    norm, torch.addmm(layer.bias[:, None], layer.weight, torch.cat([h, q])), None
+                )
         return torch.addmm(self.out.bias[:, None], self.out.weight, torch.cat([h, q]))[:, :rows].T
 
 
-def _train_batch_norm_relu(norm: nn.Module, h: Tensor, rows: int | None) -> Tensor:
-    """Training-mode ReLU(BatchNorm(h)) of feature-major h (C, Q'), with statistics over its first ``rows`` columns.
+class FirstLayer(NamedTuple):
+    """A field's first layer, h = [query_weight, latent] @ joined: what its gradient goes to."""
+
+    joined: Tensor  # (F + B, Q'): the query's F features over the one-hot of its structure
+    query_weight: Tensor  # (C, F)
+    latent: Tensor  # (C, B), z's share
+
+
+class QueryConcatLinear(torch.autograd.Function):
+    """weight @ [h; q], a linear layer of h and the query whose bias is added later (by _train_batch_norm_relu).
+
+    Without the bias, the matmul writes its output once: torch.addmm first filled it with the broadcast bias,
+    a (C, Q') copy per layer. Without the input gradient of the query rows, which need none: they made the
+    matmul of h's gradient 259 high after a 256-wide layer, which oneDNN ran a fifth slower than 256.
+    The bias's gradient is the same as with it added here.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, q: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        joined = torch.cat([h, q])
+        ctx.save_for_backward(joined, weight)
+        ctx.width = h.shape[0]
+        return weight.to(joined.dtype) @ joined
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        joined, weight = ctx.saved_tensors
+        grad_h = weight[:, : ctx.width].to(grad.dtype).T @ grad
+        return grad_h, None, (grad @ joined.T).to(weight.dtype), grad.sum(1).to(weight.dtype)
+
+
+def _train_batch_norm_relu(
+    norm: nn.Module, h: Tensor, rows: int | None, bias: Tensor | None = None, first: FirstLayer | None = None
+) -> Tensor:
+    """Training-mode ReLU(BatchNorm(h + bias)) of feature-major h (C, Q'), with statistics over its first ``rows``
+    columns.
 
     The statistics and running-average updates of nn.BatchNorm1d. With padding columns, the variance comes
     from sums shifted by the running mean: one fused pass, without the cancellation of E[x²] - E[x]².
-    ``rows=None``: no padding, all columns count.
+    ``rows=None``: no padding, all columns count. ``bias``: the previous layer's, not yet added; BatchNorm in training
+    removes it again, so it only enters the running mean. ``first``: h is that first layer's, computed without
+    gradient; the gradient goes to its weights.
     """
     if not isinstance(norm, nn.BatchNorm1d):
-        return torch.relu(h)
+        return torch.relu(h if bias is None else h + bias[:, None])
     norm.num_batches_tracked.add_(1)
     if rows is None:  # the native kernel, the fastest without torch.compile
         running = (norm.running_mean, norm.running_var)
         normalized = nn.functional.batch_norm(h[None], *running, norm.weight, norm.bias, True, norm.momentum, norm.eps)
         return torch.relu(normalized[0])
     with torch.no_grad():  # BatchNormReLU's backward carries the gradient through the statistics
-        shifted = h[:, :rows].float() - norm.running_mean[:, None]
+        running_mean_of_h = norm.running_mean if bias is None else norm.running_mean - bias
+        shifted = h[:, :rows].float() - running_mean_of_h[:, None]
         shifted_mean = shifted.mean(dim=1)
         var = shifted.square().mean(dim=1) - shifted_mean.square()
-        mean = shifted_mean + norm.running_mean  # a new tensor: the running update below leaves it alone
-        norm.running_mean.lerp_(mean, norm.momentum)
+        mean = shifted_mean + running_mean_of_h  # a new tensor: the running update below leaves it alone
+        norm.running_mean.lerp_(mean if bias is None else mean + bias, norm.momentum)
         norm.running_var.lerp_(var * rows / max(rows - 1, 1), norm.momentum)
         inverse_std = torch.rsqrt(var + norm.eps)
-    return BatchNormReLU.apply(h, mean, inverse_std, norm.weight, norm.bias, rows)
+    return BatchNormReLU.apply(h, mean, inverse_std, norm.weight, norm.bias, rows, *(first or (None,) * 3))
 
 
 class BatchNormReLU(torch.autograd.Function):
@@ -198,21 +247,34 @@ class BatchNormReLU(torch.autograd.Function):
     Written out so that the compiled backward keeps no (C, Q') float32 temporary: inductor's own BatchNorm
     backward stores the ReLU-masked gradient in float32 between its two passes. This one reads h and the
     incoming gradient twice instead and recomputes the mask: compiled fast-lcs6 fields 3-9 % faster.
+
+    In a first layer (the FirstLayer parts given), the gradient goes on to its query weight, as sums taken in the
+    same pass, and to z's share, as a matmul with the one-hot alone: with the query's 3 rows, that matmul was
+    67 wide, and oneDNN took 25-85 % longer for it than for the 64 of a batch.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, h: Tensor, mean: Tensor, inverse_std: Tensor, weight: Tensor, bias: Tensor, rows: int
+        ctx: Any,
+        h: Tensor,
+        mean: Tensor,
+        inverse_std: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        rows: int,
+        joined: Tensor | None,
+        query_weight: Tensor | None,
+        latent: Tensor | None,
     ) -> Tensor:
         scale = weight * inverse_std
         shift = bias - mean * scale
-        ctx.save_for_backward(h, mean, inverse_std, scale, shift, bias)
-        ctx.rows = rows
+        ctx.save_for_backward(h, mean, inverse_std, scale, shift, bias, joined)
+        ctx.rows, ctx.features = rows, None if query_weight is None else query_weight.shape[1]
         return torch.relu(h * scale[:, None] + shift[:, None]).to(h.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        h, mean, inverse_std, scale, shift, bias = ctx.saved_tensors
+        h, mean, inverse_std, scale, shift, bias, joined = ctx.saved_tensors
         rows = ctx.rows
         x = h.float()
         # the incoming gradient is 0 on padding (cut off at the field's output), so the sums see real columns only
@@ -226,7 +288,12 @@ class BatchNormReLU(torch.autograd.Function):
         again = torch.where((x - mean[:, None]) * scale[:, None] + bias[:, None] > 0, grad.float(), 0.0)
         grad_h = again * scale[:, None] + x * slope[:, None] + offset[:, None]
         real = torch.arange(h.shape[1], device=h.device) < rows
-        return torch.where(real, grad_h, 0.0).to(h.dtype), None, None, grad_weight, grad_bias, None
+        grad_h = torch.where(real, grad_h, 0.0)
+        if joined is None:
+            return grad_h.to(h.dtype), None, None, grad_weight, grad_bias, None, None, None, None
+        grad_query_weight = torch.stack([(grad_h * joined[k]).sum(1) for k in range(ctx.features)], dim=1)
+        grad_latent = grad_h.to(h.dtype) @ joined[ctx.features :].T
+        return None, None, None, grad_weight, grad_bias, None, None, grad_query_weight, grad_latent
 
 
 class LatticeHead(nn.Module):

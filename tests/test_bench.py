@@ -1,7 +1,14 @@
 import torch
 from conftest import tiny_recipe
 
-from nesfgen.bench import bench_estimate, bench_train, field_flops_per_query, matmul_rate, training_flops
+from nesfgen.bench import (
+    bench_estimate,
+    bench_train,
+    field_flops_per_query,
+    field_training_flops_per_query,
+    matmul_rate,
+    training_flops,
+)
 from nesfgen.model import NeSF
 
 
@@ -18,6 +25,10 @@ def test_field_flops_count_every_query_layer():
     # training: forward, weight gradient and input gradient, except the query's own input gradient
     forward = field_flops_per_query(model.position_field)
     assert training_flops(forward, [model.position_field.first_query]) == 3 * forward - 2 * 3 * 256
+    assert field_training_flops_per_query(model.position_field, padded=False) == 3 * forward - 2 * 3 * 256
+    # padded CPU bf16: no input gradient for the query's 3 rows of the 7 hidden layers either
+    padded = field_training_flops_per_query(model.position_field, padded=True)
+    assert padded == 3 * forward - 2 * 3 * 256 - 2 * 7 * 3 * 128
 
 
 def test_bench_train_reports_ratios(tiny_dataset):

@@ -130,15 +130,17 @@ def test_bf16_field_matmuls_never_see_float32_inputs():
     field = Field(16, (32, 32, 32), 3, QueryEncoding(enabled=False, frequencies=0), batch_norm=True).train()
     seen = []
 
-    class RecordAddmm(torch.overrides.TorchFunctionMode):
+    class RecordMatmuls(torch.overrides.TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             if func is torch.addmm:
                 seen.append(args[2].dtype)
+            elif getattr(func, "__name__", "") in ("matmul", "__matmul__"):
+                seen.append(args[1].dtype)
             return func(*args, **(kwargs or {}))
 
-    with torch.autocast("cpu", dtype=torch.bfloat16), RecordAddmm():
+    with torch.autocast("cpu", dtype=torch.bfloat16), RecordMatmuls():
         field(6 * torch.rand(40, 3, generator=generator), torch.zeros(40, dtype=torch.long), torch.randn(1, 16))
-    assert seen == [torch.bfloat16] * 3
+    assert seen == [torch.bfloat16] * 4  # the first layer, two hidden layers, the output layer
 
 
 def reference_field(field, points, structure, z):
@@ -172,6 +174,36 @@ def test_feature_major_training_field_equals_the_query_major_reference():
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
     field.eval(), reference.eval()
     assert torch.allclose(field(points, structure, z), reference_field(reference, points, structure, z), atol=1e-5)
+
+
+def test_padded_training_field_equals_the_query_major_reference(monkeypatch):
+    # The CPU bf16 training path (padding, the written-out first layer and hidden layers), here in float32 so that
+    # it must agree closely: outputs, every gradient and the running statistics. Queries in no particular
+    # order, one structure without any, and the query's own encoding features.
+    monkeypatch.setattr(model_module, "bucket_padding", lambda rows, device: 13)
+    generator = torch.Generator().manual_seed(11)
+    z = torch.randn(4, 16, generator=generator)
+    points = 6 * torch.rand(50, 3, generator=generator)
+    structure = torch.randint(0, 3, (50,), generator=generator)  # structure 3 has no query
+    torch.manual_seed(0)
+    field = Field(16, (32, 24, 24), 5, QueryEncoding(enabled=True, frequencies=2), batch_norm=True).train()
+    with torch.no_grad():
+        for norm in field.norms:
+            norm.weight.uniform_(-1.5, 1.5, generator=generator)  # negative scales too
+            norm.bias.uniform_(-0.5, 0.5, generator=generator)
+    reference = copy.deepcopy(field)
+    zs = [z.clone().requires_grad_(), z.clone().requires_grad_()]
+    for _ in range(2):  # the second step's statistics are shifted by a running mean that is no longer zero
+        out, expected = field(points, structure, zs[0]), reference_field(reference, points, structure, zs[1])
+        assert out.shape == (50, 5)
+        assert torch.allclose(out, expected, atol=1e-5)
+        out.square().sum().backward()
+        expected.square().sum().backward()
+    assert torch.allclose(zs[0].grad, zs[1].grad, atol=1e-4)
+    for (name, a), b in zip(field.named_parameters(), reference.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-4, rtol=1e-4), name
+    for a, b in zip(field.buffers(), reference.buffers()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
 
 
 def test_batch_norm_over_the_first_columns_matches_batchnorm1d():
