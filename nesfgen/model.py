@@ -82,14 +82,16 @@ class Encoder(nn.Module):
 
     def features(self, atoms: Atoms) -> Tensor:
         """(B, F) pooled features plus lattice parameters: the trunk shared with a variational head."""
-        one_hot = nn.functional.one_hot(atoms.species, self.num_species).to(atoms.cart_coords.dtype)
-        per_atom = self.mix(
-            torch.cat([self.position_mlp(atoms.cart_coords), self.species_mlp(one_hot)], dim=-1)
-        )  # (A, M)
+        per_atom = self.per_atom(atoms.cart_coords, atoms.species)  # (A, M)
         pooled = per_atom.new_full((atoms.num_structures, per_atom.shape[1]), -torch.inf)
         index = atoms.structure[:, None].expand_as(per_atom)
         pooled = pooled.scatter_reduce(0, index, per_atom, reduce="amax", include_self=True)  # (B, M)
         return torch.cat([pooled, atoms.lengths, atoms.angles], dim=-1)
+
+    def per_atom(self, cart_coords: Tensor, species: Tensor) -> Tensor:
+        """(A, M) features of each atom, before pooling: what training compiles of the encoder."""
+        one_hot = nn.functional.one_hot(species, self.num_species).to(cart_coords.dtype)
+        return self.mix(torch.cat([self.position_mlp(cart_coords), self.species_mlp(one_hot)], dim=-1))
 
     def forward(self, atoms: Atoms) -> Tensor:
         return self.head(self.features(atoms))  # (B, D)
