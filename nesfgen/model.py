@@ -157,7 +157,7 @@ class Field(nn.Module):
         if pad:  # zero columns ride along to the output and are cut off there; BatchNorm never counts them
             q, structure = nn.functional.pad(q, (0, pad)), nn.functional.pad(structure, (0, pad))
         counted = rows if pad else None
-        # z's share as a matmul with the one-hot of each query's structure (B × Q values): its backward is
+        # z's share as a matmul with the one-hot of each query's structure (B × Q' values): its backward is
         # a matmul too, where a gather along columns has a scatter along columns as backward, which cost more
         # than all the field's matmuls.
         one_hot = (structure[None, :] == torch.arange(len(z), device=z.device)[:, None]).to(q.dtype)
