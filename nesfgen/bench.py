@@ -12,7 +12,7 @@ from torch import nn
 
 from nesfgen.config import Recipe
 from nesfgen.estimator import estimate
-from nesfgen.model import Field, NeSF
+from nesfgen.model import Field, NeSF, bucket_padding
 
 
 def matmul_rate(dtype: torch.dtype, device: torch.device, size: int = 2048, seconds: float = 1.0) -> float:
@@ -78,7 +78,8 @@ def bench_train(recipe: Recipe, steps: int = 6, warmup: int = 2) -> dict[str, An
     model, generator = trainer.model, torch.Generator(device).manual_seed(0)
     kl_weight = trainer.kl_weight(trainer.epoch)  # as in the first epoch of training
     model.train()
-    padded = device.type == "cpu" and dtype == torch.bfloat16  # see model.bucket_padding
+    with trainer._autocast():  # the fields pad (and so take the padded path) exactly when bucket_padding says
+        padded = bucket_padding(1, device) > 0
     pos_flops = field_training_flops_per_query(model.position_field, padded)
     spe_flops = field_training_flops_per_query(model.species_field, padded)
     enc_flops = training_flops(
