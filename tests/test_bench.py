@@ -1,6 +1,10 @@
+from types import SimpleNamespace
+
+import pytest
 import torch
 from conftest import tiny_recipe
 
+from nesfgen import bench
 from nesfgen.bench import (
     bench_estimate,
     bench_train,
@@ -12,8 +16,11 @@ from nesfgen.bench import (
 from nesfgen.model import NeSF
 
 
-def test_matmul_rate_is_positive():
-    assert matmul_rate(torch.float32, torch.device("cpu"), size=256, seconds=0.05) > 0
+def test_matmul_rate_counts_two_flops_per_multiply_add(monkeypatch):
+    ticks = iter(range(100))  # a clock that advances 1 s per reading
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    # start 0; readings 1 and 2 are under 2.5 s, so two timed matmuls; 3 ends the loop; the end is read at 4
+    assert matmul_rate(torch.float32, torch.device("cpu"), size=8, seconds=2.5) == 2 * 2 * 8**3 / 4
 
 
 def test_field_flops_count_every_query_layer():
@@ -33,15 +40,32 @@ def test_field_flops_count_every_query_layer():
 
 def test_bench_train_reports_ratios(tiny_dataset):
     result = bench_train(tiny_recipe(tiny_dataset), steps=2, warmup=1)
-    assert result["queries_per_second"] > 0 and 0 < result["fraction_of_matmul"] < 2
+    assert 0 < result["fraction_of_matmul"] < 2
+    assert result["fraction_of_matmul"] == pytest.approx(result["achieved_gflops"] / result["matmul_gflops"])
+    assert result["structures_per_second"] == pytest.approx(8 / result["seconds_per_step"])  # batch 8 a step
+    assert result["epoch_seconds_estimate"] == pytest.approx(6 * result["seconds_per_step"])  # 48 train, batch 8
     assert abs(sum(result["step_share"].values()) - 1) < 1e-6
     low, high = result["matmul_gflops_range"]  # the yardstick is timed between the steps
     assert low <= result["matmul_gflops"] <= high
 
 
-def test_bench_train_times_a_variational_recipe(tiny_dataset):
-    result = bench_train(tiny_recipe(tiny_dataset, **{"model.variational": "true"}), steps=1, warmup=1)
-    assert result["queries_per_second"] > 0
+def test_bench_train_times_a_variational_recipe(tiny_dataset, monkeypatch):
+    from nesfgen.train import LOSS_NAMES, Trainer
+    from nesfgen.vae import VariationalObjective
+
+    timed = []
+    batch_losses = Trainer.batch_losses
+
+    def spy(self, module, atoms, queries, totals=None, kl_weight=0.0):
+        total, losses = batch_losses(self, module, atoms, queries, totals, kl_weight)
+        timed.append((type(module), kl_weight, set(losses)))
+        return total, losses
+
+    monkeypatch.setattr(Trainer, "batch_losses", spy)
+    recipe = tiny_recipe(tiny_dataset, **{"model.variational": "true", "loss.kl": 0.01, "loss.kl_warmup_epochs": 4})
+    bench_train(recipe, steps=1, warmup=1)
+    # every step through the negative ELBO, at the first training epoch's warm-up weight
+    assert timed == [(VariationalObjective, pytest.approx(0.01 / 4), {*LOSS_NAMES, "kl"})] * 2
 
 
 def test_bench_estimate_reports_batching_speedup(tiny_dataset):
@@ -50,3 +74,7 @@ def test_bench_estimate_reports_batching_speedup(tiny_dataset):
     box = [[0, 0, 0], [4, 4, 4]]
     result = bench_estimate(model, torch.zeros(3, recipe.model.latent_size), box, [11, 17, 55], recipe, single=2)
     assert result["structures_per_second"] > 0 and result["batching_speedup"] > 0
+    # the speedup is the quotient of the two measured rates, and the FLOP ratio that of the two FLOP rates
+    ratio = result["structures_per_second"] / result["structures_per_second_one_at_a_time"]
+    assert result["batching_speedup"] == pytest.approx(ratio)
+    assert result["fraction_of_matmul"] == pytest.approx(result["achieved_gflops"] / result["matmul_gflops"])
