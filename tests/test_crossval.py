@@ -32,7 +32,10 @@ def test_cross_validation_trains_evaluates_and_pools(tiny_dataset, tmp_path, mon
     assert result["pooled"]["num_structures"] == 6
     assert result["runs"] == 2
     assert (tmp_path / "cv" / "fold-1" / "eval-test" / "evaluation.json").is_file()
-    json.dumps(result, default=str)
+    folds = [json.loads((tmp_path / "cv" / f"fold-{k}" / "eval-test" / "evaluation.json").read_text()) for k in (0, 1)]
+    assert [(f["dataset"], f["num_structures"]) for f in folds] == [("tinycv-fold0", 3), ("tinycv-fold1", 3)]
+    # pooled over the 6 structures: with 3 a fold, the mean of the two folds' means
+    assert result["pooled"]["length_error"] == pytest.approx((folds[0]["length_error"] + folds[1]["length_error"]) / 2)
     # running again resumes the finished folds instead of training anew
     again = cross_validate(recipe, [0, 1], tmp_path / "cv")
     assert again["pooled"] == result["pooled"]

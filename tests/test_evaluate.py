@@ -1,7 +1,7 @@
 import pytest
 from conftest import rock_salt, tiny_recipe
 
-from nesfgen.checkpoint import read_checkpoint
+from nesfgen.checkpoint import read_checkpoint, save_checkpoint
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
 from nesfgen.evaluate import evaluate, expand_checkpoints, markdown_table, summarise_runs, write_report
@@ -23,10 +23,17 @@ def test_evaluate_writes_reports(trained_run, tiny_dataset, tmp_path):
     assert {f.name for f in files} == {"evaluation.json", "evaluation.md", "structures.csv", "errors_vs_atoms.png"}
 
 
-def test_several_runs_give_mean_and_std(trained_run, tiny_dataset):
-    evaluations = [evaluate(str(trained_run), str(tiny_dataset.path), "test", limit=2) for _ in range(2)]
+def test_several_runs_give_mean_and_std(trained_run, tiny_dataset, tmp_path):
+    state = read_checkpoint(trained_run)
+    state["model"]["lattice_head.lengths.2.bias"] += 0.5  # a second model whose cells are 0.5 Å longer
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, {key: value for key, value in state.items() if key != "path"})
+    evaluations = [evaluate(str(run), str(tiny_dataset.path), "test", limit=2) for run in (trained_run, other)]
     summary = summarise_runs(evaluations)
-    assert summary["runs"] == 2 and summary["std"]["length_error"] == 0.0
+    first, second = (e.summary["length_error"] for e in evaluations)
+    assert summary["runs"] == 2 and first != second
+    assert summary["mean"]["length_error"] == pytest.approx((first + second) / 2)
+    assert summary["std"]["length_error"] == pytest.approx(abs(first - second) / 2)  # over runs, as numpy's std
     assert expand_checkpoints(f"{trained_run}/*.pt") == sorted(str(p) for p in trained_run.glob("*.pt"))
     with pytest.raises(UserError, match="matched nothing"):
         expand_checkpoints(f"{trained_run}/nothing*")

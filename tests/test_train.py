@@ -107,11 +107,16 @@ def test_compiled_runs_one_after_another_stay_compiled(tiny_dataset, tmp_path, m
     """Tune trials and cv folds train in one process: no run may inherit the graphs of the ones before."""
     monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)  # instead of going eager
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 4)  # one run needs 2 per field
+    graphs = torch._dynamo.utils.counters["stats"]  # not cleared by torch._dynamo.reset()
+    compiled = []
     for run, latent_size in enumerate([8, 12, 16]):  # as trials do, each run a differently shaped model
         recipe = tiny_recipe(
             tiny_dataset, **{"train.epochs": 1, "train.compile": "true", "model.latent_size": latent_size}
         )
+        before = graphs["unique_graphs"]
         train(recipe, tmp_path / f"run{run}")
+        compiled.append(graphs["unique_graphs"] - before)
+    assert compiled[0] > 0 and compiled == compiled[:1] * 3  # every run compiles its own graphs, none runs eager
 
 
 def free_port() -> int:
