@@ -1,8 +1,10 @@
-"""Shared fixtures: tiny crystals by formula, the paper-data folder, a seeded RNG."""
+"""Shared fixtures: tiny crystals by formula, the paper-data folder, a seeded RNG, the command line."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +117,19 @@ def tiny_recipe(dataset, **extra):
 def isolated_data_dir(tmp_path, monkeypatch):
     """Every test gets its own data directory, so nothing touches the user's cache."""
     monkeypatch.setenv("NESFGEN_DATA_DIR", str(tmp_path / "nesfgen-data"))
+
+
+@pytest.fixture
+def cli():
+    """Run ``python -m nesfgen ARGS`` in a subprocess, as a user does: exit code, stdout and stderr.
+
+    The process gets the test's ``os.environ`` (set or drop variables with monkeypatch), so it uses the
+    test's own data directory. It is passed explicitly: libraries imported by the tests may set variables
+    such as COLUMNS at the C level, where os.environ does not see them but a child would inherit them.
+    """
+
+    def run(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "nesfgen", *args]
+        return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=dict(os.environ), timeout=timeout)
+
+    return run

@@ -1,7 +1,5 @@
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -157,13 +155,10 @@ def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
         sample_structures(n=2)
 
 
-def test_cli_trains_a_vae_then_samples_and_evaluates(tiny_dataset, tmp_path):
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "nesfgen", *args], capture_output=True, text=True, timeout=600)
-
+def test_cli_trains_a_vae_then_samples_and_evaluates(cli, tiny_dataset, tmp_path):
     overrides = [f"{k}={v}" for k, v in TINY_MODEL.items()]
     data = f"data.name={tiny_dataset.path}"
-    trained = run(
+    trained = cli(
         "train",
         "recipe=vae-quickstart",
         data,
@@ -174,7 +169,7 @@ def test_cli_trains_a_vae_then_samples_and_evaluates(tiny_dataset, tmp_path):
         "--json",
     )
     assert trained.returncode == 0, trained.stderr[-2000:]
-    sampled = run(
+    sampled = cli(
         "sample",
         f"checkpoint={tmp_path / 'run'}",
         "n=3",
@@ -188,10 +183,10 @@ def test_cli_trains_a_vae_then_samples_and_evaluates(tiny_dataset, tmp_path):
     summary = json.loads(sampled.stdout)
     assert summary["n"] == 3 and summary["symmetrize"] and summary["reference"]["dataset"] == "tiny"
     assert (tmp_path / "samples" / "samples.csv").read_text().count("\n") == 4
-    evaluated = run(
+    evaluated = cli(
         "evaluate", f"checkpoint={tmp_path / 'run'}", f"data={tiny_dataset.path}", "--json", f"out={tmp_path / 'eval'}"
     )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert json.loads(evaluated.stdout)["num_structures"] == 6
-    mistake = run("sample", f"checkpoint={tmp_path / 'run'}", "n=0")
+    mistake = cli("sample", f"checkpoint={tmp_path / 'run'}", "n=0")
     assert mistake.returncode == 2 and "n must be at least 1" in mistake.stderr

@@ -1,9 +1,6 @@
 """Latent-space tools: endpoint resolution, interpolation, embedding and maps, at tiny size."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -270,13 +267,6 @@ def test_pca_keeps_a_line_a_line():
         project(latents[:3], "tsne")
 
 
-def cli(*args, cwd=None):
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # as in a script whose output goes to a file
-    return subprocess.run(
-        [sys.executable, "-m", "nesfgen", *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env
-    )
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -285,14 +275,16 @@ def cli(*args, cwd=None):
         (["map", "nowhere.npz"], "does not exist"),
     ],
 )
-def test_cli_mistakes_exit_2(tmp_path, args, message):
+def test_cli_mistakes_exit_2(cli, tmp_path, monkeypatch, args, message):
+    monkeypatch.delenv("COLUMNS", raising=False)  # as in a script whose output goes to a file
     result = cli(*args, cwd=tmp_path)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert message in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
 
 
-def test_cli_interpolate_embed_and_map(tiny_run, tmp_path):
+def test_cli_interpolate_embed_and_map(cli, tiny_run, tmp_path, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)  # as in a script whose output goes to a file
     run, dataset = tiny_run
     steps = ("steps=3", "estimator.steps=2")
     table = cli("interpolate", "NaCl", "ZnS", f"checkpoint={run}", *steps, f"out={tmp_path / 'i'}")

@@ -4,9 +4,6 @@ that replays the responses in tests/data/mp/ (pagination, an empty result, an in
 import copy
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -388,19 +385,18 @@ def test_the_key_comes_from_the_environment_or_mp_api_configuration(monkeypatch)
         mp.api_key()
 
 
-def test_cli_fetch_without_a_key_fails_cleanly(tmp_path):
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("MP_API_KEY", "PMG_MAPI_KEY", "MAPI_KEY", "PMG_CONFIG_FILE")
-    }
-    env.update(HOME=str(tmp_path / "home"), NESFGEN_DATA_DIR=str(tmp_path / "data"), XDG_CACHE_HOME=str(tmp_path))
+def test_cli_fetch_without_a_key_fails_cleanly(cli, tmp_path, monkeypatch):
+    for name in ("MP_API_KEY", "PMG_MAPI_KEY", "MAPI_KEY", "PMG_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NESFGEN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     (tmp_path / "home").mkdir()
     for args, message in [
         (["data", "fetch", "lcs6"], "no Materials Project API key"),
         (["data", "fetch", "lcs7"], "unknown selection 'lcs7'"),
     ]:
-        result = subprocess.run(
-            [sys.executable, "-m", "nesfgen", *args], capture_output=True, text=True, env=env, timeout=120
-        )
+        result = cli(*args, timeout=120)
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()

@@ -1,8 +1,6 @@
 """Space groups of known structures, symmetrize on perturbed cells, the symmetry CLI, data info and evaluate."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -118,19 +116,13 @@ def test_symmetrize_decoded_keeps_failures_as_decoded(monkeypatch):
     assert symmetrize_decoded([None, crystal]) == ([None, crystal], 1)
 
 
-def run(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "nesfgen", *args], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
-
-
-def test_symmetry_cli_on_cif_files_compares_decoded_with_input(tmp_path, rng):
+def test_symmetry_cli_on_cif_files_compares_decoded_with_input(cli, tmp_path, rng):
     folder = tmp_path / "recon"
     folder.mkdir()
     (folder / "NaCl.input.cif").write_text(rock_salt().to_cif())
     (folder / "NaCl.decoded.cif").write_text(perturbed(rock_salt(), rng).to_cif())
     (folder / "ZnS.cif").write_text(zinc_blende().to_cif())
-    result = run("symmetry", str(folder), "--json")
+    result = cli("symmetry", str(folder), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     entries = {entry["name"]: entry for entry in report["structures"]}
@@ -141,12 +133,12 @@ def test_symmetry_cli_on_cif_files_compares_decoded_with_input(tmp_path, rng):
     assert [level["number"] for level in entries["ZnS.cif"]["levels"]] == [216] * 4
     assert entries["ZnS.cif"]["same_as_input"] is None
     assert report["agreement"] == {"decoded": 1, "same_space_group": {"0.01": 0, "0.05": 0, "0.1": 1, "0.2": 1}}
-    table = run("symmetry", str(folder / "NaCl.decoded.cif"), cwd=tmp_path)
+    table = cli("symmetry", str(folder / "NaCl.decoded.cif"), cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     assert "Fm-3m" in table.stdout and "input's space group: 0.01 Å 0/1" in table.stdout
 
 
-def test_symmetry_cli_refuses_bad_files(tmp_path):
+def test_symmetry_cli_refuses_bad_files(cli, tmp_path):
     from pymatgen.core import Lattice, Structure
     from pymatgen.io.cif import CifWriter
 
@@ -161,7 +153,7 @@ def test_symmetry_cli_refuses_bad_files(tmp_path):
         (["data=builtin", "split=nope"], "has no split 'nope'"),
         (["data=builtin", "tolerances=0.1,0"], "positive length"),
     ]:
-        result = run("symmetry", *args, cwd=tmp_path)
+        result = cli("symmetry", *args, cwd=tmp_path)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
 
@@ -203,16 +195,16 @@ def test_evaluate_with_symmetrize_on_the_exact_field(tmp_path, rng):
         evaluate(None, str(dataset.path), "test", field="exact", symmetrize=True, symprec=-0.1)
 
 
-def test_reconstruct_cli_writes_symmetrized_decodes(tmp_path, rng):
+def test_reconstruct_cli_writes_symmetrized_decodes(cli, tmp_path, rng):
     truth = [perturbed(rock_salt(id="NaCl"), rng), zinc_blende()]
     dataset = write_dataset(tmp_path / "noisy", {"train": truth, "test": truth}, name="noisy")
     out = tmp_path / "recon"
     args = ["reconstruct", f"data={dataset.path}", "field=exact", "estimator.steps=4", f"out={out}"]
-    result = run(*args, "symmetrize=true", "symprec=0.1", "--json")
+    result = cli(*args, "symmetrize=true", "symprec=0.1", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["pairs"], summary["symmetrize"], summary["symmetrize_symprec"]) == (2, True, 0.1)
-    check = json.loads(run("symmetry", str(out / "NaCl.decoded.cif"), "--json").stdout)
+    check = json.loads(cli("symmetry", str(out / "NaCl.decoded.cif"), "--json").stdout)
     assert check["structures"][0]["levels"][0]["number"] == 225  # symmetric even at 0.01 Å
-    refused = run(*args, "symprec=0.1")
+    refused = cli(*args, "symprec=0.1")
     assert refused.returncode == 2 and "add symmetrize=true" in refused.stderr

@@ -119,7 +119,7 @@ def tune_process(study, *args, cwd):
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_two_workers_on_one_sqlite_file_share_the_study(tiny_dataset, in_tmp):
+def test_two_workers_on_one_sqlite_file_share_the_study(cli, tiny_dataset, in_tmp):
     # Trials of about a second (the minutes budget), so one worker cannot finish the study alone
     # while the other is still importing.
     path = write_study(in_tmp / "shared.toml", tiny_dataset, epochs=100, minutes=0.015)
@@ -138,9 +138,7 @@ def test_two_workers_on_one_sqlite_file_share_the_study(tiny_dataset, in_tmp):
     assert folders == [f"trial-{n:04d}" for n in numbers]
     assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == len(trials)
 
-    shown = subprocess.run(
-        [sys.executable, "-m", "nesfgen", "tune", f"study={path}", "show"], cwd=in_tmp, capture_output=True, text=True
-    )
+    shown = cli("tune", f"study={path}", "show", cwd=in_tmp)
     assert shown.returncode == 0, shown.stderr
     assert "history.png" in shown.stdout and "complete" in shown.stdout
 
