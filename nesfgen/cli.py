@@ -204,12 +204,12 @@ def data_hull(
     name: str = typer.Argument(..., help="Dataset name or folder."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Build the local CHGNet convex hull of a dataset, cached beside it: nesfgen data hull NAME [split=train] [relax=false] [limit=0]."""
+    """Build the local CHGNet convex hull of a dataset, cached beside it: nesfgen data hull NAME [split=train] [relax=false] [limit=0] [elements=Na,Cl,...]."""
     from nesfgen.config import parse_overrides, parse_value
     from nesfgen.stability import build_local_hull
 
     options, extra = parse_overrides(list(ctx.args))
-    unknown = set(options) - {"split", "relax", "limit"}
+    unknown = set(options) - {"split", "relax", "limit", "elements"}
     if unknown or extra:
         raise UserError(
             f"unexpected {sorted(unknown)[0] if unknown else extra[0]}; nesfgen data hull NAME takes split=, relax=, limit="
@@ -237,6 +237,7 @@ def data_hull(
             parse_value(options.get("relax", "false"), bool, "relax"),
             parse_value(options.get("limit", "0"), int, "limit"),
             progress,
+            [e.strip() for e in options.get("elements", "").split(",") if e.strip()],
         )
     result = {k: v for k, v in cache.items() if k not in ("entries",)}
     emit(
@@ -568,6 +569,7 @@ def trajectory_command(ctx: typer.Context, as_json: bool = typer.Option(False, "
             options.get("split", "test"),
             parse_value(options.get("limit", "0"), int, "limit"),
             progress,
+            [e.strip() for e in options.get("elements", "").split(",") if e.strip()],
         )
     files = write_trajectory(rows, Path(options["run"]) / "trajectory", options.get("data", "builtin"))
     emit(

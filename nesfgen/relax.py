@@ -154,7 +154,7 @@ def relax_structure(structure: Any, options: RelaxOptions, model: Any | None = N
         return record, None
     relaxed = result["final_structure"]
     energies = np.asarray(result["trajectory"].energies, dtype=float) / len(structure)
-    taken = len(energies) - 1
+    taken = max(len(energies) - 2, 0)  # chgnet records the start, every step, and the end once more
     record.update(
         steps=taken,
         converged=taken < options.steps,

@@ -159,16 +159,16 @@ def _prototype(symbol: str, name: str) -> Any:
 
     covalent = CovalentRadius.radius.get(symbol, 1.5)
     d = max(2 * covalent, MIN_BOND)
+    fcc = np.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]]) / 2  # primitive vectors of a unit-cube fcc lattice
     if name == "fcc":
-        frac = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
-        return Structure(Lattice.cubic(d * math.sqrt(2)), [symbol] * 4, frac)
+        return Structure(Lattice(fcc * d * math.sqrt(2)), [symbol], [[0, 0, 0]])
     if name == "bcc":
         return Structure(Lattice.cubic(2 * d / math.sqrt(3)), [symbol] * 2, [[0, 0, 0], [0.5, 0.5, 0.5]])
     if name == "hcp":
         frac = [[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]]
         return Structure(Lattice.hexagonal(d, d * math.sqrt(8 / 3)), [symbol] * 2, frac)
     if name == "diamond":
-        return Structure(Lattice.cubic(4 * d / math.sqrt(3)), [symbol] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]])
+        return Structure(Lattice(fcc * 4 * d / math.sqrt(3)), [symbol] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]])
     if name == "dimer":  # molecular solids (O2, N2, halogens): one dimer along the body diagonal, a vdW gap around
         bond = 1.85 * covalent
         a = bond / math.sqrt(3) + DIMER_GAP
@@ -177,42 +177,54 @@ def _prototype(symbol: str, name: str) -> Any:
     raise ValueError(name)
 
 
-#: isotropic scalings of each prototype's cell scanned before the best one is relaxed
+#: isotropic scalings of each prototype's cell: a coarse scan, then a fine one around the best
 SCAN = (0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3)
+FINE_SCAN = (-0.03, -0.015, 0.015, 0.03)
+#: prototypes with a free coordinate (c/a, the bond length), relaxed after the scans when they win
+FREE_PROTOTYPES = ("hcp", "dimer")
+
+
+def _scaled(cell: Any, scale: float) -> Any:
+    scaled = cell.copy()
+    scaled.scale_lattice(cell.volume * scale**3)
+    return scaled
 
 
 def elemental_references(
-    symbols: Iterable[str], steps: int = 150, progress: Callable[[int, int], None] | None = None
+    symbols: Iterable[str], steps: int = 60, progress: Callable[[int, int], None] | None = None
 ) -> list[dict[str, Any]]:
     """Each element's lowest CHGNet energy per atom over prototypes (fcc, bcc, hcp, diamond, dimer).
 
     pymatgen and chgnet ship no elemental ground states, so they are searched for: every prototype is
-    scanned over SCAN cell sizes in one batched call of the potential (the cubic ones have no free
-    coordinate, so this is their relaxation), then the lowest is relaxed in cell and positions (FIRE).
-    That is the real ground state where it is one of these cells, an upper bound otherwise (alpha-B, Ga,
-    black P, S8, ...), which makes compounds of those elements look a little more stable than they are.
+    scanned over cell sizes in batched calls of the potential (fcc, bcc and diamond have no free
+    coordinate, so the scan is their relaxation); an hcp or dimer winner is then relaxed in cell and
+    positions (FIRE). That is the real ground state where it is one of these cells, an upper bound
+    otherwise (alpha-B, Ga, black P, S8, ...), which makes compounds of those elements look a little more
+    stable than they are.
     """
     from nesfgen.relax import RelaxOptions, relax_structure
 
     symbols = sorted(set(symbols))
     references = []
     for done, symbol in enumerate(symbols):
-        candidates = []
-        for name in PROTOTYPES:
-            cell = _prototype(symbol, name)
-            for scale in SCAN:
-                scaled = cell.copy()
-                scaled.scale_lattice(cell.volume * scale**3)
-                candidates.append((name, scaled))
-        energies = _single_point_energies([c for _, c in candidates])
+        cells = {name: _prototype(symbol, name) for name in PROTOTYPES}
+        candidates = [(name, scale) for name in PROTOTYPES for scale in SCAN]
+        energies = _single_point_energies([_scaled(cells[n], x) for n, x in candidates])
         finite = [k for k, e in enumerate(energies) if math.isfinite(e)]
         if not finite:
             raise UserError(f"CHGNet gives no finite energy for any prototype of {symbol}")
-        best = min(finite, key=lambda k: energies[k])
-        name, start = candidates[best]
-        record, relaxed = relax_structure(start, RelaxOptions(fmax=0.05, steps=steps))
-        energy = record["energy_after"] if relaxed is not None else energies[best]
-        references.append({"element": symbol, "prototype": name, "energy_per_atom": min(energy, energies[best])})
+        name, scale = candidates[min(finite, key=lambda k: energies[k])]
+        fine = [(name, scale + step) for step in FINE_SCAN]
+        candidates += fine
+        energies += _single_point_energies([_scaled(cells[n], x) for n, x in fine])
+        best = min((k for k, e in enumerate(energies) if math.isfinite(e)), key=lambda k: energies[k])
+        name, scale = candidates[best]
+        energy = energies[best]
+        if name in FREE_PROTOTYPES:
+            record, relaxed = relax_structure(_scaled(cells[name], scale), RelaxOptions(fmax=0.05, steps=steps))
+            if relaxed is not None:
+                energy = min(energy, record["energy_after"])
+        references.append({"element": symbol, "prototype": name, "scale": scale, "energy_per_atom": energy})
         if progress:
             progress(done + 1, len(symbols))
     return references
@@ -230,6 +242,15 @@ def _single_point_energies(structures: Sequence[Any]) -> list[float]:
     return [float(p["e"]) for p in predictions]
 
 
+def _element_numbers(symbols: Sequence[str]) -> set[int]:
+    from pymatgen.core import Element
+
+    try:
+        return {Element(symbol).Z for symbol in symbols}
+    except ValueError as error:
+        raise UserError(f"elements=: {error}; give element symbols separated by commas, e.g. Na,Cl,Si") from None
+
+
 def hull_path(dataset: Any) -> Path:
     return Path(dataset.path) / HULL_FILE
 
@@ -240,12 +261,14 @@ def build_local_hull(
     relax: bool = False,
     limit: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    elements: Sequence[str] = (),
 ) -> dict[str, Any]:
     """CHGNet energies of a dataset split plus elemental references, written as ``hull-chgnet.json`` beside it.
 
     The dataset's structures are evaluated as they are (single point; ``relax`` relaxes them first): MP's
     structures are already DFT-relaxed, and CHGNet moves them little (docs/relax.md has the measurement).
-    Progress is kept in a partial file, so an interrupted build resumes.
+    Progress is kept in a partial file, so an interrupted build resumes. ``elements`` restricts the hull to
+    the structures made of those elements only (the chemical systems a screen needs; much faster).
 
     Returns:
         The cache's contents (entries, elements, provenance).
@@ -255,13 +278,19 @@ def build_local_hull(
 
     dataset = resolve_dataset(name)
     crystals = dataset.load(split)
+    allowed = _element_numbers(elements)
+    if allowed:
+        keep = [i for i in range(len(crystals)) if set(crystals[i].atomic_numbers.tolist()) <= allowed]
+        if not keep:
+            raise UserError(f"no structure of {name}:{split} is made of {', '.join(elements)} only")
+        crystals = crystals.subset(keep)
     count = len(crystals) if limit <= 0 else min(limit, len(crystals))
     started = time.perf_counter()
     partial = hull_path(dataset).with_suffix(".partial.json")
     entries: list[dict[str, Any]] = []
     if partial.is_file():
         saved = json.loads(partial.read_text())
-        if saved.get("relax") == relax and saved.get("split") == split:
+        if saved.get("relax") == relax and saved.get("split") == split and saved.get("elements") == sorted(elements):
             entries = saved["entries"][:count]
     for start in range(len(entries), count, BATCH):
         chunk = [crystals[i] for i in range(start, min(start + BATCH, count))]
@@ -277,7 +306,9 @@ def build_local_hull(
             if math.isfinite(energy):
                 composition = {str(el): float(n) for el, n in structure.composition.items()}
                 entries.append({"id": crystal.id, "composition": composition, "energy_per_atom": energy})
-        atomic_write_text(partial, json.dumps({"relax": relax, "split": split, "entries": entries}))
+        atomic_write_text(
+            partial, json.dumps({"relax": relax, "split": split, "elements": sorted(elements), "entries": entries})
+        )
         if progress:
             progress("dataset structures", min(start + BATCH, count), count)
     symbols = sorted({el for e in entries for el in e["composition"]})
@@ -292,6 +323,7 @@ def build_local_hull(
         "split": split,
         "structures": count,
         "relaxed": relax,
+        "elements_only": sorted(elements),
         "potential": _potential_version(),
         "seconds": time.perf_counter() - started,
         "entries": entries,
