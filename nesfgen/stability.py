@@ -490,7 +490,13 @@ def relax_and_screen(
         reference = resolve_dataset(reference_name).load("train")
     items = gather_inputs(inputs)
     records = relax_all(items, out, options, progress)
-    crystals = {r["id"]: relaxed_crystal(out, r["id"]) for r in records if r["status"] == "relaxed"}
+    crystals = {}
+    for r in records:
+        if r["status"] == "relaxed":
+            try:
+                crystals[r["id"]] = relaxed_crystal(out, r["id"])
+            except UserError as error:  # e.g. a relaxed file removed or edited since: report it, go on
+                r.update(status="failed", reason=f"relaxed structure unreadable: {error}")
     summary = screen(records, crystals, chosen, reference)
     summary.update(
         novelty_reference=f"{reference_name}:train" if reference_name else None,
