@@ -276,9 +276,9 @@ def build_local_hull(
     from nesfgen.data.names import resolve_dataset
     from nesfgen.relax import RelaxOptions, relax_structure
 
+    allowed = _element_numbers(elements)  # a typo fails before the dataset is opened
     dataset = resolve_dataset(name)
     crystals = dataset.load(split)
-    allowed = _element_numbers(elements)
     if allowed:
         keep = [i for i in range(len(crystals)) if set(crystals[i].atomic_numbers.tolist()) <= allowed]
         if not keep:

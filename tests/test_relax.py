@@ -90,21 +90,17 @@ def test_interrupted_run_resumes(tmp_path, potential, monkeypatch):
         relax_all(items, tmp_path, RelaxOptions(fmax=0.1, steps=20))
 
 
-def test_run_writes_csv_and_summary_keys(tmp_path, potential):
-    from nesfgen.stability import CSV_COLUMNS, HullEntry, hull_from_entries, relax_and_screen
+def test_run_writes_csv_and_summary_keys(tmp_path, potential, monkeypatch):
+    import nesfgen.stability as stability
 
     source = tmp_path / "in"
     source.mkdir()
     (source / "nacl.cif").write_text(rock_salt(a=5.7).to_cif())
-    hull = hull_from_entries("local:toy", [HullEntry("na", {"Na": 1}, -1.3), HullEntry("cl", {"Cl": 1}, -1.8)])
-    import nesfgen.stability as stability
-
-    original = stability.open_hull
-    stability.open_hull = lambda spec: hull
-    try:
-        summary = relax_and_screen([str(source)], tmp_path / "out", RelaxOptions(fmax=0.2, steps=10), hull="toy")
-    finally:
-        stability.open_hull = original
+    entries = [stability.HullEntry("na", {"Na": 1}, -1.3), stability.HullEntry("cl", {"Cl": 1}, -1.8)]
+    monkeypatch.setattr(stability, "open_hull", lambda spec: stability.hull_from_entries("mp", entries))
+    options = RelaxOptions(fmax=0.2, steps=10)
+    summary = stability.relax_and_screen([str(source)], tmp_path / "out", options, hull="mp")
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
     for key in (
         "relaxed",
         "failed",
@@ -117,7 +113,26 @@ def test_run_writes_csv_and_summary_keys(tmp_path, potential):
         "hull_source",
         "seconds",
     ):
-        assert key in json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["relaxed"] == 1 and summary["hull_source"] == "local:toy" and summary["stable_pct"] == 100.0
+        assert key in written
+    assert summary["relaxed"] == 1 and summary["hull_source"] == "mp" and summary["stable_pct"] == 100.0
+    assert summary["sun_pct"] is None  # no training set given: novelty unknown
     rows = list(csv.DictReader((tmp_path / "out" / "relax.csv").open()))
-    assert tuple(rows[0]) == CSV_COLUMNS and float(rows[0]["e_above_hull"]) < 0
+    assert tuple(rows[0]) == stability.CSV_COLUMNS and float(rows[0]["e_above_hull"]) < 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["relax", "NaCl"], "out=DIR is required"),
+        (["relax", "missing.cif", "out=x"], "does not exist"),
+        (["relax", "NaCl", "out=x", "fmax=-1"], "fmax=-1.0 must be a positive force"),
+        (["relax", "NaCl", "out=x", "temperature=3"], "unknown option temperature"),
+        (["data", "hull", "builtin", "elements=Xx"], "elements="),
+    ],
+)
+def test_cli_mistakes_exit_2(tmp_path, args, message):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "nesfgen", *args], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
