@@ -288,10 +288,12 @@ def build_local_hull(
     started = time.perf_counter()
     partial = hull_path(dataset).with_suffix(".partial.json")
     entries: list[dict[str, Any]] = []
+    saved_references: list[dict[str, Any]] = []
     if partial.is_file():
         saved = json.loads(partial.read_text())
         if saved.get("relax") == relax and saved.get("split") == split and saved.get("elements") == sorted(elements):
             entries = saved["entries"][:count]
+            saved_references = saved.get("references", [])
     for start in range(len(entries), count, BATCH):
         chunk = [crystals[i] for i in range(start, min(start + BATCH, count))]
         structures = [c.to_structure() for c in chunk]
@@ -312,9 +314,13 @@ def build_local_hull(
         if progress:
             progress("dataset structures", min(start + BATCH, count), count)
     symbols = sorted({el for e in entries for el in e["composition"]})
-    elements = elemental_references(
-        symbols, progress=lambda d, t: progress("elemental references", d, t) if progress else None
-    )
+    references: list[dict[str, Any]] = []
+    for done, symbol in enumerate(symbols):  # one at a time, each kept in the partial file
+        references += [r for r in saved_references if r["element"] == symbol] or elemental_references([symbol])
+        state = {"relax": relax, "split": split, "elements": sorted(elements), "entries": entries}
+        atomic_write_text(partial, json.dumps({**state, "references": references}))
+        if progress:
+            progress("elemental references", done + 1, len(symbols))
     cache = {
         "format": HULL_FORMAT,
         "format_version": HULL_VERSION,
@@ -327,7 +333,7 @@ def build_local_hull(
         "potential": _potential_version(),
         "seconds": time.perf_counter() - started,
         "entries": entries,
-        "elements": elements,
+        "elements": references,
     }
     atomic_write_text(hull_path(dataset), json.dumps(cache, indent=0))
     partial.unlink(missing_ok=True)

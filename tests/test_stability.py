@@ -129,3 +129,43 @@ def test_mp_hull_bad_key_is_a_user_error_without_the_key():
     with pytest.raises(UserError) as raised:
         hull.e_above_hull({"Na": 1, "Cl": 1}, -3.6)
     assert KEY[:8] not in str(raised.value) and "API key" in str(raised.value)
+
+
+def test_local_hull_is_built_cached_and_resumed(tmp_path, monkeypatch):
+    """The cache beside the dataset, with the potential stubbed (energy = -1 eV/atom per element kind)."""
+    import nesfgen.stability as stability
+    from nesfgen.data.store import write_dataset
+
+    dataset = write_dataset(
+        tmp_path / "two",
+        {"train": [rock_salt(id="nacl"), cesium_chloride(id="cscl")], "test": [rock_salt(a=5.7, id="t")]},
+        name="two",
+    )
+    evaluated = []
+
+    def energies(structures):
+        evaluated.extend(structures)
+        return [-1.0 * len(s.composition) for s in structures]
+
+    monkeypatch.setattr(stability, "BATCH", 1)
+    monkeypatch.setattr(stability, "_single_point_energies", energies)
+    monkeypatch.setattr(stability, "_potential_version", lambda: "stub")
+    monkeypatch.setattr(
+        stability,
+        "elemental_references",
+        lambda symbols, progress=None: [{"element": s, "prototype": "bcc", "energy_per_atom": 0.0} for s in symbols],
+    )
+    with pytest.raises(UserError, match="nesfgen data hull"):
+        stability.local_hull(str(dataset.path))
+    # an interrupted build left one structure done: only the other is evaluated again
+    partial = stability.hull_path(dataset).with_suffix(".partial.json")
+    done = {"id": "nacl", "composition": {"Na": 1.0, "Cl": 1.0}, "energy_per_atom": -2.0}
+    partial.write_text(json.dumps({"relax": False, "split": "train", "elements": [], "entries": [done]}))
+    cache = stability.build_local_hull(str(dataset.path))
+    assert len(evaluated) == 1 and cache["structures"] == 2 and not partial.exists()
+    assert {e["element"] for e in cache["elements"]} == {"Na", "Cl", "Cs"}
+    hull = stability.local_hull(str(dataset.path))
+    assert hull.source == f"local:{dataset.path}"
+    assert hull.e_above_hull({"Na": 1, "Cl": 1}, -1.9)[0] == pytest.approx(0.1)
+    only = stability.build_local_hull(str(dataset.path), elements=["Cs", "Cl"])
+    assert only["structures"] == 1 and only["elements_only"] == ["Cl", "Cs"]
