@@ -6,7 +6,9 @@ run resumes where it stopped; a structure the potential cannot handle is recorde
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import logging
 import math
@@ -62,13 +64,19 @@ def load_potential() -> Any:
         from chgnet.model import CHGNet
     except ImportError as error:
         raise UserError(f"nesfgen relax needs chgnet: pip install 'chgnet==0.4.2' ({error})") from None
-    return CHGNet.load(verbose=False)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:  # chgnet prints its version even when not verbose
+        model = CHGNet.load(verbose=False)
+    log.debug("chgnet: %s", printed.getvalue().strip())
+    return model
 
 
 def _optimizer(model: Any) -> Any:
     from chgnet.model import StructOptimizer
 
-    return StructOptimizer(model=model, optimizer_class="FIRE")
+    with contextlib.redirect_stdout(io.StringIO()) as printed:  # chgnet prints its device; keep --json stdout clean
+        optimizer = StructOptimizer(model=model, optimizer_class="FIRE")
+    log.debug("chgnet: %s", printed.getvalue().strip())
+    return optimizer
 
 
 def input_problem(structure: Any) -> str:

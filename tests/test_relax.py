@@ -136,3 +136,15 @@ def test_cli_mistakes_exit_2(tmp_path, args, message):
 
     result = subprocess.run([sys.executable, "-m", "nesfgen", *args], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_cli_json_stdout_is_pure_json(tmp_path):
+    """chgnet prints its device and version; --json must still be one JSON document on stdout."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "nesfgen", "relax", "NaCl", f"out={tmp_path / 'out'}", "steps=2", "--json"]
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["relaxed"] == 1 and summary["hull_source"] is None
