@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 HULL_FILE = "hull-chgnet.json"
 HULL_FORMAT = "nesfgen-hull"
 HULL_VERSION = 1
-#: eV/atom: on or below the hull (numerical slack for structures that are hull vertices themselves)
-STABLE = 1e-6
+#: eV/atom: on or below the hull, within the energy resolution of a relaxation stopped at fmax 0.1 eV/Å
+#: (relaxed diamond Si sits 0.2 meV/atom above its own scanned elemental reference)
+STABLE = 1e-3
 #: eV/atom: metastable, MatterGen's and FlowMM's threshold
 METASTABLE = 0.1
 #: structures evaluated per call of the potential while building a hull
