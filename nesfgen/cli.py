@@ -198,6 +198,60 @@ def data_export(
     )
 
 
+@data_app.command("hull", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def data_hull(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Dataset name or folder."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Build the local CHGNet convex hull of a dataset, cached beside it: nesfgen data hull NAME [split=train] [relax=false] [limit=0] [elements=Na,Cl,...]."""
+    from nesfgen.config import parse_overrides, parse_value
+    from nesfgen.stability import build_local_hull
+
+    options, extra = parse_overrides(list(ctx.args))
+    unknown = set(options) - {"split", "relax", "limit", "elements"}
+    if unknown or extra:
+        raise UserError(
+            f"unexpected {sorted(unknown)[0] if unknown else extra[0]}; nesfgen data hull NAME takes split=, relax=, limit="
+        )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        cache = build_local_hull(
+            name,
+            options.get("split", "train"),
+            parse_value(options.get("relax", "false"), bool, "relax"),
+            parse_value(options.get("limit", "0"), int, "limit"),
+            progress,
+            [e.strip() for e in options.get("elements", "").split(",") if e.strip()],
+        )
+    result = {k: v for k, v in cache.items() if k not in ("entries",)}
+    emit(
+        result,
+        as_json,
+        lambda r: stdout.print(
+            f"hull of {r['dataset']} ({r['split']}, {r['structures']} structures, "
+            f"{'relaxed' if r['relaxed'] else 'single point'}) and {len(r['elements'])} elemental references "
+            f"with {r['potential']} in {r['seconds']:.0f} s",
+            markup=False,
+        ),
+    )
+
+
 @data_app.command("fetch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def data_fetch(
     ctx: typer.Context,
@@ -515,6 +569,7 @@ def trajectory_command(ctx: typer.Context, as_json: bool = typer.Option(False, "
             options.get("split", "test"),
             parse_value(options.get("limit", "0"), int, "limit"),
             progress,
+            [e.strip() for e in options.get("elements", "").split(",") if e.strip()],
         )
     files = write_trajectory(rows, Path(options["run"]) / "trajectory", options.get("data", "builtin"))
     emit(
@@ -654,6 +709,10 @@ SAMPLE_KEYS = {
     "out",
     "symmetrize",
     "symprec",
+    "relax",
+    "fmax",
+    "steps",
+    "hull",
 }
 
 
@@ -685,8 +744,14 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
             progress,
             **symmetrize,
         )
+    relax = parse_value(options.get("relax", "false"), bool, "relax")
+    if not relax and any(k in options for k in ("fmax", "steps", "hull")):
+        raise UserError("fmax=, steps= and hull= go with relax=true")
     write_samples(generation, out)
     result = {**generation.summary, "out": str(out)}
+    if relax:  # relaxed into out/relaxed, screened against data='s hull (or hull=) when given
+        relax_options = {k: options[k] for k in ("fmax", "steps", "hull", "data") if k in options}
+        result["relax"] = _relax_run([str(out)], out / "relaxed", relax_options)
 
     def render(r: dict) -> None:
         def pct(value: float | None) -> str:
@@ -720,8 +785,85 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
         if "skipped" in r["reference"]:
             stdout.print(f"[yellow]note:[/] {r['reference']['skipped']}")
         stdout.print(f"wrote {r['decoded']} CIF files, samples.csv and summary.json to {r['out']}", markup=False)
+        if "relax" in r:
+            _render_relax(r["relax"])
 
     emit(result, as_json, render)
+
+
+RELAX_KEYS = {"out", "fmax", "steps", "hull", "data"}
+
+
+def _relax_options(options: dict[str, str]) -> Any:
+    from nesfgen.config import parse_value
+    from nesfgen.relax import DEFAULT_FMAX, DEFAULT_STEPS, RelaxOptions
+
+    return RelaxOptions(
+        fmax=parse_value(options.get("fmax", str(DEFAULT_FMAX)), float, "fmax"),
+        steps=parse_value(options.get("steps", str(DEFAULT_STEPS)), int, "steps"),
+    )
+
+
+def _relax_run(inputs: list[str], out: Path, options: dict[str, str]) -> dict:
+    from nesfgen.stability import relax_and_screen
+
+    bar, progress = _decode_progress("relaxing with CHGNet")
+    with bar:
+        return relax_and_screen(
+            inputs, out, _relax_options(options), options.get("hull"), options.get("data"), progress
+        )
+
+
+def _render_relax(r: dict) -> None:
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1f} %"
+
+    table = Table(title=f"{r['n']} structures relaxed with {r['potential']} (fmax {r['fmax']:g} eV/Å)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rmsd = "n/a" if r["mean_rmsd"] is None else f"{r['mean_rmsd']:.3f} Å"
+    rows = [
+        ("relaxed / failed", f"{r['relaxed']} / {r['failed']}"),
+        ("converged (of the relaxed)", pct(r["converged_pct"])),
+        ("mean RMSD, input to relaxed", rmsd),
+        (f"stable, E_hull <= 0 ({r['hull_source'] or 'no hull'})", pct(r["stable_pct"])),
+        ("metastable, E_hull <= 0.1 eV/atom", pct(r["metastable_pct"])),
+        ("unique", pct(r["unique_pct"])),
+        (f"novel (vs {r['novelty_reference'] or 'no reference'})", pct(r["novel_pct"])),
+        ("S.U.N.", pct(r["sun_pct"])),
+        ("M.S.U.N.", pct(r["msun_pct"])),
+        ("seconds", f"{r['seconds']:.1f}"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    stdout.print(table)
+    for failure in r["failures"][:10]:
+        stdout.print(f"failed: {failure['id']}: {failure['reason']}", markup=False)
+    stdout.print(f"wrote relaxed CIFs, relax.csv and summary.json to {r['out']}", markup=False)
+
+
+@app.command("relax", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def relax_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Relax structures with CHGNet and screen their stability: nesfgen relax INPUT... out=DIR [fmax=0.1] [steps=500] [hull=mp|NAME] [data=NAME].
+
+    INPUT is a CIF/POSCAR file, a folder of them (a nesfgen sample folder) or a formula of the built-in
+    table (NaCl, ZnS, Si, ...). A rerun into the same out= skips the structures already relaxed. hull=mp
+    needs MP_API_KEY; hull=NAME uses the cached hull of `nesfgen data hull NAME`; data=NAME sets the
+    training set for novelty (and the hull when hull= is not given).
+    """
+    from nesfgen.config import parse_overrides
+
+    options, inputs = parse_overrides(list(ctx.args))
+    unknown = set(options) - RELAX_KEYS
+    if unknown:
+        raise UserError(
+            f"unknown option {sorted(unknown)[0]} for nesfgen relax; valid: {', '.join(sorted(RELAX_KEYS))}"
+        )
+    if not inputs:
+        raise UserError("nothing to relax: give CIF/POSCAR files, folders or built-in formulas, and out=DIR")
+    if "out" not in options:
+        raise UserError("out=DIR is required: the folder for the relaxed CIFs, relax.csv and summary.json")
+    emit(_relax_run(inputs, Path(options["out"]), options), as_json, _render_relax)
 
 
 @app.command("package", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

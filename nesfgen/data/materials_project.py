@@ -443,15 +443,40 @@ class MPResterClient:
     ) -> list[dict[str, Any]]:
         arguments = search_arguments(criteria, fields, page, page_size)
         try:
-            if self._rester is None:
-                factory = self._factory
-                if factory is None:
-                    from mp_api.client import MPRester as factory
-                self._rester = factory(api_key=self._api_key, use_document_model=False, mute_progress_bars=True)
-            documents = self._rester.materials.summary.search(**arguments)
+            documents = self._connect().materials.summary.search(**arguments)
         except Exception as error:  # mp-api raises MPRestError, requests' errors, or others from its start-up
             raise classify_error(error, self._api_key) from None
         return [_plain(document) for document in documents]
+
+    def entries_in_chemsys(self, elements: Sequence[str]) -> list[dict[str, Any]]:
+        """The GGA/GGA+U entries of a chemical system and its subsystems, MP2020-corrected (mp-api's default).
+
+        Returns:
+            ``{"id", "composition", "energy_per_atom"}`` per entry, the energy corrected as on the MP website.
+        """
+        try:
+            rester = self._connect()
+            entries = rester.get_entries_in_chemsys(
+                list(elements), compatible_only=True, additional_criteria={"thermo_types": ["GGA_GGA+U"]}
+            )
+        except Exception as error:  # as in search: mp-api, requests or start-up errors
+            raise classify_error(error, self._api_key) from None
+        return [
+            {
+                "id": str(entry.entry_id),
+                "composition": {str(el): float(n) for el, n in entry.composition.items()},
+                "energy_per_atom": float(entry.energy_per_atom),
+            }
+            for entry in entries
+        ]
+
+    def _connect(self) -> Any:
+        if self._rester is None:
+            factory = self._factory
+            if factory is None:
+                from mp_api.client import MPRester as factory
+            self._rester = factory(api_key=self._api_key, use_document_model=False, mute_progress_bars=True)
+        return self._rester
 
 
 def search_arguments(criteria: Mapping[str, Any], fields: Sequence[str], page: int, page_size: int) -> dict[str, Any]:

@@ -1,0 +1,303 @@
+"""Relaxing structures with the CHGNet universal potential: cell and positions by FIRE, one structure at a time.
+
+Each relaxed structure is written (CIF plus a small JSON record) as soon as it finishes, so an interrupted
+run resumes where it stopped; a structure the potential cannot handle is recorded as failed, never raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nesfgen.crystal import Crystal
+from nesfgen.errors import UserError
+from nesfgen.files import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+#: eV/Å on the atoms (and the scaled stress on the cell): CHGNet's own default, as FlowMM's pre-relaxation uses
+DEFAULT_FMAX = 0.1
+#: FIRE steps before a relaxation is called unconverged
+DEFAULT_STEPS = 500
+#: CHGNet's element embedding covers H (1) to Pu (94)
+MAX_ATOMIC_NUMBER = 94
+#: atoms closer than this (Å) are overlapping: the potential's energy there means nothing
+OVERLAP_DISTANCE = 0.5
+#: a relaxation whose volume grows or shrinks by more than this factor has exploded (or collapsed)
+MAX_VOLUME_FACTOR = 4.0
+#: energies per atom outside this range (eV/atom) are not a physical relaxation
+ENERGY_RANGE = (-30.0, 10.0)
+RECORD_SUFFIX = ".relax.json"
+RELAXED_SUFFIX = ".relaxed.cif"
+
+
+@dataclass(frozen=True)
+class RelaxOptions:
+    """How hard to relax: forces below ``fmax`` (eV/Å) within ``steps`` FIRE steps."""
+
+    fmax: float = DEFAULT_FMAX
+    steps: int = DEFAULT_STEPS
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.fmax) and self.fmax > 0):
+            raise UserError(f"fmax={self.fmax} must be a positive force in eV/Å (e.g. 0.1)")
+        if self.steps < 1:
+            raise UserError(f"steps={self.steps} must be at least 1")
+
+
+@functools.cache
+def load_potential() -> Any:
+    """The pretrained CHGNet shipped in the chgnet wheel (no network needed), loaded once per process."""
+    try:
+        from chgnet.model import CHGNet
+    except ImportError as error:
+        raise UserError(f"nesfgen relax needs chgnet: pip install 'chgnet==0.4.2' ({error})") from None
+    with contextlib.redirect_stdout(io.StringIO()) as printed:  # chgnet prints its version even when not verbose
+        model = CHGNet.load(verbose=False)
+    log.debug("chgnet: %s", printed.getvalue().strip())
+    return model
+
+
+def _optimizer(model: Any) -> Any:
+    from chgnet.model import StructOptimizer
+
+    with contextlib.redirect_stdout(io.StringIO()) as printed:  # chgnet prints its device; keep --json stdout clean
+        optimizer = StructOptimizer(model=model, optimizer_class="FIRE")
+    log.debug("chgnet: %s", printed.getvalue().strip())
+    return optimizer
+
+
+def input_problem(structure: Any) -> str:
+    """Why the potential cannot take this structure ("" when it can): elements outside its table, overlaps."""
+    numbers = [site.specie.Z for site in structure]
+    outside = sorted({structure[i].specie.symbol for i, z in enumerate(numbers) if z > MAX_ATOMIC_NUMBER})
+    if outside:
+        return f"element(s) {', '.join(outside)} outside CHGNet's table (H to Pu)"
+    if len(structure) == 0:
+        return "no atoms"
+    _, _, _, distances = structure.get_neighbor_list(OVERLAP_DISTANCE)
+    if len(distances):
+        return f"overlapping atoms ({float(distances.min()):.2f} Å apart, below {OVERLAP_DISTANCE} Å)"
+    return ""
+
+
+def rmsd(decoded: Any, relaxed: Any) -> float | None:
+    """RMS displacement (Å) between a structure and its relaxed form, after StructureMatcher's best mapping.
+
+    StructureMatcher scales both cells to the same volume and normalises its RMS by (V/N)^(1/3); it is
+    multiplied back by that length of the mean volume so the value reads in Å. None when they no longer match.
+    """
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from nesfgen.generate import MATCHER_SETTINGS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = StructureMatcher(**MATCHER_SETTINGS).get_rms_dist(decoded, relaxed)
+    if found is None:
+        return None
+    per_atom = (decoded.volume + relaxed.volume) / 2 / len(decoded)
+    return float(found[0]) * per_atom ** (1 / 3)
+
+
+def _space_group(structure: Any) -> str:
+    from nesfgen.generate import space_group
+    from nesfgen.symmetry import as_crystal
+
+    try:
+        group = space_group(as_crystal(structure))
+    except UserError:
+        return ""
+    return f"{group[0]} ({group[1]})" if group else ""
+
+
+def relax_structure(structure: Any, options: RelaxOptions, model: Any | None = None) -> tuple[dict[str, Any], Any]:
+    """Relax one pymatgen Structure; returns its record and the relaxed Structure (None when it failed).
+
+    A failure is a record with ``status`` "failed" and its ``reason``; it never raises for bad structures.
+    """
+    started = time.perf_counter()
+    record: dict[str, Any] = {
+        "formula": structure.composition.reduced_formula,
+        "num_atoms": len(structure),
+        "status": "failed",
+        "reason": "",
+        "converged": False,
+        "steps": 0,
+        "energy_before": math.nan,
+        "energy_after": math.nan,
+        "rmsd": math.nan,
+        "volume_before": float(structure.volume),
+        "volume_after": math.nan,
+        "volume_change_pct": math.nan,
+        "space_group_before": _space_group(structure),
+        "space_group_after": "",
+        "fmax": options.fmax,
+        "max_steps": options.steps,
+    }
+    problem = input_problem(structure)
+    if problem:
+        record["reason"] = problem
+        return record, None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # chgnet's tensor-to-scalar and ASE's filter warnings, once per step
+            result = _optimizer(model or load_potential()).relax(
+                structure, fmax=options.fmax, steps=options.steps, relax_cell=True, verbose=False
+            )
+    except Exception as error:  # the potential's graph builder or ASE refusing this structure: report, go on
+        record["reason"] = f"relaxation failed: {type(error).__name__}: {error}"[:300]
+        return record, None
+    relaxed = result["final_structure"]
+    energies = np.asarray(result["trajectory"].energies, dtype=float) / len(structure)
+    taken = max(len(energies) - 2, 0)  # chgnet records the start, every step, and the end once more
+    record.update(
+        steps=taken,
+        converged=taken < options.steps,
+        energy_before=float(energies[0]),
+        energy_after=float(energies[-1]),
+        volume_after=float(relaxed.volume),
+        volume_change_pct=100.0 * (relaxed.volume / structure.volume - 1.0),
+        seconds=time.perf_counter() - started,
+    )
+    factor = relaxed.volume / structure.volume
+    low, high = ENERGY_RANGE
+    if not np.all(np.isfinite(energies)) or not np.isfinite(relaxed.lattice.matrix).all():
+        record["reason"] = "the potential returned NaN or infinite energies"
+    elif not low <= energies[-1] <= high:
+        record["reason"] = f"exploding relaxation: {energies[-1]:.1f} eV/atom"
+    elif not 1 / MAX_VOLUME_FACTOR <= factor <= MAX_VOLUME_FACTOR:
+        record["reason"] = f"exploding relaxation: the volume changed by a factor {factor:.2f}"
+    elif input_problem(relaxed):
+        record["reason"] = f"relaxed into {input_problem(relaxed)}"
+    if record["reason"]:
+        return record, None
+    record.update(status="relaxed", rmsd=rmsd(structure, relaxed), space_group_after=_space_group(relaxed))
+    if record["rmsd"] is None:
+        record["rmsd"] = math.nan
+    return record, relaxed
+
+
+# --- inputs ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RelaxInput:
+    """One structure to relax, or the reason it could not be read."""
+
+    id: str
+    source: str
+    structure: Any | None
+    problem: str = ""
+
+
+def gather_inputs(inputs: Sequence[str]) -> list[RelaxInput]:
+    """CIF/POSCAR files, folders of them (a ``nesfgen sample`` output folder is one) or built-in formulas.
+
+    An unreadable file becomes an input with its problem (reported as failed, not raised); a name that is
+    neither a file, a folder nor a formula of the built-in table is a UserError.
+    """
+    from nesfgen.data.importers import is_structure_file, structures_from_file
+
+    found: list[RelaxInput] = []
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and is_structure_file(p))
+            files = [p for p in files if not p.name.endswith(RELAXED_SUFFIX)]
+            if not files:
+                raise UserError(f"{path} holds no *.cif, POSCAR* or *.vasp files")
+        elif path.is_file():
+            files = [path]
+        elif path.suffix or "/" in text:
+            raise UserError(f"structure file {path} does not exist")
+        else:
+            from nesfgen.generate import find_structure
+
+            crystal = find_structure(text, None)  # a formula of the built-in table, or a UserError
+            found.append(RelaxInput(crystal.id.removeprefix("known-"), "builtin", crystal.to_structure()))
+            continue
+        for file in files:
+            stem = file.name.removesuffix(file.suffix) if file.suffix.lower() in (".cif", ".vasp") else file.name
+            try:
+                structures = structures_from_file(file)
+            except Exception as error:  # pymatgen's parsers raise many types; the file is reported, not fatal
+                found.append(RelaxInput(stem, str(file), None, f"unreadable: {error}"[:300]))
+                continue
+            for k, structure in enumerate(structures):
+                id = stem if len(structures) == 1 else f"{stem}-{k}"
+                problem = "" if structure.is_ordered else "disordered (partial occupancy)"
+                found.append(RelaxInput(id, str(file), structure, problem))
+    ids = [item.id for item in found]
+    duplicated = sorted({id for id in ids if ids.count(id) > 1})
+    if duplicated:
+        raise UserError(f"several inputs are named {duplicated[0]}; give each structure a distinct file name")
+    return found
+
+
+# --- a run -----------------------------------------------------------------------------------------------------------
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def relax_all(
+    items: Sequence[RelaxInput],
+    out: Path,
+    options: RelaxOptions,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Relax every input into ``out``: ID.relaxed.cif and ID.relax.json each, written as it finishes.
+
+    A record already in ``out`` for the same fmax and steps is reused (resume); others are computed.
+    Returns the records in input order.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for done, item in enumerate(items):
+        path = out / f"{item.id}{RECORD_SUFFIX}"
+        record = _read_record(path)
+        same = record is not None and record.get("fmax") == options.fmax and record.get("max_steps") == options.steps
+        if not same:
+            if item.structure is None or item.problem:
+                record = {"formula": "", "num_atoms": 0, "status": "failed", "reason": item.problem}
+                if item.structure is not None:
+                    record.update(formula=item.structure.composition.reduced_formula, num_atoms=len(item.structure))
+                record.update(fmax=options.fmax, max_steps=options.steps)
+            else:
+                record, relaxed = relax_structure(item.structure, options)
+                if relaxed is not None:
+                    from nesfgen.symmetry import as_crystal
+
+                    atomic_write_text(out / f"{item.id}{RELAXED_SUFFIX}", as_crystal(relaxed, item.id).to_cif())
+            record = {"id": item.id, "source": item.source, **record}
+            atomic_write_text(path, json.dumps(record, indent=1))
+            log.info("%s: %s %s", item.id, record["status"], record.get("reason", ""))
+        records.append(record)
+        if progress:
+            progress(done + 1, len(items))
+    return records
+
+
+def relaxed_crystal(out: Path, id: str) -> Crystal:
+    """The relaxed structure written for ``id`` by :func:`relax_all`."""
+    from nesfgen.symmetry import read_crystals
+
+    return read_crystals(Path(out) / f"{id}{RELAXED_SUFFIX}")[0].with_id(id)

@@ -1,0 +1,150 @@
+"""CHGNet relaxation at tiny size: one small crystal relaxed, bad inputs reported, an interrupted run resumed."""
+
+import csv
+import json
+
+import pytest
+from conftest import rock_salt
+
+pytest.importorskip("chgnet", reason="nesfgen relax needs chgnet")
+
+from nesfgen import relax  # noqa: E402
+from nesfgen.relax import RelaxInput, RelaxOptions, gather_inputs, relax_all  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def potential():
+    """One CHGNet for the module: loading it takes seconds."""
+    return relax.load_potential()
+
+
+def strained_nacl():
+    return rock_salt(a=5.9).to_structure().get_primitive_structure()
+
+
+def test_relaxing_strained_nacl_lowers_its_energy_and_keeps_its_group(potential):
+    record, relaxed = relax.relax_structure(strained_nacl(), RelaxOptions(fmax=0.1, steps=60), potential)
+    assert record["status"] == "relaxed", record["reason"]
+    assert record["energy_after"] < record["energy_before"]
+    assert record["volume_change_pct"] < 0  # 5.9 Å is stretched; CHGNet's NaCl is near 5.7 Å
+    assert record["space_group_before"] == record["space_group_after"] == "Fm-3m (225)"
+    assert 0 <= record["rmsd"] < 0.05  # only the cell shrinks: after StructureMatcher's scaling the sites agree
+    assert relaxed is not None and len(relaxed) == 2
+
+
+def test_too_few_steps_is_unconverged_not_failed(potential):
+    record, _ = relax.relax_structure(strained_nacl(), RelaxOptions(fmax=1e-4, steps=2), potential)
+    assert record["status"] == "relaxed" and record["converged"] is False and record["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    "species, coords, reason",
+    [
+        (["Na", "Cl"], [[0, 0, 0], [0.05, 0, 0]], "overlapping atoms"),
+        (["Am", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]], "outside CHGNet's table"),
+    ],
+)
+def test_bad_structures_are_reported(species, coords, reason):
+    from pymatgen.core import Lattice, Structure
+
+    record, relaxed = relax.relax_structure(Structure(Lattice.cubic(4.0), species, coords), RelaxOptions())
+    assert record["status"] == "failed" and reason in record["reason"] and relaxed is None
+
+
+def test_a_potential_error_is_a_failure_not_a_crash(monkeypatch):
+    class Exploding:
+        def relax(self, *args, **kwargs):
+            raise RuntimeError("graph too large")
+
+    monkeypatch.setattr(relax, "_optimizer", lambda model: Exploding())
+    record, relaxed = relax.relax_structure(strained_nacl(), RelaxOptions(), model=object())
+    assert record["status"] == "failed" and "graph too large" in record["reason"]
+
+
+def test_inputs_files_folders_formulas_and_unreadable(tmp_path):
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    (folder / "sample-0000.cif").write_text(rock_salt().to_cif())
+    (folder / "broken.cif").write_text("data_x\n_cell_length_a oops\n")
+    (folder / "samples.csv").write_text("not a structure")
+    items = gather_inputs([str(folder), "ZnS"])
+    assert [i.id for i in items] == ["broken", "sample-0000", "ZnS-zincblende"]
+    assert items[0].structure is None and "unreadable" in items[0].problem
+    assert items[2].source == "builtin"
+
+
+def test_interrupted_run_resumes(tmp_path, potential, monkeypatch):
+    items = [RelaxInput("a", "test", strained_nacl()), RelaxInput("bad", "test", None, "unreadable: x")]
+    options = RelaxOptions(fmax=0.2, steps=20)
+    first = relax_all(items, tmp_path, options)
+    assert (tmp_path / "a.relaxed.cif").is_file() and (tmp_path / "a.relax.json").is_file()
+    assert [r["status"] for r in first] == ["relaxed", "failed"]
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished structure was relaxed again")
+
+    monkeypatch.setattr(relax, "relax_structure", must_not_run)
+    again = relax_all(items, tmp_path, options)
+    assert again == first
+    with pytest.raises(AssertionError):  # other options: computed again
+        relax_all(items, tmp_path, RelaxOptions(fmax=0.1, steps=20))
+
+
+def test_run_writes_csv_and_summary_keys(tmp_path, potential, monkeypatch):
+    import nesfgen.stability as stability
+
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "nacl.cif").write_text(rock_salt(a=5.7).to_cif())
+    entries = [stability.HullEntry("na", {"Na": 1}, -1.3), stability.HullEntry("cl", {"Cl": 1}, -1.8)]
+    monkeypatch.setattr(stability, "open_hull", lambda spec: stability.hull_from_entries("mp", entries))
+    options = RelaxOptions(fmax=0.2, steps=10)
+    summary = stability.relax_and_screen([str(source)], tmp_path / "out", options, hull="mp")
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    for key in (
+        "relaxed",
+        "failed",
+        "converged_pct",
+        "mean_rmsd",
+        "stable_pct",
+        "metastable_pct",
+        "sun_pct",
+        "msun_pct",
+        "hull_source",
+        "seconds",
+    ):
+        assert key in written
+    assert summary["relaxed"] == 1 and summary["hull_source"] == "mp" and summary["stable_pct"] == 100.0
+    assert summary["sun_pct"] is None  # no training set given: novelty unknown
+    rows = list(csv.DictReader((tmp_path / "out" / "relax.csv").open()))
+    assert tuple(rows[0]) == stability.CSV_COLUMNS and float(rows[0]["e_above_hull"]) < 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["relax", "NaCl"], "out=DIR is required"),
+        (["relax", "missing.cif", "out=x"], "does not exist"),
+        (["relax", "NaCl", "out=x", "fmax=-1"], "fmax=-1.0 must be a positive force"),
+        (["relax", "NaCl", "out=x", "temperature=3"], "unknown option temperature"),
+        (["data", "hull", "builtin", "elements=Xx"], "elements="),
+    ],
+)
+def test_cli_mistakes_exit_2(tmp_path, args, message):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "nesfgen", *args], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_cli_json_stdout_is_pure_json(tmp_path):
+    """chgnet prints its device and version; --json must still be one JSON document on stdout."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "nesfgen", "relax", "NaCl", f"out={tmp_path / 'out'}", "steps=2", "--json"]
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["relaxed"] == 1 and summary["hull_source"] is None
