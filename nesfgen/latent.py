@@ -155,16 +155,20 @@ def _looks_like_path(text: str) -> bool:
 
 
 def local_datasets(prefer_dataset_hash: str | None = None) -> list[Dataset]:
-    """The datasets in the data directory except the generated built-in one, the preferred one first."""
+    """The sound datasets in the data directory except the generated built-in one, the preferred one first.
+
+    A damaged dataset is left out with one warning naming it, so it cannot break every lookup.
+    """
     root = data_dir()
     if not root.is_dir():
         return []
     datasets = []
     for folder in sorted(root.iterdir()):
-        if folder.name.startswith(BUILTIN_FOLDER_PREFIX) or not (folder / "manifest.json").is_file():
+        hidden = folder.name.startswith((".", BUILTIN_FOLDER_PREFIX))  # staging folders of writes in progress
+        if hidden or not (folder / "manifest.json").is_file():
             continue
         try:
-            datasets.append(open_dataset(folder))
+            datasets.append(open_dataset(folder).verify())
         except UserError as error:
             log.warning("not searching %s: %s", folder, error)
     return sorted(datasets, key=lambda d: d.content_hash != prefer_dataset_hash)

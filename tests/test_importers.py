@@ -236,7 +236,10 @@ def test_paper_collection_names_and_icsg3d_note(tmp_path):
     assert icsg3d.imported == {"val": 1, "test": 1}
     assert "not released" in icsg3d.dataset.manifest["provenance"]["note"]
     assert any("dataset_ICSG3D_train" in note for note in icsg3d.notes)
-    with pytest.raises(UserError, match="already exist"):
+    again = import_paper_collection(root, tmp_path / "data")  # nothing to do: every dataset is kept as it is
+    assert [r.unchanged for r in again] == [True, True, True] and again[1].imported == {"val": 1, "test": 1}
+    (tmp_path / "data" / "ybco-fold3" / "manifest.json").write_text("{}")
+    with pytest.raises(UserError, match="already exist and do not hold what this import would write.*ybco-fold3$"):
         import_paper_collection(root, tmp_path / "data")
 
 
@@ -291,13 +294,13 @@ def test_poscar_files_imported(tmp_path):
     (tmp_path / "POSCAR_CsCl").write_text(
         "CsCl\n1.0\n4.12 0 0\n0 4.12 0\n0 0 4.12\nCs Cl\n1 1\nDirect\n0 0 0\n0.5 0.5 0.5\n"
     )
-    (tmp_path / "far.vasp").write_text(
-        "CsCl\n1.0\n4.12 0 0\n0 4.12 0\n0 0 4.12\nCs Cl\n1 1\nDirect\n0 0 0\n0.5 0.5 3.5\n"
+    (tmp_path / "on-top.vasp").write_text(  # the second atom is the first one's image a cell away
+        "CsCl\n1.0\n4.12 0 0\n0 4.12 0\n0 0 4.12\nCs Cl\n1 1\nDirect\n0 0 0\n0 0 1.0\n"
     )
     report = import_cif(tmp_path, tmp_path / "out", skip_invalid=True)
     assert report.imported == {"train": 1}
     assert report.dataset.load("train").ids == ("POSCAR_CsCl",)
-    assert report.skipped[0][0] == str(tmp_path / "far.vasp") and "far outside" in report.skipped[0][1]
+    assert report.skipped[0][0] == str(tmp_path / "on-top.vasp") and "duplicated atoms" in report.skipped[0][1]
 
 
 BROKEN_LOOP = cif(NACL).split("loop_\n _atom_site_type_symbol")[0] + "loop_\n _atom_site_type_symbol\n"
@@ -311,7 +314,7 @@ BAD_CIFS = {
     "negative-lattice": (cif(NACL, lengths=(-3.988, 3.988, 3.988)), "must be positive"),
     "zero-lattice": (cif(NACL, lengths=(0, 3.988, 3.988)), "must be positive"),
     "flat-angle": (cif(NACL, angles=(60, 60, 180)), r"\(0, 180\)"),
-    "far-outside": (cif([("Na", 0, 0, 0), ("Cl", 0.5, 0.5, 3.5)]), "far outside the cell"),
+    "nan-position": (cif([("Na", 0, 0, 0), ("Cl", 0.5, "nan", 0.5)]), "not a finite number"),
     "duplicated": (cif([*NACL, ("Cl", 0.5, 0.5, 0.51)]), "duplicated atoms"),
 }
 
