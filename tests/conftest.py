@@ -115,3 +115,22 @@ def tiny_recipe(dataset, **extra):
 def isolated_data_dir(tmp_path, monkeypatch):
     """Every test gets its own data directory, so nothing touches the user's cache."""
     monkeypatch.setenv("NESFGEN_DATA_DIR", str(tmp_path / "nesfgen-data"))
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path) -> Path:
+    """A folder nothing may be written into: a read-only folder, or under /sys where even root cannot write."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    candidates = [folder / "out", Path("/sys") / f"nesfgen-test-{os.getpid()}"]
+    for candidate in candidates:
+        try:
+            candidate.mkdir()
+        except OSError:
+            yield candidate
+            break
+        candidate.rmdir()  # writable after all (root ignores permission bits)
+    else:
+        pytest.skip("no unwritable folder on this machine (root, and no read-only /sys)")
+    folder.chmod(0o755)
