@@ -555,6 +555,7 @@ def check_new_run_dir(run_dir: Path) -> None:
     Raises:
         UserError: for a folder holding a run (resume it instead) or other files, or one that cannot be written.
     """
+    output_folder(run_dir, "run folder", create=False)
     if (run_dir / "last.pt").exists():
         raise UserError(
             f"{run_dir} already holds a run; resume it with `nesfgen train resume={run_dir}` or choose another out="
@@ -568,7 +569,6 @@ def check_new_run_dir(run_dir: Path) -> None:
             f"{run_dir} already holds files ({shown}) and no run to resume (no last.pt); a new run would overwrite "
             "them: choose a new or empty folder with out="
         )
-    output_folder(run_dir, "run folder", create=False)
 
 
 def resume(
@@ -578,9 +578,9 @@ def resume(
     from nesfgen.config import apply_overrides
 
     run_dir = Path(run_dir)
+    output_folder(run_dir, "run folder", create=False)
     if not (run_dir / "last.pt").is_file():
         raise UserError(f"cannot resume {run_dir}: no last.pt in it")
-    output_folder(run_dir, "run folder", create=False)
     state = read_checkpoint(run_dir / "last.pt")
     recipe = from_dict(Recipe, state["recipe"], where=str(run_dir / "last.pt"))
     for key in overrides or {}:

@@ -6,7 +6,9 @@ import csv
 import json
 import os
 import pickle
+import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -252,6 +254,50 @@ def test_paper_collection_writes_nothing_when_one_input_is_bad(tmp_path):
     assert not (tmp_path / "data" / "lcs6").exists()
 
 
+# Runs `nesfgen data import ROOT --format paper` and SIGKILLs itself when the third dataset is complete in its
+# staging folder, just before the rename: the state a user's kill -9 or power cut leaves.
+KILLED_IMPORT = """
+import os, signal, sys
+import nesfgen.data.store as store
+from nesfgen.cli import main
+unmark, written = store.unmark_staging, []
+def unmark_or_die(staging):
+    written.append(staging)
+    if len(written) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    unmark(staging)
+store.unmark_staging = unmark_or_die
+sys.argv = ["nesfgen", "data", "import", sys.argv[1], "--format", "paper"]
+main()
+"""
+
+
+def test_collection_import_killed_midway_finishes_on_rerun(tmp_path):
+    root, data = tmp_path / "nesf-paper", tmp_path / "data"
+    write_paper_splits(root / "dataset_lim_l6")
+    for fold in range(4):
+        write_paper_splits(root / f"dataset_YBCO13_fold{fold}")
+    env = {**os.environ, "NESFGEN_DATA_DIR": str(data)}
+    killed = subprocess.run([sys.executable, "-c", KILLED_IMPORT, str(root)], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in data.iterdir())
+    assert left[0].startswith(".ybco-fold1.nesfgen-staging-") and left[1:] == ["lcs6", "ybco-fold0"]
+    before = {name: (data / name / "manifest.json").stat().st_mtime_ns for name in left[1:]}
+    rerun = subprocess.run(
+        [sys.executable, "-m", "nesfgen", "data", "import", str(root), "--format", "paper", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    reports = {r["name"]: r for r in json.loads(rerun.stdout)}
+    assert [name for name, r in reports.items() if r["unchanged"]] == ["lcs6", "ybco-fold0"]
+    assert sorted(p.name for p in data.iterdir()) == ["lcs6", *(f"ybco-fold{k}" for k in range(4))]  # no staging
+    assert {name: (data / name / "manifest.json").stat().st_mtime_ns for name in before} == before  # kept as is
+    for name in reports:
+        assert open_dataset(data / name).verify().load("train").ids == tuple(c.id for c in SPLIT_CRYSTALS["train"])
+
+
 # --- CIF and POSCAR ----------------------------------------------------------------------------------------------------
 
 
@@ -409,6 +455,58 @@ def test_cdvae_csv_without_cif_column(tmp_path):
     write_csv(tmp_path / "train.csv", [{"material_id": "x", "energy": 1.0}])
     with pytest.raises(UserError, match="no 'cif' column"):
         import_cdvae_csv(tmp_path, tmp_path / "out")
+
+
+# Real-world CIFs that must import: CDVAE's carbon_24 and perov_5 hold sites outside [0, 1), coordinates that
+# pymatgen rounds to 1/3 and 2/3, and cells on which spglib's C library prints to the console.
+MONOCLINIC = dict(lengths=(4.1, 5.3, 4.7), angles=(90, 103.5, 90))
+GRAPHITE = dict(lengths=(2.46, 2.46, 6.7), angles=(90, 90, 120))
+# a distorted graphite supercell (found by a seeded search) on which spglib prints
+# "spglib: get_bravais_exact_positions_and_lattice failed." while standardising at 0.01 Å
+SPGLIB_PRINTS = cif(
+    [
+        ("C", 0.0003057626, 0.0005813317, 0.2505606767),
+        ("C", -0.0006914734, -0.0011859870, 0.7500534967),
+        ("C", 0.1673342334, 0.6663412966, 0.2499032615),
+        ("C", 0.3333025895, 0.3333929215, 0.7518331847),
+        ("C", 0.5000977253, 0.0024260528, 0.2513873789),
+        ("C", 0.4986471760, -0.0006609705, 0.7495836153),
+        ("C", 0.6666780769, 0.6658691352, 0.2501536294),
+        ("C", 0.8335921865, 0.3319848926, 0.7505605130),
+    ],
+    lengths=(4.9186360570, 2.4611869391, 6.7007606413),
+    angles=(90.0063642356, 89.9414547600, 120.0492829401),
+)
+REAL_WORLD_CIFS = {
+    "outside-negative": cif([("Mg", -0.515, 0.2, 0.3), ("O", 0.6, 0.7, 0.2), ("O", 0.4, 0.1, 0.8)], **MONOCLINIC),
+    "outside-positive": cif([("Mg", 0.1, 1.63, 0.3), ("O", 0.6, 0.7, 0.2), ("O", 0.4, 0.1, 0.8)], **MONOCLINIC),
+    "rounded": cif(
+        [("C", 0, 0, 0.25), ("C", 0, 0, 0.75), ("C", 0.3333, 0.6667, 0.25), ("C", 0.6667, 0.3333, 0.75)], **GRAPHITE
+    ),
+    "spglib-prints": SPGLIB_PRINTS,
+}
+
+
+def test_real_world_csv_rows_import_wrapped_and_quietly(tmp_path, monkeypatch, capfd):
+    monkeypatch.delenv("SPGLIB_WARNING", raising=False)
+    write_csv(tmp_path / "train.csv", [{"material_id": id, "cif": text} for id, text in REAL_WORLD_CIFS.items()])
+    report = import_cdvae_csv(tmp_path / "train.csv", tmp_path / "out")
+    assert report.imported == {"train": 4} and not report.skipped
+    crystals = {c.id: c for c in report.dataset.load("train")}
+    for id in ("outside-negative", "outside-positive"):
+        frac = crystals[id].frac_coords
+        assert np.all((frac > -1e-9) & (frac < 1)) and crystals[id].num_atoms == 3  # wrapped, none lost
+    assert crystals["rounded"].num_atoms == 4
+    printed = capfd.readouterr()
+    assert "spglib" not in printed.out + printed.err
+
+
+def test_spglib_prints_on_the_test_cell_when_asked(tmp_path, monkeypatch, capfd):
+    """The quiet import above means something: with SPGLIB_WARNING=ON the same cell prints."""
+    monkeypatch.setenv("SPGLIB_WARNING", "ON")
+    (tmp_path / "spglib.cif").write_text(SPGLIB_PRINTS)
+    import_cif([tmp_path / "spglib.cif"], tmp_path / "out")
+    assert "spglib: get_bravais_exact_positions_and_lattice failed." in capfd.readouterr().err
 
 
 # --- the paper's released data -----------------------------------------------------------------------------------------

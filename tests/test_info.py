@@ -42,7 +42,7 @@ def test_export_refuses_a_folder_with_files_and_accepts_an_empty_one(hostile, tm
         export_cif(hostile, tmp_path / "full")
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["mine.cif"]
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(UserError, match="not an empty folder"):
+    with pytest.raises(UserError, match="afile is a file, not a folder"):
         export_cif(hostile, tmp_path / "afile")
     (tmp_path / "empty").mkdir()
     assert export_cif(hostile, tmp_path / "empty", ["test"]) == 2

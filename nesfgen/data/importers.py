@@ -680,9 +680,9 @@ def seeded_split(
 
 def _refuse_existing(out: Path) -> None:
     """Fail before any parsing work when the target exists or cannot be written (write_dataset checks again)."""
+    output_folder(out, "dataset folder", create=False)
     if out.exists():
         raise UserError(f"{out} already exists; choose another --out or remove it first")
-    output_folder(out, "dataset folder", create=False)
 
 
 def _write(

@@ -98,10 +98,10 @@ def export_cif(dataset: Dataset, out: Path, splits: list[str] | None = None) -> 
         UserError: if ``out`` holds anything, a split does not exist, or ``out`` cannot be written.
     """
     out = Path(out)
-    if out.is_dir() and any(out.iterdir()) or out.exists() and not out.is_dir():
+    output_folder(out, "export folder", create=False)
+    if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not an empty folder; choose a new --out (an export never replaces files)")
     sets = {split: dataset.load(split) for split in splits or dataset.split_names}  # unknown splits fail here
-    output_folder(out, "export folder", create=False)
     output_folder(out.parent, "export folder's parent")
     remove_stale_staging(out)
     staging = staging_folder(out)
