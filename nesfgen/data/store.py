@@ -358,8 +358,13 @@ def write_dataset(
         if out.exists():
             trash = staging_folder(out)
             os.replace(out, trash / "replaced")
-            os.replace(staging, out)
-            shutil.rmtree(trash, ignore_errors=True)
+            try:
+                os.replace(staging, out)
+            except BaseException:
+                os.replace(trash / "replaced", out)  # the old dataset goes back where it was
+                raise
+            finally:
+                shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(staging, out)
     except OSError as error:
