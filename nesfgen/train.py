@@ -562,7 +562,11 @@ def check_new_run_dir(run_dir: Path) -> None:
         )
     present = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
     config = run_dir / "config.toml"
-    unstarted = set(present) <= RUN_START_FILES and config.is_file() and config.read_text(errors="replace").startswith(RUN_HEADER)
+    unstarted = (
+        set(present) <= RUN_START_FILES
+        and config.is_file()
+        and config.read_text(errors="replace").startswith(RUN_HEADER)
+    )
     if present and not unstarted:
         shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
         raise UserError(
