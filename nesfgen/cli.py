@@ -112,6 +112,7 @@ def data_import(
             "name": r.dataset.name,
             "path": str(r.dataset.path),
             "imported": dict(r.imported),
+            "unchanged": r.unchanged,
             "skipped": [{"entry": e, "reason": why} for e, why in r.skipped],
         }
         for r in reports
@@ -120,7 +121,8 @@ def data_import(
     def render(result: list[dict]) -> None:
         for entry in result:
             counts = ", ".join(f"{split} {n}" for split, n in entry["imported"].items())
-            stdout.print(f"[green]imported[/] {entry['name']} -> {entry['path']} ({counts})")
+            done = "[green]kept[/] (already imported, identical)" if entry["unchanged"] else "[green]imported[/]"
+            stdout.print(f"{done} {entry['name']} -> {entry['path']} ({counts})")
             for skipped in entry["skipped"]:
                 stdout.print(f"  [yellow]skipped[/] {skipped['entry']}: {skipped['reason']}")
 
@@ -488,12 +490,15 @@ def evaluate_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--
         symmetry_markdown,
         write_report,
     )
+    from nesfgen.files import output_folder
 
     options = _key_values(ctx, "evaluate", EVALUATE_KEYS)
     symmetrize = _symmetrize_options(options)
     estimator = {k: v for k, v in options.items() if k.startswith("estimator.")}
     checkpoints = expand_checkpoints(options["checkpoint"]) if "checkpoint" in options else [None]  # None: default
     limit = parse_value(options.get("limit", "0"), int, "limit")
+    if "out" in options:  # before decoding, not after
+        output_folder(Path(options["out"]), "report folder", create=False)
     evaluations = []
     for checkpoint in checkpoints:
         bar, progress = _decode_progress(f"decoding ({checkpoint or 'exact field'})")
@@ -587,11 +592,13 @@ def reconstruct_command(ctx: typer.Context, as_json: bool = typer.Option(False, 
     """Write input and decoded CIFs side by side: nesfgen reconstruct [checkpoint=RUN] [data=NAME] [split=test] out=DIR [symmetrize=true [symprec=0.1]]."""
     from nesfgen.config import parse_value
     from nesfgen.evaluate import evaluate, recovery_key, write_reconstructions
+    from nesfgen.files import output_folder
 
     options = _key_values(ctx, "reconstruct", RECONSTRUCT_KEYS)
     symmetrize = _symmetrize_options(options)
     if "out" not in options:
         raise UserError("out=FOLDER is required: where to write the CIF pairs")
+    output_folder(Path(options["out"]), "reconstruction folder", create=False)  # before decoding, not after
     bar, progress = _decode_progress("decoding")
     with bar:
         evaluation = evaluate(

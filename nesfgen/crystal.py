@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -14,7 +15,8 @@ from nesfgen.errors import UserError
 if TYPE_CHECKING:  # pymatgen is imported lazily: the training path never needs it
     from pymatgen.core import Structure
 
-#: atoms whose fractional coordinate lies further than this outside [0, 1) are refused, not wrapped
+#: atoms given to Crystal.create further than this outside [0, 1) are refused, not wrapped (a wrong frame or
+#: unit); parsed files are wrapped first, since CIF and POSCAR allow any fractional coordinate
 OUTSIDE_TOLERANCE = 0.5
 #: two atoms closer than this (Å) are considered duplicates
 DUPLICATE_DISTANCE = 0.1
@@ -191,7 +193,7 @@ class Crystal:
             lattice.abc,
             lattice.angles,
             atomic_numbers=numbers,
-            frac_coords=structure.frac_coords,
+            frac_coords=wrap_fractional(structure.frac_coords),  # CIF and POSCAR allow sites outside the cell
             id=id,
             properties=properties,
         )
@@ -245,7 +247,13 @@ def _check_duplicates(frac: np.ndarray, matrix: np.ndarray, where: str) -> None:
 
 
 def spglib_module() -> Any:
-    """spglib, switched to raising its errors (the old return-None handling is deprecated)."""
+    """spglib, switched to raising its errors (the old return-None handling is deprecated) and quiet.
+
+    spglib's C library prints lines such as "spglib: get_bravais_exact_positions_and_lattice failed." straight
+    to the console when a symmetry search is inconclusive; the failure reaches us as an exception or a result
+    anyway. It reads SPGLIB_WARNING at each print, so setting it here silences it (a user's own setting wins).
+    """
+    os.environ.setdefault("SPGLIB_WARNING", "OFF")
     import spglib
     import spglib.error
 

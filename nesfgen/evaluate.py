@@ -22,7 +22,7 @@ from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet
 from nesfgen.errors import UserError
 from nesfgen.estimator import Decoded, ExactField, estimate
-from nesfgen.files import atomic_write_text, new_figure, save_figure
+from nesfgen.files import atomic_write_text, new_figure, output_folder, safe_file_stems, save_figure
 from nesfgen.metrics import PAPER_METRICS, aggregate, cdvae_metrics, mean_std, structure_metrics
 from nesfgen.model import encode_all
 from nesfgen.sampling import TensorSet, atoms_bounding_box
@@ -243,7 +243,7 @@ def markdown_table(summary: dict[str, Any], std: dict[str, float] | None = None)
 
 def write_report(evaluation: Evaluation, out: Path) -> list[Path]:
     """evaluation.json, evaluation.md, structures.csv and errors_vs_atoms.png (the paper's Fig. 4)."""
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out, "report folder")
     s = evaluation.summary
     title = f"# Evaluation: {s['dataset']} / {s['split']} ({s['num_structures']} structures, {s['field']} field)\n\n"
     extra = (
@@ -325,19 +325,21 @@ def plot_errors_vs_atoms(rows: list[dict[str, Any]], path: Path, min_samples: in
 
 
 def write_reconstructions(evaluation: Evaluation, out: Path) -> int:
-    """``<id>.input.cif`` and ``<id>.decoded.cif`` side by side; returns the number of pairs written."""
-    out.mkdir(parents=True, exist_ok=True)
-    for index, (true, decoded) in enumerate(zip(evaluation.truth, evaluation.decoded)):
-        stem = _safe_name(true.id or f"structure-{index}")
+    """``<stem>.input.cif`` and ``<stem>.decoded.cif`` side by side; returns the number of pairs written.
+
+    Stems come from the ids through :func:`safe_file_stems` (distinct even for ids ``a/b`` and ``a_b``);
+    the ``file`` column of ``structures.csv`` gives each id's stem.
+    """
+    output_folder(out)
+    stems = safe_file_stems([true.id or f"structure-{i}" for i, true in enumerate(evaluation.truth)])
+    for stem, true, decoded in zip(stems, evaluation.truth, evaluation.decoded):
         atomic_write_text(out / f"{stem}.input.cif", true.to_cif())
         if decoded is not None:
             atomic_write_text(out / f"{stem}.decoded.cif", decoded.to_cif())
-    atomic_write_text(out / "structures.csv", _csv(evaluation.rows))
+    atomic_write_text(
+        out / "structures.csv", _csv([{**row, "file": stem} for row, stem in zip(evaluation.rows, stems)])
+    )
     return len(evaluation.truth)
-
-
-def _safe_name(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
 def evaluate_trajectory(
@@ -365,7 +367,7 @@ def evaluate_trajectory(
 
 def write_trajectory(rows: list[dict[str, Any]], out: Path, dataset: str) -> list[Path]:
     """trajectory.csv, trajectory.md and trajectory.png (each metric against training time, paper value dashed)."""
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out, "trajectory folder")
     reference = paper_reference(dataset)
     figure, axes = new_figure(len(PAPER_METRICS), 4 * len(PAPER_METRICS), 3.4)
     minutes = [row["training_minutes"] for row in rows]

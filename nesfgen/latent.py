@@ -47,6 +47,8 @@ Progress = Callable[[int, int], None]
 HULL_PROPERTIES = ("e_above_hull", "energy_above_hull")
 #: folders of the data directory that hold the generated built-in dataset (one per generator version)
 BUILTIN_FOLDER_PREFIX = "builtin-v"
+#: damaged datasets already reported in this process: an interpolation looks up two endpoints, warn once
+_reported_damaged: set[tuple[Path, str]] = set()
 #: Materials Project entries fetched per formula (polymorphs), one request
 MP_PAGE_SIZE = 50
 TEXTBOOK_SOURCE = "built-in table of textbook compounds"
@@ -155,18 +157,24 @@ def _looks_like_path(text: str) -> bool:
 
 
 def local_datasets(prefer_dataset_hash: str | None = None) -> list[Dataset]:
-    """The datasets in the data directory except the generated built-in one, the preferred one first."""
+    """The sound datasets in the data directory except the generated built-in one, the preferred one first.
+
+    A damaged dataset is left out with one warning naming it (once per process), so it cannot break lookups.
+    """
     root = data_dir()
     if not root.is_dir():
         return []
     datasets = []
     for folder in sorted(root.iterdir()):
-        if folder.name.startswith(BUILTIN_FOLDER_PREFIX) or not (folder / "manifest.json").is_file():
+        hidden = folder.name.startswith((".", BUILTIN_FOLDER_PREFIX))  # staging folders of writes in progress
+        if hidden or not (folder / "manifest.json").is_file():
             continue
         try:
-            datasets.append(open_dataset(folder))
+            datasets.append(open_dataset(folder).verify())
         except UserError as error:
-            log.warning("not searching %s: %s", folder, error)
+            if (folder, str(error)) not in _reported_damaged:
+                _reported_damaged.add((folder, str(error)))
+                log.warning("not searching %s: %s", folder, error)
     return sorted(datasets, key=lambda d: d.content_hash != prefer_dataset_hash)
 
 

@@ -25,7 +25,7 @@ from nesfgen.config import Recipe, TrainConfig, from_dict, to_dict, to_toml
 from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet, Dataset
 from nesfgen.errors import UserError
-from nesfgen.files import atomic_write_text, new_figure, save_figure
+from nesfgen.files import atomic_write_text, new_figure, output_folder, save_figure
 from nesfgen.machine import machine_description
 from nesfgen.model import count_parameters
 from nesfgen.refit import RefitResult, refit_lattice_heads
@@ -46,6 +46,10 @@ RESUMABLE_KEYS = (
     "lattice_refit_epochs",
     "lattice_refit_lr",
 )
+#: first line of the config.toml a run writes; with RUN_START_FILES it tells a run stopped before its first
+#: checkpoint (whose folder a new run may reuse) from a folder of the user's own files
+RUN_HEADER = "# nesfgen train recipe="
+RUN_START_FILES = {"config.toml", "machine.json", ".config.toml.tmp", ".machine.json.tmp"}
 
 
 class TrainProgress(Protocol):
@@ -460,8 +464,8 @@ class Trainer:
     def run(self, progress: TrainProgress | None = None) -> TrainResult:
         t = self.recipe.train
         if self.ranks.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            header = f"# nesfgen train recipe={self.run_dir / 'config.toml'}"
+            output_folder(self.run_dir, "run folder")
+            header = f"{RUN_HEADER}{self.run_dir / 'config.toml'}"
             atomic_write_text(self.run_dir / "config.toml", to_toml(self.recipe, header=header))
             if not (self.run_dir / "machine.json").exists():  # where the run started, for its model card
                 atomic_write_text(self.run_dir / "machine.json", json.dumps(machine_description(), indent=1))
@@ -538,11 +542,37 @@ class Trainer:
 def train(recipe: Recipe, run_dir: Path | None = None, progress: TrainProgress | None = None) -> TrainResult:
     """Train a fresh model from a recipe into ``run_dir`` (a new folder under ``runs/`` by default)."""
     run_dir = Path(run_dir) if run_dir else new_run_dir(recipe.name)
+    check_new_run_dir(run_dir)
+    return Trainer(recipe, run_dir).run(progress)
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse a run folder in which a new run would overwrite something, before any work starts.
+
+    Accepted: a folder that does not exist yet, an empty one, or one that a run stopped during its first epoch
+    left (only nesfgen's config.toml and machine.json). A user's files are never overwritten.
+
+    Raises:
+        UserError: for a folder holding a run (resume it instead) or other files, or one that cannot be written.
+    """
+    output_folder(run_dir, "run folder", create=False)
     if (run_dir / "last.pt").exists():
         raise UserError(
             f"{run_dir} already holds a run; resume it with `nesfgen train resume={run_dir}` or choose another out="
         )
-    return Trainer(recipe, run_dir).run(progress)
+    present = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    config = run_dir / "config.toml"
+    unstarted = (
+        set(present) <= RUN_START_FILES
+        and config.is_file()
+        and config.read_text(errors="replace").startswith(RUN_HEADER)
+    )
+    if present and not unstarted:
+        shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+        raise UserError(
+            f"{run_dir} already holds files ({shown}) and no run to resume (no last.pt); a new run would overwrite "
+            "them: choose a new or empty folder with out="
+        )
 
 
 def resume(
@@ -552,6 +582,7 @@ def resume(
     from nesfgen.config import apply_overrides
 
     run_dir = Path(run_dir)
+    output_folder(run_dir, "run folder", create=False)
     if not (run_dir / "last.pt").is_file():
         raise UserError(f"cannot resume {run_dir}: no last.pt in it")
     state = read_checkpoint(run_dir / "last.pt")

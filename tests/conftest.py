@@ -133,3 +133,22 @@ def cli():
         return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=dict(os.environ), timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path) -> Path:
+    """A folder nothing may be written into: a read-only folder, or under /sys where even root cannot write."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    candidates = [folder / "out", Path("/sys") / f"nesfgen-test-{os.getpid()}"]
+    for candidate in candidates:
+        try:
+            candidate.mkdir()
+        except OSError:
+            yield candidate
+            break
+        candidate.rmdir()  # writable after all (root ignores permission bits)
+    else:
+        pytest.skip("no unwritable folder on this machine (root, and no read-only /sys)")
+    folder.chmod(0o755)

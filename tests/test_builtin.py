@@ -226,3 +226,17 @@ def test_builtin_dataset_opens_what_a_concurrent_writer_wrote(tmp_path, monkeypa
     monkeypatch.setattr(builtin, "generate_builtin", generate_while_another_writes)
     dataset = builtin_dataset()
     assert dataset.name == "other-writer"
+
+
+def test_damaged_builtin_cache_is_generated_again(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("NESFGEN_DATA_DIR", str(tmp_path))
+    small = {"train": [known_compounds()[0].crystal], "val": [known_compounds()[1].crystal]}
+    monkeypatch.setattr(builtin, "generate_builtin", lambda seed=0: small)
+    first = builtin_dataset()
+    train_file = first.path / "train.npz"
+    train_file.write_bytes(train_file.read_bytes()[:-30])  # cut short
+    with caplog.at_level("WARNING", logger="nesfgen.data.builtin"):
+        again = builtin_dataset()
+    assert again.content_hash == first.content_hash and again.load("train").ids == first.load("train").ids
+    assert [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage() and "again" in r.getMessage()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.path.name]  # no staging or backup left

@@ -108,3 +108,67 @@ def test_exact_field_evaluation_is_perfect(cli, tiny_dataset, tmp_path):
     assert evaluation["position_error_actual"] < 1e-3
     assert evaluation["species_error_actual_pct"] == 0
     assert evaluation["cdvae_match_rate_pct"] == 100
+
+
+@pytest.fixture
+def bad_outs(tmp_path, unwritable_folder):
+    """out= values no command can write: under a file, a 300-character name, a folder without write access."""
+    (tmp_path / "afile").write_text("x")
+    return {
+        "under a file": (tmp_path / "afile" / "out", "afile is a file, not a folder"),
+        "long name": (tmp_path / ("n" * 300), "name in the path is too long"),
+        "unwritable": (unwritable_folder, "cannot write the"),
+    }
+
+
+def main_in_process(monkeypatch, capsys, *args):
+    """nesfgen's real entry point in this process (no interpreter start per call): exit code and stderr."""
+    from nesfgen import cli
+
+    monkeypatch.setattr("sys.argv", ["nesfgen", *map(str, args)])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    return exited.value.code, " ".join(capsys.readouterr().err.split())
+
+
+def test_unusable_out_folders_exit_2_with_the_reason(cli, tiny_dataset, tmp_path, bad_outs, monkeypatch, capsys):
+    from nesfgen import evaluate
+
+    def decode_everything(*args, **kwargs):
+        raise AssertionError("decoded before checking out=")
+
+    monkeypatch.setattr(evaluate, "evaluate", decode_everything)  # evaluate and reconstruct must check first
+    cifs = tmp_path / "cifs"
+    cifs.mkdir()
+    (cifs / "nacl.cif").write_text(rock_salt().to_cif())
+    for out, reason in bad_outs.values():
+        commands = [
+            ["train", f"data.name={tiny_dataset.path}", *(f"{k}={v}" for k, v in TINY_MODEL.items()), f"out={out}"],
+            ["data", "import", cifs, "--format", "cif", "--out", out],
+            ["data", "export", tiny_dataset.path, "--out", out],
+            ["evaluate", f"data={tiny_dataset.path}", "field=exact", f"out={out}"],
+            ["reconstruct", f"data={tiny_dataset.path}", "field=exact", f"out={out}"],
+        ]
+        for args in commands:
+            code, stderr = main_in_process(monkeypatch, capsys, *args, "--json")
+            assert code == 2 and reason in stderr and "Traceback" not in stderr, (args[:2], reason, stderr)
+    result = cli("data", "export", str(tiny_dataset.path), "--out", str(bad_outs["under a file"][0]))
+    assert result.returncode == 2 and "Traceback" not in result.stderr  # and so in a process of its own
+
+
+def test_export_of_hostile_ids_and_train_into_a_users_folder(cli, tmp_path):
+    rows = "material_id,cif\n" + "".join(
+        f'"{id}","{rock_salt(5.6 + 0.02 * k).to_cif()}"\n' for k, id in enumerate(["a/b", "a_b", "/abs/victim"])
+    )
+    (tmp_path / "train.csv").write_text(rows)
+    result = cli("data", "import", str(tmp_path / "train.csv"), "--format", "cdvae-csv", "--out", str(tmp_path / "ds"))
+    assert result.returncode == 0, result.stderr
+    result = cli("data", "export", str(tmp_path / "ds"), "--out", str(tmp_path / "cifs"), "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["written"] == 3
+    assert len(list((tmp_path / "cifs" / "train").glob("*.cif"))) == 3
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.toml").write_text("mine")
+    result = cli("train", f"data.name={tmp_path / 'ds'}", f"out={mine}", "train.batch_size=2")
+    assert result.returncode == 2 and "already holds files (config.toml)" in " ".join(result.stderr.split())
+    assert (mine / "config.toml").read_text() == "mine"

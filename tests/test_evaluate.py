@@ -4,7 +4,15 @@ from conftest import rock_salt, tiny_recipe
 from nesfgen.checkpoint import read_checkpoint, save_checkpoint
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
-from nesfgen.evaluate import evaluate, expand_checkpoints, markdown_table, summarise_runs, write_report
+from nesfgen.evaluate import (
+    Evaluation,
+    evaluate,
+    expand_checkpoints,
+    markdown_table,
+    summarise_runs,
+    write_reconstructions,
+    write_report,
+)
 from nesfgen.metrics import PAPER_METRICS
 from nesfgen.train import train
 
@@ -84,3 +92,17 @@ def test_trajectory_of_snapshots(tiny_dataset, tmp_path):
     assert {f.name for f in files} == {"trajectory.md", "trajectory.csv", "trajectory.png"}
     with pytest.raises(UserError, match="no snapshots"):
         evaluate_trajectory(tmp_path, str(tiny_dataset.path))
+
+
+def test_reconstructions_of_colliding_ids_keep_both(tmp_path):
+    ids = ["a/b", "a_b", "../../escaped"]
+    crystals = [rock_salt(5.6 + 0.1 * k, id=id) for k, id in enumerate(ids)]
+    evaluation = Evaluation({}, [{"id": c.id, "num_atoms": c.num_atoms} for c in crystals], crystals, crystals)
+    out = tmp_path / "pairs"
+    assert write_reconstructions(evaluation, out) == 3
+    inputs = sorted(out.glob("*.input.cif"))
+    assert len(inputs) == 3 and not list(tmp_path.glob("escaped*"))
+    rows = (out / "structures.csv").read_text().splitlines()
+    assert rows[0].endswith(",file") and {f"{row.split(',')[-1]}.input.cif" for row in rows[1:]} == {
+        p.name for p in inputs
+    }

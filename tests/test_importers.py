@@ -6,7 +6,9 @@ import csv
 import json
 import os
 import pickle
+import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -236,7 +238,10 @@ def test_paper_collection_names_and_icsg3d_note(tmp_path):
     assert icsg3d.imported == {"val": 1, "test": 1}
     assert "not released" in icsg3d.dataset.manifest["provenance"]["note"]
     assert any("dataset_ICSG3D_train" in note for note in icsg3d.notes)
-    with pytest.raises(UserError, match="already exist"):
+    again = import_paper_collection(root, tmp_path / "data")  # nothing to do: every dataset is kept as it is
+    assert [r.unchanged for r in again] == [True, True, True] and again[1].imported == {"val": 1, "test": 1}
+    (tmp_path / "data" / "ybco-fold3" / "manifest.json").write_text("{}")
+    with pytest.raises(UserError, match="already exist and do not hold what this import would write.*ybco-fold3$"):
         import_paper_collection(root, tmp_path / "data")
 
 
@@ -247,6 +252,50 @@ def test_paper_collection_writes_nothing_when_one_input_is_bad(tmp_path):
     with pytest.raises(UserError, match="fold0_train"):
         import_paper_collection(root, tmp_path / "data")
     assert not (tmp_path / "data" / "lcs6").exists()
+
+
+# Runs `nesfgen data import ROOT --format paper` and SIGKILLs itself when the third dataset is complete in its
+# staging folder, just before the rename: the state a user's kill -9 or power cut leaves.
+KILLED_IMPORT = """
+import os, signal, sys
+import nesfgen.data.store as store
+from nesfgen.cli import main
+unmark, written = store.unmark_staging, []
+def unmark_or_die(staging):
+    written.append(staging)
+    if len(written) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    unmark(staging)
+store.unmark_staging = unmark_or_die
+sys.argv = ["nesfgen", "data", "import", sys.argv[1], "--format", "paper"]
+main()
+"""
+
+
+def test_collection_import_killed_midway_finishes_on_rerun(tmp_path):
+    root, data = tmp_path / "nesf-paper", tmp_path / "data"
+    write_paper_splits(root / "dataset_lim_l6")
+    for fold in range(4):
+        write_paper_splits(root / f"dataset_YBCO13_fold{fold}")
+    env = {**os.environ, "NESFGEN_DATA_DIR": str(data)}
+    killed = subprocess.run([sys.executable, "-c", KILLED_IMPORT, str(root)], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in data.iterdir())
+    assert left[0].startswith(".ybco-fold1.nesfgen-staging-") and left[1:] == ["lcs6", "ybco-fold0"]
+    before = {name: (data / name / "manifest.json").stat().st_mtime_ns for name in left[1:]}
+    rerun = subprocess.run(
+        [sys.executable, "-m", "nesfgen", "data", "import", str(root), "--format", "paper", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    reports = {r["name"]: r for r in json.loads(rerun.stdout)}
+    assert [name for name, r in reports.items() if r["unchanged"]] == ["lcs6", "ybco-fold0"]
+    assert sorted(p.name for p in data.iterdir()) == ["lcs6", *(f"ybco-fold{k}" for k in range(4))]  # no staging
+    assert {name: (data / name / "manifest.json").stat().st_mtime_ns for name in before} == before  # kept as is
+    for name in reports:
+        assert open_dataset(data / name).verify().load("train").ids == tuple(c.id for c in SPLIT_CRYSTALS["train"])
 
 
 # --- CIF and POSCAR ----------------------------------------------------------------------------------------------------
@@ -291,13 +340,13 @@ def test_poscar_files_imported(tmp_path):
     (tmp_path / "POSCAR_CsCl").write_text(
         "CsCl\n1.0\n4.12 0 0\n0 4.12 0\n0 0 4.12\nCs Cl\n1 1\nDirect\n0 0 0\n0.5 0.5 0.5\n"
     )
-    (tmp_path / "far.vasp").write_text(
-        "CsCl\n1.0\n4.12 0 0\n0 4.12 0\n0 0 4.12\nCs Cl\n1 1\nDirect\n0 0 0\n0.5 0.5 3.5\n"
+    (tmp_path / "on-top.vasp").write_text(  # the second atom is the first one's image a cell away
+        "CsCl\n1.0\n4.12 0 0\n0 4.12 0\n0 0 4.12\nCs Cl\n1 1\nDirect\n0 0 0\n0 0 1.0\n"
     )
     report = import_cif(tmp_path, tmp_path / "out", skip_invalid=True)
     assert report.imported == {"train": 1}
     assert report.dataset.load("train").ids == ("POSCAR_CsCl",)
-    assert report.skipped[0][0] == str(tmp_path / "far.vasp") and "far outside" in report.skipped[0][1]
+    assert report.skipped[0][0] == str(tmp_path / "on-top.vasp") and "duplicated atoms" in report.skipped[0][1]
 
 
 BROKEN_LOOP = cif(NACL).split("loop_\n _atom_site_type_symbol")[0] + "loop_\n _atom_site_type_symbol\n"
@@ -311,7 +360,7 @@ BAD_CIFS = {
     "negative-lattice": (cif(NACL, lengths=(-3.988, 3.988, 3.988)), "must be positive"),
     "zero-lattice": (cif(NACL, lengths=(0, 3.988, 3.988)), "must be positive"),
     "flat-angle": (cif(NACL, angles=(60, 60, 180)), r"\(0, 180\)"),
-    "far-outside": (cif([("Na", 0, 0, 0), ("Cl", 0.5, 0.5, 3.5)]), "far outside the cell"),
+    "nan-position": (cif([("Na", 0, 0, 0), ("Cl", 0.5, "nan", 0.5)]), "not a finite number"),
     "duplicated": (cif([*NACL, ("Cl", 0.5, 0.5, 0.51)]), "duplicated atoms"),
 }
 
@@ -406,6 +455,59 @@ def test_cdvae_csv_without_cif_column(tmp_path):
     write_csv(tmp_path / "train.csv", [{"material_id": "x", "energy": 1.0}])
     with pytest.raises(UserError, match="no 'cif' column"):
         import_cdvae_csv(tmp_path, tmp_path / "out")
+
+
+# Real-world CIFs that must import: CDVAE's carbon_24 and perov_5 hold sites outside [0, 1), coordinates that
+# pymatgen rounds to 1/3 and 2/3, and cells on which spglib's C library prints to the console.
+MONOCLINIC = dict(lengths=(4.1, 5.3, 4.7), angles=(90, 103.5, 90))
+GRAPHITE = dict(lengths=(2.46, 2.46, 6.7), angles=(90, 90, 120))
+# a distorted graphite supercell (found by a seeded search) on which spglib prints
+# "spglib: get_bravais_exact_positions_and_lattice failed." while standardising at 0.01 Å; no coordinate lies
+# near 1/3 or 2/3, so pymatgen rounds nothing and the unmodified importer reached spglib (and printed)
+SPGLIB_PRINTS = cif(
+    [
+        ("C", -0.0009610355, 0.0007788448, 0.2503795092),
+        ("C", 0.0007095720, 0.0003443191, 0.7490809838),
+        ("C", 0.1658003519, 0.6680143071, 0.2501864400),
+        ("C", 0.3322865501, 0.3335904632, 0.7497325359),
+        ("C", 0.4986384566, -0.0016915303, 0.2488162722),
+        ("C", 0.5002007457, -0.0000355061, 0.7498159713),
+        ("C", 0.6668769296, 0.6671106609, 0.2484470904),
+        ("C", 0.8331109034, 0.3327218365, 0.7490891636),
+    ],
+    lengths=(4.9208146662, 2.4605592674, 6.7024409434),
+    angles=(89.9749826706, 89.9509387123, 119.9614747450),
+)
+REAL_WORLD_CIFS = {
+    "outside-negative": cif([("Mg", -0.515, 0.2, 0.3), ("O", 0.6, 0.7, 0.2), ("O", 0.4, 0.1, 0.8)], **MONOCLINIC),
+    "outside-positive": cif([("Mg", 0.1, 1.63, 0.3), ("O", 0.6, 0.7, 0.2), ("O", 0.4, 0.1, 0.8)], **MONOCLINIC),
+    "rounded": cif(
+        [("C", 0, 0, 0.25), ("C", 0, 0, 0.75), ("C", 0.3333, 0.6667, 0.25), ("C", 0.6667, 0.3333, 0.75)], **GRAPHITE
+    ),
+    "spglib-prints": SPGLIB_PRINTS,
+}
+
+
+def test_real_world_csv_rows_import_wrapped_and_quietly(tmp_path, monkeypatch, capfd):
+    monkeypatch.delenv("SPGLIB_WARNING", raising=False)
+    write_csv(tmp_path / "train.csv", [{"material_id": id, "cif": text} for id, text in REAL_WORLD_CIFS.items()])
+    report = import_cdvae_csv(tmp_path / "train.csv", tmp_path / "out")
+    assert report.imported == {"train": 4} and not report.skipped
+    crystals = {c.id: c for c in report.dataset.load("train")}
+    for id in ("outside-negative", "outside-positive"):
+        frac = crystals[id].frac_coords
+        assert np.all((frac > -1e-9) & (frac < 1)) and crystals[id].num_atoms == 3  # wrapped, none lost
+    assert crystals["rounded"].num_atoms == 4
+    printed = capfd.readouterr()
+    assert "spglib" not in printed.out + printed.err
+
+
+def test_spglib_prints_on_the_test_cell_when_asked(tmp_path, monkeypatch, capfd):
+    """The quiet import above means something: with SPGLIB_WARNING=ON the same cell prints."""
+    monkeypatch.setenv("SPGLIB_WARNING", "ON")
+    (tmp_path / "spglib.cif").write_text(SPGLIB_PRINTS)
+    import_cif([tmp_path / "spglib.cif"], tmp_path / "out")
+    assert "spglib: get_bravais_exact_positions_and_lattice failed." in capfd.readouterr().err
 
 
 # --- the paper's released data -----------------------------------------------------------------------------------------

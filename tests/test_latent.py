@@ -121,6 +121,19 @@ def test_id_and_file_endpoints(tmp_path):
     assert resolve_endpoint(str(poscar)).crystal.reduced_formula == "ZnS"
 
 
+def test_a_damaged_dataset_in_the_store_is_skipped_with_one_warning(caplog):
+    local_dataset([rock_salt(id="salt-1")], name="good")
+    broken = local_dataset([zinc_blende(id="blende-1")], name="broken")
+    (broken.path / "train.npz").write_bytes(b"not a zip file any more")
+    with caplog.at_level("WARNING", logger="nesfgen.latent"):
+        endpoint = resolve_endpoint("ZnS")  # found in the textbook table, not in the damaged dataset
+        assert resolve_endpoint("salt-1").source == "dataset good (train)"
+    assert endpoint.crystal.reduced_formula == "ZnS" and "broken" not in endpoint.source
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len([w for w in warnings if "not searching" in w and "broken" in w]) == 1  # once, not per lookup
+    assert all("good" not in w for w in warnings)
+
+
 @pytest.fixture(scope="module")
 def builtin_folder(tmp_path_factory):
     """The generated built-in dataset, made once for the module (each test has its own data directory)."""

@@ -1,5 +1,6 @@
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from conftest import tiny_recipe
 
 from nesfgen.checkpoint import load_model, read_checkpoint
 from nesfgen.errors import UserError
-from nesfgen.train import resume, train
+from nesfgen.train import RUN_HEADER, check_new_run_dir, resume, train
 
 
 def test_short_training_lowers_the_loss(tiny_dataset, tmp_path):
@@ -182,3 +183,33 @@ def test_cosine_schedule_anneals_to_its_floor_and_resumes_exactly(tiny_dataset, 
     assert all(torch.equal(a[key], b[key]) for key in a)
     with pytest.raises(UserError, match="lr_schedule must be step or cosine"):
         train(tiny_recipe(tiny_dataset, **{"train.lr_schedule": "linear"}), tmp_path / "bad")
+
+
+def test_out_folder_with_a_users_files_is_refused_untouched(tiny_dataset, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.toml").write_text("# my own config\n")
+    (mine / "metrics.jsonl").write_text("my metrics\n")
+    with pytest.raises(UserError, match=r"mine already holds files \(config.toml, metrics.jsonl\) and no run"):
+        train(tiny_recipe(tiny_dataset), mine)
+    assert (mine / "config.toml").read_text() == "# my own config\n" and sorted(os.listdir(mine)) == [
+        "config.toml",
+        "metrics.jsonl",
+    ]
+
+
+def test_out_folders_a_new_run_may_use(tmp_path):
+    check_new_run_dir(tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    check_new_run_dir(tmp_path / "empty")
+    stopped = tmp_path / "stopped"  # what a run killed in its first epoch leaves
+    stopped.mkdir()
+    (stopped / "config.toml").write_text(f"{RUN_HEADER}{stopped / 'config.toml'}\n[train]\n")
+    (stopped / "machine.json").write_text("{}")
+    check_new_run_dir(stopped)
+    (stopped / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="already holds files"):
+        check_new_run_dir(stopped)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="afile is a file, not a folder"):
+        check_new_run_dir(tmp_path / "afile" / "run")

@@ -365,10 +365,18 @@ def generate_builtin(seed: int = 0) -> dict[str, list[Crystal]]:
 
 
 def builtin_dataset() -> Dataset:
-    """The built-in dataset on disk: generated and written once under :func:`data_dir`, opened thereafter."""
+    """The built-in dataset on disk: generated and written once under :func:`data_dir`, opened thereafter.
+
+    A damaged copy (it fails :meth:`Dataset.verify`) is generated again and replaced, with a warning.
+    """
     path = data_dir() / f"builtin-v{GENERATOR_VERSION}"
-    if (path / "manifest.json").is_file():
-        return open_dataset(path)
+    damaged = False
+    if path.exists():
+        try:
+            return open_dataset(path).verify()
+        except UserError as error:  # generated, so regenerating loses nothing
+            logger.warning("the built-in dataset at %s is damaged (%s); generating it again", path, error)
+            damaged = True
     splits = generate_builtin()
     provenance = {
         "source": "nesfgen.data.builtin (generated, no download)",
@@ -379,10 +387,10 @@ def builtin_dataset() -> Dataset:
         "jitter; textbook compounds (known-*) lead the train split",
     }
     try:
-        return write_dataset(path, splits, name=path.name, provenance=provenance)
-    except (UserError, OSError):
+        return write_dataset(path, splits, name=path.name, provenance=provenance, overwrite=damaged)
+    except UserError:
         if (path / "manifest.json").is_file():  # another process wrote it first
-            return open_dataset(path)
+            return open_dataset(path).verify()
         raise
 
 

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from nesfgen.crystal import OUTSIDE_TOLERANCE, Crystal
-from nesfgen.data.store import Dataset, write_dataset
+from nesfgen.crystal import Crystal
+from nesfgen.data.store import CrystalSet, Dataset, content_hash, open_dataset, write_dataset
 from nesfgen.errors import UserError
+from nesfgen.files import output_folder
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -34,7 +35,8 @@ PAPER_LICENSE = (
     "with application to crystal structure autoencoders', Communications Materials 4, 106 (2023); "
     "structures from the Materials Project"
 )
-#: pymatgen notes that do not mean the parsed structure is wrong; every other pymatgen warning refuses the input
+#: pymatgen notes that do not mean the parsed structure is wrong (matched anywhere in the note: pymatgen puts
+#: counts in front, "2 fractional coordinates rounded ..."); every other pymatgen warning refuses the input
 HARMLESS_PYMATGEN_WARNINGS = (
     "Skipping relative stoichiometry check",
     "fractional coordinates rounded to ideal values",
@@ -59,6 +61,7 @@ class ImportReport:
     imported: dict[str, int]
     skipped: list[tuple[str, str]]
     notes: list[str]
+    unchanged: bool = False  # the folder already held exactly this import and was kept
 
 
 class _Entries:
@@ -305,10 +308,13 @@ def import_paper_collection(root: str | Path, out_dir: str | Path, skip_invalid:
 
     Names: ``lcs6``, ``icsg3d`` (val and test only: the train structures were not released) and
     ``ybco-fold0`` … ``ybco-fold19``. Everything is read and validated before the first folder is written,
-    and a failure while writing removes what this call wrote.
+    and a failure while writing removes what this call wrote. A rerun after an interrupted import finishes
+    it: a dataset folder that already holds exactly what this import would write (same sources, same content
+    hash) is kept and reported as unchanged, and the staging folder the interrupted write left is removed.
 
     Raises:
-        UserError: if ``root`` holds none of the paper's datasets, a target folder exists, or an input is invalid.
+        UserError: if ``root`` holds none of the paper's datasets, a target folder exists with other content,
+            or an input is invalid.
     """
     root, out_dir = Path(root), Path(out_dir)
     present = [
@@ -318,20 +324,49 @@ def import_paper_collection(root: str | Path, out_dir: str | Path, skip_invalid:
     ]
     if not present:
         raise UserError(f"{root} holds none of the paper's dataset_* folders (dataset_lim_l6_train/dataset.pkl ...)")
-    existing = [str(out_dir / name) for name, _, _ in present if (out_dir / name).exists()]
-    if existing:
-        raise UserError(f"these dataset folders already exist; remove them first: {', '.join(existing)}")
     collected = [(name, _collect_paper(prefix, skip_invalid), extra) for name, prefix, extra in present]
+    kept: dict[str, Dataset] = {}
+    conflicts = []
+    for name, (splits, _, _, sources), _ in collected:
+        if (out_dir / name).exists():
+            same = _same_import(out_dir / name, splits, sources)
+            if same is None:
+                conflicts.append(str(out_dir / name))
+            else:
+                kept[name] = same
+    if conflicts:
+        raise UserError(
+            "these dataset folders already exist and do not hold what this import would write; remove them "
+            f"first or import into another data directory: {', '.join(conflicts)}"
+        )
     reports: list[ImportReport] = []
     try:
         for name, (splits, entries, notes, sources), extra in collected:
+            if name in kept:
+                imported = {split: len(crystals) for split, crystals in splits.items()}
+                reports.append(ImportReport(kept[name], imported, list(entries.skipped), notes, unchanged=True))
+                continue
             provenance = _paper_provenance(sources, "nesfgen.data.importers.import_paper_collection", extra)
             reports.append(_write(out_dir / name, splits, entries, notes, provenance))
     except BaseException:
         for report in reports:
-            shutil.rmtree(report.dataset.path, ignore_errors=True)
+            if not report.unchanged:
+                shutil.rmtree(report.dataset.path, ignore_errors=True)
         raise
     return reports
+
+
+def _same_import(folder: Path, splits: Mapping[str, Sequence[Crystal]], sources: Sequence[str]) -> Dataset | None:
+    """The dataset in ``folder`` if it is sound and holds exactly these splits from these sources, else None."""
+    try:
+        dataset = open_dataset(folder).verify()
+    except UserError:
+        return None
+    recorded = dataset.manifest.get("provenance", {}).get("sources")
+    if not isinstance(recorded, list) or [Path(s).resolve() for s in recorded] != [Path(s).resolve() for s in sources]:
+        return None
+    expected = content_hash({split: CrystalSet.from_crystals(crystals) for split, crystals in splits.items()})
+    return dataset if expected == dataset.content_hash else None
 
 
 # --- CIF, POSCAR and CDVAE CSV -----------------------------------------------------------------------------------------
@@ -358,7 +393,7 @@ def _pymatgen_parsing() -> Iterator[list[str]]:
             notes.append(str(warning.message))
         else:  # about code, not about the input: pass it on
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    problems = [n for n in dict.fromkeys(notes) if not n.startswith(HARMLESS_PYMATGEN_WARNINGS)]
+    problems = [n for n in dict.fromkeys(notes) if not any(harmless in n for harmless in HARMLESS_PYMATGEN_WARNINGS)]
     if problems:
         raise UserError(f"pymatgen reports: {'; '.join(problems)}")
 
@@ -377,7 +412,10 @@ def _cif_number(block: Any, key: str, index: int | None = None) -> float:
 
 
 def _check_cif_block(block: Any) -> None:
-    """Refuse what pymatgen would silently repair: a non-positive or NaN cell, no atoms, atoms far outside."""
+    """Refuse what pymatgen would silently repair: a non-positive or NaN cell, no atoms, non-numeric positions.
+
+    Positions outside the cell (x = -0.515, 1.63) are valid CIF and are wrapped into it later.
+    """
     for key in (*CELL_KEYS, *ANGLE_KEYS):
         value = _cif_number(block, key)
         if not math.isfinite(value):
@@ -394,12 +432,9 @@ def _check_cif_block(block: Any) -> None:
     for index in range(len(block.data["_atom_site_fract_x"])):
         for key in FRACT_KEYS:
             value = _cif_number(block, key, index)
-            if not -OUTSIDE_TOLERANCE <= value <= 1 + OUTSIDE_TOLERANCE:
+            if not math.isfinite(value):
                 label = labels[index] if index < len(labels) else str(index)
-                raise UserError(
-                    f"atom site {label} has {key} = {value}, far outside the cell; positions must be within "
-                    "the conventional cell"
-                )
+                raise UserError(f"atom site {label} has {key} = {value}, not a finite number")
 
 
 def _structures_from_cif(text: str) -> list[Structure]:
@@ -644,7 +679,8 @@ def seeded_split(
 
 
 def _refuse_existing(out: Path) -> None:
-    """Fail before any parsing work when the target exists (write_dataset checks again when writing)."""
+    """Fail before any parsing work when the target exists or cannot be written (write_dataset checks again)."""
+    output_folder(out, "dataset folder", create=False)
     if out.exists():
         raise UserError(f"{out} already exists; choose another --out or remove it first")
 

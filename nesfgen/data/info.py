@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -11,7 +15,14 @@ import numpy as np
 from nesfgen.crystal import symmetry_dataset
 from nesfgen.data.store import CrystalSet, Dataset
 from nesfgen.errors import UserError
-from nesfgen.files import atomic_write_text
+from nesfgen.files import (
+    os_error_reason,
+    output_folder,
+    remove_stale_staging,
+    safe_file_stems,
+    staging_folder,
+    unmark_staging,
+)
 
 #: spglib tolerance (Å) of the space-group histogram; the one nesfgen.symmetry states its headline numbers at
 SPACE_GROUP_SYMPREC = 0.1
@@ -76,20 +87,41 @@ def space_group_histogram(dataset: Dataset, symprec: float = SPACE_GROUP_SYMPREC
 
 
 def export_cif(dataset: Dataset, out: Path, splits: list[str] | None = None) -> int:
-    """Write every structure as ``out/<split>/<id>.cif``; returns the number written.
+    """Write every structure as ``out/<split>/<file>.cif`` plus ``out/index.csv``; returns the number written.
+
+    File names come from the ids through :func:`safe_file_stems`: an id such as ``../x`` or ``/abs/path`` stays
+    inside ``out`` and ``a/b`` never overwrites ``a_b``; ``index.csv`` maps each file back to its split and id.
+    Everything is written into a staging folder beside ``out`` and renamed into place, so a failure leaves
+    nothing behind. An existing ``out`` must be an empty folder: an export never replaces a user's files.
 
     Raises:
-        UserError: if ``out`` exists and is not an empty folder.
+        UserError: if ``out`` holds anything, a split does not exist, or ``out`` cannot be written.
     """
     out = Path(out)
+    output_folder(out, "export folder", create=False)
     if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty; choose another --out")
-    written = 0
-    for split in splits or dataset.split_names:
-        folder = out / split
-        folder.mkdir(parents=True, exist_ok=True)
-        for index, crystal in enumerate(dataset.load(split)):
-            stem = crystal.id or f"{split}-{index}"
-            atomic_write_text(folder / f"{stem}.cif", crystal.to_cif())
-            written += 1
-    return written
+        raise UserError(f"{out} exists and is not an empty folder; choose a new --out (an export never replaces files)")
+    sets = {split: dataset.load(split) for split in splits or dataset.split_names}  # unknown splits fail here
+    output_folder(out.parent, "export folder's parent")
+    remove_stale_staging(out)
+    staging = staging_folder(out)
+    index = io.StringIO()
+    rows = csv.writer(index)
+    rows.writerow(["split", "id", "file"])
+    try:
+        for split, crystals in sets.items():
+            (staging / split).mkdir()
+            stems = safe_file_stems([crystal.id or f"{split}-{i}" for i, crystal in enumerate(crystals)])
+            for crystal, stem in zip(crystals, stems):
+                (staging / split / f"{stem}.cif").write_text(crystal.to_cif())
+                rows.writerow([split, crystal.id, f"{split}/{stem}.cif"])
+        (staging / "index.csv").write_text(index.getvalue())
+        unmark_staging(staging)
+        os.replace(staging, out)  # replaces an empty folder, refuses a non-empty one
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(f"cannot write the export folder {out}: {os_error_reason(error)}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return sum(len(crystals) for crystals in sets.values())
