@@ -59,9 +59,8 @@ def report_run(
     device = str(resolve_device(recipe.train.device))
     evaluation = evaluate(str(run_dir), None, recipe.data.val_split, limit=structures, device=device, progress=progress)
     picture = draw_pairs(evaluation, run_dir / REPORT_PNG, pairs)
-    summary = {**evaluation.summary, "checkpoint": str(evaluation.summary["checkpoint"])}
-    path = atomic_write_text(run_dir / REPORT_JSON, json.dumps(summary, indent=1, default=str))
-    return TrainingReport(summary, picture, path)
+    path = atomic_write_text(run_dir / REPORT_JSON, json.dumps(evaluation.summary, indent=1, default=str))
+    return TrainingReport(evaluation.summary, picture, path)
 
 
 def draw_pairs(evaluation: Evaluation, path: Path, pairs: int = REPORT_PAIRS) -> Path:

@@ -86,6 +86,7 @@ TINY_MODEL = {
     "train.compile": "false",
     "train.time_limit_minutes": "0",
     "train.lattice_refit_epochs": "0",
+    "estimator.precision": "fp32",
 }
 
 
