@@ -364,9 +364,14 @@ def train_command(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Train an autoencoder: nesfgen train [recipe=NAME] [out=RUN_DIR] [resume=RUN_DIR] [key=value ...]."""
-    from nesfgen.config import load_recipe, parse_overrides, to_toml
+    """Train an autoencoder: nesfgen train [recipe=NAME] [out=RUN_DIR] [resume=RUN_DIR] [report=false] [key=value ...].
+
+    At the end the kept model decodes the validation split (its first 128 structures): the figures are
+    printed and RUN_DIR/report.json and RUN_DIR/reconstruction.png written; report=false skips this.
+    """
+    from nesfgen.config import load_recipe, parse_overrides, parse_value, to_toml
     from nesfgen.refit import describe_refit
+    from nesfgen.report import report_run
     from nesfgen.train import resume, train
 
     overrides, positional = parse_overrides(list(ctx.args))
@@ -377,6 +382,7 @@ def train_command(
     recipe_name = overrides.pop("recipe", "quickstart")
     out = overrides.pop("out", None)
     resume_dir = overrides.pop("resume", None)
+    with_report = parse_value(overrides.pop("report", "true"), bool, "report")
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     progress = None if as_json or not main_rank else RichTrainProgress()
     try:
@@ -404,16 +410,41 @@ def train_command(
     }
     if not main_rank:
         return
-    emit(
-        summary,
-        as_json,
-        lambda s: stdout.print(
+    if with_report and (result.run_dir / "best.pt").is_file():
+        bar, decode_progress = _decode_progress("decoding the validation split for the report")
+        with bar:
+            summary["report"] = report_run(result.run_dir, progress=decode_progress).as_dict()
+
+    def render(s: dict) -> None:
+        stdout.print(
             f"[green]done[/] ({s['stop_reason']}): {s['epochs']} epochs in {s['seconds']} s, best validation loss "
-            f"{s['best_val_loss']:.4f} at epoch {s['best_epoch']}; checkpoints in {s['run_dir']}\n"
-            + (describe_refit(s["lattice_refit"]) + "\n" if s["lattice_refit"] else "")
-            + f"next: nesfgen evaluate checkpoint={s['run_dir']} data={s['dataset']} split=test"
-        ),
+            f"{s['best_val_loss']:.4f} at epoch {s['best_epoch']}; checkpoints in {s['run_dir']}"
+        )
+        if s["lattice_refit"]:
+            stdout.print(describe_refit(s["lattice_refit"]), markup=False)
+        if "report" in s:
+            _render_training_report(s["report"])
+        stdout.print(f"next: nesfgen evaluate checkpoint={s['run_dir']} data={s['dataset']} split=test", markup=False)
+
+    emit(summary, as_json, render)
+
+
+def _render_training_report(report: dict) -> None:
+    """The validation split's reconstruction figures and where the picture is."""
+    from nesfgen.evaluate import markdown_table
+
+    stdout.print(
+        f"\nreconstruction of the validation split ({report['num_structures']} structures, split "
+        f"{report['split']!r}), decoded with the kept model:",
+        markup=False,
     )
+    stdout.print(markdown_table(report), markup=False)
+    stdout.print(
+        f"StructureMatcher match {report['cdvae_match_rate_pct']:.1f} % (RMSE {report['cdvae_rmse']:.4f}); "
+        f"space group recovered {report['cdvae_spacegroup_match_pct']:.1f} %; empty decodes {report['empty_decodes']}",
+        markup=False,
+    )
+    stdout.print(f"inputs (top) and their decoded cells (below): {report['picture']}", markup=False)
 
 
 @app.command("refit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

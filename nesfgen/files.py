@@ -157,14 +157,14 @@ def _process_alive(pid: Any) -> bool:
     return True
 
 
-def new_figure(columns: int, width: float, height: float) -> tuple[Any, Any]:
-    """A matplotlib figure with one row of axes, on the file-only Agg backend."""
+def new_figure(columns: int, width: float, height: float, rows: int = 1) -> tuple[Any, Any]:
+    """A matplotlib figure with a grid of axes (one row by default), on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(1, columns, figsize=(width, height))
+    return plt.subplots(rows, columns, figsize=(width, height))
 
 
 def save_figure(figure: Any, path: Path, dpi: int = 90) -> Path:

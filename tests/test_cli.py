@@ -65,6 +65,9 @@ def test_train_evaluate_reconstruct(cli, tiny_dataset, tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["epochs"] == 2 and (run_dir / "best.pt").is_file() and (run_dir / "config.toml").is_file()
+    report = summary["report"]  # the validation split decoded at the end
+    assert report["split"] == "val" and report["num_structures"] == 6 and "cdvae_match_rate_pct" in report
+    assert (run_dir / "report.json").is_file() and (run_dir / "reconstruction.png").read_bytes()[:4] == b"\x89PNG"
 
     result = cli(
         "evaluate", f"checkpoint={run_dir}", f"data={tiny_dataset.path}", "split=test", "estimator.steps=4", "--json"
@@ -91,6 +94,25 @@ def test_train_evaluate_reconstruct(cli, tiny_dataset, tmp_path):
     refit = json.loads(result.stdout)
     assert refit["epochs"] == 2 and set(refit["best_epoch"]) == {"lengths", "angles"}
     assert (run_dir / "best.before-refit.pt").is_file()
+
+
+def test_train_defaults_to_quickstart_and_ends_with_the_report_then_the_hint(cli, tiny_dataset, tmp_path):
+    overrides = [f"{k}={v}" for k, v in TINY_MODEL.items()]
+    args = ["train", f"data.name={tiny_dataset.path}", "train.epochs=1", "train.batch_size=8", *overrides]
+    result = cli(*args, "estimator.steps=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    runs = list((tmp_path / "runs").glob("quickstart-*"))
+    assert len(runs) == 1 and (runs[0] / "reconstruction.png").is_file()
+    figures = text.index("species error, actual [%]")
+    assert text.index("reconstruction of the validation split (6 structures") < figures
+    assert (
+        figures < text.index("StructureMatcher match") < text.index("reconstruction.png") < text.index("next: nesfgen")
+    )
+
+    result = cli(*args, "report=false", "out=plain", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "StructureMatcher" not in result.stdout and not (tmp_path / "plain" / "report.json").exists()
 
 
 def test_exact_field_evaluation_is_perfect(cli, tiny_dataset, tmp_path):

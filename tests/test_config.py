@@ -23,6 +23,15 @@ def test_every_shipped_recipe_loads_and_says_how_to_launch(name):
     assert recipe_path(name).read_text().startswith(f"# nesfgen train recipe={name}")
 
 
+def test_quickstart_trains_fast_for_a_fixed_number_of_epochs():
+    recipe = load_recipe("quickstart")
+    t = recipe.train
+    assert recipe.data.name == "builtin" and t.epochs > 0 and t.lr_schedule == "cosine"
+    assert t.precision == "bf16" and t.compile and t.lattice_refit_epochs > 0
+    assert recipe.sampling.query_fraction < 1 and recipe.sampling.global_query_fraction < 1
+    assert 5 <= t.time_limit_minutes <= 10  # a guard for slow machines, not what ends the run on 2 quiet cores
+
+
 def test_overrides_are_typed():
     recipe = load_recipe(
         "paper-lcs6",

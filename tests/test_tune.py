@@ -236,19 +236,19 @@ def test_study_mistakes_fail_when_loaded(tiny_dataset, tmp_path, change, message
 
 
 def test_a_baseline_study_runs_the_recipe_itself_first(tiny_dataset, in_tmp):
-    # quickstart's own lr (2e-3) and latent size (64)
-    space = ['"train.lr" = { low = 1e-3, high = 1e-2, log = true }', '"model.latent_size" = [16, 64]']
+    # quickstart's own lr (1e-3) and latent size (128)
+    space = ['"train.lr" = { low = 5e-4, high = 1e-2, log = true }', '"model.latent_size" = [16, 128]']
     path = write_study(in_tmp / "base.toml", tiny_dataset, epochs=1, space=space)
     path.write_text(path.read_text().replace('recipe = "quickstart"', 'recipe = "quickstart"\nbaseline = true', 1))
     spec = load_study(str(path))
-    assert spec.baseline == {"train.lr": 2e-3, "model.latent_size": 64}
+    assert spec.baseline == {"train.lr": 1e-3, "model.latent_size": 128}
     run_study(spec, n_trials=2)
     rows = {row["number"]: row for row in show_study(spec)["rows"]}
     assert rows[0]["baseline"] and rows[0]["params"] == spec.baseline and not rows[1]["baseline"]
 
-    outside = path.read_text().replace("low = 1e-3", "low = 3e-3", 1)
+    outside = path.read_text().replace("low = 5e-4", "low = 3e-3", 1)
     path.write_text(outside)
-    with pytest.raises(UserError, match="train.lr = 0.002 lies outside its search space"):
+    with pytest.raises(UserError, match="train.lr = 0.001 lies outside its search space"):
         load_study(str(path))
 
 
