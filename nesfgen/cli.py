@@ -218,6 +218,7 @@ def data_fetch(
     out = out or mp.default_out(selection)
     client = mp.MPResterClient(mp.api_key())
     bar, progress = _decode_progress("fetching documents")
+    on_interrupt(lambda: "downloaded pages are cached; run the same command again to continue")
     with bar:
         report = mp.fetch_dataset(plan, out, client, progress=progress)
     result = {
@@ -311,7 +312,7 @@ def train_command(
     """Train an autoencoder: nesfgen train [recipe=NAME] [out=RUN_DIR] [resume=RUN_DIR] [key=value ...]."""
     from nesfgen.config import load_recipe, parse_overrides, to_toml
     from nesfgen.refit import describe_refit
-    from nesfgen.train import resume, train
+    from nesfgen.train import new_run_dir, resume, train
 
     overrides, positional = parse_overrides(list(ctx.args))
     if positional:
@@ -325,12 +326,15 @@ def train_command(
     progress = None if as_json or not main_rank else RichTrainProgress()
     try:
         if resume_dir:
+            on_interrupt(lambda: _resume_training_hint(Path(resume_dir)))
             result = resume(Path(resume_dir), overrides, progress)
         else:
             recipe = load_recipe(recipe_name, overrides)
             if not as_json and main_rank:
                 console.print(to_toml(recipe, header="# resolved recipe"), highlight=False, markup=False)
-            result = train(recipe, Path(out) if out else None, progress)
+            run_dir = Path(out) if out else new_run_dir(recipe.name)
+            on_interrupt(lambda: _resume_training_hint(run_dir))
+            result = train(recipe, run_dir, progress)
     finally:
         if progress:
             progress.stop()
@@ -358,6 +362,12 @@ def train_command(
             + f"next: nesfgen evaluate checkpoint={s['run_dir']} data={s['dataset']} split=test"
         ),
     )
+
+
+def _resume_training_hint(run_dir: Path) -> str:
+    if (run_dir / "last.pt").is_file():
+        return f"the last finished epoch is saved; continue with: nesfgen train resume={run_dir}"
+    return f"no epoch had finished, so {run_dir} holds nothing to resume; run the command again"
 
 
 @app.command("refit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -774,6 +784,7 @@ def cv_command(
     recipe = load_recipe(overrides.pop("recipe", "paper-ybco"), overrides)
     out = Path(out or f"runs/cv-{recipe.name}")
     progress = None if as_json else RichTrainProgress()
+    on_interrupt(lambda: f"finished epochs are saved under {out}; run the same command again to continue")
     try:
         result = cross_validate(recipe, parse_folds(folds), out, progress)
     finally:
@@ -886,6 +897,12 @@ def tune_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json
             highlight=False,
         )
         progress.status.start()
+    on_interrupt(
+        lambda: (
+            "finished trials are stored; run the same command again to continue the study "
+            "(the interrupted trial is run again)"
+        )
+    )
     try:
         result = tune.run_study(spec, n_trials, timeout, storage, worker, progress)
     finally:
@@ -1173,18 +1190,46 @@ def map_command(
     )
 
 
+#: The exit status of an interrupted command (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
+#: What an interrupted command has kept and how to continue it; set by commands with resumable state.
+_resume_hint: Callable[[], str] | None = None
+
+
+def on_interrupt(hint: Callable[[], str]) -> None:
+    """Say, if the command is interrupted from now on, what it kept and how to continue (called at that time)."""
+    global _resume_hint
+    _resume_hint = hint
+
+
+def _print_error(label: str, message: str) -> None:
+    """One message on stderr, printed as plain text: brackets in it are data (arrays, paths), not markup."""
+    from rich.text import Text
+
+    console.print(Text.assemble((label, "red"), " ", message), highlight=False, soft_wrap=True)
+
+
+def _report_interrupt() -> None:
+    from rich.text import Text
+
+    hint = _resume_hint() if _resume_hint else ""
+    console.print(
+        Text.assemble(("interrupted", "yellow"), f": {hint}" if hint else ""), highlight=False, soft_wrap=True
+    )
+
+
 def main() -> None:
-    """Entry point: user mistakes exit 2 with a message, internal errors exit 1."""
+    """Entry point: user mistakes exit 2 with a message, an interrupt exits 130, internal errors exit 1."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     keep_freed_memory()
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode typer turns Ctrl-C into a returned exit code (130) rather than raising it.
+        code = app(standalone_mode=False)
     except UserError as error:
-        console.print(f"[red]error:[/] {error}", highlight=False)
+        _print_error("error:", str(error))
         sys.exit(2)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+        code = INTERRUPTED
     except SystemExit:
         raise
     except Exception as error:  # a click usage error is a user mistake too
@@ -1197,10 +1242,16 @@ def main() -> None:
             error.show()
             sys.exit(2)
         if isinstance(error, typer.Abort):
-            sys.exit(130)
-        console.print_exception()
-        console.print("[red]internal error[/]: this is a bug in nesfgen; please report it with the trace above")
-        sys.exit(1)
+            code = INTERRUPTED
+        else:
+            console.print_exception()
+            _print_error("internal error:", "this is a bug in nesfgen; please report it with the trace above")
+            sys.exit(1)
+    if code == INTERRUPTED:
+        _report_interrupt()
+        sys.exit(INTERRUPTED)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

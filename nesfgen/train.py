@@ -261,8 +261,6 @@ class Trainer:
         torch.use_deterministic_algorithms(t.deterministic, warn_only=self.device.type != "cpu")
         # Filling every new tensor with NaN only catches bugs; it cost 15 % of a training step.
         torch.utils.deterministic.fill_uninitialized_memory = False
-        if t.precision not in ("fp32", "bf16"):
-            raise UserError(f"train.precision must be fp32 or bf16, got {t.precision!r}")
         self.ranks = init_ranks(self.device)
         dataset = resolve_dataset(recipe.data.dataset_name)
         if state is not None and state["dataset_hash"] != dataset.content_hash:
