@@ -147,9 +147,6 @@ class QuerySampler:
         self.global_fraction = (
             config.query_fraction if config.global_query_fraction is None else config.global_query_fraction
         )
-        for key, value in (("query_fraction", config.query_fraction), ("global_query_fraction", self.global_fraction)):
-            if not 0.0 < value <= 1.0:
-                raise UserError(f"sampling.{key} must be in (0, 1], got {value}")
         self.global_grid = box_grid(box, config.global_interval, "sampling.global_interval").to(device)  # (G, 3)
         self.local_grid = local_offsets(config.local_interval, config.local_range).to(device)  # (L, 3)
         self.species_grid = local_offsets(config.species_interval, config.species_range).to(device)  # (S, 3)
