@@ -893,7 +893,7 @@ def tune_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json
     if progress:
         console.print(
             f"[bold]study {spec.name}[/]: {', '.join(f'{o.metric} ({o.direction})' for o in spec.objectives)}, "
-            f"{n_trials or spec.n_trials} trials of recipe {spec.recipe.name}, storage {tune.storage_url(spec, storage)}",
+            f"{n_trials or spec.n_trials} trials of recipe {spec.recipe.name}, storage {tune.redact(tune.storage_url(spec, storage))}",
             highlight=False,
         )
         progress.status.start()

@@ -154,6 +154,10 @@ def _looks_like_path(text: str) -> bool:
     return "/" in text or os.sep in text or name.lower().endswith((".cif", ".vasp")) or name.startswith("POSCAR")
 
 
+#: Dataset folders already reported as unreadable by local_datasets in this process.
+_REPORTED_UNREADABLE: set[Path] = set()
+
+
 def local_datasets(prefer_dataset_hash: str | None = None) -> list[Dataset]:
     """The datasets in the data directory except the generated built-in one, the preferred one first."""
     root = data_dir()
@@ -166,7 +170,9 @@ def local_datasets(prefer_dataset_hash: str | None = None) -> list[Dataset]:
         try:
             datasets.append(open_dataset(folder))
         except UserError as error:
-            log.warning("not searching %s: %s", folder, error)
+            if folder not in _REPORTED_UNREADABLE:  # once per run, though both endpoints search the folders
+                _REPORTED_UNREADABLE.add(folder)
+                log.warning("not searching %s: %s", folder, error)
     return sorted(datasets, key=lambda d: d.content_hash != prefer_dataset_hash)
 
 

@@ -120,3 +120,10 @@ def test_exact_field_evaluation_is_perfect(tiny_dataset, tmp_path):
     assert evaluation["position_error_actual"] < 1e-3
     assert evaluation["species_error_actual_pct"] == 0
     assert evaluation["cdvae_match_rate_pct"] == 100
+
+
+def test_error_messages_print_brackets_as_text(tmp_path):
+    # rich would read "[nan 90.]" as a markup tag and drop it (issue 30: "contain NaN or infinity: , [90. 90. 90.]")
+    result = run("evaluate", "checkpoint=runs/[nan 90.]/x.pt", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "runs/[nan 90.]/x.pt" in result.stderr

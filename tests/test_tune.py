@@ -270,3 +270,30 @@ def test_show_and_export_need_a_stored_study(tiny_dataset, in_tmp):
         export_recipe(spec)
     with pytest.raises(UserError, match="cannot be opened"):
         open_study(spec, storage="nosuchdb://nowhere")
+
+
+@pytest.mark.parametrize("storage", ["postgresql:/host/db", "postgresql:host/db", "mysql:/x", "sqlite:study.db"])
+def test_a_storage_that_starts_like_a_url_but_is_not_one_is_refused(tiny_dataset, in_tmp, storage):
+    spec = load_study(str(write_study(in_tmp / "typo.toml", tiny_dataset)))
+    with pytest.raises(UserError, match="is not a valid database URL; give a database URL such as postgresql://"):
+        open_study(spec, storage=storage)
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["tiny", "typo.toml"]  # no SQLite file of that name
+
+
+def test_a_file_path_is_still_a_sqlite_storage(tiny_dataset, in_tmp):
+    spec = load_study(str(write_study(in_tmp / "file.toml", tiny_dataset)))
+    open_study(spec, storage="studies/my.db")
+    assert (in_tmp / "studies" / "my.db").is_file()
+
+
+def test_the_storage_password_is_never_shown(tiny_dataset, in_tmp):
+    from nesfgen.tune import redact
+
+    assert redact("postgresql://bob:s3cret@db.example:5432/optuna") == "postgresql://bob:***@db.example:5432/optuna"
+    assert redact("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
+    path = write_study(in_tmp / "secret.toml", tiny_dataset)
+    # an unreachable server (or a missing driver): the failure is reported, the password is not
+    worker = tune_process(path, "n_trials=1", "storage=postgresql://bob:s3cret@127.0.0.1:9/optuna", cwd=in_tmp)
+    out, err = worker.communicate(timeout=300)
+    assert worker.returncode == 2, err
+    assert "s3cret" not in out + err and "bob:***@127.0.0.1:9" in " ".join(err.split()).replace(" ", "")
