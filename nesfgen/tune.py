@@ -494,9 +494,7 @@ def open_storage(spec: StudySpec, storage: str | None = None, create: bool = Tru
             password = _password(url)
             if password:
                 reason = reason.replace(password, "***")
-            raise UserError(
-                f"storage {redact(url)!r} cannot be opened ({reason}); give {STORAGE_FORMS}"
-            ) from None
+            raise UserError(f"storage {redact(url)!r} cannot be opened ({reason}); give {STORAGE_FORMS}") from None
     raise AssertionError("unreachable")
 
 
