@@ -138,7 +138,6 @@ class TrainedModel:
     box: np.ndarray  # (2, 3) bounding box of the training atoms
     dataset_hash: str
     path: str
-    dataset_name: str = ""
     atoms_per_cell: tuple[int, int] | None = None  # fewest and most atoms per cell in the training split
 
 
@@ -166,7 +165,6 @@ def load_model(path_or_run: str | Path, device: torch.device | str = "cpu") -> T
         box=np.asarray(state["box"], dtype=np.float64),
         dataset_hash=state["dataset_hash"],
         path=state["path"],
-        dataset_name=str(state.get("dataset_name", "")),
         atoms_per_cell=tuple(atoms) if atoms else None,
     )
 
