@@ -664,15 +664,18 @@ SAMPLE_KEYS = {
     "out",
     "symmetrize",
     "symprec",
+    "force",
 }
 
 
 @app.command("sample", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Generate structures from a VAE: nesfgen sample [checkpoint=RUN] [n=100] [seed=0] [temperature=1] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=true].
+    """Generate structures from a VAE: nesfgen sample [checkpoint=RUN] [n=100] [seed=0] [temperature=1] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=true] [force=true].
 
-    Without checkpoint= the shipped VAE (nesf-vae-lcs6) is used. Writes one CIF per decoded structure,
-    samples.csv and summary.json (validity, uniqueness, novelty, space groups, Wasserstein distances).
+    Without checkpoint= the shipped VAE (nesf-vae-lcs6) is used. Writes one CIF per decoded structure as
+    it is decoded, then samples.csv and summary.json (validity, uniqueness, novelty, space groups,
+    Wasserstein distances). An interrupted sampling continues when the same command is run again.
+    More than 10,000 samples need force=true.
     """
     from nesfgen.config import parse_value
     from nesfgen.generate import sample_structures, write_samples
@@ -681,6 +684,7 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
     symmetrize = _symmetrize_options(options)
     out = Path(options.get("out", "samples"))
     bar, progress = _decode_progress("decoding samples")
+    on_interrupt(lambda: f"the samples decoded so far are saved in {out}; run the same command again to continue")
     with bar:
         generation = sample_structures(
             options.get("checkpoint"),
@@ -694,6 +698,8 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
             {k: v for k, v in options.items() if k.startswith("estimator.")},
             progress,
             **symmetrize,
+            out=out,
+            force=parse_value(options.get("force", "false"), bool, "force"),
         )
     write_samples(generation, out)
     result = {**generation.summary, "out": str(out)}
