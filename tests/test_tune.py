@@ -297,3 +297,39 @@ def test_the_storage_password_is_never_shown(tiny_dataset, in_tmp):
     out, err = worker.communicate(timeout=300)
     assert worker.returncode == 2, err
     assert "s3cret" not in out + err and "bob:***@127.0.0.1:9" in " ".join(err.split()).replace(" ", "")
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL database for studies (.ci/run starts one and sets NESFGEN_TEST_POSTGRES_URL)."""
+    url = os.environ.get("NESFGEN_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("no PostgreSQL server: set NESFGEN_TEST_POSTGRES_URL (.ci/run starts one)")
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver psycopg is not installed (pip install -e '.[dev]')")
+    return url
+
+
+def test_two_workers_on_postgresql_survive_one_being_killed(tiny_dataset, in_tmp, postgres_url):
+    # Trials of about 1.5 s and a grace period of 2 s: the survivor starts trials after the killed worker's
+    # heartbeat is stale, fails that trial and runs it again with the same parameters.
+    name = f"pg{os.getpid()}x{time.time_ns() % 10**9}"  # a new study in a database that outlives the test
+    path = write_study(in_tmp / f"{name}.toml", tiny_dataset, epochs=200, minutes=0.025, pruner=['type = "none"'])
+    workers = [
+        tune_process(path, "n_trials=4", f"worker={k}", f"storage={postgres_url}", "--json", cwd=in_tmp) for k in (0, 1)
+    ]
+    folder = in_tmp / "runs" / f"tune-{name}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and len(list(folder.glob("trial-*/metrics.jsonl"))) < 2:
+        time.sleep(0.05)
+    os.kill(workers[0].pid, signal.SIGKILL)  # in the middle of a trial: both workers have one running
+    workers[0].wait()
+    out, err = workers[1].communicate(timeout=900)
+    assert workers[1].returncode == 0, err[-2000:]
+    spec = load_study(str(path))
+    study = open_study(spec, storage=postgres_url, create=False)
+    trials = study.get_trials(deepcopy=False)
+    (failed,) = [t for t in trials if t.state == TrialState.FAIL]
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == failed.params
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 4
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
