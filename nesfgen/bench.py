@@ -145,7 +145,7 @@ def bench_estimate(
     rate = matmul_rate(torch.float32, device)
     from nesfgen.sampling import box_grid, local_offsets
 
-    particles = box_grid(box, config.particle_interval).shape[0]
+    particles = box_grid(box, config.particle_interval, "estimator.particle_interval").shape[0]
     species_points = local_offsets(config.species_interval, config.species_range).shape[0]
     start = time.perf_counter()
     decoded = estimate(model, z, box, species_table, config)

@@ -19,7 +19,16 @@ from nesfgen.machine import machine_description
 from nesfgen.refit import describe_refit
 
 #: What a shipped model keeps of a training checkpoint: enough to rebuild, decode and describe it.
-SHIPPED_KEYS = ("recipe", "model", "species_table", "box", "dataset_hash", "dataset_name", "parameters")
+SHIPPED_KEYS = (
+    "recipe",
+    "model",
+    "species_table",
+    "box",
+    "atoms_per_cell",
+    "dataset_hash",
+    "dataset_name",
+    "parameters",
+)
 
 
 def training_summary(state: dict[str, Any]) -> dict[str, Any]:

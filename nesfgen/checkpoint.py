@@ -7,7 +7,9 @@ read with ``weights_only=True``, so loading one cannot run code.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import torch
 
 from nesfgen import __version__
 from nesfgen.config import ModelConfig, Recipe, from_dict
+from nesfgen.crystal import MAX_ATOMIC_NUMBER
 from nesfgen.errors import UserError
 from nesfgen.model import NeSF
 
@@ -63,22 +66,66 @@ def resolve_checkpoint(path_or_run: str | Path) -> Path:
 
 
 def read_checkpoint(path_or_run: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict safely.
+    """Load a checkpoint dict safely and check that it holds what a model is rebuilt from.
 
     Raises:
-        UserError: if the file is not a nesfgen checkpoint or is newer than this package.
+        UserError: naming the file and what is wrong: empty, not a checkpoint, written by a newer
+            nesfgen, or missing (or holding a malformed) species table, box or dataset hash.
     """
     path = resolve_checkpoint(path_or_run)
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes); it was not written completely: train it again")
+    if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive
+        raise UserError(f"checkpoint {path} is not a PyTorch checkpoint file (it is cut short or something else)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message advises weights_only=False, which would run whatever code the file holds
+        raise UserError(
+            f"checkpoint {path} holds objects other than tensors and plain values; nesfgen checkpoints never do, "
+            "so it is not loaded"
+        ) from None
     except Exception as error:  # torch raises many types for corrupt or foreign files
-        raise UserError(f"{path} is not a readable nesfgen checkpoint: {str(error).splitlines()[0]}") from None
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise UserError(f"checkpoint {path} is not a readable nesfgen checkpoint: {reason}") from None
     if not isinstance(state, dict) or "model" not in state or "recipe" not in state:
         raise UserError(f"{path} is not a nesfgen checkpoint (no model weights and recipe in it)")
     if state.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer nesfgen (format {state['format_version']}); upgrade nesfgen")
+    _check_contents(path, state)
     state["path"] = str(path)
     return state
+
+
+def _check_contents(path: Path, state: dict[str, Any]) -> None:
+    """The parts beside the weights that decoding relies on: species table, box, dataset hash, atom range."""
+    table = state.get("species_table")
+    if not (
+        isinstance(table, (list, tuple))
+        and table
+        and all(isinstance(z, int) and 1 <= z <= MAX_ATOMIC_NUMBER for z in table)
+        and len(set(table)) == len(table)
+    ):
+        raise UserError(f"checkpoint {path} has no valid species_table (distinct atomic numbers 1-{MAX_ATOMIC_NUMBER})")
+    box = np.asarray(state.get("box", []), dtype=object)
+    try:
+        box = box.astype(np.float64)
+    except (TypeError, ValueError):
+        box = np.empty(0)
+    if box.shape != (2, 3) or not np.all(np.isfinite(box)) or np.any(box[0] > box[1]):
+        raise UserError(
+            f"checkpoint {path} has no valid box (expected [[lo_x, lo_y, lo_z], [hi_x, hi_y, hi_z]], lo <= hi)"
+        )
+    if not isinstance(state.get("dataset_hash"), str):
+        raise UserError(f"checkpoint {path} has no dataset_hash (the content hash of its training data)")
+    atoms = state.get("atoms_per_cell")
+    if atoms is not None and not (
+        isinstance(atoms, (list, tuple))
+        and len(atoms) == 2
+        and all(isinstance(n, int) for n in atoms)
+        and 1 <= atoms[0] <= atoms[1]
+    ):
+        raise UserError(f"checkpoint {path} has a malformed atoms_per_cell {atoms!r} (expected [fewest, most])")
 
 
 @dataclass(frozen=True)
@@ -91,6 +138,7 @@ class TrainedModel:
     box: np.ndarray  # (2, 3) bounding box of the training atoms
     dataset_hash: str
     path: str
+    atoms_per_cell: tuple[int, int] | None = None  # fewest and most atoms per cell in the training split
 
 
 def build_model(config: ModelConfig, num_species: int) -> NeSF:
@@ -107,8 +155,9 @@ def load_model(path_or_run: str | Path, device: torch.device | str = "cpu") -> T
     state = read_checkpoint(path_or_run)
     recipe = from_dict(Recipe, state["recipe"], where=state["path"])
     model = build_model(recipe.model, len(state["species_table"]))
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], state["path"])
     model.to(device).eval()
+    atoms = state.get("atoms_per_cell")
     return TrainedModel(
         model=model,
         recipe=recipe,
@@ -116,4 +165,27 @@ def load_model(path_or_run: str | Path, device: torch.device | str = "cpu") -> T
         box=np.asarray(state["box"], dtype=np.float64),
         dataset_hash=state["dataset_hash"],
         path=state["path"],
+        atoms_per_cell=tuple(atoms) if atoms else None,
     )
+
+
+def load_weights(model: torch.nn.Module, weights: Any, path: str | Path) -> None:
+    """Put checkpoint ``path``'s weights into the model its recipe describes, or say which weight does not fit.
+
+    Raises:
+        UserError: naming the checkpoint and the first missing, unexpected or misshapen weight.
+    """
+    if not isinstance(weights, dict) or not all(isinstance(w, torch.Tensor) for w in weights.values()):
+        raise UserError(f"checkpoint {path} holds no model weights (a dict of tensors)")
+    expected = model.state_dict()
+    problems = [
+        f"weight {name} has shape {list(weights[name].shape)}, the recipe's model has {list(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in weights and weights[name].shape != tensor.shape
+    ]
+    problems += [f"weight {name} is missing" for name in expected if name not in weights]
+    problems += [f"weight {name} is not part of the recipe's model" for name in weights if name not in expected]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"checkpoint {path} does not fit the model its recipe describes: {problems[0]}{more}")
+    model.load_state_dict(weights)

@@ -274,6 +274,7 @@ def data_fetch(
     out = out or mp.default_out(selection)
     client = mp.MPResterClient(mp.api_key())
     bar, progress = _decode_progress("fetching documents")
+    on_interrupt(lambda: "downloaded pages are cached; run the same command again to continue")
     with bar:
         report = mp.fetch_dataset(plan, out, client, progress=progress)
     result = {
@@ -372,7 +373,7 @@ def train_command(
     from nesfgen.config import load_recipe, parse_overrides, parse_value, to_toml
     from nesfgen.refit import describe_refit
     from nesfgen.report import report_run
-    from nesfgen.train import resume, train
+    from nesfgen.train import new_run_dir, resume, train
 
     overrides, positional = parse_overrides(list(ctx.args))
     if positional:
@@ -387,12 +388,15 @@ def train_command(
     progress = None if as_json or not main_rank else RichTrainProgress()
     try:
         if resume_dir:
+            on_interrupt(lambda: _resume_training_hint(Path(resume_dir)))
             result = resume(Path(resume_dir), overrides, progress)
         else:
             recipe = load_recipe(recipe_name, overrides)
             if not as_json and main_rank:
                 console.print(to_toml(recipe, header="# resolved recipe"), highlight=False, markup=False)
-            result = train(recipe, Path(out) if out else None, progress)
+            run_dir = Path(out) if out else new_run_dir(recipe.name)
+            on_interrupt(lambda: _resume_training_hint(run_dir))
+            result = train(recipe, run_dir, progress)
     finally:
         if progress:
             progress.stop()
@@ -445,6 +449,12 @@ def _render_training_report(report: dict) -> None:
         markup=False,
     )
     stdout.print(f"inputs (top) and their decoded cells (below): {report['picture']}", markup=False)
+
+
+def _resume_training_hint(run_dir: Path) -> str:
+    if (run_dir / "last.pt").is_file():
+        return f"the last finished epoch is saved; continue with: nesfgen train resume={run_dir}"
+    return f"no epoch had finished, so {run_dir} holds nothing to resume; run the command again"
 
 
 @app.command("refit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -751,15 +761,18 @@ SAMPLE_KEYS = {
     "fmax",
     "steps",
     "hull",
+    "force",
 }
 
 
 @app.command("sample", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Generate structures from a VAE: nesfgen sample [checkpoint=RUN] [n=100] [seed=0] [temperature=1] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=true].
+    """Generate structures from a VAE: nesfgen sample [checkpoint=RUN] [n=100] [seed=0] [temperature=1] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=true] [force=true].
 
-    Without checkpoint= the shipped VAE (nesf-vae-lcs6) is used. Writes one CIF per decoded structure,
-    samples.csv and summary.json (validity, uniqueness, novelty, space groups, Wasserstein distances).
+    Without checkpoint= the shipped VAE (nesf-vae-lcs6) is used. Writes one CIF per decoded structure as
+    it is decoded, then samples.csv and summary.json (validity, uniqueness, novelty, space groups,
+    Wasserstein distances). An interrupted sampling continues when the same command is run again.
+    More than 10,000 samples need force=true.
     """
     from nesfgen.config import parse_value
     from nesfgen.generate import sample_structures, write_samples
@@ -768,6 +781,7 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
     symmetrize = _symmetrize_options(options)
     out = Path(options.get("out", "samples"))
     bar, progress = _decode_progress("decoding samples")
+    on_interrupt(lambda: f"the samples decoded so far are saved in {out}; run the same command again to continue")
     with bar:
         generation = sample_structures(
             options.get("checkpoint"),
@@ -781,6 +795,8 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
             {k: v for k, v in options.items() if k.startswith("estimator.")},
             progress,
             **symmetrize,
+            out=out,
+            force=parse_value(options.get("force", "false"), bool, "force"),
         )
     relax = parse_value(options.get("relax", "false"), bool, "relax")
     if not relax and any(k in options for k in ("fmax", "steps", "hull")):
@@ -954,6 +970,7 @@ def cv_command(
     recipe = load_recipe(overrides.pop("recipe", "paper-ybco"), overrides)
     out = Path(out or f"runs/cv-{recipe.name}")
     progress = None if as_json else RichTrainProgress()
+    on_interrupt(lambda: f"finished epochs are saved under {out}; run the same command again to continue")
     try:
         result = cross_validate(recipe, parse_folds(folds), out, progress)
     finally:
@@ -1062,10 +1079,16 @@ def tune_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json
     if progress:
         console.print(
             f"[bold]study {spec.name}[/]: {', '.join(f'{o.metric} ({o.direction})' for o in spec.objectives)}, "
-            f"{n_trials or spec.n_trials} trials of recipe {spec.recipe.name}, storage {tune.storage_url(spec, storage)}",
+            f"{n_trials or spec.n_trials} trials of recipe {spec.recipe.name}, storage {tune.redact(tune.storage_url(spec, storage))}",
             highlight=False,
         )
         progress.status.start()
+    on_interrupt(
+        lambda: (
+            "finished trials are stored; run the same command again to continue the study "
+            "(the interrupted trial is run again)"
+        )
+    )
     try:
         result = tune.run_study(spec, n_trials, timeout, storage, worker, progress)
     finally:
@@ -1353,18 +1376,46 @@ def map_command(
     )
 
 
+#: The exit status of an interrupted command (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
+#: What an interrupted command has kept and how to continue it; set by commands with resumable state.
+_resume_hint: Callable[[], str] | None = None
+
+
+def on_interrupt(hint: Callable[[], str]) -> None:
+    """Say, if the command is interrupted from now on, what it kept and how to continue (called at that time)."""
+    global _resume_hint
+    _resume_hint = hint
+
+
+def _print_error(label: str, message: str) -> None:
+    """One message on stderr, printed as plain text: brackets in it are data (arrays, paths), not markup."""
+    from rich.text import Text
+
+    console.print(Text.assemble((label, "red"), " ", message), highlight=False, soft_wrap=True)
+
+
+def _report_interrupt() -> None:
+    from rich.text import Text
+
+    hint = _resume_hint() if _resume_hint else ""
+    console.print(
+        Text.assemble(("interrupted", "yellow"), f": {hint}" if hint else ""), highlight=False, soft_wrap=True
+    )
+
+
 def main() -> None:
-    """Entry point: user mistakes exit 2 with a message, internal errors exit 1."""
+    """Entry point: user mistakes exit 2 with a message, an interrupt exits 130, internal errors exit 1."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     keep_freed_memory()
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode typer turns Ctrl-C into a returned exit code (130) rather than raising it.
+        code = app(standalone_mode=False)
     except UserError as error:
-        console.print(f"[red]error:[/] {error}", highlight=False)
+        _print_error("error:", str(error))
         sys.exit(2)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+        code = INTERRUPTED
     except SystemExit:
         raise
     except Exception as error:  # a click usage error is a user mistake too
@@ -1377,10 +1428,16 @@ def main() -> None:
             error.show()
             sys.exit(2)
         if isinstance(error, typer.Abort):
-            sys.exit(130)
-        console.print_exception()
-        console.print("[red]internal error[/]: this is a bug in nesfgen; please report it with the trace above")
-        sys.exit(1)
+            code = INTERRUPTED
+        else:
+            console.print_exception()
+            _print_error("internal error:", "this is a bug in nesfgen; please report it with the trace above")
+            sys.exit(1)
+    if code == INTERRUPTED:
+        _report_interrupt()
+        sys.exit(INTERRUPTED)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from nesfgen.errors import UserError
 
@@ -32,8 +34,112 @@ RECIPES_DIR = shipped_dir("nesfgen.recipes")
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class Allowed:
+    """The valid values of one config field: a test, and the words that tell a user what passes it."""
+
+    text: str
+    test: Callable[[Any], bool]
+
+
+def number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> Allowed:
+    """A finite number in [low, high], either end open on request (NaN and infinities never pass)."""
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    text = f"a finite number > {low:g}" if low_open else f"a finite number >= {low:g}"
+    if high != math.inf:
+        text = f"a finite number in {left}{low:g}, {high:g}{right}"
+
+    def test(value: float) -> bool:
+        return (
+            math.isfinite(value)
+            and (value > low if low_open else value >= low)
+            and (value < high if high_open else value <= high)
+        )
+
+    return Allowed(text, test)
+
+
+def integer(low: int, high: int | None = None) -> Allowed:
+    return Allowed(
+        f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]",
+        lambda value: value >= low and (high is None or value <= high),
+    )
+
+
+def one_of(*choices: str) -> Allowed:
+    return Allowed(f"one of {', '.join(choices)}", lambda value: value in choices)
+
+
+def optional(allowed: Allowed) -> Allowed:
+    return Allowed(f"{allowed.text}, or none", lambda value: value is None or allowed.test(value))
+
+
+NOT_EMPTY = Allowed("a non-empty string", lambda value: bool(value.strip()))
+#: The widest layer (and latent) a recipe may ask for: 16384 × 16384 weights are 1 GiB in fp32.
+MAX_WIDTH = 16384
+WIDTHS = Allowed(
+    f"a non-empty list of integers in [1, {MAX_WIDTH}]",
+    lambda value: len(value) > 0 and all(1 <= w <= MAX_WIDTH for w in value),
+)
+WIDTH = integer(1, MAX_WIDTH)
+FRACTION = number(0.0, 1.0, low_open=True)
+#: Points of a local grid around each atom (training queries, the estimator's species grid): 16 per axis.
+#: Every atom of a batch gets that many queries, so a grid of millions runs out of memory before one step.
+MAX_LOCAL_POINTS = 16**3
+
+
+def local_grid_points(interval: float, width: float) -> int:
+    """Points of the local grid ``arange(-width/2, width/2, interval)`` per axis, cubed (see nesfgen.sampling)."""
+    return math.ceil(width / interval) ** 3
+
+
+def check_local_grid(section: str, interval_key: str, range_key: str, interval: float, width: float) -> None:
+    points = local_grid_points(interval, width)
+    if points > MAX_LOCAL_POINTS:
+        raise UserError(
+            f"{section}.{range_key} = {width:g} at {section}.{interval_key} = {interval:g} Å makes {_count(points)} query "
+            f"points around every atom (at most {MAX_LOCAL_POINTS:,}: a batch would not fit in memory); "
+            f"lower {section}.{range_key} or raise {section}.{interval_key}"
+        )
+
+
+def _count(number: int) -> str:
+    return f"{number:,}" if number < 10**9 else f"{float(number):.1e}"
+
+
+class Checked:
+    """Checks every field against the section's RULES when an instance is made (loaded, overridden or replaced).
+
+    So a bad value fails at once, naming its key, instead of deep inside training or after an epoch.
+    """
+
+    SECTION: ClassVar[str] = ""
+    RULES: ClassVar[dict[str, Allowed]] = {}
+
+    def __post_init__(self) -> None:
+        for name, allowed in self.RULES.items():
+            value = getattr(self, name)
+            if not allowed.test(value):
+                shown = list(value) if isinstance(value, tuple) else value
+                raise UserError(f"{self.SECTION}.{name} = {shown!r} is not allowed; expected {allowed.text}")
+        self.check_together()
+
+    def check_together(self) -> None:
+        """Rules across several fields of the section (none by default)."""
+
+
+@dataclass(frozen=True)
+class DataConfig(Checked):
     """Which dataset to train on and which of its splits play which role."""
+
+    SECTION = "data"
+    RULES = {
+        "name": NOT_EMPTY,
+        "fold": optional(integer(0)),
+        "train_split": NOT_EMPTY,
+        "val_split": NOT_EMPTY,
+        "test_split": NOT_EMPTY,
+        "limit": integer(0),
+    }
 
     name: str = "builtin"
     fold: int | None = None  # for cross-validated datasets: "ybco" + fold 3 -> "ybco-fold3"
@@ -48,8 +154,22 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Checked):
     """Widths and switches of the encoder, the two fields and the lattice heads."""
+
+    SECTION = "model"
+    RULES = {
+        "latent_size": WIDTH,
+        "encoder_position_widths": WIDTHS,
+        "encoder_species_widths": WIDTHS,
+        "encoder_mix_width": WIDTH,
+        "encoder_head_widths": WIDTHS,
+        "dropout": number(0.0, 1.0, high_open=True),
+        "position_widths": WIDTHS,
+        "species_widths": WIDTHS,
+        "lattice_hidden": WIDTH,
+        "encoding_frequencies": integer(1, 24),  # sin(2^k π p): beyond 2^23 float32 positions carry no phase
+    }
 
     latent_size: int = 192
     encoder_position_widths: tuple[int, ...] = (64, 128, 128)
@@ -68,8 +188,22 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
+class SamplingConfig(Checked):
     """Training query grids (Å). "range" is the full width of a local grid."""
+
+    SECTION = "sampling"
+    RULES = {
+        "global_interval": number(0.0, low_open=True),
+        "global_std": number(0.0),
+        "local_interval": number(0.0, low_open=True),
+        "local_range": number(0.0, low_open=True),
+        "local_std": number(0.0),
+        "species_interval": number(0.0, low_open=True),
+        "species_range": number(0.0, low_open=True),
+        "species_std": number(0.0),
+        "query_fraction": FRACTION,
+        "global_query_fraction": optional(FRACTION),
+    }
 
     global_interval: float = 1.0
     global_std: float = 0.5
@@ -82,10 +216,20 @@ class SamplingConfig:
     query_fraction: float = 1.0  # keep this random fraction of the grid points each step
     global_query_fraction: float | None = None  # the global grid's own fraction; None = query_fraction
 
+    def check_together(self) -> None:
+        check_local_grid(self.SECTION, "local_interval", "local_range", self.local_interval, self.local_range)
+        check_local_grid(self.SECTION, "species_interval", "species_range", self.species_interval, self.species_range)
+
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossConfig(Checked):
     """Weights of the four loss terms, and of the KL term of a variational model."""
+
+    SECTION = "loss"
+    RULES = {
+        **dict.fromkeys(("position", "species", "length", "angle", "kl"), number(0.0)),
+        "kl_warmup_epochs": integer(0),
+    }
 
     position: float = 10.0
     species: float = 0.1
@@ -94,10 +238,35 @@ class LossConfig:
     kl: float = 0.001  # model.variational only: weight of the KL divergence summed over a batch's structures
     kl_warmup_epochs: int = 0  # raise the KL weight linearly to `kl` over this many epochs (0 = full from the start)
 
+    def check_together(self) -> None:
+        if not any((self.position, self.species, self.length, self.angle)):
+            raise UserError(
+                "loss.position, loss.species, loss.length and loss.angle are all 0: nothing would be learnt"
+            )
+
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """Optimisation, schedule, hardware and bookkeeping."""
+
+    SECTION = "train"
+    RULES = {
+        "epochs": integer(1),
+        "batch_size": integer(2),  # BatchNorm needs two structures
+        "lr": number(0.0, low_open=True),
+        "lr_schedule": one_of("step", "cosine"),
+        "lr_decay_every": integer(1),
+        "lr_decay_factor": number(0.0, 1.0, low_open=True),
+        "early_stopping_patience": integer(0),
+        "seed": integer(0, 2**63 - 1),  # torch's seeds
+        "device": NOT_EMPTY,  # which devices exist is known only when training starts
+        "precision": one_of("fp32", "bf16"),
+        "threads": integer(0, 4096),
+        "time_limit_minutes": number(0.0),
+        "snapshot_every_minutes": number(0.0),
+        "lattice_refit_epochs": integer(0),
+        "lattice_refit_lr": number(0.0, low_open=True),
+    }
 
     epochs: int = 3200
     batch_size: int = 64
@@ -121,8 +290,21 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class EstimatorConfig:
+class EstimatorConfig(Checked):
     """The deterministic particle estimator that decodes a latent into a crystal."""
+
+    SECTION = "estimator"
+    RULES = {
+        "particle_interval": number(0.0, low_open=True),
+        "steps": integer(0, 100_000),
+        "score_threshold": number(0.0, low_open=True),
+        "nms_radius": number(0.0, low_open=True),
+        "nms_min_particles": integer(1),
+        "species_interval": number(0.0, low_open=True),
+        "species_range": number(0.0, low_open=True),
+        "chunk_size": integer(1, 4096),
+        "precision": one_of("fp32", "bf16"),
+    }
 
     particle_interval: float = 0.5
     steps: int = 64
@@ -133,6 +315,9 @@ class EstimatorConfig:
     species_range: float = 0.6
     chunk_size: int = 16  # structures decoded together
     precision: str = "fp32"  # fp32 | bf16: field passes under bf16 autocast, ~2x faster on CPUs with bf16 matmul
+
+    def check_together(self) -> None:
+        check_local_grid(self.SECTION, "species_interval", "species_range", self.species_interval, self.species_range)
 
 
 @dataclass(frozen=True)
@@ -308,7 +493,10 @@ def from_dict(cls: type, document: dict, where: str, prefix: str = "") -> Any:
             values[key] = from_dict(annotation, value, where, prefix=full + ".")
         else:
             values[key] = parse_value(value, annotation, f"{where}: {full}")
-    return cls(**values)
+    try:
+        return cls(**values)  # a section checks its values as it is made
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
 
 
 def to_dict(config: Any) -> dict:

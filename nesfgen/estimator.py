@@ -179,11 +179,10 @@ def estimate(
         config: particle grid, steps, score threshold, NMS and species-vote settings.
         progress: called with (structures done, total) after each chunk.
     """
-    _check_config(config)
     if z.ndim != 2:
         raise ValueError(f"z must be (B, D), got shape {tuple(z.shape)}")
     dtype = z.dtype if z.is_floating_point() else torch.float32
-    grid = box_grid(box, config.particle_interval).to(z.device, dtype)  # (P, 3)
+    grid = box_grid(box, config.particle_interval, "estimator.particle_interval").to(z.device, dtype)  # (P, 3)
     offsets = local_offsets(config.species_interval, config.species_range).to(z.device, dtype)  # (S, 3)
     table = np.asarray(species_table, dtype=np.int64)
     was_training = isinstance(field, nn.Module) and field.training
@@ -201,21 +200,6 @@ def estimate(
         if was_training:
             field.train()
     return decoded
-
-
-def _check_config(config: EstimatorConfig) -> None:
-    checks = {
-        "steps": config.steps >= 0,
-        "score_threshold": config.score_threshold > 0,
-        "nms_radius": config.nms_radius > 0,
-        "nms_min_particles": config.nms_min_particles >= 1,
-        "chunk_size": config.chunk_size >= 1,
-    }
-    for name, ok in checks.items():
-        if not ok:
-            raise UserError(f"estimator.{name} = {getattr(config, name)} is out of range (steps >= 0, others positive)")
-    if config.precision not in ("fp32", "bf16"):
-        raise UserError(f"estimator.precision must be fp32 or bf16, got {config.precision!r}")
 
 
 def _estimate_chunk(

@@ -6,6 +6,7 @@ import csv
 import glob
 import io
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from nesfgen.metrics import PAPER_METRICS, aggregate, cdvae_metrics, mean_std, s
 from nesfgen.model import encode_all
 from nesfgen.sampling import TensorSet, atoms_bounding_box
 from nesfgen.symmetry import STATED_SYMPREC, TOLERANCES, check_symprec, recovery_rates, symmetrize_decoded
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 
@@ -58,9 +61,56 @@ class Evaluation:
 
 
 def encode(trained: TrainedModel, crystals: CrystalSet, batch_size: int = 256) -> Tensor:
-    """(S, D) latents of every structure of a split, in eval mode."""
+    """(S, D) latents of every structure of a split, in eval mode; warns about inputs unlike the training data."""
+    warn_outside_training(trained, crystals)
     device = next(trained.model.parameters()).device
     return encode_all(trained.model, TensorSet(crystals, trained.species_table, device), batch_size)
+
+
+def training_atom_range(trained: TrainedModel) -> tuple[int, int] | None:
+    """Fewest and most atoms per cell the model was trained on: stored in the checkpoint since issue 30,
+    else counted in its training split when that dataset is in the data directory unchanged."""
+    if trained.atoms_per_cell:
+        return trained.atoms_per_cell
+    try:
+        dataset = resolve_dataset(trained.recipe.data.dataset_name)  # as the recipe named it when training
+        if dataset.content_hash != trained.dataset_hash:
+            return None
+        counts = dataset.load(trained.recipe.data.train_split).num_atoms
+    except (UserError, OSError, ValueError, KeyError):
+        return None  # without its training data the box alone is checked
+    return int(counts.min()), int(counts.max())
+
+
+def warn_outside_training(trained: TrainedModel, crystals: CrystalSet) -> list[str]:
+    """Log one warning line when inputs have more or fewer atoms per cell than the model's training data, or
+    atoms beyond the box its particles span: those decode to nonsense. Returns the offending ids."""
+    margin = trained.recipe.estimator.particle_interval  # the particle grid reaches one interval past the box
+    low, high = trained.box[0] - margin, trained.box[1] + margin
+    atom_range = training_atom_range(trained)
+    offending, example = [], ""
+    for index, count in enumerate(crystals.num_atoms):
+        coords = crystals.cart_coords[crystals.offsets[index] : crystals.offsets[index + 1]]
+        beyond = bool(np.any(coords < low) or np.any(coords > high))
+        unseen = atom_range is not None and not atom_range[0] <= count <= atom_range[1]
+        if beyond or unseen:
+            offending.append(crystals.ids[index])
+            if not example:
+                extent = np.round(coords.max(axis=0), 1).tolist() if len(coords) else []
+                example = f"{crystals.ids[index]} has {int(count)} atoms reaching {extent} Å"
+    if offending:
+        atoms = f", {atom_range[0]}-{atom_range[1]} atoms per cell" if atom_range else ""
+        log.warning(
+            "%d of %d inputs lie outside the training data of %s (atoms within %s Å%s), e.g. %s; "
+            "their decodes are unreliable",
+            len(offending),
+            len(crystals),
+            trained.path,
+            np.round(trained.box, 1).tolist(),
+            atoms,
+            example,
+        )
+    return offending
 
 
 def evaluate(

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import math
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from nesfgen.estimator import estimate
 from nesfgen.evaluate import estimator_config
 from nesfgen.files import atomic_write_text
 from nesfgen.sampling import TensorSet
+from nesfgen.stream import SAMPLE_CIFS, SampleStream
 from nesfgen.symmetry import STATED_SYMPREC, symmetrize_decoded
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ MATCHER_SETTINGS = {"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3}
 AMU_PER_CUBIC_ANGSTROM = 1.66053906660
 #: the distributions compared with the training set
 DISTRIBUTIONS = ("num_atoms", "density", "num_elements")
+#: Samples past which ``sample`` needs force=true: at seconds per sample on a CPU, more is a run of days.
+MAX_SAMPLES = 10_000
 
 
 # --- validity -----------------------------------------------------------------------------------
@@ -343,6 +347,8 @@ def sample_structures(
     progress: Progress | None = None,
     symmetrize: bool = False,
     symprec: float = STATED_SYMPREC,
+    out: Path | None = None,
+    force: bool = False,
 ) -> Generation:
     """Decode ``n`` latents into structures and measure them.
 
@@ -356,6 +362,9 @@ def sample_structures(
         estimator_overrides: ``{"estimator.steps": "32"}``-style overrides of the checkpoint's estimator.
         symmetrize: snap each decoded structure to the highest-symmetry space group spglib finds within
             ``symprec`` Å before measuring (those where that fails are kept as decoded).
+        out: write each decoded chunk's CIFs there as it is finished and continue an interrupted sampling
+            with the same settings (see nesfgen.stream); None keeps everything in memory.
+        force: allow more than MAX_SAMPLES samples.
     """
     if n < 1:
         raise UserError(f"n must be at least 1, got {n}")
@@ -375,12 +384,29 @@ def sample_structures(
         anchor = find_structure(near, reference)
         center = _encode_one(trained, anchor)
     z = sample_latents(n, trained.recipe.model.latent_size, seed, temperature, center, radius)
-    device_z = z.to(next(trained.model.parameters()).device)
-    decoded = estimate(trained.model, device_z, trained.box, trained.species_table, config, progress)
-    crystals = [d.to_crystal(f"sample-{i:04d}") for i, d in enumerate(decoded)]
+    settings = {"checkpoint": trained.path, "n": n, "seed": seed, "temperature": temperature, "near": near}
+    settings |= {"radius": radius, "symmetrize": symmetrize, "symprec": symprec}
+    settings["estimator"] = {k: getattr(config, k) for k in config.__dataclass_fields__}
+    stream = SampleStream(out, settings)
+    crystals, failed = stream.finished()
+    if progress is not None:
+        progress(len(crystals), n)
+    started = time.monotonic()
+    for start in range(len(crystals), n, config.chunk_size):
+        chunk_z = z[start : start + config.chunk_size].to(next(trained.model.parameters()).device)
+        decoded = estimate(trained.model, chunk_z, trained.box, trained.species_table, config)
+        chunk = [d.to_crystal(f"sample-{start + k:04d}") for k, d in enumerate(decoded)]
+        chunk_failed = 0
+        if symmetrize:
+            chunk, chunk_failed = symmetrize_decoded(chunk, symprec)
+        stream.add(start, chunk, chunk_failed)
+        crystals, failed = crystals + chunk, failed + chunk_failed
+        if progress is not None:
+            progress(len(crystals), n)
+        if n > MAX_SAMPLES and not force:
+            _refuse_long_run(n, len(chunk), time.monotonic() - started, out)
     symmetrized: dict[str, Any] = {"symmetrize": symmetrize}
     if symmetrize:
-        crystals, failed = symmetrize_decoded(crystals, symprec)
         symmetrized |= {"symmetrize_symprec": symprec, "symmetrize_failed": failed}
     rows, summary = measure(crystals, reference)
     summary = {
@@ -398,6 +424,16 @@ def sample_structures(
         "estimator": {k: getattr(config, k) for k in config.__dataclass_fields__},
     }
     return Generation(summary, rows, crystals)
+
+
+def _refuse_long_run(n: int, timed: int, seconds: float, out: Path | None) -> None:
+    """Stop a sampling of more than MAX_SAMPLES without force=true, saying how long it would take."""
+    days = n * seconds / timed / 86400
+    kept = f"; the {timed} decoded are saved in {out} and the same command with force=true continues" if out else ""
+    raise UserError(
+        f"n={n} samples would take about {days:.1f} days here ({seconds / timed:.2f} s each, timed on the first "
+        f"{timed}); more than {MAX_SAMPLES:,} need force=true{kept}"
+    )
 
 
 def measure(crystals: Sequence[Crystal | None], reference: CrystalSet | None) -> tuple[list[dict], dict[str, Any]]:
@@ -496,15 +532,21 @@ def _compositional_validity_pct(crystals: CrystalSet) -> float:
 
 
 def write_samples(generation: Generation, out: Path) -> list[Path]:
-    """One CIF per decoded structure, samples.csv and summary.json; earlier sample-*.cif files are replaced."""
+    """One CIF per decoded structure (unless streamed there already), samples.csv and summary.json.
+
+    Earlier sample-*.cif files that are not this sampling's are removed.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("sample-[0-9]*.cif"):  # a previous sampling's
-        stale.unlink()
+    ids = {crystal.id for crystal in generation.crystals if crystal is not None}
+    for stale in out.glob(SAMPLE_CIFS):  # a previous sampling's
+        if stale.stem not in ids:
+            stale.unlink()
     written = []
     for crystal in generation.crystals:
         if crystal is not None:
-            written.append(atomic_write_text(out / f"{crystal.id}.cif", crystal.to_cif()))
+            path = out / f"{crystal.id}.cif"
+            written.append(path if path.is_file() else atomic_write_text(path, crystal.to_cif()))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(generation.rows[0]))
     writer.writeheader()

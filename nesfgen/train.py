@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nesfgen.checkpoint import build_model, read_checkpoint, save_checkpoint
+from nesfgen.checkpoint import build_model, load_weights, read_checkpoint, save_checkpoint
 from nesfgen.config import Recipe, TrainConfig, from_dict, to_dict, to_toml
 from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet, Dataset
@@ -265,8 +265,6 @@ class Trainer:
         torch.use_deterministic_algorithms(t.deterministic, warn_only=self.device.type != "cpu")
         # Filling every new tensor with NaN only catches bugs; it cost 15 % of a training step.
         torch.utils.deterministic.fill_uninitialized_memory = False
-        if t.precision not in ("fp32", "bf16"):
-            raise UserError(f"train.precision must be fp32 or bf16, got {t.precision!r}")
         self.ranks = init_ranks(self.device)
         dataset = resolve_dataset(recipe.data.dataset_name)
         if state is not None and state["dataset_hash"] != dataset.content_hash:
@@ -290,6 +288,8 @@ class Trainer:
             )
         known = state or source
         self.box = np.asarray(known["box"]) if known else atoms_bounding_box(train_crystals)
+        # what the model saw, so that decoding can warn about inputs far outside it
+        self.atoms_per_cell = [int(train_crystals.num_atoms.min()), int(train_crystals.num_atoms.max())]
         self.train_set = TensorSet(train_crystals, self.species_table, self.device)
         self.val_set = TensorSet(val_crystals, self.species_table, self.device)
         self.sampler = QuerySampler(recipe.sampling, self.box, self.device)
@@ -335,7 +335,7 @@ class Trainer:
         self.best_epoch = -1
         self.seconds = 0.0
         if state is not None:
-            self.model.load_state_dict(state["model"])
+            load_weights(self.model, state["model"], state["path"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.history = list(state["history"])
@@ -441,6 +441,7 @@ class Trainer:
             "seconds": self.seconds,
             "species_table": self.species_table,
             "box": self.box.tolist(),
+            "atoms_per_cell": self.atoms_per_cell,
             "dataset_hash": self.dataset.content_hash,
             "dataset_name": self.dataset.name,
             "parameters": count_parameters(self.model),
@@ -620,7 +621,7 @@ def refit_best(run_dir: Path, epochs: int, lr: float, again: bool = True) -> Ref
             f"(content hash {dataset.content_hash[:12]} != {state['dataset_hash'][:12]}); cannot refit"
         )
     model = build_model(recipe.model, len(state["species_table"]))
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], path)
     species = state["species_table"]
     result = refit_lattice_heads(
         model,

@@ -13,6 +13,7 @@ import difflib
 import json
 import logging
 import math
+import re
 import shutil
 import sys
 import time
@@ -423,12 +424,43 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         raise UserError(f"{spec.path}: [pruner] {spec.pruner}: {error}") from None
 
 
+#: ``scheme:`` at the start of a storage= value: a URL was meant (two letters at least, so not a drive letter).
+URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+STORAGE_FORMS = "a database URL such as postgresql://user:password@host/db or sqlite:///study.db, or a file path"
+
+
 def storage_url(spec: StudySpec, storage: str | None = None) -> str:
-    """The storage URL: the one given, a bare ``.db`` path as SQLite, else ``runs/tune-NAME/study.db``."""
-    if storage and "://" in storage:
+    """The storage URL: the one given, a file path as SQLite, else ``runs/tune-NAME/study.db``.
+
+    Raises:
+        UserError: for a value that starts like a URL but is not one (``postgresql:/host/db``), which would
+            otherwise become a SQLite file of that name.
+    """
+    if storage and URL_SCHEME.match(storage):
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(storage)
+        except ArgumentError:
+            url = None
+        if url is None or "://" not in storage:
+            raise UserError(f"storage={redact(storage)} is not a valid database URL; give {STORAGE_FORMS}")
         return storage
     path = Path(storage) if storage else spec.folder / "study.db"
     return f"sqlite:///{path.resolve()}"
+
+
+def redact(url: str) -> str:
+    """A storage URL fit to print or log: its password replaced by ***."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not a URL: hide whatever sits between "user:" and "@"
+        return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+    return parsed.render_as_string(hide_password=True) if parsed.password else url
 
 
 def open_storage(spec: StudySpec, storage: str | None = None, create: bool = True) -> optuna.storages.RDBStorage:
@@ -458,11 +490,18 @@ def open_storage(spec: StudySpec, storage: str | None = None, create: bool = Tru
             if any(race in str(error) for race in ("already exists", "UNIQUE constraint", "locked")) and attempt < 4:
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            raise UserError(
-                f"storage {url!r} cannot be opened ({str(error).splitlines()[0]}); give a database URL that "
-                "Optuna accepts, e.g. sqlite:///study.db or postgresql://user:password@host/db"
-            ) from None
+            reason = str(error).splitlines()[0]
+            password = _password(url)
+            if password:
+                reason = reason.replace(password, "***")
+            raise UserError(f"storage {redact(url)!r} cannot be opened ({reason}); give {STORAGE_FORMS}") from None
     raise AssertionError("unreachable")
+
+
+def _password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).password
 
 
 def open_study(spec: StudySpec, storage: str | None = None, create: bool = True, seed: int = 0) -> optuna.Study:
@@ -482,12 +521,12 @@ def open_study(spec: StudySpec, storage: str | None = None, create: bool = True,
             study = optuna.load_study(study_name=spec.name, storage=rdb, pruner=make_pruner(spec))
     except KeyError:
         raise UserError(
-            f"storage {rdb.url} holds no study {spec.name!r}; run `nesfgen tune study={spec.name}` first"
+            f"storage {redact(rdb.url)} holds no study {spec.name!r}; run `nesfgen tune study={spec.name}` first"
         ) from None
     found = [d.name.lower() for d in study.directions]
     if found != spec.directions:
         raise UserError(
-            f"study {spec.name!r} in {rdb.url} optimises {found}, but {spec.path} asks for {spec.directions}; "
+            f"study {spec.name!r} in {redact(rdb.url)} optimises {found}, but {spec.path} asks for {spec.directions}; "
             "give the changed study another name"
         )
     if create and "study_file" not in study.user_attrs:
@@ -682,7 +721,7 @@ def summarise(spec: StudySpec, study: optuna.Study, storage: str | None = None) 
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
     return {
         "study": spec.name,
-        "storage": storage_url(spec, storage),
+        "storage": redact(storage_url(spec, storage)),
         "folder": str(spec.folder),
         "objectives": [f"{o.metric} ({o.direction})" for o in spec.objectives],
         "trials": {k: v for k, v in counts.items() if v},

@@ -194,3 +194,10 @@ def test_export_of_hostile_ids_and_train_into_a_users_folder(cli, tmp_path):
     result = cli("train", f"data.name={tmp_path / 'ds'}", f"out={mine}", "train.batch_size=2")
     assert result.returncode == 2 and "already holds files (config.toml)" in " ".join(result.stderr.split())
     assert (mine / "config.toml").read_text() == "mine"
+
+
+def test_error_messages_print_brackets_as_text(cli, tmp_path):
+    # rich would read "[nan 90.]" as a markup tag and drop it (issue 30: "contain NaN or infinity: , [90. 90. 90.]")
+    result = cli("evaluate", "checkpoint=runs/[nan 90.]/x.pt", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "runs/[nan 90.]/x.pt" in result.stderr

@@ -106,3 +106,94 @@ def test_parse_overrides_splits_words():
     overrides, words = parse_overrides(["a.b=1", "ZnS", "c=x=y"])
     assert overrides == {"a.b": "1", "c": "x=y"} and words == ["ZnS"]
     assert "train.epochs" in all_keys(Recipe())
+
+
+# The cases of issue 30 (each once a traceback, a failure after an epoch, or a useless exit 0), and one
+# more per kind of rule: every key is checked when the recipe and its overrides are loaded.
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        ("train.lr", "-1", "a finite number > 0"),
+        ("train.lr", "nan", "a finite number > 0"),
+        ("train.lr", "inf", "a finite number > 0"),
+        ("train.lr", "0", "a finite number > 0"),
+        ("model.dropout", "2", r"a finite number in \[0, 1\)"),
+        ("model.dropout", "1", r"a finite number in \[0, 1\)"),
+        ("model.position_widths", "[]", "a non-empty list of integers"),
+        ("model.encoder_head_widths", "64,0", "a non-empty list of integers"),
+        ("model.species_widths", "99999999", "a non-empty list of integers in \\[1, 16384\\]"),
+        ("train.lr_decay_every", "0", "an integer >= 1"),
+        ("train.epochs", "0", "an integer >= 1"),
+        ("train.epochs", "-5", "an integer >= 1"),
+        ("loss.position", "nan", "a finite number >= 0"),
+        ("loss.kl", "-0.1", "a finite number >= 0"),
+        ("model.latent_size", "0", r"an integer in \[1, 16384\]"),
+        ("train.batch_size", "1", "an integer >= 2"),
+        ("train.time_limit_minutes", "-1", "a finite number >= 0"),
+        ("train.snapshot_every_minutes", "inf", "a finite number >= 0"),
+        ("train.lr_decay_factor", "0", r"a finite number in \(0, 1\]"),
+        ("train.lr_schedule", "linear", "one of step, cosine"),
+        ("train.precision", "fp16", "one of fp32, bf16"),
+        ("train.seed", "-1", "an integer in"),
+        ("sampling.query_fraction", "0", r"a finite number in \(0, 1\]"),
+        ("sampling.global_query_fraction", "1.5", r"a finite number in \(0, 1\], or none"),
+        ("sampling.global_interval", "-1", "a finite number > 0"),
+        ("sampling.local_std", "-0.1", "a finite number >= 0"),
+        ("estimator.steps", "-1", "an integer in"),
+        ("estimator.chunk_size", "0", "an integer in"),
+        ("estimator.score_threshold", "nan", "a finite number > 0"),
+        ("data.limit", "-1", "an integer >= 0"),
+        ("data.fold", "-2", "an integer >= 0, or none"),
+        ("data.train_split", "", "a non-empty string"),
+    ],
+)
+def test_out_of_range_values_fail_when_loaded_naming_key_value_and_range(key, value, allowed):
+    with pytest.raises(UserError, match=rf"^{key} = .* is not allowed; expected {allowed}"):
+        load_recipe("quickstart", {key: value})
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"sampling.local_range": "1e9"}, "sampling.local_range = 1e.09 at sampling.local_interval = 0.3 Å makes"),
+        ({"sampling.species_interval": "0.001"}, "lower sampling.species_range or raise sampling.species_interval"),
+        ({"estimator.species_range": "50"}, "query points around every atom"),
+        (dict.fromkeys(("loss.position", "loss.species", "loss.length", "loss.angle"), "0"), "nothing would be learnt"),
+    ],
+)
+def test_settings_that_cannot_work_together_are_refused(overrides, message):
+    with pytest.raises(UserError, match=message):
+        load_recipe("quickstart", overrides)
+
+
+def test_a_recipe_file_with_a_bad_value_names_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlr = -1.0\n")
+    with pytest.raises(UserError, match=rf"^{bad}: train.lr = -1.0 is not allowed"):
+        load_recipe(str(bad))
+
+
+def test_a_grid_too_fine_for_memory_is_refused_before_it_is_built():
+    import numpy as np
+
+    from nesfgen.sampling import box_grid
+
+    box = np.array([[0.0, 0.0, 0.0], [10.0, 10.0, 10.0]])
+    assert box_grid(box, 0.5, "estimator.particle_interval").shape == (22 * 22 * 22, 3)
+    with pytest.raises(UserError, match="estimator.particle_interval = 0.01 Å gives about .* grid points"):
+        box_grid(box, 0.01, "estimator.particle_interval")
+
+
+def test_bad_values_exit_2_on_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "nesfgen", "train", "train.lr_decay_every=0", f"out={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train.lr_decay_every = 0 is not allowed; expected an integer >= 1" in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything is written

@@ -168,8 +168,8 @@ def test_bf16_rounds_the_field_passes_but_not_the_lattice(tiny: tuple) -> None:
     summary = aggregate([structure_metrics(c, d) for c, d in zip(crystals, found)])
     assert summary["atom_count_error_pct"] == 0.0 and summary["species_error_actual_pct"] == 0.0
     assert summary["length_error"] < 1e-5 and summary["position_error_actual"] < 0.05  # bf16 rounding of moves
-    with pytest.raises(UserError, match="estimator.precision must be fp32 or bf16"):
-        estimate(exact, exact.latents(), box, exact.species_table, replace(FAST, precision="fp16"))
+    with pytest.raises(UserError, match="estimator.precision = 'fp16' is not allowed; expected one of fp32, bf16"):
+        replace(FAST, precision="fp16")
 
 
 def test_sparse_atoms_are_rejected(tiny: tuple) -> None:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 from conftest import rock_salt, tiny_recipe
 
@@ -58,7 +59,7 @@ def test_dataset_with_foreign_species_is_refused(trained_run, tmp_path):
 def test_bad_checkpoint_is_a_clear_error(tiny_dataset, tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a readable nesfgen checkpoint"):
+    with pytest.raises(UserError, match="is not a PyTorch checkpoint file"):
         evaluate(str(garbage), str(tiny_dataset.path), "test")
     with pytest.raises(UserError, match="estimator.steps=32"):
         evaluate(None, str(tiny_dataset.path), "test", field="exact", estimator_overrides={"steps": "3"})
@@ -106,3 +107,44 @@ def test_reconstructions_of_colliding_ids_keep_both(tmp_path):
     assert rows[0].endswith(",file") and {f"{row.split(',')[-1]}.input.cif" for row in rows[1:]} == {
         p.name for p in inputs
     }
+
+
+def test_inputs_unlike_the_training_data_are_warned_about_once(trained_run, tiny_dataset, tmp_path, caplog):
+    from conftest import zinc_blende
+
+    from nesfgen.checkpoint import load_model, save_checkpoint
+    from nesfgen.data.store import CrystalSet
+    from nesfgen.evaluate import training_atom_range, warn_outside_training
+
+    trained = load_model(trained_run)
+    assert trained.atoms_per_cell == training_atom_range(trained) == (2, 8)  # stored by training
+    big = rock_salt(20.0, id="big-cell")  # a 20 Å cell: atoms far beyond the box the particles span
+    supercell = CrystalSet.from_crystals([zinc_blende()]).subset([0])[0]
+    many = type(supercell).create(
+        supercell.lengths * [2, 2, 1],
+        supercell.angles,
+        atomic_numbers=list(supercell.atomic_numbers) * 4,
+        frac_coords=[(f + [i, j, 0]) / [2, 2, 1] for i in (0, 1) for j in (0, 1) for f in supercell.frac_coords],
+        id="32-atoms",
+    )
+    inputs = CrystalSet.from_crystals([zinc_blende(), big, many])
+    with caplog.at_level("WARNING", logger="nesfgen.evaluate"):
+        assert warn_outside_training(trained, inputs) == ["big-cell", "32-atoms"]
+        assert warn_outside_training(trained, CrystalSet.from_crystals([zinc_blende()])) == []
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "2 of 3 inputs" in message and "2-8 atoms per cell" in message and "big-cell has 8 atoms" in message
+    assert str(np.round(trained.box, 1).tolist()) in message
+
+    # a checkpoint from before the range was stored: counted from its training split, found by name and hash
+    state = read_checkpoint(trained_run / "best.pt")
+    del state["atoms_per_cell"]
+    save_checkpoint(tmp_path / "old.pt", state)
+    assert training_atom_range(load_model(tmp_path / "old.pt")) == (2, 8)
+
+
+def test_evaluate_warns_on_a_dataset_unlike_the_training_data(trained_run, tmp_path, caplog):
+    other = write_dataset(tmp_path / "big", {"test": [rock_salt(20.0, id="huge")]}, name="big")
+    with caplog.at_level("WARNING", logger="nesfgen.evaluate"):
+        evaluate(str(trained_run), str(other.path), "test")
+    assert any("1 of 1 inputs lie outside the training data" in r.getMessage() for r in caplog.records)

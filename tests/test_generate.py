@@ -190,3 +190,48 @@ def test_cli_trains_a_vae_then_samples_and_evaluates(cli, tiny_dataset, tmp_path
     assert json.loads(evaluated.stdout)["num_structures"] == 6
     mistake = cli("sample", f"checkpoint={tmp_path / 'run'}", "n=0")
     assert mistake.returncode == 2 and "n must be at least 1" in mistake.stderr
+
+
+def test_a_streamed_sampling_continues_where_it_stopped_and_matches_an_uninterrupted_one(vae_run, tmp_path):
+    decode = {"estimator.steps": "8", "estimator.chunk_size": "2"}
+    whole = sample_structures(str(vae_run), n=5, seed=3, estimator_overrides=decode, out=tmp_path / "whole")
+    # an interrupted run: its first two chunks are on disk, the third never finished
+    calls = []
+
+    def stop_after_two_chunks(done, total):
+        calls.append(done)
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sample_structures(
+            str(vae_run), n=5, seed=3, estimator_overrides=decode, out=tmp_path / "cut", progress=stop_after_two_chunks
+        )
+    chunks = sorted(p.name for p in (tmp_path / "cut" / "progress").glob("chunk-*.json"))
+    assert chunks == ["chunk-00000000.json", "chunk-00000002.json"]
+    resumed_from = []
+    again = sample_structures(
+        str(vae_run),
+        n=5,
+        seed=3,
+        estimator_overrides=decode,
+        out=tmp_path / "cut",
+        progress=lambda d, t: resumed_from.append(d),
+    )
+    assert resumed_from == [4, 5]  # continued after the saved samples, decoding only the last
+    assert again.rows == whole.rows and again.summary == whole.summary | {"checkpoint": again.summary["checkpoint"]}
+    # other settings in the same folder: a new sampling replaces the old one's files
+    other = sample_structures(str(vae_run), n=2, seed=4, estimator_overrides=decode, out=tmp_path / "cut")
+    write_samples(other, tmp_path / "cut")
+    assert len(list((tmp_path / "cut" / "progress").glob("chunk-*.json"))) == 1
+    assert {p.stem for p in (tmp_path / "cut").glob("sample-*.cif")} <= {"sample-0000", "sample-0001"}
+
+
+def test_a_huge_n_is_refused_with_an_estimate_unless_forced(vae_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(generate, "MAX_SAMPLES", 3)
+    decode = {"estimator.steps": "2", "estimator.chunk_size": "2"}
+    with pytest.raises(UserError, match=r"n=6 samples would take about .* days here .* more than 3 need force=true"):
+        sample_structures(str(vae_run), n=6, seed=0, estimator_overrides=decode, out=tmp_path / "big")
+    assert len(list((tmp_path / "big" / "progress").glob("chunk-*.json"))) == 1  # the timed chunk is kept
+    forced = sample_structures(str(vae_run), n=6, seed=0, estimator_overrides=decode, out=tmp_path / "big", force=True)
+    assert len(forced.rows) == 6

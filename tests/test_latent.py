@@ -310,3 +310,15 @@ def test_cli_interpolate_embed_and_map(cli, tiny_run, tmp_path, monkeypatch):
     mapped = cli("map", str(latents), "method=pca", f"out={tmp_path / 'm'}", "--json")
     assert mapped.returncode == 0, mapped.stderr
     assert json.loads(mapped.stdout)["structures"] == 16 and (tmp_path / "m" / "map-space-group.png").is_file()
+
+
+def test_an_unreadable_dataset_is_reported_once_however_often_it_is_searched(tmp_path, monkeypatch, caplog):
+    from nesfgen.latent import local_datasets
+
+    data = tmp_path / "store"
+    (data / "broken").mkdir(parents=True)
+    (data / "broken" / "manifest.json").write_text("{not json")
+    monkeypatch.setenv("NESFGEN_DATA_DIR", str(data))
+    with caplog.at_level("WARNING", logger="nesfgen.latent"):
+        assert local_datasets() == [] and local_datasets() == []  # both endpoints of an interpolation search
+    assert [r.getMessage().count("not searching") for r in caplog.records] == [1]

@@ -268,3 +268,66 @@ def test_show_and_export_need_a_stored_study(tiny_dataset, in_tmp):
         export_recipe(spec)
     with pytest.raises(UserError, match="cannot be opened"):
         open_study(spec, storage="nosuchdb://nowhere")
+
+
+@pytest.mark.parametrize("storage", ["postgresql:/host/db", "postgresql:host/db", "mysql:/x", "sqlite:study.db"])
+def test_a_storage_that_starts_like_a_url_but_is_not_one_is_refused(tiny_dataset, in_tmp, storage):
+    spec = load_study(str(write_study(in_tmp / "typo.toml", tiny_dataset)))
+    with pytest.raises(UserError, match="is not a valid database URL; give a database URL such as postgresql://"):
+        open_study(spec, storage=storage)
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["tiny", "typo.toml"]  # no SQLite file of that name
+
+
+def test_a_file_path_is_still_a_sqlite_storage(tiny_dataset, in_tmp):
+    spec = load_study(str(write_study(in_tmp / "file.toml", tiny_dataset)))
+    open_study(spec, storage="studies/my.db")
+    assert (in_tmp / "studies" / "my.db").is_file()
+
+
+def test_the_storage_password_is_never_shown(tiny_dataset, in_tmp):
+    from nesfgen.tune import redact
+
+    assert redact("postgresql://bob:s3cret@db.example:5432/optuna") == "postgresql://bob:***@db.example:5432/optuna"
+    assert redact("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
+    path = write_study(in_tmp / "secret.toml", tiny_dataset)
+    # an unreachable server (or a missing driver): the failure is reported, the password is not
+    worker = tune_process(path, "n_trials=1", "storage=postgresql://bob:s3cret@127.0.0.1:9/optuna", cwd=in_tmp)
+    out, err = worker.communicate(timeout=300)
+    assert worker.returncode == 2, err
+    assert "s3cret" not in out + err and "bob:***@127.0.0.1:9" in " ".join(err.split()).replace(" ", "")
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL database for studies (.ci/run starts one and sets NESFGEN_TEST_POSTGRES_URL)."""
+    url = os.environ.get("NESFGEN_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("no PostgreSQL server: set NESFGEN_TEST_POSTGRES_URL (.ci/run starts one)")
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver psycopg is not installed (pip install -e '.[dev]')")
+    return url
+
+
+def test_two_workers_on_postgresql_survive_one_being_killed(tiny_dataset, in_tmp, postgres_url):
+    # Trials of about 1.5 s and a grace period of 2 s: the survivor starts trials after the killed worker's
+    # heartbeat is stale, fails that trial and runs it again with the same parameters.
+    name = f"pg{os.getpid()}x{time.time_ns() % 10**9}"  # a new study in a database that outlives the test
+    path = write_study(in_tmp / f"{name}.toml", tiny_dataset, epochs=200, minutes=0.025, pruner=['type = "none"'])
+    workers = [
+        tune_process(path, "n_trials=4", f"worker={k}", f"storage={postgres_url}", "--json", cwd=in_tmp) for k in (0, 1)
+    ]
+    folder = in_tmp / "runs" / f"tune-{name}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and len(list(folder.glob("trial-*/metrics.jsonl"))) < 2:
+        time.sleep(0.05)
+    os.kill(workers[0].pid, signal.SIGKILL)  # in the middle of a trial: both workers have one running
+    workers[0].wait()
+    out, err = workers[1].communicate(timeout=900)
+    assert workers[1].returncode == 0, err[-2000:]
+    spec = load_study(str(path))
+    study = open_study(spec, storage=postgres_url, create=False)
+    trials = study.get_trials(deepcopy=False)
+    (failed,) = [t for t in trials if t.state == TrialState.FAIL]
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == failed.params
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 4
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
