@@ -294,7 +294,13 @@ def _estimate_fast(
     config: EstimatorConfig,
     progress: Progress | None,
 ) -> list[Decoded]:
-    """Particles near each decoded cell; structures chunked by particle count so a chunk's padding stays small."""
+    """Particles near each decoded cell, in chunks of structures with similar particle counts.
+
+    Sorting by count keeps a chunk's padding small. A chunk holds as many structures as fit in the
+    particles of ``config.chunk_size`` paper-mode structures (the same memory bound): on LCS6Å about
+    40 instead of 16, so the passes, whose fixed cost per call dominates once few particles still
+    move, are shared by more structures.
+    """
     with torch.autocast(z.device.type, enabled=False):  # bf16 would round a 6 Å length by up to 0.02 Å
         lengths, angles = field.lattice(z)  # (B, 3), (B, 3)
     lengths_, angles_ = lengths.double().cpu().numpy(), angles.double().cpu().numpy()
@@ -303,9 +309,15 @@ def _estimate_fast(
         for a, b in zip(lengths_, angles_)
     ]
     order = sorted(range(z.shape[0]), key=lambda index: particles[index].shape[0])
+    budget = config.chunk_size * box_grid(box, config.particle_interval).shape[0]
+    chunks: list[list[int]] = []
+    for index in order:  # ascending counts: the newest structure is the chunk's largest
+        if chunks and (len(chunks[-1]) + 1) * particles[index].shape[0] <= budget:
+            chunks[-1].append(index)
+        else:
+            chunks.append([index])
     decoded: dict[int, Decoded] = {}
-    for start in range(0, len(order), config.chunk_size):
-        indices = order[start : start + config.chunk_size]
+    for indices in chunks:
         chunk, own = torch.as_tensor(indices, device=z.device), [particles[i] for i in indices]
         found = _estimate_chunk_fast(field, z[chunk], lengths[chunk], angles[chunk], own, offsets, table, config)
         decoded.update(zip(indices, found))

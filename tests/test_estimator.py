@@ -98,18 +98,28 @@ def test_paper_steps_recover_too(tiny: tuple) -> None:
     assert_recovered(crystals, estimate(field, field.latents(), box, field.species_table))
 
 
-def test_batched_equals_one_at_a_time_and_chunks(tiny: tuple) -> None:
+@pytest.mark.parametrize(
+    ("mode", "chunk_size", "expected_calls"),
+    [
+        ("paper", 2, [(2, 5), (4, 5), (5, 5)]),  # chunk_size structures at a time
+        # chunk_size × 1331 box particles: 2 × 1331 < twice any cell's ~1900-3600, so one at a time ...
+        ("fast", 2, [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]),
+        ("fast", 16, [(5, 5)]),  # ... and 16 × 1331 holds all five
+    ],
+)
+def test_batched_equals_one_at_a_time_and_chunks(tiny: tuple, mode: str, chunk_size: int, expected_calls) -> None:
     _, field, box = tiny
     z = field.latents()
-    batched = estimate(field, z, box, field.species_table, FAST)
-    single = [estimate(field, z[i : i + 1], box, field.species_table, FAST)[0] for i in range(len(z))]
+    config = replace(FAST, mode=mode)
+    batched = estimate(field, z, box, field.species_table, config)
+    single = [estimate(field, z[i : i + 1], box, field.species_table, config)[0] for i in range(len(z))]
     assert_same(batched, single)
     calls = []
     chunked = estimate(
-        field, z, box, field.species_table, replace(FAST, chunk_size=2), progress=lambda *a: calls.append(a)
+        field, z, box, field.species_table, replace(config, chunk_size=chunk_size), progress=lambda *a: calls.append(a)
     )
     assert_same(batched, chunked)
-    assert calls == [(2, 5), (4, 5), (5, 5)]
+    assert calls == expected_calls
 
 
 def test_deterministic(tiny: tuple) -> None:
