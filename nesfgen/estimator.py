@@ -167,7 +167,7 @@ def estimate(
     config: EstimatorConfig = EstimatorConfig(),
     progress: Progress | None = None,
 ) -> list[Decoded]:
-    """Decode latents z (B, D) into structures with the paper's five steps, ``config.chunk_size`` at a time.
+    """Decode latents z (B, D) into structures with the paper's five steps, a chunk of structures at a time.
 
     Runs on z's device without gradients. A module field is switched to eval mode for the call (and
     back), since dropout and batch statistics would make decoding random. ``config.mode`` picks the
