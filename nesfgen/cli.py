@@ -1201,10 +1201,14 @@ def bench_estimate_command(ctx: typer.Context, as_json: bool = typer.Option(Fals
 
     def render(r: dict) -> None:
         stdout.print(
-            f"{r['structures']} structures on {r['device']}: {r['structures_per_second']:.2f} structures/s batched, "
+            f"{r['structures']} structures on {r['device']} (estimator.mode={r['mode']}): "
+            f"{r['structures_per_second']:.2f} structures/s batched, "
             f"{r['structures_per_second_one_at_a_time']:.2f} one at a time (batching ×{r['batching_speedup']:.2f}); "
             f"{r['field_evaluations_per_second']:,.0f} field evaluations/s; {r['achieved_gflops']:.1f} GFLOP/s = "
-            f"{r['fraction_of_matmul']:.2g} × dense fp32 matmul ({r['matmul_gflops']:.1f} GFLOP/s, measured now)"
+            f"{r['fraction_of_matmul']:.2g} × dense fp32 matmul ({r['matmul_gflops']:.1f} GFLOP/s, measured now)\n"
+            f"speedup over estimator.mode=paper: ×{r['speedup_vs_paper']:.1f} ({r['seconds']:.1f} s against "
+            f"{r['paper_seconds']:.1f} s, {r['field_evaluations']:,} against {r['paper_field_evaluations']:,} "
+            "field evaluations, this run)"
         )
 
     emit(result, as_json, render)

@@ -304,6 +304,9 @@ class EstimatorConfig(Checked):
         "species_range": number(0.0, low_open=True),
         "chunk_size": integer(1, 4096),
         "precision": one_of("fp32", "bf16"),
+        "mode": one_of("fast", "paper"),
+        "cell_margin": number(0.0, 10.0),
+        "settle_distance": number(0.0),
     }
 
     particle_interval: float = 0.5
@@ -315,6 +318,11 @@ class EstimatorConfig(Checked):
     species_range: float = 0.6
     chunk_size: int = 16  # structures decoded together
     precision: str = "fp32"  # fp32 | bf16: field passes under bf16 autocast, ~2x faster on CPUs with bf16 matmul
+    # fast: particles only within cell_margin of the decoded cell, each dropped from later passes once its move is
+    # shorter than settle_distance | paper: the paper's particles over the whole dataset box, every one moved each step
+    mode: str = "fast"
+    cell_margin: float = 1.0  # Å beyond the decoded cell's faces (fast mode): the outer half of a face atom's basin
+    settle_distance: float = 1e-3  # Å (fast mode): a particle whose move is shorter stays where it is
 
     def check_together(self) -> None:
         check_local_grid(self.SECTION, "species_interval", "species_range", self.species_interval, self.species_range)

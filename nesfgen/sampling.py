@@ -118,6 +118,43 @@ def box_grid(
     return torch.as_tensor(np.stack([m.reshape(-1) for m in mesh], axis=1), dtype=torch.float32)
 
 
+#: a decoded cell whose particles would outnumber the box grid's this many times gets the box grid instead
+MAX_CELL_PARTICLES_PER_BOX = 8
+#: Å³: a decoded lattice with a smaller volume (or a NaN) is no cell to spread particles over
+MIN_CELL_VOLUME = 1e-3
+CORNERS = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=float)  # (8, 3) fractional
+
+
+def cell_grid(
+    matrix: np.ndarray, box: np.ndarray | Tensor | Sequence[Sequence[float]], interval: float, margin: float
+) -> Tensor:
+    """(P, 3) points of the box grid's lattice that lie within ``margin`` Å of the cell ``matrix`` (rows a, b, c).
+
+    The fast estimator's particles: the same origin and spacing as :func:`box_grid`, so where the cell lies in
+    the box they are a subset of the paper's particles, but spanning the decoded cell (where its atoms are)
+    rather than the dataset's box. The margin is measured along each face's normal. An invalid cell, or one
+    so large that it would need more than MAX_CELL_PARTICLES_PER_BOX times the box grid, gets the box grid.
+    """
+    box = np.asarray(box.cpu() if isinstance(box, Tensor) else box, dtype=float)
+    fallback = box_grid(box, interval)
+    matrix = np.asarray(matrix, dtype=float)
+    if not np.all(np.isfinite(matrix)) or not np.linalg.det(matrix) > MIN_CELL_VOLUME:
+        return fallback
+    origin = box[0] - interval  # the box grid's first point
+    corners = CORNERS @ matrix  # (8, 3)
+    first = np.ceil((corners.min(axis=0) - margin - origin) / interval)
+    last = np.floor((corners.max(axis=0) + margin - origin) / interval)
+    if np.prod(last - first + 1) > MAX_CELL_PARTICLES_PER_BOX * fallback.shape[0]:
+        return fallback
+    axes = [origin[k] + interval * np.arange(first[k], last[k] + 1) for k in range(3)]
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)  # (G, 3)
+    inverse = np.linalg.inv(matrix)
+    frac = points @ inverse  # (G, 3)
+    plane_spacing = 1.0 / np.linalg.norm(inverse, axis=0)  # (3,) Å between the lattice planes of each axis
+    beyond = np.maximum(-frac, frac - 1.0) * plane_spacing  # (G, 3) Å outside each pair of faces
+    return torch.as_tensor(points[np.all(beyond <= margin, axis=1)], dtype=torch.float32)
+
+
 def local_offsets(interval: float, width: float) -> Tensor:
     """(L, 3) offsets of a local grid of full width ``width`` around a point (0.1 Å, 0.6 Å -> 6³ = 216)."""
     if not interval > 0 or not width > 0:

@@ -14,6 +14,7 @@ from nesfgen.bench import (
     training_flops,
 )
 from nesfgen.model import NeSF
+from nesfgen.sampling import box_grid
 
 
 def test_matmul_rate_counts_two_flops_per_multiply_add(monkeypatch):
@@ -78,3 +79,30 @@ def test_bench_estimate_reports_batching_speedup(tiny_dataset):
     ratio = result["structures_per_second"] / result["structures_per_second_one_at_a_time"]
     assert result["batching_speedup"] == pytest.approx(ratio)
     assert result["fraction_of_matmul"] == pytest.approx(result["achieved_gflops"] / result["matmul_gflops"])
+
+
+def test_bench_estimate_times_the_default_against_the_paper_mode(tiny_dataset):
+    recipe = tiny_recipe(tiny_dataset, **{"estimator.steps": 2})
+    model = NeSF(recipe.model, 3).eval()
+    box = [[0, 0, 0], [4, 4, 4]]
+    result = bench_estimate(model, torch.zeros(3, recipe.model.latent_size), box, [11, 17, 55], recipe, single=1)
+    assert result["mode"] == "fast"
+    assert result["speedup_vs_paper"] == result["paper_seconds"] / result["seconds"]
+    particles = box_grid(box, recipe.estimator.particle_interval).shape[0]
+    # the paper mode asks about every box particle at each of its steps + 1 passes (plus the species vote)
+    assert result["paper_field_evaluations"] >= 3 * particles * 3
+
+
+def test_speedup_vs_paper_is_the_paper_time_over_the_default_time(tiny_dataset, monkeypatch):
+    recipe = tiny_recipe(tiny_dataset, **{"estimator.steps": 2})
+    model = NeSF(recipe.model, 3).eval()
+    seconds = {"fast": 0.5, "paper": 4.0}
+
+    def timed(model, z, box, species_table, config):
+        return seconds[config.mode], bench.CountingField(model)
+
+    monkeypatch.setattr(bench, "_timed_decode", timed)
+    result = bench_estimate(
+        model, torch.zeros(2, recipe.model.latent_size), [[0, 0, 0], [1, 1, 1]], [11, 17, 55], recipe
+    )
+    assert (result["seconds"], result["paper_seconds"], result["speedup_vs_paper"]) == (0.5, 4.0, 8.0)

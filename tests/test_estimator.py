@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import platform
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from nesfgen.config import EstimatorConfig
+from nesfgen.allocator import SWITCH
+from nesfgen.config import EstimatorConfig, ModelConfig
 from nesfgen.crystal import Crystal
 from nesfgen.data.importers import load_paper_folder
 from nesfgen.errors import UserError
@@ -20,7 +25,9 @@ from nesfgen.estimator import (
     _suppress,
     estimate,
 )
+from nesfgen.evaluate import estimator_config
 from nesfgen.metrics import aggregate, structure_metrics
+from nesfgen.model import NeSF
 from nesfgen.sampling import box_grid, local_offsets
 
 FAST = EstimatorConfig(steps=4)  # the exact field converges in one step
@@ -90,18 +97,28 @@ def test_paper_steps_recover_too(tiny: tuple) -> None:
     assert_recovered(crystals, estimate(field, field.latents(), box, field.species_table))
 
 
-def test_batched_equals_one_at_a_time_and_chunks(tiny: tuple) -> None:
+@pytest.mark.parametrize(
+    ("mode", "chunk_size", "expected_calls"),
+    [
+        ("paper", 2, [(2, 5), (4, 5), (5, 5)]),  # chunk_size structures at a time
+        # chunk_size × 1331 box particles: 2 × 1331 < twice any cell's ~1900-3600, so one at a time ...
+        ("fast", 2, [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]),
+        ("fast", 16, [(5, 5)]),  # ... and 16 × 1331 holds all five
+    ],
+)
+def test_batched_equals_one_at_a_time_and_chunks(tiny: tuple, mode: str, chunk_size: int, expected_calls) -> None:
     _, field, box = tiny
     z = field.latents()
-    batched = estimate(field, z, box, field.species_table, FAST)
-    single = [estimate(field, z[i : i + 1], box, field.species_table, FAST)[0] for i in range(len(z))]
+    config = replace(FAST, mode=mode)
+    batched = estimate(field, z, box, field.species_table, config)
+    single = [estimate(field, z[i : i + 1], box, field.species_table, config)[0] for i in range(len(z))]
     assert_same(batched, single)
     calls = []
     chunked = estimate(
-        field, z, box, field.species_table, replace(FAST, chunk_size=2), progress=lambda *a: calls.append(a)
+        field, z, box, field.species_table, replace(config, chunk_size=chunk_size), progress=lambda *a: calls.append(a)
     )
     assert_same(batched, chunked)
-    assert calls == [(2, 5), (4, 5), (5, 5)]
+    assert calls == expected_calls
 
 
 def test_deterministic(tiny: tuple) -> None:
@@ -212,3 +229,136 @@ def test_exact_field_recovers_the_lcs6_test_split(paper_data: Path) -> None:
     field = ExactField(test, species_table_of(train + test))
     found = estimate(field, field.latents(), box, field.species_table, EstimatorConfig())
     assert_recovered(test, found)
+
+
+def _paper_reference(field, z, box, table, config):
+    """Today's paper algorithm, frozen here as it stood before the fast mode: estimator.mode=paper must match it."""
+    grid = box_grid(box, config.particle_interval)
+    offsets = local_offsets(config.species_interval, config.species_range)
+    lengths, angles = field.lattice(z)
+    points = grid.expand(z.shape[0], -1, -1)
+    for _ in range(config.steps):
+        points = points + field.position(points, z)
+    score = torch.linalg.vector_norm(field.position(points, z), dim=-1)
+    rows = torch.arange(z.shape[0])
+    alive = score <= config.score_threshold
+    order = torch.argsort((~alive).to(torch.uint8), dim=1, stable=True)[:, : int(alive.sum(1).max())]
+    points = points.gather(1, order[..., None].expand(-1, -1, 3))
+    score, alive = score.gather(1, order), alive.gather(1, order)
+    positions, accepted = [], []
+    while bool(alive.any()):
+        best = score.masked_fill(~alive, math.inf).argmin(dim=1)
+        centre = points[rows, best]
+        offset = points - centre[:, None, :]
+        sphere = alive & (torch.linalg.vector_norm(offset, dim=-1) <= config.nms_radius)
+        weight = torch.exp(score[rows, best][:, None] - score).masked_fill(~sphere, 0.0)
+        shift = torch.where(sphere[..., None], weight[..., None] * offset, 0.0).sum(1)
+        positions.append(centre + shift / weight.sum(1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny))
+        accepted.append(sphere.sum(1) >= config.nms_min_particles)
+        alive = alive & ~sphere
+    positions_, accepted_ = torch.stack(positions, 1), torch.stack(accepted, 1)
+    order = torch.argsort((~accepted_).to(torch.uint8), dim=1, stable=True)[:, : int(accepted_.sum(1).max())]
+    atoms, found = positions_.gather(1, order[..., None].expand(-1, -1, 3)), accepted_.gather(1, order)
+    atoms = torch.where(found[..., None], atoms, 0.0)
+    group = max(1, grid.shape[0] // offsets.shape[0])
+    votes = []
+    for start in range(0, atoms.shape[1], group):
+        queries = atoms[:, start : start + group, None, :] + offsets
+        choice = field.species(queries.reshape(z.shape[0], -1, 3), z).argmax(-1).reshape(z.shape[0], -1, len(offsets))
+        tally = torch.zeros(*choice.shape[:2], len(table), dtype=torch.long)
+        votes.append(tally.scatter_add_(2, choice, torch.ones_like(choice)).argmax(-1))
+    species = torch.cat(votes, 1).numpy()
+    found = found.numpy()
+    return [
+        Decoded(
+            lengths[b].double().numpy(),
+            angles[b].double().numpy(),
+            atoms[b].double().numpy()[found[b]],
+            species[b, found[b]],
+            np.asarray(table)[species[b, found[b]]],
+        )
+        for b in range(z.shape[0])
+    ]
+
+
+def test_paper_mode_is_the_paper_algorithm_bit_for_bit() -> None:
+    """A tiny random network whose particles gather into many clusters; every output bit is the reference's."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        latent_size=8, position_widths=(16, 16), species_widths=(16,), encoder_mix_width=16, lattice_hidden=8
+    )
+    model = NeSF(config, num_species=3).eval()
+    z = torch.randn(3, 8)
+    box, table = [[0.0, 0.0, 0.0], [3.0, 2.5, 2.0]], [11, 17, 55]
+    settings = EstimatorConfig(mode="paper", steps=3, score_threshold=10.0, nms_min_particles=1, nms_radius=0.3)
+    with torch.inference_mode():
+        expected = _paper_reference(model, z, box, table, settings)
+    found = estimate(model, z, box, table, settings)
+    assert sum(d.num_atoms for d in expected) > 10  # the suppression and the vote are exercised
+    assert_same(found, expected)
+
+
+@pytest.mark.parametrize("mode", ["fast", "paper"])
+def test_both_modes_recover_the_exact_field(tiny: tuple, mode: str) -> None:
+    crystals, field, box = tiny
+    assert_recovered(crystals, estimate(field, field.latents(), box, field.species_table, replace(FAST, mode=mode)))
+
+
+def test_fast_mode_moves_only_unsettled_particles_near_the_cell(tiny: tuple) -> None:
+    """The exact field puts every particle on its atom in one move: the second pass settles them all."""
+    crystals, exact, box = tiny
+    asked: list[int] = []
+
+    class CountingField:
+        def lattice(self, z):
+            return exact.lattice(z)
+
+        def position(self, points, z):
+            asked.append(points.shape[1])
+            return exact.position(points, z)
+
+        def species(self, points, z):
+            return exact.species(points, z)
+
+    config = EstimatorConfig()  # the default mode, 64 steps
+    found = estimate(CountingField(), exact.latents()[2:3], box, exact.species_table, config)  # CsCl, 4.12 Å
+    assert_recovered(crystals[2:3], found)
+    assert len(asked) == 2 and asked[1] >= asked[0] - 1  # one move; then all settle (one sat on its atom at once)
+    side = 4.12 + 2 * config.cell_margin  # the cube within the margin of the cell's faces
+    assert abs(asked[0] - (side / config.particle_interval) ** 3) < 0.25 * asked[0]
+
+
+def test_mode_is_an_estimator_override() -> None:
+    assert estimator_config(None, {"estimator.mode": "paper"}).mode == "paper"
+    assert EstimatorConfig().mode == "fast"
+    with pytest.raises(UserError, match="estimator.mode = 'quick' is not allowed; expected one of fast, paper"):
+        EstimatorConfig(mode="quick")
+    with pytest.raises(UserError, match="estimator.cell_margin = -1.0 is not allowed"):
+        EstimatorConfig(cell_margin=-1.0)
+
+
+LIBRARY_DECODE = """
+import resource, torch
+from nesfgen.crystal import Crystal
+from nesfgen.estimator import ExactField, estimate
+crystal = Crystal.create([4.12] * 3, [90] * 3, atomic_numbers=[55, 17], frac_coords=[[0, 0, 0], [0.5, 0.5, 0.5]])
+field = ExactField([crystal], [17, 55])
+estimate(field, field.latents(), [[0, 0, 0], [4, 4, 4]], [17, 55])  # no set-up call before decoding
+for _ in range(10):
+    torch.ones(1 << 24)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    torch.ones(1 << 24)  # 64 MB, allocated and freed as the estimator's activations are
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt settings apply to glibc only"
+)
+def test_library_decoding_keeps_freed_memory_without_a_set_up_call() -> None:
+    env = {key: value for key, value in os.environ.items() if key != SWITCH}
+    result = subprocess.run([sys.executable, "-c", LIBRARY_DECODE], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    pages = 20 * (1 << 26) // 4096  # every page of every block, were each one mapped afresh
+    assert int(result.stdout) < pages // 20

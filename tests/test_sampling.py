@@ -3,9 +3,18 @@ import pytest
 import torch
 
 from nesfgen.config import SamplingConfig
+from nesfgen.crystal import lattice_matrix
 from nesfgen.data.store import CrystalSet
 from nesfgen.errors import UserError
-from nesfgen.sampling import QuerySampler, TensorSet, atoms_bounding_box, box_grid, local_offsets, nearest_atoms
+from nesfgen.sampling import (
+    QuerySampler,
+    TensorSet,
+    atoms_bounding_box,
+    box_grid,
+    cell_grid,
+    local_offsets,
+    nearest_atoms,
+)
 
 
 @pytest.fixture
@@ -156,3 +165,27 @@ def test_full_grids_draw_the_paper_recipes_noise_in_order(tensors):
     species_centres = (atoms.cart_coords[:, None] + species).reshape(-1, 3)
     expected = species_centres + config.species_std * torch.randn(species_centres.shape, generator=generator)
     assert torch.equal(queries.species_points, expected)
+
+
+def test_cell_grid_covers_the_cell_and_its_margin_on_the_box_grid() -> None:
+    box = np.array([[0.0, 0.0, 0.0], [8.0, 6.0, 11.0]])
+    matrix = lattice_matrix([4.0, 4.5, 5.0], [90.0, 100.0, 90.0])
+    points = cell_grid(matrix, box, 0.5, 1.0).double().numpy()
+    paper = box_grid(box, 0.5).double().numpy()
+    # the same lattice of points as the paper's particles: within the box, a subset of them
+    assert np.allclose((points - paper[0]) / 0.5, np.round((points - paper[0]) / 0.5), atol=1e-4)
+    frac = points @ np.linalg.inv(matrix)
+    spacing = 1 / np.linalg.norm(np.linalg.inv(matrix), axis=0)
+    assert np.all(np.maximum(-frac, frac - 1) * spacing <= 1.0 + 1e-6)  # nothing beyond the margin
+    dense = np.random.default_rng(0).random((2000, 3)) @ matrix  # places atoms of the cell can be
+    nearest = np.linalg.norm(dense[:, None, :] - points[None, :, :], axis=-1).min(axis=1)
+    assert nearest.max() <= 0.5 * np.sqrt(3) / 2 + 1e-6  # every place in the cell has a particle within half a cube
+    assert len(points) < len(paper) / 2
+
+
+def test_cell_grid_falls_back_to_the_box_grid_for_a_broken_or_runaway_lattice() -> None:
+    box = np.array([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0]])
+    paper = box_grid(box, 0.5)
+    assert torch.equal(cell_grid(np.full((3, 3), np.nan), box, 0.5, 1.0), paper)
+    assert torch.equal(cell_grid(lattice_matrix([-3.0, 4.0, 4.0], [90.0] * 3), box, 0.5, 1.0), paper)
+    assert torch.equal(cell_grid(lattice_matrix([60.0, 60.0, 60.0], [90.0] * 3), box, 0.5, 1.0), paper)
