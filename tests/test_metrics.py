@@ -9,7 +9,15 @@ import pytest
 
 from nesfgen.crystal import Crystal
 from nesfgen.estimator import Decoded
-from nesfgen.metrics import aggregate, cdvae_metrics, mean_nearest_distance, mean_std, structure_metrics
+from nesfgen.metrics import (
+    PAPER_METRICS,
+    cdvae_metrics,
+    mean_nearest_distance,
+    mean_over_structures,
+    mean_std,
+    pool_over_atoms,
+    structure_metrics,
+)
 
 
 def decoded(cart_coords, atomic_numbers, lengths=(10, 10, 10), angles=(90, 90, 90)) -> Decoded:
@@ -66,20 +74,20 @@ def test_empty_decode_is_undefined_and_counted(two_atoms: Crystal) -> None:
     assert empty["empty"] and empty["atom_count_wrong"]
     assert math.isnan(empty["position_error_actual"]) and math.isnan(empty["species_error_detected_pct"])
     good = structure_metrics(two_atoms, decoded([[1, 1, 1.5], [5, 1, 1]], [11, 17]))
-    summary = aggregate([empty, good])
+    summary = mean_over_structures([empty, good])
     assert summary["num_structures"] == 2 and summary["empty_decodes"] == 1
     assert summary["atom_count_error_pct"] == pytest.approx(50.0)
     assert summary["position_error_actual"] == pytest.approx(0.25)  # the empty decode is left out
     assert summary["species_error_actual_pct"] == 0.0
     assert summary["length_error"] == pytest.approx(0.0)
-    only_empty = aggregate([empty])
+    only_empty = mean_over_structures([empty])
     assert math.isnan(only_empty["position_error_detected"]) and only_empty["empty_decodes"] == 1
 
 
 def test_aggregate_means_over_structures(two_atoms: Crystal) -> None:
     wrong_species = structure_metrics(two_atoms, decoded([[1, 1, 1], [5, 1, 1]], [11, 11]))
     right = structure_metrics(two_atoms, decoded([[1, 1, 1], [5, 1, 1]], [11, 17]))
-    summary = aggregate([wrong_species, right])
+    summary = mean_over_structures([wrong_species, right])
     assert summary["species_error_actual_pct"] == pytest.approx(25.0)
     assert summary["atom_count_error_pct"] == 0.0 and summary["empty_decodes"] == 0
 
