@@ -25,4 +25,6 @@ def test_package_writes_a_slim_checkpoint_and_a_card_that_evaluate_reproduces(ti
     again = evaluate(str(packaged.checkpoint), str(tiny_dataset.path), "test")
     value = f"{again.summary['position_error_actual']:.4f}"
     assert value in card or again.summary["position_error_actual"] != again.summary["position_error_actual"]
+    pooled = again.summary["reference"]["species_error_actual_pct"]
+    assert "pooled over atoms (reference)" in card and f"| {pooled:.4f} |" in card
     assert (run / "eval-tiny-model" / "evaluation.md").is_file()

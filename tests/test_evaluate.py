@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from conftest import rock_salt, tiny_recipe
 
@@ -5,7 +7,7 @@ from nesfgen.checkpoint import read_checkpoint
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
 from nesfgen.evaluate import evaluate, expand_checkpoints, markdown_table, summarise_runs, write_report
-from nesfgen.metrics import PAPER_METRICS
+from nesfgen.metrics import PAPER_METRICS, pool_over_atoms
 from nesfgen.train import train
 
 
@@ -21,12 +23,18 @@ def test_evaluate_writes_reports(trained_run, tiny_dataset, tmp_path):
     assert evaluation.summary["trained_on_this_dataset"]
     files = write_report(evaluation, tmp_path / "report")
     assert {f.name for f in files} == {"evaluation.json", "evaluation.md", "structures.csv", "errors_vs_atoms.png"}
+    written = json.loads((tmp_path / "report" / "evaluation.json").read_text())
+    assert list(written["reference"]) == list(PAPER_METRICS)  # exactly the seven, in table order
+    assert written["reference"] == pytest.approx(pool_over_atoms(evaluation.rows), nan_ok=True)
+    assert "pooled over atoms (reference)" in (tmp_path / "report" / "evaluation.md").read_text()
 
 
 def test_several_runs_give_mean_and_std(trained_run, tiny_dataset):
     evaluations = [evaluate(str(trained_run), str(tiny_dataset.path), "test", limit=2) for _ in range(2)]
     summary = summarise_runs(evaluations)
     assert summary["runs"] == 2 and summary["std"]["length_error"] == 0.0
+    assert summary["mean"]["reference"].keys() == summary["std"]["reference"].keys() == set(PAPER_METRICS)
+    assert summary["std"]["reference"]["length_error"] == 0.0
     assert expand_checkpoints(f"{trained_run}/*.pt") == sorted(str(p) for p in trained_run.glob("*.pt"))
     with pytest.raises(UserError, match="matched nothing"):
         expand_checkpoints(f"{trained_run}/nothing*")

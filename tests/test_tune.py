@@ -270,3 +270,13 @@ def test_show_and_export_need_a_stored_study(tiny_dataset, in_tmp):
         export_recipe(spec)
     with pytest.raises(UserError, match="cannot be opened"):
         open_study(spec, storage="nosuchdb://nowhere")
+
+
+def test_the_objective_takes_the_paper_metrics_pooled_over_atoms():
+    from nesfgen.metrics import PAPER_METRICS
+    from nesfgen.tune import EVALUATOR_METRICS, evaluator_metrics
+
+    per_structure = dict.fromkeys(EVALUATOR_METRICS, 1.0)
+    metrics = evaluator_metrics(per_structure | {"reference": dict.fromkeys(PAPER_METRICS, 2.0)})
+    assert metrics.keys() == EVALUATOR_METRICS.keys()
+    assert all(metrics[name] == 2.0 for name in PAPER_METRICS) and metrics["cdvae_rmse"] == 1.0
