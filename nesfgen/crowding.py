@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from nesfgen.checkpoint import TrainedModel
+from nesfgen.checkpoint import TrainedModel, load_model
+from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet
-from nesfgen.estimator import Decoded
+from nesfgen.estimator import Decoded, estimate
 from nesfgen.evaluate import encode
 from nesfgen.sampling import QuerySampler, TensorSet, local_offsets, nearest_atoms
 from nesfgen.train import epoch_batches
@@ -158,3 +159,26 @@ def summarise_field_errors(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any
         }
         for (size, missed), members in sorted(groups.items(), key=lambda item: (item[0][0], str(item[0][1])))
     ]
+
+
+def measure_crowding(
+    checkpoint: str, data: str, split: str = "val", steps: int = 8, decode_sizes: Sequence[int] = (2, 12)
+) -> dict[str, Any]:
+    """Both measurements on one split: the training signal over ``steps`` steps, and the field's error near
+    the atoms of the cells of ``decode_sizes`` atoms, decoded with the model's own estimator settings
+    (decoding is the slow part, so only those cells are decoded)."""
+    trained = load_model(checkpoint)
+    crystals = resolve_dataset(data).load(split)
+    chosen = [i for i, size in enumerate(np.diff(crystals.offsets)) if size in decode_sizes]
+    subset = crystals.subset(chosen)
+    z = encode(trained, subset)
+    decoded = estimate(trained.model, z, trained.box, trained.species_table, trained.recipe.estimator)
+    rows = field_error_near_atoms(trained, subset, decoded, latents=z)
+    return {
+        "checkpoint": checkpoint,
+        "data": data,
+        "split": split,
+        "training_signal": training_signal(trained, crystals, steps),
+        "decoded_structures": len(chosen),
+        "field_errors": summarise_field_errors(rows),
+    }
