@@ -67,8 +67,8 @@ def crossval_markdown(result: dict[str, Any], dataset: str) -> str:
     """cv.md: the pooled table (compare with the paper there) and the fold-to-fold spread."""
     folds = result["folds"]
     return (
-        f"# {result['recipe']}: folds {', '.join(str(fold) for fold in folds)}, "
-        f"{result['pooled']['num_structures']} pooled test structures\n\n"
+        f"# {result['recipe']}: folds {', '.join(str(fold) for fold in folds)} "
+        f"({result['pooled']['num_structures']} test structures pooled)\n\n"
         f"{markdown_table({**result['pooled'], 'dataset': dataset})}\n{AGGREGATION_NOTE}\n"
         f"Empty decodes: {result['pooled']['empty_decodes']}.\n\n"
         f"## Fold to fold: mean ± std of each fold's own figures ({len(folds)} folds)\n\n"

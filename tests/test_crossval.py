@@ -57,7 +57,7 @@ def test_cross_validation_trains_evaluates_and_pools(tiny_dataset, tmp_path, mon
     assert result["pooled"]["reference"] == pytest.approx(pool_over_atoms(rows), nan_ok=True)
     assert result["std"]["reference"].keys() == set(PAPER_METRICS)  # the fold-to-fold spread
     report = crossval_markdown(result, "tinycv")
-    assert "6 pooled test structures" in report and "Fold to fold" in report and "pooled over atoms" in report
+    assert "(6 test structures pooled)" in report and "Fold to fold" in report and "pooled over atoms" in report
     assert (tmp_path / "cv" / "fold-1" / "eval-test" / "evaluation.json").is_file()
     json.dumps(result, default=str)
     # running again resumes the finished folds instead of training anew
