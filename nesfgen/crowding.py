@@ -93,7 +93,7 @@ def training_signal(trained: TrainedModel, crystals: CrystalSet, steps: int = 8,
 def field_error_near_atoms(
     trained: TrainedModel,
     crystals: CrystalSet,
-    decoded: Sequence[Decoded] | None = None,
+    decoded: Sequence[Decoded | None] | None = None,
     latents: torch.Tensor | None = None,
     missed_within: float = 0.5,
 ) -> list[dict[str, Any]]:
@@ -102,7 +102,8 @@ def field_error_near_atoms(
     The field is probed in eval mode (the decoding latents) at the atom and at the local grid's
     offsets around it (the recipe's local interval and range); the error is |predicted − true| of
     the vector to the nearest atom, in Å. An atom is missed when no decoded atom lies within
-    ``missed_within`` Å (Cartesian, as the paper's metrics); without ``decoded`` that is None.
+    ``missed_within`` Å (Cartesian, as the paper's metrics); for a structure without a decode
+    (``decoded`` None, or None at its index) that is None.
 
     Returns:
         one row per atom: structure, num_atoms (its cell's), missed, error_mean and error_max over the
@@ -122,7 +123,8 @@ def field_error_near_atoms(
         predicted = model.position(points[None], z[index : index + 1])[0].float()
         error = (predicted - truth).norm(dim=1).reshape(-1, offsets.shape[0])  # (N, 1+L)
         at_atom = predicted.norm(dim=1).reshape(-1, offsets.shape[0])[:, 0]
-        missed = _missed(atoms.cart_coords.cpu().numpy(), decoded[index], missed_within) if decoded else None
+        found = decoded[index] if decoded else None
+        missed = None if found is None else _missed(atoms.cart_coords.cpu().numpy(), found, missed_within)
         for atom in range(error.shape[0]):
             rows.append(
                 {
@@ -162,23 +164,27 @@ def summarise_field_errors(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any
 
 
 def measure_crowding(
-    checkpoint: str, data: str, split: str = "val", steps: int = 8, decode_sizes: Sequence[int] = (2, 12)
+    checkpoint: str, data: str, split: str = "val", steps: int = 8, decode_sizes: Sequence[int] = (12,)
 ) -> dict[str, Any]:
     """Both measurements on one split: the training signal over ``steps`` steps, and the field's error near
-    the atoms of the cells of ``decode_sizes`` atoms, decoded with the model's own estimator settings
-    (decoding is the slow part, so only those cells are decoded)."""
+    every atom, with the cells of ``decode_sizes`` atoms decoded (the model's own estimator settings) to
+    tell missed atoms apart; decoding is the slow part, so only those cells are decoded."""
     trained = load_model(checkpoint)
     crystals = resolve_dataset(data).load(split)
+    signal = training_signal(trained, crystals, steps)
+    z = encode(trained, crystals)
     chosen = [i for i, size in enumerate(np.diff(crystals.offsets)) if size in decode_sizes]
-    subset = crystals.subset(chosen)
-    z = encode(trained, subset)
-    decoded = estimate(trained.model, z, trained.box, trained.species_table, trained.recipe.estimator)
-    rows = field_error_near_atoms(trained, subset, decoded, latents=z)
+    decoded: list[Decoded | None] = [None] * len(crystals)
+    if chosen:
+        found = estimate(trained.model, z[chosen], trained.box, trained.species_table, trained.recipe.estimator)
+        for index, result in zip(chosen, found):
+            decoded[index] = result
+    rows = field_error_near_atoms(trained, crystals, decoded, latents=z)
     return {
         "checkpoint": checkpoint,
         "data": data,
         "split": split,
-        "training_signal": training_signal(trained, crystals, steps),
+        "training_signal": signal,
         "decoded_structures": len(chosen),
         "field_errors": summarise_field_errors(rows),
     }
