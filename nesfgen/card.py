@@ -13,7 +13,7 @@ from typing import Any
 
 from nesfgen.checkpoint import PACKAGED_MODELS, read_checkpoint, save_checkpoint
 from nesfgen.config import Recipe, from_dict, to_toml
-from nesfgen.evaluate import Evaluation, Progress, evaluate, markdown_table, write_report
+from nesfgen.evaluate import AGGREGATION_NOTE, Evaluation, Progress, evaluate, markdown_table, write_report
 from nesfgen.files import atomic_write_text
 from nesfgen.machine import machine_description
 from nesfgen.refit import describe_refit
@@ -127,6 +127,8 @@ def model_card(
         f"`nesfgen evaluate checkpoint={name} data={s['dataset']} split={s['split']}`.",
         "",
         markdown_table(s),
+        AGGREGATION_NOTE,
+        "",
         f"Empty decodes: {s['empty_decodes']}. StructureMatcher match rate {s['cdvae_match_rate_pct']:.2f} %, "
         f"RMSE {s['cdvae_rmse']:.4f}; space group recovered {s['cdvae_spacegroup_match_pct']:.2f} %.",
         "",

@@ -523,6 +523,7 @@ def evaluate_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--
     """
     from nesfgen.config import parse_value
     from nesfgen.evaluate import (
+        AGGREGATION_NOTE,
         evaluate,
         expand_checkpoints,
         markdown_table,
@@ -566,6 +567,7 @@ def evaluate_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--
             stdout.print(
                 markdown_table({**result["mean"], "dataset": result["each"][0]["dataset"]}, result["std"]), markup=False
             )
+            stdout.print(AGGREGATION_NOTE, markup=False)
             stated = result["mean"]["symmetry_symprec"]
             key = recovery_key(stated)
             stdout.print(
@@ -575,6 +577,7 @@ def evaluate_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--
             )
         else:
             stdout.print(markdown_table(result), markup=False)
+            stdout.print(AGGREGATION_NOTE, markup=False)
             stdout.print(
                 f"empty decodes {result['empty_decodes']}; StructureMatcher match {result['cdvae_match_rate_pct']:.1f} % "
                 f"(RMSE {result['cdvae_rmse']:.4f}); space group recovered {result['cdvae_spacegroup_match_pct']:.1f} %"
@@ -959,8 +962,7 @@ def cv_command(
 ) -> None:
     """Cross-validation: train and evaluate every fold (nesfgen cv recipe=paper-ybco [out=DIR] [key=value ...])."""
     from nesfgen.config import load_recipe, parse_overrides
-    from nesfgen.crossval import cross_validate, parse_folds
-    from nesfgen.evaluate import markdown_table
+    from nesfgen.crossval import cross_validate, crossval_markdown, parse_folds
     from nesfgen.files import atomic_write_text
 
     overrides, positional = parse_overrides(list(ctx.args))
@@ -976,14 +978,12 @@ def cv_command(
     finally:
         if progress:
             progress.stop()
-    dataset = recipe.data.name
-    table = markdown_table({**result["pooled"], "dataset": dataset})
-    atomic_write_text(out / "cv.md", f"# {recipe.name}: folds {folds}, pooled test structures\n\n{table}")
+    report = crossval_markdown(result, recipe.data.name)
+    atomic_write_text(out / "cv.md", report)
     atomic_write_text(out / "cv.json", json.dumps(result, indent=1, default=str))
 
     def render(r: dict) -> None:
-        stdout.print(f"{len(r['folds'])} folds, {r['pooled']['num_structures']} pooled test structures:")
-        stdout.print(table, markup=False)
+        stdout.print(report, markup=False)
         stdout.print(f"written: {out / 'cv.md'}, {out / 'cv.json'}", markup=False)
 
     emit(result, as_json, render)

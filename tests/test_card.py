@@ -25,4 +25,6 @@ def test_package_writes_a_slim_checkpoint_and_a_card_that_evaluate_reproduces(ti
     again = evaluate(str(packaged.checkpoint), str(tiny_dataset.path), "test")
     assert markdown_table(again.summary) in card  # every metric as evaluated from the written file ("n/a" for NaN)
     assert f"StructureMatcher match rate {again.summary['cdvae_match_rate_pct']:.2f} %" in card
+    pooled = again.summary["reference"]["species_error_actual_pct"]
+    assert "pooled over atoms (reference)" in card and f"| {pooled:.4f} |" in card
     assert (run / "eval-tiny-model" / "evaluation.md").is_file()

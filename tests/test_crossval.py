@@ -1,11 +1,27 @@
+import csv
 import json
 
 import pytest
 from conftest import tiny_recipe
 
-from nesfgen.crossval import cross_validate, parse_folds
+from nesfgen.crossval import cross_validate, crossval_markdown, parse_folds
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
+from nesfgen.metrics import PAPER_METRICS, pool_over_atoms
+
+
+def read_rows(path):
+    """structures.csv back into typed rows (the columns pooling needs)."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["empty"] = row["empty"] == "True"
+        row["atom_count_wrong"] = row["atom_count_wrong"] == "True"
+        for name in ("num_atoms", "num_detected"):
+            row[name] = int(row[name])
+        for name in PAPER_METRICS[1:]:
+            row[name] = float(row[name])
+    return rows
 
 
 def test_parse_folds():
@@ -31,6 +47,17 @@ def test_cross_validation_trains_evaluates_and_pools(tiny_dataset, tmp_path, mon
     result = cross_validate(recipe, [0, 1], tmp_path / "cv")
     assert result["pooled"]["num_structures"] == 6
     assert result["runs"] == 2
+    # the paper's YBCO-like column pools every fold's atoms: sums over both folds' structures, not a mean of folds
+    rows = [
+        row for fold in (0, 1) for row in read_rows(tmp_path / "cv" / f"fold-{fold}" / "eval-test" / "structures.csv")
+    ]
+    actual_atoms = sum(row["num_atoms"] for row in rows)
+    missed = sum(row["num_atoms"] * (100.0 if row["empty"] else row["species_error_actual_pct"]) for row in rows)
+    assert result["pooled"]["reference"]["species_error_actual_pct"] == pytest.approx(missed / actual_atoms)
+    assert result["pooled"]["reference"] == pytest.approx(pool_over_atoms(rows), nan_ok=True)
+    assert result["std"]["reference"].keys() == set(PAPER_METRICS)  # the fold-to-fold spread
+    report = crossval_markdown(result, "tinycv")
+    assert "(6 test structures pooled)" in report and "Fold to fold" in report and "pooled over atoms" in report
     assert (tmp_path / "cv" / "fold-1" / "eval-test" / "evaluation.json").is_file()
     folds = [json.loads((tmp_path / "cv" / f"fold-{k}" / "eval-test" / "evaluation.json").read_text()) for k in (0, 1)]
     assert [(f["dataset"], f["num_structures"]) for f in folds] == [("tinycv-fold0", 3), ("tinycv-fold1", 3)]

@@ -26,7 +26,7 @@ from nesfgen.estimator import (
     estimate,
 )
 from nesfgen.evaluate import estimator_config
-from nesfgen.metrics import aggregate, structure_metrics
+from nesfgen.metrics import mean_over_structures, structure_metrics
 from nesfgen.model import NeSF
 from nesfgen.sampling import box_grid, local_offsets
 
@@ -56,7 +56,7 @@ def assert_same(a: list[Decoded], b: list[Decoded]) -> None:
 
 
 def assert_recovered(crystals: list[Crystal], found: list[Decoded]) -> None:
-    summary = aggregate([structure_metrics(c, d) for c, d in zip(crystals, found)])
+    summary = mean_over_structures([structure_metrics(c, d) for c, d in zip(crystals, found)])
     assert summary["atom_count_error_pct"] == 0.0 and summary["empty_decodes"] == 0
     assert summary["position_error_actual"] < 1e-3 and summary["position_error_detected"] < 1e-3
     assert summary["species_error_actual_pct"] == 0.0 and summary["species_error_detected_pct"] == 0.0
@@ -182,7 +182,7 @@ def test_bf16_rounds_the_field_passes_but_not_the_lattice(tiny: tuple) -> None:
 
     found = estimate(RecordingField(), exact.latents(), box, exact.species_table, replace(FAST, precision="bf16"))
     assert seen == {"lattice": {False}, "position": {True}, "species": {True}}
-    summary = aggregate([structure_metrics(c, d) for c, d in zip(crystals, found)])
+    summary = mean_over_structures([structure_metrics(c, d) for c, d in zip(crystals, found)])
     assert summary["atom_count_error_pct"] == 0.0 and summary["species_error_actual_pct"] == 0.0
     assert summary["length_error"] < 1e-5 and summary["position_error_actual"] < 0.05  # bf16 rounding of moves
     with pytest.raises(UserError, match="estimator.precision = 'fp16' is not allowed; expected one of fp32, bf16"):

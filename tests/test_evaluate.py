@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from conftest import rock_salt, tiny_recipe
@@ -14,7 +16,7 @@ from nesfgen.evaluate import (
     write_reconstructions,
     write_report,
 )
-from nesfgen.metrics import PAPER_METRICS
+from nesfgen.metrics import PAPER_METRICS, pool_over_atoms
 from nesfgen.train import train
 
 
@@ -30,6 +32,10 @@ def test_evaluate_writes_reports(trained_run, tiny_dataset, tmp_path):
     assert evaluation.summary["trained_on_this_dataset"]
     files = write_report(evaluation, tmp_path / "report")
     assert {f.name for f in files} == {"evaluation.json", "evaluation.md", "structures.csv", "errors_vs_atoms.png"}
+    written = json.loads((tmp_path / "report" / "evaluation.json").read_text())
+    assert list(written["reference"]) == list(PAPER_METRICS)  # exactly the seven, in table order
+    assert written["reference"] == pytest.approx(pool_over_atoms(evaluation.rows), nan_ok=True)
+    assert "pooled over atoms (reference)" in (tmp_path / "report" / "evaluation.md").read_text()
 
 
 def test_several_runs_give_mean_and_std(trained_run, tiny_dataset, tmp_path):
@@ -43,6 +49,9 @@ def test_several_runs_give_mean_and_std(trained_run, tiny_dataset, tmp_path):
     assert summary["runs"] == 2 and first != second
     assert summary["mean"]["length_error"] == pytest.approx((first + second) / 2)
     assert summary["std"]["length_error"] == pytest.approx(abs(first - second) / 2)  # over runs, as numpy's std
+    assert summary["mean"]["reference"].keys() == summary["std"]["reference"].keys() == set(PAPER_METRICS)
+    first, second = (e.summary["reference"]["length_error"] for e in evaluations)
+    assert summary["std"]["reference"]["length_error"] == pytest.approx(abs(first - second) / 2)
     assert expand_checkpoints(f"{trained_run}/*.pt") == sorted(str(p) for p in trained_run.glob("*.pt"))
     with pytest.raises(UserError, match="matched nothing"):
         expand_checkpoints(f"{trained_run}/nothing*")
@@ -73,10 +82,14 @@ def test_defaults_are_the_shipped_model_and_its_dataset(trained_run, tiny_datase
         evaluate(None, str(tiny_dataset.path), "test")
 
 
-def test_markdown_puts_the_paper_beside_ours():
-    summary = dict.fromkeys(PAPER_METRICS, 0.5)
-    assert "| 6.35 |" in markdown_table({**summary, "dataset": "lcs6"})
-    assert "paper" not in markdown_table({**summary, "dataset": "mine"})
+def test_markdown_puts_the_paper_beside_both_aggregations():
+    summary = dict.fromkeys(PAPER_METRICS, 0.5) | {"reference": dict.fromkeys(PAPER_METRICS, 0.25)}
+    summary["reference"]["position_error_actual"] = float("inf")  # an empty decode, as the reference has it
+    table = markdown_table({**summary, "dataset": "lcs6"})
+    assert "pooled over atoms" in table and "per-structure mean" in table
+    assert "| error in number of atoms [%] | 0.2500 | 0.5000 | 6.35 |" in table  # pooled first, then per structure
+    assert "| position error, actual [Å] | inf | 0.5000 | 0.1161 |" in table
+    assert "Table 1" not in markdown_table({**summary, "dataset": "mine"})
 
 
 def test_trajectory_of_snapshots(tiny_dataset, tmp_path):

@@ -331,3 +331,13 @@ def test_two_workers_on_postgresql_survive_one_being_killed(tiny_dataset, in_tmp
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == failed.params
     assert sum(t.state == TrialState.COMPLETE for t in trials) >= 4
     assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def test_the_objective_takes_the_paper_metrics_pooled_over_atoms():
+    from nesfgen.metrics import PAPER_METRICS
+    from nesfgen.tune import EVALUATOR_METRICS, evaluator_metrics
+
+    per_structure = dict.fromkeys(EVALUATOR_METRICS, 1.0)
+    metrics = evaluator_metrics(per_structure | {"reference": dict.fromkeys(PAPER_METRICS, 2.0)})
+    assert metrics.keys() == EVALUATOR_METRICS.keys()
+    assert all(metrics[name] == 2.0 for name in PAPER_METRICS) and metrics["cdvae_rmse"] == 1.0

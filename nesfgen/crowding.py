@@ -1,0 +1,190 @@
+"""Why atoms of crowded cells get no attractor: the training signal one atom gets, and the field's error near atoms.
+
+Global training queries are drawn per structure and local ones per atom, so an atom of a 12-atom
+cell shares its cell's global queries with eleven others where an atom of a 2-atom cell shares
+them with one. These measurements put numbers on that, on a trained model and a split, without
+changing either: ``training_signal`` draws training steps as training does and splits each step's
+position loss and gradient by the cell size of each query's target atom; ``field_error_near_atoms``
+probes the decoded field on the local grid around every atom and, given the estimator's decodes,
+tells apart the atoms it missed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from nesfgen.checkpoint import TrainedModel, load_model
+from nesfgen.data.names import resolve_dataset
+from nesfgen.data.store import CrystalSet
+from nesfgen.estimator import Decoded, estimate
+from nesfgen.evaluate import encode
+from nesfgen.sampling import QuerySampler, TensorSet, local_offsets, nearest_atoms
+from nesfgen.train import epoch_batches
+
+#: distance bands (Å) of a position query from its target atom: inside the estimator's basin, around it, far
+NEAR, MID = 0.5, 1.5
+
+
+def training_signal(trained: TrainedModel, crystals: CrystalSet, steps: int = 8, seed: int = 0) -> dict[int, dict]:
+    """Per cell size N: what one atom of an N-atom cell gets of a training step's position term, on average.
+
+    Batches (the recipe's batch size) and queries (the recipe's sampler) are drawn as training draws
+    them; the model runs in train mode (batch statistics, dropout) without updating anything. Each
+    position query belongs to its target, the nearest atom of its structure. For the atoms of
+    N-atom cells, per atom and step: the queries in each distance band, the share of the batch's
+    position loss, and the share of its gradient on the position field's parameters, taken as the
+    projection <g_N, g> / |g|² of the cell size's gradient g_N on the whole one g (the shares of all
+    cell sizes add up to 1).
+
+    Returns:
+        {N: {"atoms": atom-steps seen, "queries_near", "queries_mid", "queries_far", "loss_share",
+        "gradient_share"}}, the last five per atom and step.
+    """
+    model, recipe = trained.model, trained.recipe
+    device = next(model.parameters()).device
+    tensors = TensorSet(crystals, trained.species_table, device)
+    sampler = QuerySampler(recipe.sampling, trained.box, device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    torch.manual_seed(seed)  # dropout
+    parameters = [p for p in model.position_field.parameters() if p.requires_grad]
+    sums: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    model.train()
+    try:
+        batches = epoch_batches(len(tensors), recipe.train.batch_size, generator)[:steps]
+        for indices in batches:
+            atoms = tensors.batch(indices)
+            queries = sampler.sample(atoms, generator)
+            target = nearest_atoms(queries.position_points, queries.position_structure, atoms)  # (Q,)
+            cell_size = torch.bincount(atoms.structure)[atoms.structure]  # (A,) atoms in each atom's cell
+            predicted = model.position_field(queries.position_points, queries.position_structure, model.encode(atoms))
+            squared = (predicted.float() - queries.position_targets).square().sum(dim=1)  # (Q,)
+            loss = recipe.loss.position * squared.sum() / (3 * squared.numel())
+            whole = torch.autograd.grad(loss, parameters, retain_graph=True)
+            whole_norm2 = sum(g.square().sum() for g in whole)
+            distance = queries.position_targets.norm(dim=1)  # (Q,)
+            query_size = cell_size[target]
+            for size in torch.unique(cell_size).tolist():
+                mine = query_size == size
+                count = int((cell_size == size).sum())
+                part = recipe.loss.position * squared[mine].sum() / (3 * squared.numel())
+                grads = torch.autograd.grad(part, parameters, retain_graph=True)
+                projection = sum((g * w).sum() for g, w in zip(grads, whole)) / whole_norm2
+                row = sums[size]
+                row["atoms"] += count
+                row["queries_near"] += float((distance[mine] < NEAR).sum())
+                row["queries_mid"] += float(((distance[mine] >= NEAR) & (distance[mine] < MID)).sum())
+                row["queries_far"] += float((distance[mine] >= MID).sum())
+                row["loss_share"] += float(part.detach() / loss.detach())
+                row["gradient_share"] += float(projection)
+    finally:
+        model.eval()
+    return {
+        size: {"atoms": int(row["atoms"])} | {k: v / row["atoms"] for k, v in row.items() if k != "atoms"}
+        for size, row in sorted(sums.items())
+    }
+
+
+@torch.no_grad()
+def field_error_near_atoms(
+    trained: TrainedModel,
+    crystals: CrystalSet,
+    decoded: Sequence[Decoded | None] | None = None,
+    latents: torch.Tensor | None = None,
+    missed_within: float = 0.5,
+) -> list[dict[str, Any]]:
+    """Per atom: the position field's error on the training local grid around it, and whether it was missed.
+
+    The field is probed in eval mode (the decoding latents) at the atom and at the local grid's
+    offsets around it (the recipe's local interval and range); the error is |predicted − true| of
+    the vector to the nearest atom, in Å. An atom is missed when no decoded atom lies within
+    ``missed_within`` Å (Cartesian, as the paper's metrics); for a structure without a decode
+    (``decoded`` None, or None at its index) that is None.
+
+    Returns:
+        one row per atom: structure, num_atoms (its cell's), missed, error_mean and error_max over the
+        grid, and at_atom (|predicted vector| at the atom itself: 0 for a perfect attractor).
+    """
+    model, sampling = trained.model, trained.recipe.sampling
+    device = next(model.parameters()).device
+    z = encode(trained, crystals) if latents is None else latents
+    tensors = TensorSet(crystals, trained.species_table, device)
+    offsets = torch.cat([torch.zeros(1, 3), local_offsets(sampling.local_interval, sampling.local_range)]).to(device)
+    rows = []
+    for index in range(len(crystals)):
+        atoms = tensors.batch(torch.tensor([index]))
+        points = (atoms.cart_coords[:, None, :] + offsets[None]).reshape(-1, 3)  # (N·(1+L), 3)
+        structure = torch.zeros(points.shape[0], dtype=torch.long, device=device)
+        truth = atoms.cart_coords[nearest_atoms(points, structure, atoms)] - points
+        predicted = model.position(points[None], z[index : index + 1])[0].float()
+        error = (predicted - truth).norm(dim=1).reshape(-1, offsets.shape[0])  # (N, 1+L)
+        at_atom = predicted.norm(dim=1).reshape(-1, offsets.shape[0])[:, 0]
+        found = decoded[index] if decoded else None
+        missed = None if found is None else _missed(atoms.cart_coords.cpu().numpy(), found, missed_within)
+        for atom in range(error.shape[0]):
+            rows.append(
+                {
+                    "structure": index,
+                    "num_atoms": error.shape[0],
+                    "missed": None if missed is None else bool(missed[atom]),
+                    "error_mean": float(error[atom].mean()),
+                    "error_max": float(error[atom].max()),
+                    "at_atom": float(at_atom[atom]),
+                }
+            )
+    return rows
+
+
+def _missed(cart_coords: np.ndarray, decoded: Decoded, within: float) -> np.ndarray:
+    """(N,) whether no decoded atom lies within ``within`` Å of each true atom."""
+    if decoded.num_atoms == 0:
+        return np.ones(len(cart_coords), dtype=bool)
+    distance = np.linalg.norm(cart_coords[:, None, :] - np.asarray(decoded.cart_coords)[None, :, :], axis=-1)
+    return distance.min(axis=1) > within
+
+
+def summarise_field_errors(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean field error per (cell size, missed): atoms, error_mean, error_max and at_atom averaged."""
+    groups: dict[tuple[int, Any], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["num_atoms"], row["missed"])].append(row)
+    return [
+        {
+            "num_atoms": size,
+            "missed": missed,
+            "atoms": len(members),
+            **{k: float(np.mean([m[k] for m in members])) for k in ("error_mean", "error_max", "at_atom")},
+        }
+        for (size, missed), members in sorted(groups.items(), key=lambda item: (item[0][0], str(item[0][1])))
+    ]
+
+
+def measure_crowding(
+    checkpoint: str, data: str, split: str = "val", steps: int = 8, decode_sizes: Sequence[int] = (12,)
+) -> dict[str, Any]:
+    """Both measurements on one split: the training signal over ``steps`` steps, and the field's error near
+    every atom, with the cells of ``decode_sizes`` atoms decoded (the model's own estimator settings) to
+    tell missed atoms apart; decoding is the slow part, so only those cells are decoded."""
+    trained = load_model(checkpoint)
+    crystals = resolve_dataset(data).load(split)
+    signal = training_signal(trained, crystals, steps)
+    z = encode(trained, crystals)
+    chosen = [i for i, size in enumerate(np.diff(crystals.offsets)) if size in decode_sizes]
+    decoded: list[Decoded | None] = [None] * len(crystals)
+    if chosen:
+        found = estimate(trained.model, z[chosen], trained.box, trained.species_table, trained.recipe.estimator)
+        for index, result in zip(chosen, found):
+            decoded[index] = result
+    rows = field_error_near_atoms(trained, crystals, decoded, latents=z)
+    return {
+        "checkpoint": checkpoint,
+        "data": data,
+        "split": split,
+        "training_signal": signal,
+        "decoded_structures": len(chosen),
+        "field_errors": summarise_field_errors(rows),
+    }
