@@ -1,24 +1,18 @@
-"""Sampling new structures from a variational model, and the measures the field uses for generative models.
+"""Sampling new structures: latents from a learned prior (or a VAE's N(0, I)), decoded by the estimator.
 
-Latents are drawn from the prior (scaled by a temperature) or around an encoded structure, decoded
-with the estimator, and measured as CDVAE and its successors do: structural validity (no two atoms
-closer than 0.5 Å, periodic images included), compositional validity (a charge-balanced assignment
-of common oxidation states exists, SMACT-like), uniqueness among the samples and novelty against the
-training set (pymatgen's StructureMatcher), the space-group distribution (spglib), and Wasserstein
-distances between the sampled and training distributions of atoms per cell, density and number of
-elements.
+The default is the shipped autoencoder with its learned latent prior (see ``nesfgen.prior``): samples
+then decode as well as the autoencoder reconstructs. A VAE checkpoint samples its own N(0, I) prior;
+``near=`` samples around an encoded structure. The samples are measured with ``generative_metrics``.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import logging
-import math
-from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from nesfgen.checkpoint import DEFAULT_VAE_MODEL, PACKAGED_MODELS, TrainedModel, load_model
-from nesfgen.crystal import Crystal, lattice_matrix, symmetry_dataset
+from nesfgen.baselines import reference_rows
+from nesfgen.checkpoint import DEFAULT_MODEL, DEFAULT_VAE_MODEL, PACKAGED_MODELS, TrainedModel, load_model
+from nesfgen.crystal import Crystal
 from nesfgen.data.builtin import find_known
 from nesfgen.data.importers import read_structure_file
 from nesfgen.data.store import CrystalSet
@@ -35,6 +30,8 @@ from nesfgen.errors import UserError
 from nesfgen.estimator import estimate
 from nesfgen.evaluate import estimator_config
 from nesfgen.files import atomic_write_text
+from nesfgen.generative_metrics import Reference, build_reference, reduced_formula, score
+from nesfgen.prior import Condition, LatentPrior, condition_holds, load_prior
 from nesfgen.sampling import TensorSet
 from nesfgen.symmetry import STATED_SYMPREC, symmetrize_decoded
 
@@ -42,185 +39,12 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 
-#: two atoms closer than this (Å), periodic images included, make a structure invalid (CDVAE's cutoff)
-STRUCTURE_CUTOFF = 0.5
-#: how far (Å) to look for the nearest neighbour reported per sample
-NEIGHBOUR_SEARCH = 4.0
-#: StructureMatcher settings for uniqueness and novelty: those of the reconstruction metrics (CDVAE)
-MATCHER_SETTINGS = {"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3}
-#: grams per cm³ of one atomic mass unit per Å³
-AMU_PER_CUBIC_ANGSTROM = 1.66053906660
-#: the distributions compared with the training set
-DISTRIBUTIONS = ("num_atoms", "density", "num_elements")
-
-
-# --- validity -----------------------------------------------------------------------------------
-
-
-def min_distance(crystal: Crystal, search: float = NEIGHBOUR_SEARCH) -> float:
-    """Shortest distance (Å) between two atoms, periodic images included; inf if none within ``search``."""
-    _, _, _, distances = crystal.to_structure().get_neighbor_list(search)
-    return float(distances.min()) if len(distances) else math.inf
-
-
-def structurally_valid(crystal: Crystal) -> bool:
-    """No two atoms (or an atom and its own image) closer than STRUCTURE_CUTOFF."""
-    return min_distance(crystal, STRUCTURE_CUTOFF) >= STRUCTURE_CUTOFF
-
-
-def element_counts(atomic_numbers: Sequence[int] | np.ndarray) -> dict[str, int]:
-    """Element symbol -> atoms in the cell."""
-    from pymatgen.core import Element
-
-    numbers, counts = np.unique(np.asarray(atomic_numbers, dtype=np.int64), return_counts=True)
-    return {Element.from_Z(int(z)).symbol: int(n) for z, n in zip(numbers, counts)}
-
-
-def charge_balanced_states(counts: Mapping[str, int]) -> dict[str, int] | None:
-    """One common oxidation state per element (pymatgen's) with zero total charge, or None if none exists.
-
-    Dynamic programming over the reachable partial charges, so the cost grows with the number of
-    distinct totals, not with the product of the elements' choices.
-    """
-    from pymatgen.core import Element
-
-    gcd = math.gcd(*counts.values())
-    reachable: dict[int, tuple[int, ...]] = {0: ()}  # partial charge -> one choice of states giving it
-    for symbol, count in counts.items():
-        states = Element(symbol).common_oxidation_states
-        reachable = {
-            charge + (count // gcd) * state: (*chosen, state)
-            for charge, chosen in reachable.items()
-            for state in states
-        }
-    chosen = reachable.get(0)
-    return None if chosen is None else dict(zip(counts, chosen))
-
-
-def composition_check(counts: Mapping[str, int]) -> tuple[bool, str]:
-    """Compositional validity and its reason: "element", "alloy" or the charge-balanced states ("Zn+2 S-2").
-
-    A single element and an all-metal alloy count as valid, as SMACT does with ``include_alloys``; the
-    reason is "" when invalid.
-    """
-    from pymatgen.core import Element
-
-    if len(counts) == 1:
-        return True, "element"
-    if all(Element(symbol).is_metal for symbol in counts):
-        return True, "alloy"
-    states = charge_balanced_states(counts)
-    if states is None:
-        return False, ""
-    return True, " ".join(f"{symbol}{state:+d}" for symbol, state in states.items())
-
-
-def compositionally_valid(crystal: Crystal) -> bool:
-    return composition_check(element_counts(crystal.atomic_numbers))[0]
-
-
-# --- uniqueness and novelty ----------------------------------------------------------------------
-
-
-def reduced_formula(atomic_numbers: Sequence[int] | np.ndarray) -> str:
-    from pymatgen.core import Composition
-
-    return Composition(element_counts(atomic_numbers)).reduced_formula
-
-
-def _matcher() -> Any:
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    return StructureMatcher(**MATCHER_SETTINGS)
-
-
-def unique_flags(crystals: Sequence[Crystal]) -> list[bool]:
-    """True for the first crystal of each group of StructureMatcher-equal ones (compared within a formula)."""
-    matcher = _matcher()
-    kept: dict[str, list[Any]] = defaultdict(list)  # reduced formula -> structures of the unique ones
-    flags = []
-    for crystal in crystals:
-        structure = crystal.to_structure()
-        group = kept[reduced_formula(crystal.atomic_numbers)]
-        unique = not any(matcher.fit(structure, other) for other in group)
-        if unique:
-            group.append(structure)
-        flags.append(unique)
-    return flags
-
-
-def novel_flags(crystals: Sequence[Crystal], reference: CrystalSet) -> list[bool]:
-    """True for each crystal that StructureMatcher matches to no reference structure of the same formula."""
-    matcher = _matcher()
-    by_formula: dict[str, list[int]] = defaultdict(list)
-    for index in range(len(reference)):
-        start, stop = reference.offsets[index], reference.offsets[index + 1]
-        by_formula[reduced_formula(reference.atomic_numbers[start:stop])].append(index)
-
-    @functools.cache
-    def reference_structure(index: int) -> Any:
-        return reference[index].to_structure()
-
-    flags = []
-    for crystal in crystals:
-        structure = crystal.to_structure()
-        candidates = by_formula.get(reduced_formula(crystal.atomic_numbers), [])
-        flags.append(not any(matcher.fit(structure, reference_structure(i)) for i in candidates))
-    return flags
-
-
-# --- distributions -------------------------------------------------------------------------------
-
-
-@functools.cache
-def _atomic_masses() -> np.ndarray:
-    from pymatgen.core import Element
-
-    return np.array([0.0] + [float(Element.from_Z(z).atomic_mass) for z in range(1, 119)])
-
-
-def cell_statistics(lengths: np.ndarray, angles: np.ndarray, atomic_numbers: np.ndarray) -> dict[str, float]:
-    """Atoms per cell, density (g/cm³) and number of elements of one cell."""
-    volume = abs(np.linalg.det(lattice_matrix(lengths, angles)))
-    mass = _atomic_masses()[np.asarray(atomic_numbers, dtype=np.int64)].sum()
-    return {
-        "num_atoms": float(len(atomic_numbers)),
-        "density": float(mass * AMU_PER_CUBIC_ANGSTROM / volume),
-        "num_elements": float(len(np.unique(atomic_numbers))),
-    }
-
-
-def set_statistics(crystals: CrystalSet) -> dict[str, np.ndarray]:
-    """cell_statistics of every structure of a split: name -> (S,)."""
-    rows = [
-        cell_statistics(
-            crystals.lengths[i],
-            crystals.angles[i],
-            crystals.atomic_numbers[crystals.offsets[i] : crystals.offsets[i + 1]],
-        )
-        for i in range(len(crystals))
-    ]
-    return {name: np.array([row[name] for row in rows]) for name in DISTRIBUTIONS}
-
-
-def wasserstein_distances(samples: Sequence[Mapping[str, float]], reference: Mapping[str, np.ndarray]) -> dict:
-    """Earth mover's distance per statistic between the samples and the reference; None without samples."""
-    from scipy.stats import wasserstein_distance
-
-    if not samples:
-        return dict.fromkeys(DISTRIBUTIONS)
-    return {
-        name: float(wasserstein_distance([row[name] for row in samples], reference[name])) for name in DISTRIBUTIONS
-    }
-
-
-def space_group(crystal: Crystal) -> tuple[str, int] | None:
-    """spglib's international symbol and number at STATED_SYMPREC, or None when it finds no symmetry."""
-    dataset = symmetry_dataset(crystal, STATED_SYMPREC)
-    return None if dataset is None else (str(dataset.international), int(dataset.number))
-
-
-# --- sampling ------------------------------------------------------------------------------------
+#: shipped learned priors over the default autoencoder's latents: nesfgen/models/priors/<autoencoder>-<kind>.pt
+PRIORS = PACKAGED_MODELS / "priors"
+#: the prior ``nesfgen sample`` uses without prior=
+DEFAULT_PRIOR = "flowmatch"
+#: prior= values: a shipped kind, "vae" (a variational checkpoint's own N(0, I)), or a .pt file
+PRIOR_CHOICES = ("flowmatch", "flow", "vae")
 
 
 @dataclass
@@ -284,11 +108,13 @@ def find_structure(text: str, reference: CrystalSet | None) -> Crystal:
     )
 
 
-def reference_set(trained: TrainedModel, data: str | None) -> tuple[CrystalSet | None, dict[str, Any]]:
-    """The training split to measure novelty and distributions against, and a note on where it came from.
+def reference_set(
+    trained: TrainedModel, data: str | None, progress: Progress | None = None
+) -> tuple[Reference | None, dict[str, Any]]:
+    """The training split (novelty, distributions) and test split (coverage) to measure samples against.
 
     Without ``data`` it is the model's own training data when that dataset is available here; otherwise
-    novelty and the distribution distances are skipped, with the reason in the note.
+    the comparisons are skipped, with the reason in the note. Coverage needs a split named "test".
     """
     from nesfgen.data.names import resolve_dataset
 
@@ -300,19 +126,21 @@ def reference_set(trained: TrainedModel, data: str | None) -> tuple[CrystalSet |
         if data:
             raise
         reason = (
-            f"the training dataset {name!r} is not available here, so novelty and the distribution distances were "
-            "skipped; import it, or give data=NAME to compare against another dataset"
+            f"the training dataset {name!r} is not available here, so novelty, coverage and the distribution "
+            "distances were skipped; import it, or give data=NAME to compare against another dataset"
         )
         log.info(reason)
         return None, {"dataset": name, "skipped": reason}
     crystals = dataset.load(split)
+    test = dataset.load("test") if "test" in dataset.split_names else None
     note = {
         "dataset": dataset.name,
         "split": split,
         "structures": len(crystals),
+        "coverage_split": "test" if test is not None else None,
         "is_training_data": dataset.content_hash == trained.dataset_hash,
     }
-    return crystals, note
+    return build_reference(crystals, test, progress), note
 
 
 def _encode_one(trained: TrainedModel, crystal: Crystal) -> torch.Tensor:
@@ -330,6 +158,29 @@ def _encode_one(trained: TrainedModel, crystal: Crystal) -> torch.Tensor:
         return trained.model.encode(tensors.batch(torch.arange(1)))[0]
 
 
+def shipped_prior(kind: str, autoencoder: str = DEFAULT_MODEL) -> Path:
+    path = PRIORS / f"{autoencoder}-{kind}.pt"
+    if not path.is_file():
+        raise UserError(
+            f"prior={kind}: no shipped prior {path.name} in {PRIORS}; fit one with "
+            f"`nesfgen prior fit kind={kind} out=FILE.pt` and give prior=FILE.pt"
+        )
+    return path
+
+
+def resolve_prior(prior: str | None, checkpoint: str | None) -> tuple[str, LatentPrior | None]:
+    """The model to decode with and its learned prior (None: the VAE's own N(0, I))."""
+    if prior == "vae" or (prior is None and checkpoint is not None and load_model(checkpoint).recipe.model.variational):
+        return checkpoint or DEFAULT_VAE_MODEL, None
+    if prior is None or prior in PRIOR_CHOICES:
+        learned = load_prior(shipped_prior(prior or DEFAULT_PRIOR))
+    elif Path(prior).is_file():
+        learned = load_prior(Path(prior))
+    else:
+        raise UserError(f"prior={prior}: expected one of {', '.join(PRIOR_CHOICES)} or a prior .pt file")
+    return checkpoint or learned.autoencoder or DEFAULT_MODEL, learned
+
+
 def sample_structures(
     checkpoint: str | None = None,
     n: int = 100,
@@ -343,38 +194,62 @@ def sample_structures(
     progress: Progress | None = None,
     symmetrize: bool = False,
     symprec: float = STATED_SYMPREC,
+    prior: str | None = None,
+    condition: Condition | None = None,
+    guidance: float = 1.0,
+    baselines: bool = False,
 ) -> Generation:
     """Decode ``n`` latents into structures and measure them.
 
     Args:
-        checkpoint: a variational model (run folder, .pt file or shipped name); the shipped
-            DEFAULT_VAE_MODEL when None. With ``near``, an autoencoder works too.
-        n: number of samples. seed: seed of the latents. temperature: scale of the prior's samples.
-        near: sample around this structure (a CIF/POSCAR path or a formula) instead of the prior:
+        checkpoint: the model to decode with (run folder, .pt file or shipped name). None: the shipped
+            autoencoder with its learned prior, or the shipped VAE with prior="vae".
+        n: number of samples. seed: seed of the latents. temperature: scale of a VAE's N(0, I) samples.
+        near: sample around this structure (a CIF/POSCAR path or a formula) instead of a prior:
             z = its latent + radius × N(0, I).
-        data: the dataset to measure novelty and distributions against (default: the model's training data).
+        data: the dataset to measure against (default: the model's training data).
         estimator_overrides: ``{"estimator.steps": "32"}``-style overrides of the checkpoint's estimator.
         symmetrize: snap each decoded structure to the highest-symmetry space group spglib finds within
             ``symprec`` Å before measuring (those where that fails are kept as decoded).
+        prior: "flowmatch" / "flow" (shipped learned priors), "vae", or a prior .pt file; see resolve_prior.
+        condition: what the samples should hold (flow-matching prior only); guidance: its
+            classifier-free guidance scale (1: plain conditional sampling).
+        baselines: also score the ceiling and floor rows (``nesfgen.baselines``) with ``n`` and ``seed``.
     """
+    started = time.perf_counter()
     if n < 1:
         raise UserError(f"n must be at least 1, got {n}")
     if not temperature > 0 or not radius > 0:
         raise UserError(f"temperature and radius must be positive, got temperature={temperature} radius={radius}")
-    trained = load_model(checkpoint or default_checkpoint(), device)
+    condition = condition or Condition()
+    if near is not None:
+        learned, model_name = None, checkpoint or DEFAULT_MODEL
+    else:
+        model_name, learned = resolve_prior(prior, checkpoint)
+    if learned is None and not condition.is_empty():
+        raise UserError("conditions (elements=, formula=, ...) need a learned prior: prior=flowmatch")
+    trained = load_model(model_name, device)
     variational = trained.recipe.model.variational
-    if near is None and not variational:
+    if near is None and learned is None and not variational:
         raise UserError(
-            f"{trained.path} is an autoencoder (model.variational=false): its latents have no prior to sample. "
-            "Train a VAE (e.g. `nesfgen train recipe=vae-quickstart`), or decode around a structure with near=FORMULA|PATH"
+            f"{trained.path} is an autoencoder (model.variational=false): it has no N(0, I) prior; sample it with "
+            "a learned prior (prior=flowmatch|flow|FILE.pt) or around a structure with near=FORMULA|PATH"
+        )
+    if learned is not None and learned.mean.numel() != trained.recipe.model.latent_size:
+        raise UserError(
+            f"the prior's latents have {learned.mean.numel()} dimensions, the model {trained.path} "
+            f"{trained.recipe.model.latent_size}: fit the prior to this model (nesfgen prior fit checkpoint=...)"
         )
     config = estimator_config(trained, estimator_overrides or {})
     reference, reference_note = reference_set(trained, data)
-    center, anchor = None, None
+    anchor = None
     if near is not None:
-        anchor = find_structure(near, reference)
-        center = _encode_one(trained, anchor)
-    z = sample_latents(n, trained.recipe.model.latent_size, seed, temperature, center, radius)
+        anchor = find_structure(near, reference.train if reference else None)
+        z = sample_latents(n, trained.recipe.model.latent_size, seed, 1.0, _encode_one(trained, anchor), radius)
+    elif learned is not None:
+        z = learned.sample(n, seed, condition, guidance)
+    else:
+        z = sample_latents(n, trained.recipe.model.latent_size, seed, temperature)
     device_z = z.to(next(trained.model.parameters()).device)
     decoded = estimate(trained.model, device_z, trained.box, trained.species_table, config, progress)
     crystals = [d.to_crystal(f"sample-{i:04d}") for i, d in enumerate(decoded)]
@@ -382,129 +257,54 @@ def sample_structures(
     if symmetrize:
         crystals, failed = symmetrize_decoded(crystals, symprec)
         symmetrized |= {"symmetrize_symprec": symprec, "symmetrize_failed": failed}
-    rows, summary = measure(crystals, reference)
+    rows, summary = score(crystals, reference)
+    source = "near" if near is not None else "vae" if learned is None else f"prior-{learned.config.kind}"
     summary = {
         "checkpoint": trained.path,
         "variational": variational,
+        "generator": source,
+        "prior": prior or (DEFAULT_PRIOR if learned is not None and checkpoint is None else None),
         "n": n,
         "seed": seed,
-        "temperature": temperature if near is None else None,
+        "temperature": temperature if source == "vae" else None,
         "near": near,
         "near_structure": anchor.id if anchor is not None else None,
         "radius": radius if near is not None else None,
         **symmetrized,
         **summary,
+        "conditions": condition_rates(condition, rows, crystals) if not condition.is_empty() else None,
+        "guidance": guidance if not condition.is_empty() else None,
+        "baselines": reference_rows(reference, n, seed) if baselines and reference is not None else None,
         "reference": reference_note,
         "estimator": {k: getattr(config, k) for k in config.__dataclass_fields__},
+        "seconds": time.perf_counter() - started,
     }
     return Generation(summary, rows, crystals)
 
 
-def measure(crystals: Sequence[Crystal | None], reference: CrystalSet | None) -> tuple[list[dict], dict[str, Any]]:
-    """Per-sample rows and the summary of a set of decoded structures (None: not a valid crystal).
-
-    Validity rates are over all samples (an invalid decode is invalid); uniqueness and space groups are
-    over the decoded crystals, novelty over the unique ones; the distributions are those of the valid
-    ones (structurally and compositionally), as CDVAE reports them. Undefined rates are None.
-    """
-    rows = [_describe(index, crystal) for index, crystal in enumerate(crystals)]
-    decoded = [(row, crystal) for row, crystal in zip(rows, crystals) if crystal is not None]
-    for (row, _), unique in zip(decoded, unique_flags([c for _, c in decoded])):
-        row["unique"] = unique
-    unique = [(row, crystal) for row, crystal in decoded if row["unique"]]
-    if reference is not None:
-        for (row, _), novel in zip(unique, novel_flags([c for _, c in unique], reference)):
-            row["novel"] = novel
-    valid = [row for row in rows if row["structurally_valid"] and row["compositionally_valid"]]
-    groups = Counter(row["space_group"] or "none" for row, _ in decoded)
-    count = len(rows)
-    summary: dict[str, Any] = {
-        "decoded": len(decoded),
-        "structural_validity_pct": 100.0 * sum(row["structurally_valid"] for row in rows) / count,
-        "compositional_validity_pct": 100.0 * sum(row["compositionally_valid"] for row in rows) / count,
-        "validity_pct": 100.0 * len(valid) / count,
-        "unique": len(unique),
-        "uniqueness_pct": 100.0 * len(unique) / len(decoded) if decoded else None,
-        "novel": None,
-        "novelty_pct": None,
-        "space_groups": dict(groups.most_common()),
-        "wasserstein": None,
-    }
-    if reference is not None:
-        novel = sum(row["novel"] for row, _ in unique)
-        statistics = set_statistics(reference)
-        summary.update(
-            novel=novel,
-            novelty_pct=100.0 * novel / len(unique) if unique else None,
-            wasserstein=wasserstein_distances(valid, statistics),
-            reference_means={name: float(values.mean()) for name, values in statistics.items()},
-            reference_compositional_validity_pct=_compositional_validity_pct(reference),
-        )
-    summary["sample_means"] = {
-        name: float(np.mean([row[name] for row in valid])) if valid else None for name in DISTRIBUTIONS
-    }
-    return rows, summary
-
-
-def _describe(index: int, crystal: Crystal | None) -> dict[str, Any]:
-    """One CSV row: composition, cell, nearest-neighbour distance, validity and space group."""
-    row: dict[str, Any] = {
-        "id": f"sample-{index:04d}",
-        "decoded": crystal is not None,
-        "formula": "",
-        "reduced_formula": "",
-        **dict.fromkeys(DISTRIBUTIONS, math.nan),
-        **dict.fromkeys(("a", "b", "c", "alpha", "beta", "gamma", "min_distance"), math.nan),
-        "structurally_valid": False,
-        "compositionally_valid": False,
-        "oxidation_states": "",
-        "space_group": "",
-        "space_group_number": 0,
-        "unique": False,
-        "novel": None,
-    }
-    if crystal is None:
-        return row
-    counts = element_counts(crystal.atomic_numbers)
-    valid_composition, states = composition_check(counts)
-    distance = min_distance(crystal)
-    group = space_group(crystal)
-    row.update(
-        formula=crystal.formula,
-        reduced_formula=reduced_formula(crystal.atomic_numbers),
-        **cell_statistics(crystal.lengths, crystal.angles, crystal.atomic_numbers),
-        **dict(zip(("a", "b", "c"), crystal.lengths.tolist())),
-        **dict(zip(("alpha", "beta", "gamma"), crystal.angles.tolist())),
-        min_distance=distance,
-        structurally_valid=distance >= STRUCTURE_CUTOFF,
-        compositionally_valid=valid_composition,
-        oxidation_states=states,
-        space_group=f"{group[0]} ({group[1]})" if group else "",
-        space_group_number=group[1] if group else 0,
-    )
-    return row
-
-
-def _compositional_validity_pct(crystals: CrystalSet) -> float:
-    """Share of a split's structures that pass composition_check (each distinct composition checked once)."""
-    compositions = [
-        tuple(sorted(element_counts(crystals.atomic_numbers[crystals.offsets[i] : crystals.offsets[i + 1]]).items()))
-        for i in range(len(crystals))
+def condition_rates(condition: Condition, rows: list[dict], crystals: list[Crystal | None]) -> dict[str, Any]:
+    """How often each asked-for part of the condition holds in the decoded structures, in % of all samples."""
+    held = [
+        condition_holds(condition, crystal.atomic_numbers, row["space_group_number"]) if crystal is not None else {}
+        for row, crystal in zip(rows, crystals)
     ]
-    verdicts = {c: composition_check(dict(c))[0] for c in set(compositions)}
-    return 100.0 * sum(verdicts[c] for c in compositions) / len(compositions)
+    parts = list(condition_holds(condition, np.array([1]), 0))
+    rates = {f"{part}_pct": 100.0 * sum(h.get(part, False) for h in held) / len(held) for part in parts}
+    rates["all_pct"] = 100.0 * sum(bool(h) and all(h.values()) for h in held) / len(held)
+    return rates
 
 
 def write_samples(generation: Generation, out: Path) -> list[Path]:
-    """One CIF per decoded structure, samples.csv and summary.json; earlier sample-*.cif files are replaced."""
+    """One CIF per decoded structure, samples.extxyz, samples.csv and summary.json; earlier sample CIFs go."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("sample-[0-9]*.cif"):  # a previous sampling's
         stale.unlink()
     written = []
-    for crystal in generation.crystals:
-        if crystal is not None:
-            written.append(atomic_write_text(out / f"{crystal.id}.cif", crystal.to_cif()))
+    present = [crystal for crystal in generation.crystals if crystal is not None]
+    for crystal in present:
+        written.append(atomic_write_text(out / f"{crystal.id}.cif", crystal.to_cif()))
+    written.append(atomic_write_text(out / "samples.extxyz", extxyz_text(present)))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(generation.rows[0]))
     writer.writeheader()
@@ -512,3 +312,16 @@ def write_samples(generation: Generation, out: Path) -> list[Path]:
     written.append(atomic_write_text(out / "samples.csv", buffer.getvalue()))
     written.append(atomic_write_text(out / "summary.json", json.dumps(generation.summary, indent=1, default=str)))
     return written
+
+
+def extxyz_text(crystals: list[Crystal]) -> str:
+    """All structures as one extended-XYZ text (ASE), each frame tagged with its id."""
+    from ase.io import write
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    buffer = io.StringIO()
+    for crystal in crystals:
+        atoms = AseAtomsAdaptor.get_atoms(crystal.to_structure())
+        atoms.info["id"] = crystal.id
+        write(buffer, atoms, format="extxyz", append=True)
+    return buffer.getvalue()
