@@ -54,6 +54,7 @@ class Generation:
     summary: dict[str, Any]
     rows: list[dict[str, Any]]
     crystals: list[Crystal | None]  # None where the decode is not a valid crystal
+    reference: Reference | None = None  # what they were measured against, for the distributions figure
 
 
 def default_checkpoint() -> str:
@@ -279,7 +280,7 @@ def sample_structures(
         "estimator": {k: getattr(config, k) for k in config.__dataclass_fields__},
         "seconds": time.perf_counter() - started,
     }
-    return Generation(summary, rows, crystals)
+    return Generation(summary, rows, crystals, reference)
 
 
 def condition_rates(condition: Condition, rows: list[dict], crystals: list[Crystal | None]) -> dict[str, Any]:
@@ -311,7 +312,43 @@ def write_samples(generation: Generation, out: Path) -> list[Path]:
     writer.writerows(generation.rows)
     written.append(atomic_write_text(out / "samples.csv", buffer.getvalue()))
     written.append(atomic_write_text(out / "summary.json", json.dumps(generation.summary, indent=1, default=str)))
+    if generation.reference is not None:
+        written.append(plot_distributions(generation.rows, generation.reference, out / "distributions.png"))
     return written
+
+
+def plot_distributions(rows: list[dict[str, Any]], reference: Reference, path: Path) -> Path:
+    """Samples against the training split: density, atoms per cell, number of elements, crystal systems."""
+    from nesfgen.files import new_figure, save_figure
+    from nesfgen.prior import CRYSTAL_SYSTEMS, crystal_system
+
+    present = [row for row in rows if row["decoded"]]
+    figure, axes = new_figure(4, 16, 3.4)
+    for ax, name, label in zip(
+        axes, ("density", "num_atoms", "num_elements"), ("density (g/cm³)", "atoms per cell", "elements")
+    ):
+        train = reference.statistics[name]
+        ours = np.array([row[name] for row in present])
+        bins = np.histogram_bin_edges(np.concatenate([train, ours]) if len(ours) else train, bins=30)
+        if name != "density":
+            bins = np.arange(train.min() - 0.5, max(train.max(), ours.max() if len(ours) else 0) + 1.5)
+        ax.hist(train, bins=bins, density=True, alpha=0.5, label=f"training ({len(train)})")
+        ax.hist(ours, bins=bins, density=True, alpha=0.5, label=f"samples ({len(ours)})")
+        ax.set_xlabel(label)
+    axes[0].legend()
+
+    def shares(numbers: list[int]) -> np.ndarray:
+        counts = np.zeros(len(CRYSTAL_SYSTEMS) + 1)
+        for number in numbers:
+            counts[crystal_system(number) if number else len(CRYSTAL_SYSTEMS)] += 1
+        return counts / max(1, len(numbers))
+
+    positions = np.arange(len(CRYSTAL_SYSTEMS) + 1)
+    axes[3].bar(positions - 0.2, shares(reference.train_space_groups), 0.4, label="training")
+    axes[3].bar(positions + 0.2, shares([row["space_group_number"] for row in present]), 0.4, label="samples")
+    axes[3].set_xticks(positions, [*(s[:5] for s in CRYSTAL_SYSTEMS), "none"], rotation=45)
+    axes[3].set_xlabel("crystal system (spglib, 0.1 Å)")
+    return save_figure(figure, path)
 
 
 def extxyz_text(crystals: list[Crystal]) -> str:

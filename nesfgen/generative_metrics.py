@@ -269,9 +269,9 @@ def fingerprints(crystals: Sequence[Crystal | None], progress: Progress | None =
             compositions.append(composition_fingerprint(element_counts(crystal.atomic_numbers)))
         if progress:
             progress(index + 1, len(crystals))
-    return Fingerprints(
-        np.array(structures).reshape(len(structures), -1), np.array(compositions).reshape(len(compositions), -1)
-    )
+    if not structures:
+        return Fingerprints(np.zeros((0, 0)), np.zeros((0, 0)))
+    return Fingerprints(np.array(structures), np.array(compositions))
 
 
 def coverage(samples: Fingerprints, reference: Fingerprints, num_samples: int) -> dict[str, float | None]:

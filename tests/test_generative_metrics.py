@@ -12,6 +12,7 @@ from nesfgen.generative_metrics import (
     build_reference,
     compositionally_valid,
     coverage,
+    fingerprints,
     min_distance,
     novel_flags,
     score,
@@ -80,6 +81,11 @@ def test_coverage_needs_both_fingerprints_close():
     assert result["cov_recall_pct"] == pytest.approx(200 / 3)
     assert result["cov_precision_pct"] == pytest.approx(25.0)
     assert s == 0.4 and c == 10.0
+    nothing = fingerprints([None, None])
+    assert len(nothing.structure) == 0 and coverage(nothing, reference, 2) == {
+        "cov_recall_pct": 0.0,
+        "cov_precision_pct": 0.0,
+    }
 
 
 def test_space_group_distance_is_total_variation():
