@@ -67,3 +67,11 @@ def test_condition_holds_in_a_structure():
         parse_condition(elements="Zq")
     with pytest.raises(UserError, match="formula="):
         parse_condition(formula="not a formula")
+
+
+def test_every_shipped_prior_loads_and_samples():
+    from nesfgen.generate import PRIORS
+
+    for path in sorted(PRIORS.glob("*.pt")):
+        prior = load_prior(path)
+        assert prior.autoencoder and prior.sample(2, seed=0).shape == (2, prior.mean.numel())
