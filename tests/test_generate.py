@@ -146,3 +146,13 @@ def test_cli_trains_a_vae_then_samples_and_evaluates(tiny_dataset, tmp_path):
     assert json.loads(evaluated.stdout)["num_structures"] == 6
     mistake = run("sample", f"checkpoint={tmp_path / 'run'}", "n=0")
     assert mistake.returncode == 2 and "n must be at least 1" in mistake.stderr
+
+
+def test_cli_rejects_bad_conditions_and_priors_in_one_line(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "nesfgen", "sample", *args], capture_output=True, text=True)
+
+    bad_element = run("elements=Zq", "n=1", f"out={tmp_path}")
+    assert bad_element.returncode == 2 and "elements=Zq" in bad_element.stderr and "Traceback" not in bad_element.stderr
+    bad_prior = run("prior=bogus", "n=1", f"out={tmp_path}")
+    assert bad_prior.returncode == 2 and "prior=bogus" in bad_prior.stderr
