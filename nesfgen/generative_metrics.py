@@ -58,8 +58,14 @@ MAGPIE_SCALER = Path(__file__).parent / "data" / "cdvae_magpie_scaler.json"
 
 
 def min_distance(crystal: Crystal, search: float = NEIGHBOUR_SEARCH) -> float:
-    """Shortest distance (Å) between two atoms, periodic images included; inf if none within ``search``."""
-    _, _, _, distances = crystal.to_structure().get_neighbor_list(search)
+    """Shortest distance (Å) between two atoms, periodic images included; inf if none within ``search``.
+
+    Every atom has its own image one lattice vector away, so the search stops at the reduced cell's
+    shortest vector: a collapsed decode's full neighbour list would otherwise take gigabytes.
+    """
+    structure = crystal.to_structure()
+    shortest = min(structure.lattice.get_lll_reduced_lattice().abc)
+    _, _, _, distances = structure.get_neighbor_list(min(search, shortest * (1 + 1e-9) + 1e-9))
     return float(distances.min()) if len(distances) else math.inf
 
 
