@@ -28,6 +28,8 @@ data_app = typer.Typer(help="Import, inspect and export datasets.", no_args_is_h
 app.add_typer(data_app, name="data")
 bench_app = typer.Typer(help="Measure speed against this machine's own matmul rate.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+prior_app = typer.Typer(help="Learned priors over an autoencoder's latents.", no_args_is_help=True)
+app.add_typer(prior_app, name="prior")
 
 #: width of tables written to a file or pipe: rich's 80-column default would cut their columns to "…"
 PIPED_WIDTH = 240
@@ -765,20 +767,30 @@ SAMPLE_KEYS = {
     "steps",
     "hull",
     "force",
+    "prior",
+    "elements",
+    "formula",
+    "num_atoms",
+    "crystal_system",
+    "spacegroup",
+    "guidance",
+    "baselines",
 }
 
 
 @app.command("sample", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Generate structures from a VAE: nesfgen sample [checkpoint=RUN] [n=100] [seed=0] [temperature=1] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=true] [force=true].
+    """Generate structures: nesfgen sample [prior=flowmatch|flow|vae|FILE.pt] [checkpoint=RUN] [n=100] [seed=0] [elements=Zn,S] [formula=ZnS] [num_atoms=8] [crystal_system=cubic] [spacegroup=216] [guidance=1] [baselines=true] [temperature=1] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=true] [force=true] [relax=true fmax= steps= hull=].
 
-    Without checkpoint= the shipped VAE (nesf-vae-lcs6) is used. Writes one CIF per decoded structure as
-    it is decoded, then samples.csv and summary.json (validity, uniqueness, novelty, space groups,
-    Wasserstein distances). An interrupted sampling continues when the same command is run again.
-    More than 10,000 samples need force=true.
+    Without prior= and checkpoint= the shipped autoencoder (nesf-lcs6) decodes latents of its learned
+    prior; prior=vae samples the shipped VAE. Conditions need the flow-matching prior. Writes one CIF
+    per decoded structure as it is decoded, then samples.extxyz, samples.csv and summary.json (the
+    field's metrics). An interrupted sampling continues when the same command is run again. More than
+    10,000 samples need force=true; relax=true relaxes the samples into OUT/relaxed.
     """
     from nesfgen.config import parse_value
     from nesfgen.generate import sample_structures, write_samples
+    from nesfgen.prior import parse_condition
 
     options = _key_values(ctx, "sample", SAMPLE_KEYS)
     symmetrize = _symmetrize_options(options)
@@ -800,6 +812,16 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
             **symmetrize,
             out=out,
             force=parse_value(options.get("force", "false"), bool, "force"),
+            prior=options.get("prior"),
+            condition=parse_condition(
+                options.get("elements"),
+                options.get("formula"),
+                parse_value(options["num_atoms"], int, "num_atoms") if "num_atoms" in options else None,
+                options.get("crystal_system"),
+                parse_value(options["spacegroup"], int, "spacegroup") if "spacegroup" in options else None,
+            ),
+            guidance=parse_value(options.get("guidance", "1.0"), float, "guidance"),
+            baselines=parse_value(options.get("baselines", "false"), bool, "baselines"),
         )
     relax = parse_value(options.get("relax", "false"), bool, "relax")
     if not relax and any(k in options for k in ("fmax", "steps", "hull")):
@@ -817,7 +839,9 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
         source = (
             f"around {r['near']} (radius {r['radius']:g})"
             if r["near"]
-            else f"from the prior (T = {r['temperature']:g})"
+            else f"from the VAE prior (T = {r['temperature']:g})"
+            if r["generator"] == "vae"
+            else f"from the learned {r['generator'].removeprefix('prior-')} prior"
         )
         table = Table(title=f"{r['n']} samples {source}, seed {r['seed']}: {r['checkpoint']}")
         table.add_column("measure")
@@ -825,15 +849,19 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
         rows = [
             ("decoded into a crystal", f"{r['decoded']} / {r['n']}"),
             ("structural validity (no atoms < 0.5 Å)", pct(r["structural_validity_pct"])),
-            ("compositional validity (charge balance)", pct(r["compositional_validity_pct"])),
+            ("compositional validity (SMACT)", pct(r["compositional_validity_pct"])),
+            ("  the training split's (SMACT)", pct(r["train_compositional_validity_pct"])),
             ("both", pct(r["validity_pct"])),
+            ("COV-R / COV-P (vs test split)", f"{pct(r['cov_recall_pct'])} / {pct(r['cov_precision_pct'])}"),
             ("uniqueness (of the decoded)", pct(r["uniqueness_pct"])),
             ("novelty (of the unique, vs training)", pct(r["novelty_pct"])),
+            ("P1 share (test split's)", f"{pct(r['p1_pct'])} ({pct(r['test_split_p1_pct'])})"),
         ]
-        for name, distance in (r["wasserstein"] or {}).items():
-            rows.append(
-                (f"Wasserstein distance, {name.replace('_', ' ')}", "n/a" if distance is None else f"{distance:.3f}")
-            )
+        for name in ("density", "num_atoms", "num_elements"):
+            distance = r[f"w1_{name}"]
+            rows.append((f"W1 distance, {name.replace('_', ' ')}", "n/a" if distance is None else f"{distance:.3f}"))
+        for name, rate in (r["conditions"] or {}).items():
+            rows.append((f"condition holds: {name.removesuffix('_pct')}", pct(rate)))
         for row in rows:
             table.add_row(*row)
         stdout.print(table)
@@ -841,9 +869,58 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
         stdout.print(f"space groups (spglib, 0.1 Å): {groups or 'none'}", markup=False)
         if "skipped" in r["reference"]:
             stdout.print(f"[yellow]note:[/] {r['reference']['skipped']}")
-        stdout.print(f"wrote {r['decoded']} CIF files, samples.csv and summary.json to {r['out']}", markup=False)
+        stdout.print(
+            f"wrote {r['decoded']} CIF files, samples.extxyz, samples.csv and summary.json to {r['out']}", markup=False
+        )
         if "relax" in r:
             _render_relax(r["relax"])
+
+    emit(result, as_json, render)
+
+
+PRIOR_FIT_KEYS = {
+    "checkpoint",
+    "data",
+    "out",
+    "kind",
+    "hidden",
+    "layers",
+    "steps",
+    "batch_size",
+    "lr",
+    "seed",
+    "threads",
+}
+
+
+@prior_app.command("fit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def prior_fit_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Fit a latent prior: nesfgen prior fit [checkpoint=nesf-lcs6] [kind=flowmatch|flow] [steps=N] [hidden=N] [layers=N] [seed=0] out=FILE.pt."""
+    from dataclasses import asdict, fields
+
+    from nesfgen.checkpoint import DEFAULT_MODEL
+    from nesfgen.config import parse_value
+    from nesfgen.prior import PriorConfig, fit_model_prior
+
+    options = _key_values(ctx, "prior fit", PRIOR_FIT_KEYS)
+    if "out" not in options:
+        raise UserError("nesfgen prior fit needs out=FILE.pt")
+    types = {f.name: type(getattr(PriorConfig(), f.name)) for f in fields(PriorConfig)}
+    values = {k: parse_value(v, types[k], k) for k, v in options.items() if k in types}
+    config = PriorConfig(**values)
+    bar, progress = _decode_progress(f"fitting a {config.kind} prior")
+    with bar:
+        prior = fit_model_prior(
+            options.get("checkpoint", DEFAULT_MODEL), config, Path(options["out"]), options.get("data"), progress
+        )
+    result = {"out": options["out"], "config": asdict(config), **prior.history}
+
+    def render(r: dict) -> None:
+        stdout.print(
+            f"fitted a {r['config']['kind']} prior on {r['structures']} latents of {r['dataset']}: loss {r['final_loss']:.4f} "
+            f"after {r['steps']} steps in {r['seconds']:.0f} s; wrote {r['out']}",
+            markup=False,
+        )
 
     emit(result, as_json, render)
 

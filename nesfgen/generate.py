@@ -1,34 +1,28 @@
-"""Sampling new structures from a variational model, and the measures the field uses for generative models.
+"""Sampling new structures: latents from a learned prior (or a VAE's N(0, I)), decoded by the estimator.
 
-Latents are drawn from the prior (scaled by a temperature) or around an encoded structure, decoded
-with the estimator, and measured as CDVAE and its successors do: structural validity (no two atoms
-closer than 0.5 Å, periodic images included), compositional validity (a charge-balanced assignment
-of common oxidation states exists, SMACT-like), uniqueness among the samples and novelty against the
-training set (pymatgen's StructureMatcher), the space-group distribution (spglib), and Wasserstein
-distances between the sampled and training distributions of atoms per cell, density and number of
-elements.
+The default is the shipped autoencoder with its learned latent prior (see ``nesfgen.prior``): samples
+then decode as well as the autoencoder reconstructs. A VAE checkpoint samples its own N(0, I) prior;
+``near=`` samples around an encoded structure. The samples are measured with ``generative_metrics``.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import logging
-import math
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from nesfgen.checkpoint import DEFAULT_VAE_MODEL, PACKAGED_MODELS, TrainedModel, load_model
-from nesfgen.crystal import Crystal, lattice_matrix, symmetry_dataset
+from nesfgen.baselines import reference_rows
+from nesfgen.checkpoint import DEFAULT_MODEL, DEFAULT_VAE_MODEL, PACKAGED_MODELS, TrainedModel, load_model
+from nesfgen.crystal import Crystal
 from nesfgen.data.builtin import find_known
 from nesfgen.data.importers import read_structure_file
 from nesfgen.data.store import CrystalSet
@@ -36,6 +30,8 @@ from nesfgen.errors import UserError
 from nesfgen.estimator import estimate
 from nesfgen.evaluate import estimator_config
 from nesfgen.files import atomic_write_text
+from nesfgen.generative_metrics import Reference, build_reference, reduced_formula, score
+from nesfgen.prior import Condition, LatentPrior, condition_holds, load_prior
 from nesfgen.sampling import TensorSet
 from nesfgen.stream import SAMPLE_CIFS, SampleStream
 from nesfgen.symmetry import STATED_SYMPREC, symmetrize_decoded
@@ -44,187 +40,14 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 
-#: two atoms closer than this (Å), periodic images included, make a structure invalid (CDVAE's cutoff)
-STRUCTURE_CUTOFF = 0.5
-#: how far (Å) to look for the nearest neighbour reported per sample
-NEIGHBOUR_SEARCH = 4.0
-#: StructureMatcher settings for uniqueness and novelty: those of the reconstruction metrics (CDVAE)
-MATCHER_SETTINGS = {"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3}
-#: grams per cm³ of one atomic mass unit per Å³
-AMU_PER_CUBIC_ANGSTROM = 1.66053906660
-#: the distributions compared with the training set
-DISTRIBUTIONS = ("num_atoms", "density", "num_elements")
+#: shipped learned priors over the default autoencoder's latents: nesfgen/models/priors/<autoencoder>-<kind>.pt
+PRIORS = PACKAGED_MODELS / "priors"
+#: the prior ``nesfgen sample`` uses without prior=
+DEFAULT_PRIOR = "flowmatch"
+#: prior= values: a shipped kind, "vae" (a variational checkpoint's own N(0, I)), or a .pt file
+PRIOR_CHOICES = ("flowmatch", "flow", "vae")
 #: Samples past which ``sample`` needs force=true: at seconds per sample on a CPU, more is a run of days.
 MAX_SAMPLES = 10_000
-
-
-# --- validity -----------------------------------------------------------------------------------
-
-
-def min_distance(crystal: Crystal, search: float = NEIGHBOUR_SEARCH) -> float:
-    """Shortest distance (Å) between two atoms, periodic images included; inf if none within ``search``."""
-    _, _, _, distances = crystal.to_structure().get_neighbor_list(search)
-    return float(distances.min()) if len(distances) else math.inf
-
-
-def structurally_valid(crystal: Crystal) -> bool:
-    """No two atoms (or an atom and its own image) closer than STRUCTURE_CUTOFF."""
-    return min_distance(crystal, STRUCTURE_CUTOFF) >= STRUCTURE_CUTOFF
-
-
-def element_counts(atomic_numbers: Sequence[int] | np.ndarray) -> dict[str, int]:
-    """Element symbol -> atoms in the cell."""
-    from pymatgen.core import Element
-
-    numbers, counts = np.unique(np.asarray(atomic_numbers, dtype=np.int64), return_counts=True)
-    return {Element.from_Z(int(z)).symbol: int(n) for z, n in zip(numbers, counts)}
-
-
-def charge_balanced_states(counts: Mapping[str, int]) -> dict[str, int] | None:
-    """One common oxidation state per element (pymatgen's) with zero total charge, or None if none exists.
-
-    Dynamic programming over the reachable partial charges, so the cost grows with the number of
-    distinct totals, not with the product of the elements' choices.
-    """
-    from pymatgen.core import Element
-
-    gcd = math.gcd(*counts.values())
-    reachable: dict[int, tuple[int, ...]] = {0: ()}  # partial charge -> one choice of states giving it
-    for symbol, count in counts.items():
-        states = Element(symbol).common_oxidation_states
-        reachable = {
-            charge + (count // gcd) * state: (*chosen, state)
-            for charge, chosen in reachable.items()
-            for state in states
-        }
-    chosen = reachable.get(0)
-    return None if chosen is None else dict(zip(counts, chosen))
-
-
-def composition_check(counts: Mapping[str, int]) -> tuple[bool, str]:
-    """Compositional validity and its reason: "element", "alloy" or the charge-balanced states ("Zn+2 S-2").
-
-    A single element and an all-metal alloy count as valid, as SMACT does with ``include_alloys``; the
-    reason is "" when invalid.
-    """
-    from pymatgen.core import Element
-
-    if len(counts) == 1:
-        return True, "element"
-    if all(Element(symbol).is_metal for symbol in counts):
-        return True, "alloy"
-    states = charge_balanced_states(counts)
-    if states is None:
-        return False, ""
-    return True, " ".join(f"{symbol}{state:+d}" for symbol, state in states.items())
-
-
-def compositionally_valid(crystal: Crystal) -> bool:
-    return composition_check(element_counts(crystal.atomic_numbers))[0]
-
-
-# --- uniqueness and novelty ----------------------------------------------------------------------
-
-
-def reduced_formula(atomic_numbers: Sequence[int] | np.ndarray) -> str:
-    from pymatgen.core import Composition
-
-    return Composition(element_counts(atomic_numbers)).reduced_formula
-
-
-def _matcher() -> Any:
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    return StructureMatcher(**MATCHER_SETTINGS)
-
-
-def unique_flags(crystals: Sequence[Crystal]) -> list[bool]:
-    """True for the first crystal of each group of StructureMatcher-equal ones (compared within a formula)."""
-    matcher = _matcher()
-    kept: dict[str, list[Any]] = defaultdict(list)  # reduced formula -> structures of the unique ones
-    flags = []
-    for crystal in crystals:
-        structure = crystal.to_structure()
-        group = kept[reduced_formula(crystal.atomic_numbers)]
-        unique = not any(matcher.fit(structure, other) for other in group)
-        if unique:
-            group.append(structure)
-        flags.append(unique)
-    return flags
-
-
-def novel_flags(crystals: Sequence[Crystal], reference: CrystalSet) -> list[bool]:
-    """True for each crystal that StructureMatcher matches to no reference structure of the same formula."""
-    matcher = _matcher()
-    by_formula: dict[str, list[int]] = defaultdict(list)
-    for index in range(len(reference)):
-        start, stop = reference.offsets[index], reference.offsets[index + 1]
-        by_formula[reduced_formula(reference.atomic_numbers[start:stop])].append(index)
-
-    @functools.cache
-    def reference_structure(index: int) -> Any:
-        return reference[index].to_structure()
-
-    flags = []
-    for crystal in crystals:
-        structure = crystal.to_structure()
-        candidates = by_formula.get(reduced_formula(crystal.atomic_numbers), [])
-        flags.append(not any(matcher.fit(structure, reference_structure(i)) for i in candidates))
-    return flags
-
-
-# --- distributions -------------------------------------------------------------------------------
-
-
-@functools.cache
-def _atomic_masses() -> np.ndarray:
-    from pymatgen.core import Element
-
-    return np.array([0.0] + [float(Element.from_Z(z).atomic_mass) for z in range(1, 119)])
-
-
-def cell_statistics(lengths: np.ndarray, angles: np.ndarray, atomic_numbers: np.ndarray) -> dict[str, float]:
-    """Atoms per cell, density (g/cm³) and number of elements of one cell."""
-    volume = abs(np.linalg.det(lattice_matrix(lengths, angles)))
-    mass = _atomic_masses()[np.asarray(atomic_numbers, dtype=np.int64)].sum()
-    return {
-        "num_atoms": float(len(atomic_numbers)),
-        "density": float(mass * AMU_PER_CUBIC_ANGSTROM / volume),
-        "num_elements": float(len(np.unique(atomic_numbers))),
-    }
-
-
-def set_statistics(crystals: CrystalSet) -> dict[str, np.ndarray]:
-    """cell_statistics of every structure of a split: name -> (S,)."""
-    rows = [
-        cell_statistics(
-            crystals.lengths[i],
-            crystals.angles[i],
-            crystals.atomic_numbers[crystals.offsets[i] : crystals.offsets[i + 1]],
-        )
-        for i in range(len(crystals))
-    ]
-    return {name: np.array([row[name] for row in rows]) for name in DISTRIBUTIONS}
-
-
-def wasserstein_distances(samples: Sequence[Mapping[str, float]], reference: Mapping[str, np.ndarray]) -> dict:
-    """Earth mover's distance per statistic between the samples and the reference; None without samples."""
-    from scipy.stats import wasserstein_distance
-
-    if not samples:
-        return dict.fromkeys(DISTRIBUTIONS)
-    return {
-        name: float(wasserstein_distance([row[name] for row in samples], reference[name])) for name in DISTRIBUTIONS
-    }
-
-
-def space_group(crystal: Crystal) -> tuple[str, int] | None:
-    """spglib's international symbol and number at STATED_SYMPREC, or None when it finds no symmetry."""
-    dataset = symmetry_dataset(crystal, STATED_SYMPREC)
-    return None if dataset is None else (str(dataset.international), int(dataset.number))
-
-
-# --- sampling ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -234,6 +57,7 @@ class Generation:
     summary: dict[str, Any]
     rows: list[dict[str, Any]]
     crystals: list[Crystal | None]  # None where the decode is not a valid crystal
+    reference: Reference | None = None  # what they were measured against, for the distributions figure
 
 
 def default_checkpoint() -> str:
@@ -288,11 +112,14 @@ def find_structure(text: str, reference: CrystalSet | None) -> Crystal:
     )
 
 
-def reference_set(trained: TrainedModel, data: str | None) -> tuple[CrystalSet | None, dict[str, Any]]:
-    """The training split to measure novelty and distributions against, and a note on where it came from.
+def reference_splits(
+    trained: TrainedModel, data: str | None
+) -> tuple[tuple[CrystalSet, CrystalSet | None] | None, dict[str, Any]]:
+    """The training split (novelty, distributions) and test split (coverage) to measure samples against.
 
     Without ``data`` it is the model's own training data when that dataset is available here; otherwise
-    novelty and the distribution distances are skipped, with the reason in the note.
+    the comparisons are skipped, with the reason in the note. Coverage needs a split named "test".
+    Only loaded here: their fingerprints (build_reference, slow) wait until the samples are decoded.
     """
     from nesfgen.data.names import resolve_dataset
 
@@ -304,19 +131,21 @@ def reference_set(trained: TrainedModel, data: str | None) -> tuple[CrystalSet |
         if data:
             raise
         reason = (
-            f"the training dataset {name!r} is not available here, so novelty and the distribution distances were "
-            "skipped; import it, or give data=NAME to compare against another dataset"
+            f"the training dataset {name!r} is not available here, so novelty, coverage and the distribution "
+            "distances were skipped; import it, or give data=NAME to compare against another dataset"
         )
         log.info(reason)
         return None, {"dataset": name, "skipped": reason}
     crystals = dataset.load(split)
+    test = dataset.load("test") if "test" in dataset.split_names else None
     note = {
         "dataset": dataset.name,
         "split": split,
         "structures": len(crystals),
+        "coverage_split": "test" if test is not None else None,
         "is_training_data": dataset.content_hash == trained.dataset_hash,
     }
-    return crystals, note
+    return (crystals, test), note
 
 
 def _encode_one(trained: TrainedModel, crystal: Crystal) -> torch.Tensor:
@@ -334,6 +163,33 @@ def _encode_one(trained: TrainedModel, crystal: Crystal) -> torch.Tensor:
         return trained.model.encode(tensors.batch(torch.arange(1)))[0]
 
 
+def shipped_prior(kind: str, autoencoder: str = DEFAULT_MODEL) -> Path:
+    path = PRIORS / f"{autoencoder}-{kind}.pt"
+    if not path.is_file():
+        raise UserError(
+            f"prior={kind}: no shipped prior {path.name} in {PRIORS}; fit one with "
+            f"`nesfgen prior fit kind={kind} out=FILE.pt` and give prior=FILE.pt"
+        )
+    return path
+
+
+def resolve_prior(prior: str | None, checkpoint: str | None) -> tuple[str, LatentPrior | None]:
+    """The model to decode with and its learned prior (None: the VAE's own N(0, I)).
+
+    Without prior=, a given checkpoint samples its own N(0, I): the shipped priors fit only the shipped
+    autoencoder (DEFAULT_MODEL).
+    """
+    if prior == "vae" or (prior is None and checkpoint not in (None, DEFAULT_MODEL)):
+        return checkpoint or default_checkpoint(), None
+    if prior is None or prior in PRIOR_CHOICES:
+        learned = load_prior(shipped_prior(prior or DEFAULT_PRIOR))
+    elif Path(prior).is_file():
+        learned = load_prior(Path(prior))
+    else:
+        raise UserError(f"prior={prior}: expected one of {', '.join(PRIOR_CHOICES)} or a prior .pt file")
+    return checkpoint or learned.autoencoder or DEFAULT_MODEL, learned
+
+
 def sample_structures(
     checkpoint: str | None = None,
     n: int = 100,
@@ -347,51 +203,77 @@ def sample_structures(
     progress: Progress | None = None,
     symmetrize: bool = False,
     symprec: float = STATED_SYMPREC,
+    prior: str | None = None,
+    condition: Condition | None = None,
+    guidance: float = 1.0,
+    baselines: bool = False,
     out: Path | None = None,
     force: bool = False,
 ) -> Generation:
     """Decode ``n`` latents into structures and measure them.
 
     Args:
-        checkpoint: a variational model (run folder, .pt file or shipped name); the shipped
-            DEFAULT_VAE_MODEL when None. With ``near``, an autoencoder works too.
-        n: number of samples. seed: seed of the latents. temperature: scale of the prior's samples.
-        near: sample around this structure (a CIF/POSCAR path or a formula) instead of the prior:
+        checkpoint: the model to decode with (run folder, .pt file or shipped name). None: the shipped
+            autoencoder with its learned prior, or the shipped VAE with prior="vae".
+        n: number of samples. seed: seed of the latents. temperature: scale of a VAE's N(0, I) samples.
+        near: sample around this structure (a CIF/POSCAR path or a formula) instead of a prior:
             z = its latent + radius × N(0, I).
-        data: the dataset to measure novelty and distributions against (default: the model's training data).
+        data: the dataset to measure against (default: the model's training data).
         estimator_overrides: ``{"estimator.steps": "32"}``-style overrides of the checkpoint's estimator.
         symmetrize: snap each decoded structure to the highest-symmetry space group spglib finds within
             ``symprec`` Å before measuring (those where that fails are kept as decoded).
+        prior: "flowmatch" / "flow" (shipped learned priors), "vae", or a prior .pt file; see resolve_prior.
+        condition: what the samples should hold (flow-matching prior only); guidance: its
+            classifier-free guidance scale (1: plain conditional sampling).
+        baselines: also score the ceiling and floor rows (``nesfgen.baselines``) with ``n`` and ``seed``.
         out: write each decoded chunk's CIFs there as it is finished and continue an interrupted sampling
             with the same settings (see nesfgen.stream); None keeps everything in memory.
         force: allow more than MAX_SAMPLES samples.
     """
+    started = time.perf_counter()
     if n < 1:
         raise UserError(f"n must be at least 1, got {n}")
     if not temperature > 0 or not radius > 0:
         raise UserError(f"temperature and radius must be positive, got temperature={temperature} radius={radius}")
-    trained = load_model(checkpoint or default_checkpoint(), device)
+    condition = condition or Condition()
+    if near is not None:
+        learned, model_name = None, checkpoint or DEFAULT_MODEL
+    else:
+        model_name, learned = resolve_prior(prior, checkpoint)
+    if learned is None and not condition.is_empty():
+        raise UserError("conditions (elements=, formula=, ...) need a learned prior: prior=flowmatch")
+    trained = load_model(model_name, device)
     variational = trained.recipe.model.variational
-    if near is None and not variational:
+    if near is None and learned is None and not variational:
         raise UserError(
-            f"{trained.path} is an autoencoder (model.variational=false): its latents have no prior to sample. "
-            "Train a VAE (e.g. `nesfgen train recipe=vae-quickstart`), or decode around a structure with near=FORMULA|PATH"
+            f"{trained.path} is an autoencoder (model.variational=false): it has no N(0, I) prior; sample it with "
+            "a prior fitted to it (`nesfgen prior fit checkpoint=... out=FILE.pt`, then prior=FILE.pt) or around "
+            "a structure with near=FORMULA|PATH"
+        )
+    if learned is not None and learned.mean.numel() != trained.recipe.model.latent_size:
+        raise UserError(
+            f"the prior's latents have {learned.mean.numel()} dimensions, the model {trained.path} "
+            f"{trained.recipe.model.latent_size}: fit the prior to this model (nesfgen prior fit checkpoint=...)"
         )
     config = estimator_config(trained, estimator_overrides or {})
-    reference, reference_note = reference_set(trained, data)
-    center, anchor = None, None
+    splits, reference_note = reference_splits(trained, data)
+    anchor = None
     if near is not None:
-        anchor = find_structure(near, reference)
-        center = _encode_one(trained, anchor)
-    z = sample_latents(n, trained.recipe.model.latent_size, seed, temperature, center, radius)
+        anchor = find_structure(near, splits[0] if splits else None)
+        z = sample_latents(n, trained.recipe.model.latent_size, seed, 1.0, _encode_one(trained, anchor), radius)
+    elif learned is not None:
+        z = learned.sample(n, seed, condition, guidance)
+    else:
+        z = sample_latents(n, trained.recipe.model.latent_size, seed, temperature)
     settings = {"checkpoint": trained.path, "n": n, "seed": seed, "temperature": temperature, "near": near}
-    settings |= {"radius": radius, "symmetrize": symmetrize, "symprec": symprec}
+    settings |= {"radius": radius, "symmetrize": symmetrize, "symprec": symprec, "prior": prior}
+    settings |= {"condition": asdict(condition), "guidance": guidance}
     settings["estimator"] = {k: getattr(config, k) for k in config.__dataclass_fields__}
     stream = SampleStream(out, settings)
     crystals, failed = stream.finished()
     if progress is not None:
         progress(len(crystals), n)
-    started = time.monotonic()
+    decoding_started = time.monotonic()
     for start in range(len(crystals), n, config.chunk_size):
         chunk_z = z[start : start + config.chunk_size].to(next(trained.model.parameters()).device)
         decoded = estimate(trained.model, chunk_z, trained.box, trained.species_table, config)
@@ -404,26 +286,34 @@ def sample_structures(
         if progress is not None:
             progress(len(crystals), n)
         if n > MAX_SAMPLES and not force:
-            _refuse_long_run(n, len(chunk), time.monotonic() - started, out)
+            _refuse_long_run(n, len(chunk), time.monotonic() - decoding_started, out)
     symmetrized: dict[str, Any] = {"symmetrize": symmetrize}
     if symmetrize:
         symmetrized |= {"symmetrize_symprec": symprec, "symmetrize_failed": failed}
-    rows, summary = measure(crystals, reference)
+    reference = build_reference(*splits) if splits is not None else None
+    rows, summary = score(crystals, reference)
+    source = "near" if near is not None else "vae" if learned is None else f"prior-{learned.config.kind}"
     summary = {
         "checkpoint": trained.path,
         "variational": variational,
+        "generator": source,
+        "prior": prior or (DEFAULT_PRIOR if learned is not None else None),
         "n": n,
         "seed": seed,
-        "temperature": temperature if near is None else None,
+        "temperature": temperature if source == "vae" else None,
         "near": near,
         "near_structure": anchor.id if anchor is not None else None,
         "radius": radius if near is not None else None,
         **symmetrized,
         **summary,
+        "conditions": condition_rates(condition, rows, crystals) if not condition.is_empty() else None,
+        "guidance": guidance if not condition.is_empty() else None,
+        "baselines": reference_rows(reference, n, seed) if baselines and reference is not None else None,
         "reference": reference_note,
         "estimator": {k: getattr(config, k) for k in config.__dataclass_fields__},
+        "seconds": time.perf_counter() - started,
     }
-    return Generation(summary, rows, crystals)
+    return Generation(summary, rows, crystals, reference)
 
 
 def _refuse_long_run(n: int, timed: int, seconds: float, out: Path | None) -> None:
@@ -436,121 +326,88 @@ def _refuse_long_run(n: int, timed: int, seconds: float, out: Path | None) -> No
     )
 
 
-def measure(crystals: Sequence[Crystal | None], reference: CrystalSet | None) -> tuple[list[dict], dict[str, Any]]:
-    """Per-sample rows and the summary of a set of decoded structures (None: not a valid crystal).
-
-    Validity rates are over all samples (an invalid decode is invalid); uniqueness and space groups are
-    over the decoded crystals, novelty over the unique ones; the distributions are those of the valid
-    ones (structurally and compositionally), as CDVAE reports them. Undefined rates are None.
-    """
-    rows = [_describe(index, crystal) for index, crystal in enumerate(crystals)]
-    decoded = [(row, crystal) for row, crystal in zip(rows, crystals) if crystal is not None]
-    for (row, _), unique in zip(decoded, unique_flags([c for _, c in decoded])):
-        row["unique"] = unique
-    unique = [(row, crystal) for row, crystal in decoded if row["unique"]]
-    if reference is not None:
-        for (row, _), novel in zip(unique, novel_flags([c for _, c in unique], reference)):
-            row["novel"] = novel
-    valid = [row for row in rows if row["structurally_valid"] and row["compositionally_valid"]]
-    groups = Counter(row["space_group"] or "none" for row, _ in decoded)
-    count = len(rows)
-    summary: dict[str, Any] = {
-        "decoded": len(decoded),
-        "structural_validity_pct": 100.0 * sum(row["structurally_valid"] for row in rows) / count,
-        "compositional_validity_pct": 100.0 * sum(row["compositionally_valid"] for row in rows) / count,
-        "validity_pct": 100.0 * len(valid) / count,
-        "unique": len(unique),
-        "uniqueness_pct": 100.0 * len(unique) / len(decoded) if decoded else None,
-        "novel": None,
-        "novelty_pct": None,
-        "space_groups": dict(groups.most_common()),
-        "wasserstein": None,
-    }
-    if reference is not None:
-        novel = sum(row["novel"] for row, _ in unique)
-        statistics = set_statistics(reference)
-        summary.update(
-            novel=novel,
-            novelty_pct=100.0 * novel / len(unique) if unique else None,
-            wasserstein=wasserstein_distances(valid, statistics),
-            reference_means={name: float(values.mean()) for name, values in statistics.items()},
-            reference_compositional_validity_pct=_compositional_validity_pct(reference),
-        )
-    summary["sample_means"] = {
-        name: float(np.mean([row[name] for row in valid])) if valid else None for name in DISTRIBUTIONS
-    }
-    return rows, summary
-
-
-def _describe(index: int, crystal: Crystal | None) -> dict[str, Any]:
-    """One CSV row: composition, cell, nearest-neighbour distance, validity and space group."""
-    row: dict[str, Any] = {
-        "id": f"sample-{index:04d}",
-        "decoded": crystal is not None,
-        "formula": "",
-        "reduced_formula": "",
-        **dict.fromkeys(DISTRIBUTIONS, math.nan),
-        **dict.fromkeys(("a", "b", "c", "alpha", "beta", "gamma", "min_distance"), math.nan),
-        "structurally_valid": False,
-        "compositionally_valid": False,
-        "oxidation_states": "",
-        "space_group": "",
-        "space_group_number": 0,
-        "unique": False,
-        "novel": None,
-    }
-    if crystal is None:
-        return row
-    counts = element_counts(crystal.atomic_numbers)
-    valid_composition, states = composition_check(counts)
-    distance = min_distance(crystal)
-    group = space_group(crystal)
-    row.update(
-        formula=crystal.formula,
-        reduced_formula=reduced_formula(crystal.atomic_numbers),
-        **cell_statistics(crystal.lengths, crystal.angles, crystal.atomic_numbers),
-        **dict(zip(("a", "b", "c"), crystal.lengths.tolist())),
-        **dict(zip(("alpha", "beta", "gamma"), crystal.angles.tolist())),
-        min_distance=distance,
-        structurally_valid=distance >= STRUCTURE_CUTOFF,
-        compositionally_valid=valid_composition,
-        oxidation_states=states,
-        space_group=f"{group[0]} ({group[1]})" if group else "",
-        space_group_number=group[1] if group else 0,
-    )
-    return row
-
-
-def _compositional_validity_pct(crystals: CrystalSet) -> float:
-    """Share of a split's structures that pass composition_check (each distinct composition checked once)."""
-    compositions = [
-        tuple(sorted(element_counts(crystals.atomic_numbers[crystals.offsets[i] : crystals.offsets[i + 1]]).items()))
-        for i in range(len(crystals))
+def condition_rates(condition: Condition, rows: list[dict], crystals: list[Crystal | None]) -> dict[str, Any]:
+    """How often each asked-for part of the condition holds in the decoded structures, in % of all samples."""
+    held = [
+        condition_holds(condition, crystal.atomic_numbers, row["space_group_number"]) if crystal is not None else {}
+        for row, crystal in zip(rows, crystals)
     ]
-    verdicts = {c: composition_check(dict(c))[0] for c in set(compositions)}
-    return 100.0 * sum(verdicts[c] for c in compositions) / len(compositions)
+    parts = list(condition_holds(condition, np.array([1]), 0))
+    rates = {f"{part}_pct": 100.0 * sum(h.get(part, False) for h in held) / len(held) for part in parts}
+    rates["all_pct"] = 100.0 * sum(bool(h) and all(h.values()) for h in held) / len(held)
+    return rates
 
 
 def write_samples(generation: Generation, out: Path) -> list[Path]:
-    """One CIF per decoded structure (unless streamed there already), samples.csv and summary.json.
+    """One CIF per decoded structure (unless streamed there already), samples.extxyz, samples.csv and summary.json.
 
     Earlier sample-*.cif files that are not this sampling's are removed.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ids = {crystal.id for crystal in generation.crystals if crystal is not None}
+    present = [crystal for crystal in generation.crystals if crystal is not None]
+    ids = {crystal.id for crystal in present}
     for stale in out.glob(SAMPLE_CIFS):  # a previous sampling's
         if stale.stem not in ids:
             stale.unlink()
     written = []
-    for crystal in generation.crystals:
-        if crystal is not None:
-            path = out / f"{crystal.id}.cif"
-            written.append(path if path.is_file() else atomic_write_text(path, crystal.to_cif()))
+    for crystal in present:
+        path = out / f"{crystal.id}.cif"
+        written.append(path if path.is_file() else atomic_write_text(path, crystal.to_cif()))
+    written.append(atomic_write_text(out / "samples.extxyz", extxyz_text(present)))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(generation.rows[0]))
     writer.writeheader()
     writer.writerows(generation.rows)
     written.append(atomic_write_text(out / "samples.csv", buffer.getvalue()))
     written.append(atomic_write_text(out / "summary.json", json.dumps(generation.summary, indent=1, default=str)))
+    if generation.reference is not None:
+        written.append(plot_distributions(generation.rows, generation.reference, out / "distributions.png"))
     return written
+
+
+def plot_distributions(rows: list[dict[str, Any]], reference: Reference, path: Path) -> Path:
+    """Samples against the training split: density, atoms per cell, number of elements, crystal systems."""
+    from nesfgen.files import new_figure, save_figure
+    from nesfgen.prior import CRYSTAL_SYSTEMS, crystal_system
+
+    present = [row for row in rows if row["decoded"]]
+    figure, axes = new_figure(4, 16, 3.4)
+    for ax, name, label in zip(
+        axes, ("density", "num_atoms", "num_elements"), ("density (g/cm³)", "atoms per cell", "elements")
+    ):
+        train = reference.statistics[name]
+        ours = np.array([row[name] for row in present])
+        bins = np.histogram_bin_edges(np.concatenate([train, ours]) if len(ours) else train, bins=30)
+        if name != "density":
+            bins = np.arange(train.min() - 0.5, max(train.max(), ours.max() if len(ours) else 0) + 1.5)
+        ax.hist(train, bins=bins, density=True, alpha=0.5, label=f"training ({len(train)})")
+        ax.hist(ours, bins=bins, density=True, alpha=0.5, label=f"samples ({len(ours)})")
+        ax.set_xlabel(label)
+    axes[0].legend()
+
+    def shares(numbers: list[int]) -> np.ndarray:
+        counts = np.zeros(len(CRYSTAL_SYSTEMS) + 1)
+        for number in numbers:
+            counts[crystal_system(number) if number else len(CRYSTAL_SYSTEMS)] += 1
+        return counts / max(1, len(numbers))
+
+    positions = np.arange(len(CRYSTAL_SYSTEMS) + 1)
+    axes[3].bar(positions - 0.2, shares(reference.train_space_groups), 0.4, label="training")
+    axes[3].bar(positions + 0.2, shares([row["space_group_number"] for row in present]), 0.4, label="samples")
+    axes[3].set_xticks(positions, [*(s[:5] for s in CRYSTAL_SYSTEMS), "none"], rotation=45)
+    axes[3].set_xlabel("crystal system (spglib, 0.1 Å)")
+    return save_figure(figure, path)
+
+
+def extxyz_text(crystals: list[Crystal]) -> str:
+    """All structures as one extended-XYZ text (ASE), each frame tagged with its id."""
+    from ase.io import write
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    buffer = io.StringIO()
+    for crystal in crystals:
+        atoms = AseAtomsAdaptor.get_atoms(crystal.to_structure())
+        atoms.info["id"] = crystal.id
+        write(buffer, atoms, format="extxyz", append=True)
+    return buffer.getvalue()

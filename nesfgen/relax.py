@@ -101,7 +101,7 @@ def rmsd(decoded: Any, relaxed: Any) -> float | None:
     """
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    from nesfgen.generate import MATCHER_SETTINGS
+    from nesfgen.generative_metrics import MATCHER_SETTINGS
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -113,7 +113,7 @@ def rmsd(decoded: Any, relaxed: Any) -> float | None:
 
 
 def _space_group(structure: Any) -> str:
-    from nesfgen.generate import space_group
+    from nesfgen.generative_metrics import space_group
     from nesfgen.symmetry import as_crystal
 
     try:

@@ -391,7 +391,7 @@ def screen(
     """
     from pymatgen.core import Composition
 
-    from nesfgen.generate import novel_flags, unique_flags
+    from nesfgen.generative_metrics import novel_flags, unique_flags
 
     relaxed = [r for r in records if r["status"] == "relaxed"]
     for r in records:

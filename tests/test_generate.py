@@ -1,99 +1,20 @@
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL, cesium_chloride, perovskite, rock_salt, tiny_recipe, zinc_blende
+from conftest import TINY_MODEL, cesium_chloride, tiny_recipe
 
 from nesfgen import generate
 from nesfgen.crystal import Crystal
-from nesfgen.data.store import CrystalSet
 from nesfgen.errors import UserError
-from nesfgen.generate import (
-    DEFAULT_VAE_MODEL,
-    charge_balanced_states,
-    composition_check,
-    compositionally_valid,
-    measure,
-    min_distance,
-    novel_flags,
-    sample_latents,
-    sample_structures,
-    structurally_valid,
-    unique_flags,
-    wasserstein_distances,
-    write_samples,
-)
+from nesfgen.generate import DEFAULT_VAE_MODEL, sample_latents, sample_structures, write_samples
+from nesfgen.prior import Condition, PriorConfig, fit_prior, save_prior
 from nesfgen.train import train
 
 
 def cubic(a, numbers, frac, id="x"):
     return Crystal.create([a] * 3, [90] * 3, atomic_numbers=numbers, frac_coords=frac, id=id)
-
-
-def test_structural_validity_counts_periodic_images():
-    assert structurally_valid(rock_salt()) and min_distance(rock_salt()) == pytest.approx(5.64 / 2)
-    too_close = cubic(8.0, [11, 17], [[0.1, 0.1, 0.1], [0.1, 0.1, 0.14]])  # 0.32 Å apart
-    assert not structurally_valid(too_close) and min_distance(too_close) == pytest.approx(0.32)
-    across_the_face = cubic(10.0, [11, 17], [[0.01, 0.5, 0.5], [0.99, 0.5, 0.5]])  # 0.2 Å through the boundary
-    assert not structurally_valid(across_the_face)
-    own_image = cubic(0.4, [26], [[0, 0, 0]])  # an atom 0.4 Å from its own periodic image
-    assert not structurally_valid(own_image)
-    lonely = cubic(9.0, [26], [[0, 0, 0]])
-    assert structurally_valid(lonely) and math.isinf(min_distance(lonely))
-
-
-def test_compositional_validity_needs_a_charge_balanced_assignment():
-    assert charge_balanced_states({"Fe": 2, "O": 3}) == {"Fe": 3, "O": -2}
-    assert charge_balanced_states({"Fe": 3, "O": 4}) is None  # mixed valence: one state per element only
-    assert charge_balanced_states({"Na": 1, "O": 1}) is None
-    assert composition_check({"Zn": 4, "S": 4}) == (True, "Zn+2 S-2")
-    assert composition_check({"Cu": 3, "Au": 1}) == (True, "alloy")
-    assert composition_check({"Si": 8}) == (True, "element")
-    assert compositionally_valid(perovskite()) and compositionally_valid(zinc_blende())
-    sodium_oxide_1_1 = cubic(5.0, [11, 8], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    assert not compositionally_valid(sodium_oxide_1_1)
-
-
-def test_uniqueness_and_novelty_use_structure_matching():
-    samples = [rock_salt(), rock_salt(5.75, id="bigger"), zinc_blende(), rock_salt(id="again"), cesium_chloride()]
-    assert unique_flags(samples) == [True, False, True, False, True]
-    training = CrystalSet.from_crystals([rock_salt(5.5), perovskite()])
-    # NaCl in the CsCl structure is not the training set's rock salt: same formula, another structure
-    cscl_type_nacl = cubic(3.3, [11, 17], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    assert novel_flags([rock_salt(), zinc_blende(), cscl_type_nacl], training) == [False, True, True]
-
-
-def test_measure_summarises_rates_over_the_right_sets():
-    sodium_oxide_1_1 = cubic(5.0, [11, 8], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    too_close = cubic(8.0, [11, 17], [[0.1, 0.1, 0.1], [0.1, 0.1, 0.14]])
-    crystals = [rock_salt(), None, rock_salt(id="twin"), sodium_oxide_1_1, too_close]
-    rows, summary = measure(crystals, CrystalSet.from_crystals([rock_salt(5.5)]))
-    assert summary["decoded"] == 4
-    assert summary["structural_validity_pct"] == pytest.approx(60.0)  # of all 5 samples
-    assert summary["compositional_validity_pct"] == pytest.approx(60.0)
-    assert summary["validity_pct"] == pytest.approx(40.0)
-    assert summary["unique"] == 3 and summary["uniqueness_pct"] == pytest.approx(75.0)
-    assert summary["novel"] == 2 and summary["novelty_pct"] == pytest.approx(100 * 2 / 3)
-    assert summary["space_groups"]["Fm-3m (225)"] == 2
-    assert summary["wasserstein"]["num_atoms"] == pytest.approx(0.0)  # the valid ones are two 8-atom rock salts
-    assert [row["decoded"] for row in rows] == [True, False, True, True, True]
-    assert rows[0]["oxidation_states"] == "Na+1 Cl-1" and rows[3]["oxidation_states"] == ""
-    _, without_reference = measure(crystals, None)
-    assert without_reference["novelty_pct"] is None and without_reference["wasserstein"] is None
-
-
-def test_wasserstein_distances():
-    reference = {"num_atoms": np.array([2.0, 4.0]), "density": np.array([3.0]), "num_elements": np.array([2.0])}
-    samples = [
-        {"num_atoms": 3.0, "density": 3.0, "num_elements": 1.0},
-        {"num_atoms": 5.0, "density": 3.0, "num_elements": 1.0},
-    ]
-    assert wasserstein_distances(samples, reference) == pytest.approx(
-        {"num_atoms": 1.0, "density": 0.0, "num_elements": 1.0}
-    )
-    assert wasserstein_distances([], reference) == dict.fromkeys(reference)
 
 
 def test_latents_follow_seed_temperature_and_centre():
@@ -143,16 +64,49 @@ def test_near_a_structure_and_the_autoencoder(vae_run, tiny_dataset, tmp_path):
 
 
 def test_a_fresh_install_samples_from_the_shipped_vae(tmp_path):
-    """No dataset, no checkpoint given: the packaged VAE decodes, and novelty is skipped, not faked."""
-    result = sample_structures(n=1, seed=0, estimator_overrides=FAST_DECODE)
+    """No dataset: the packaged VAE decodes, and novelty is skipped, not faked."""
+    result = sample_structures(n=1, seed=0, estimator_overrides=FAST_DECODE, prior="vae")
     assert result.summary["checkpoint"].endswith(f"{DEFAULT_VAE_MODEL}.pt") and result.summary["variational"]
     assert result.summary["novelty_pct"] is None and result.summary["n"] == 1
 
 
-def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
+def test_missing_shipped_models_are_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(generate, "PRIORS", tmp_path)
+    with pytest.raises(UserError, match="no shipped prior"):
+        sample_structures(n=2)
     monkeypatch.setattr(generate, "PACKAGED_MODELS", tmp_path)
     with pytest.raises(UserError, match=f"default model {DEFAULT_VAE_MODEL} is not shipped"):
-        sample_structures(n=2)
+        sample_structures(n=2, prior="vae")
+
+
+@pytest.fixture
+def autoencoder_prior(tiny_dataset, tmp_path):
+    """A tiny autoencoder and a flow-matching prior fitted for a few steps to random latents of its size."""
+    run = tmp_path / "ae"
+    train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), run)
+    config = PriorConfig(kind="flowmatch", hidden=16, layers=2, steps=3, ode_steps=4)
+    species = [int(z) for z in np.unique(tiny_dataset.load("train").atomic_numbers)]
+    latents = torch.randn(20, int(TINY_MODEL["model.latent_size"]), generator=torch.Generator().manual_seed(0))
+    prior = fit_prior(latents, config, species)
+    prior.autoencoder = str(run)
+    return run, save_prior(prior, tmp_path / "prior.pt")
+
+
+def test_autoencoder_with_a_learned_prior_and_a_condition(autoencoder_prior, tmp_path):
+    run, prior = autoencoder_prior
+    plain = sample_structures(str(run), n=3, seed=1, prior=str(prior), estimator_overrides=FAST_DECODE)
+    assert plain.summary["generator"] == "prior-flowmatch" and plain.summary["conditions"] is None
+    assert {"cov_recall_pct", "w1_density", "p1_pct", "test_split_p1_pct", "seconds"} <= set(plain.summary)
+    asked = Condition(elements=(30, 16), num_atoms=8)
+    conditioned = sample_structures(
+        str(run), n=3, seed=1, prior=str(prior), condition=asked, guidance=2.0, estimator_overrides=FAST_DECODE
+    )
+    rates = conditioned.summary["conditions"]
+    assert set(rates) == {"elements_pct", "num_atoms_pct", "all_pct"} and 0 <= rates["all_pct"] <= 100
+    write_samples(conditioned, tmp_path / "out")
+    assert (tmp_path / "out" / "samples.extxyz").read_text().count("Lattice=") == conditioned.summary["decoded"]
+    with pytest.raises(UserError, match="need a learned prior"):
+        sample_structures(str(run), n=1, near="NaCl", condition=asked)
 
 
 def test_cli_trains_a_vae_then_samples_and_evaluates(cli, tiny_dataset, tmp_path):
@@ -219,7 +173,9 @@ def test_a_streamed_sampling_continues_where_it_stopped_and_matches_an_uninterru
         progress=lambda d, t: resumed_from.append(d),
     )
     assert resumed_from == [4, 5]  # continued after the saved samples, decoding only the last
-    assert again.rows == whole.rows and again.summary == whole.summary | {"checkpoint": again.summary["checkpoint"]}
+    assert again.rows == whole.rows
+    same = {"checkpoint": again.summary["checkpoint"], "seconds": again.summary["seconds"]}
+    assert again.summary == whole.summary | same
     # other settings in the same folder: a new sampling replaces the old one's files
     other = sample_structures(str(vae_run), n=2, seed=4, estimator_overrides=decode, out=tmp_path / "cut")
     write_samples(other, tmp_path / "cut")
@@ -235,3 +191,10 @@ def test_a_huge_n_is_refused_with_an_estimate_unless_forced(vae_run, tmp_path, m
     assert len(list((tmp_path / "big" / "progress").glob("chunk-*.json"))) == 1  # the timed chunk is kept
     forced = sample_structures(str(vae_run), n=6, seed=0, estimator_overrides=decode, out=tmp_path / "big", force=True)
     assert len(forced.rows) == 6
+
+
+def test_cli_rejects_bad_conditions_and_priors_in_one_line(cli, tmp_path):
+    bad_element = cli("sample", "elements=Zq", "n=1", f"out={tmp_path}")
+    assert bad_element.returncode == 2 and "elements=Zq" in bad_element.stderr and "Traceback" not in bad_element.stderr
+    bad_prior = cli("sample", "prior=bogus", "n=1", f"out={tmp_path}")
+    assert bad_prior.returncode == 2 and "prior=bogus" in bad_prior.stderr

@@ -130,21 +130,14 @@ def test_run_writes_csv_and_summary_keys(tmp_path, potential, monkeypatch):
         (["data", "hull", "builtin", "elements=Xx"], "elements="),
     ],
 )
-def test_cli_mistakes_exit_2(tmp_path, args, message):
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-m", "nesfgen", *args], capture_output=True, text=True, cwd=tmp_path)
+def test_cli_mistakes_exit_2(cli, tmp_path, args, message):
+    result = cli(*args, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
-def test_cli_json_stdout_is_pure_json(tmp_path):
+def test_cli_json_stdout_is_pure_json(cli, tmp_path):
     """chgnet prints its device and version; --json must still be one JSON document on stdout."""
-    import subprocess
-    import sys
-
-    args = [sys.executable, "-m", "nesfgen", "relax", "NaCl", f"out={tmp_path / 'out'}", "steps=2", "--json"]
-    result = subprocess.run(args, capture_output=True, text=True)
+    result = cli("relax", "NaCl", f"out={tmp_path / 'out'}", "steps=2", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["relaxed"] == 1 and summary["hull_source"] is None

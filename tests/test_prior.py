@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+
+from nesfgen.errors import UserError
+from nesfgen.prior import (
+    Condition,
+    ConditionEncoder,
+    PriorConfig,
+    condition_holds,
+    fit_prior,
+    load_prior,
+    parse_condition,
+    save_prior,
+)
+
+SPECIES = (8, 11, 16, 17, 30)
+
+
+def random_latents(count=32, size=6):
+    return torch.randn(count, size, generator=torch.Generator().manual_seed(0)) * 3 + 1
+
+
+@pytest.mark.parametrize("kind", ["flow", "flowmatch"])
+def test_a_prior_fits_saves_and_samples_the_same_latents_again(kind, tmp_path):
+    config = PriorConfig(kind=kind, hidden=16, layers=2, steps=5, batch_size=8, ode_steps=4)
+    prior = fit_prior(random_latents(), config, SPECIES)
+    assert prior.history["steps"] == 5 and np.isfinite(prior.history["final_loss"])
+    first = prior.sample(7, seed=3)
+    assert first.shape == (7, 6) and torch.isfinite(first).all()
+    loaded = load_prior(save_prior(prior, tmp_path / "prior.pt"))  # weights_only=True inside
+    assert torch.allclose(loaded.sample(7, seed=3), first, atol=1e-5)
+    assert not torch.allclose(loaded.sample(7, seed=4), first)
+
+
+def test_conditions_need_the_flow_matching_prior_and_known_elements():
+    flow = fit_prior(random_latents(), PriorConfig(kind="flow", hidden=8, layers=1, steps=1), SPECIES)
+    with pytest.raises(UserError, match="need prior=flowmatch"):
+        flow.sample(2, seed=0, condition=Condition(num_atoms=4))
+    flowmatch = fit_prior(random_latents(), PriorConfig(hidden=8, layers=1, steps=1, ode_steps=2), SPECIES)
+    with pytest.raises(UserError, match="Fe not among"):
+        flowmatch.sample(2, seed=0, condition=Condition(elements=(26,)))
+    assert flowmatch.sample(2, seed=0, condition=Condition(elements=(30, 16)), guidance=2.0).shape == (2, 6)
+
+
+def test_condition_vector_parts_and_dropout():
+    encoder = ConditionEncoder(SPECIES)
+    vector = encoder.encode(Condition(elements=(30, 16), num_atoms=8, spacegroup=216))
+    assert vector.shape == (encoder.size,) and encoder.size == 5 + 1 + 5 + 1 + 1 + 1 + 7 + 1 + 230 + 1
+    assert vector[:6].tolist() == [0, 0, 1, 0, 1, 1]  # S and Zn present, the part's flag set
+    assert vector[6:12].tolist() == [0] * 6  # no composition given: zeros, flag 0
+    assert vector[12:14].tolist() == [pytest.approx(8 / 20), 1]
+    hidden = encoder.drop(vector.repeat(4, 1), 1.0, torch.Generator().manual_seed(0))
+    assert not hidden.any()
+
+
+def test_condition_holds_in_a_structure():
+    zinc_blende = np.array([30] * 4 + [16] * 4)
+    zns = parse_condition(elements="Zn,S", formula="ZnS", num_atoms=8, crystal_system_name="cubic", spacegroup=216)
+    assert condition_holds(zns, zinc_blende, 216) == dict.fromkeys(
+        ["elements", "composition", "num_atoms", "crystal_system", "spacegroup"], True
+    )
+    assert condition_holds(zns, np.array([30] * 4 + [16] * 2), 1) == dict.fromkeys(
+        ["elements", "composition", "num_atoms", "crystal_system", "spacegroup"], False
+    ) | {"elements": True}
+    with pytest.raises(UserError, match="elements=Zq"):
+        parse_condition(elements="Zq")
+    with pytest.raises(UserError, match="formula="):
+        parse_condition(formula="not a formula")
+
+
+def test_every_shipped_prior_loads_and_samples():
+    from nesfgen.generate import PRIORS
+
+    for path in sorted(PRIORS.glob("*.pt")):
+        prior = load_prior(path)
+        assert prior.autoencoder and prior.sample(2, seed=0).shape == (2, prior.mean.numel())
