@@ -382,7 +382,8 @@ def plot_distributions(rows: list[dict[str, Any]], reference: Reference, path: P
         if name != "density":
             bins = np.arange(train.min() - 0.5, max(train.max(), ours.max() if len(ours) else 0) + 1.5)
         ax.hist(train, bins=bins, density=True, alpha=0.5, label=f"training ({len(train)})")
-        ax.hist(ours, bins=bins, density=True, alpha=0.5, label=f"samples ({len(ours)})")
+        if len(ours):  # a histogram of nothing divides by zero
+            ax.hist(ours, bins=bins, density=True, alpha=0.5, label=f"samples ({len(ours)})")
         ax.set_xlabel(label)
     axes[0].legend()
 

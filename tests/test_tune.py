@@ -218,7 +218,7 @@ def test_every_shipped_study_loads_and_says_how_to_launch(name):
         (('"train.lr" =', '"train.lrr" ='), "did you mean train.lr"),
         (('"model.latent_size" = [8, 16]', '"model.batch_norm" = { low = 0, high = 1 }'), "not a number setting"),
         (('"model.latent_size" = [8, 16]', '"model.latent_size" = [8, 1.5]'), "expects an integer"),
-        (("low = 1e-3", "low = -1e-3"), "space train.lr"),
+        (("low = 1e-3", "low = -1e-3"), "space: train.lr = -0.001 is not allowed"),
         (('metric = "val_loss"', 'metric = "val_los"'), "did you mean val_loss"),
         (("[budget]", "[budgte]"), "did you mean budget"),
         (('type = "median"', 'type = "medain"'), "pruner.type must be one of"),
