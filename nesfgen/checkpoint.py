@@ -6,6 +6,7 @@ read with ``weights_only=True``, so loading one cannot run code.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -21,6 +22,7 @@ from nesfgen import __version__
 from nesfgen.config import ModelConfig, Recipe, from_dict
 from nesfgen.crystal import MAX_ATOMIC_NUMBER
 from nesfgen.errors import UserError
+from nesfgen.files import os_error_reason
 from nesfgen.model import NeSF
 
 FORMAT_VERSION = 1
@@ -32,15 +34,25 @@ DEFAULT_VAE_MODEL = "nesf-vae-lcs6"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically write ``state`` (tensors, plain Python values) with format and package versions."""
+    """Atomically write ``state`` (tensors, plain Python values) with format and package versions.
+
+    Serialised in memory first, so a failed write (a full disk) is an OSError naming its reason, not torch's
+    generic stream error; the previous checkpoint stays in place either way.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format_version": FORMAT_VERSION, "nesfgen_version": __version__, **state}
+    payload = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, "nesfgen_version": __version__, **state}, payload)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
     try:
-        torch.save(payload, temporary)
+        with os.fdopen(handle, "wb") as file:
+            file.write(payload.getbuffer())
         os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise UserError(
+            f"cannot write the checkpoint {path}: {os_error_reason(error)}; the previous one is kept"
+        ) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

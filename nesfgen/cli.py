@@ -16,6 +16,7 @@ from rich.table import Table
 
 from nesfgen.allocator import keep_freed_memory
 from nesfgen.errors import UserError
+from nesfgen.files import OS_ERROR_REASONS, os_error_reason
 
 app = typer.Typer(
     help="Neural structure fields: encode crystals into latent vectors and decode them back.",
@@ -1507,6 +1508,10 @@ def main() -> None:
 
         if isinstance(error, ClickException):
             error.show()
+            sys.exit(2)
+        if isinstance(error, OSError) and error.errno in OS_ERROR_REASONS:  # a full disk, a read-only folder ...
+            where = f"{error.filename}: " if error.filename else ""
+            _print_error("error:", f"{where}{os_error_reason(error)}")
             sys.exit(2)
         if isinstance(error, typer.Abort):
             code = INTERRUPTED

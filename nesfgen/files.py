@@ -34,6 +34,7 @@ OS_ERROR_REASONS = {
     errno.EROFS: "the file system is read-only",
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file would exceed the file-size limit",
     errno.ENAMETOOLONG: f"a name in the path is too long (file systems allow {NAME_MAX} bytes per name)",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EEXIST: "a file of that name is in the way",

@@ -29,7 +29,7 @@ from nesfgen.data.store import CrystalSet
 from nesfgen.errors import UserError
 from nesfgen.estimator import estimate
 from nesfgen.evaluate import estimator_config
-from nesfgen.files import atomic_write_text
+from nesfgen.files import atomic_write_text, output_folder
 from nesfgen.generative_metrics import Reference, build_reference, reduced_formula, score
 from nesfgen.prior import Condition, LatentPrior, condition_holds, load_prior
 from nesfgen.sampling import TensorSet
@@ -343,8 +343,7 @@ def write_samples(generation: Generation, out: Path) -> list[Path]:
 
     Earlier sample-*.cif files that are not this sampling's are removed.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out, "sample folder")
     present = [crystal for crystal in generation.crystals if crystal is not None]
     ids = {crystal.id for crystal in present}
     for stale in out.glob(SAMPLE_CIFS):  # a previous sampling's

@@ -34,7 +34,7 @@ from nesfgen.drawing import draw_cells
 from nesfgen.errors import UserError
 from nesfgen.estimator import StructureField, estimate
 from nesfgen.evaluate import encode, estimator_config
-from nesfgen.files import atomic_write_text, new_figure, save_figure
+from nesfgen.files import atomic_write_text, new_figure, output_folder, save_figure
 from nesfgen.metrics import space_group_number
 from nesfgen.symmetry import STATED_SYMPREC, check_symprec, symmetrize_decoded
 
@@ -499,8 +499,7 @@ def write_interpolation(result: Interpolation, out: Path) -> list[Path]:
 
     Step CIFs of an earlier, longer run in the same folder are removed so the folder shows one path.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out, "interpolation folder")
     for stale in out.glob("step-*.cif"):
         stale.unlink()
     written = [
@@ -705,8 +704,7 @@ def project(
 
 def write_map(embedding: Embedding, coords: np.ndarray, method: str, out: Path, info: dict | None = None) -> list[Path]:
     """``map.csv`` (2-D coordinates with the attributes), ``map.json`` and the paper's Fig. 7 as three PNGs."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out, "map folder")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     columns = _attribute_columns(embedding)

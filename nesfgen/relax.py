@@ -23,7 +23,7 @@ import numpy as np
 
 from nesfgen.crystal import Crystal
 from nesfgen.errors import UserError
-from nesfgen.files import atomic_write_text
+from nesfgen.files import atomic_write_text, output_folder
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +268,7 @@ def relax_all(
     A record already in ``out`` for the same fmax and steps is reused (resume); others are computed.
     Returns the records in input order.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out, "relaxation folder")
     records = []
     for done, item in enumerate(items):
         path = out / f"{item.id}{RECORD_SUFFIX}"

@@ -15,7 +15,7 @@ from typing import Any
 
 from nesfgen.crystal import Crystal
 from nesfgen.errors import UserError
-from nesfgen.files import atomic_write_text
+from nesfgen.files import atomic_write_text, output_folder
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class SampleStream:
     """The finished chunks of one sampling in ``out`` (none kept when ``out`` is None)."""
 
     def __init__(self, out: Path | None, settings: dict[str, Any]) -> None:
-        self.out = Path(out) if out is not None else None
+        self.out = output_folder(out, "sample folder") if out is not None else None
         self.settings = json.loads(json.dumps(settings, default=str))
         if self.out is None:
             return

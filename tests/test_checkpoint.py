@@ -1,5 +1,8 @@
 """Checkpoints: the round trip, the format refusal, atomic writes, and what a broken file says (exit 2)."""
 
+import errno
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -57,17 +60,30 @@ def test_a_failed_write_keeps_the_previous_checkpoint_and_no_temporary(state, tm
     path = tmp_path / "run" / "last.pt"
     save_checkpoint(path, state)
     before = path.read_bytes()
-    real_save = torch.save
+    real_fdopen = os.fdopen
 
-    def save_half_then_fail(payload, target):
-        real_save(payload, target)  # the bytes reach the disk ...
-        with open(target, "r+b") as handle:
-            handle.truncate(100)  # ... partly, and then the process is interrupted
-        raise KeyboardInterrupt
+    def half_then_full(handle, mode):
+        file = real_fdopen(handle, mode)
 
-    monkeypatch.setattr(torch, "save", save_half_then_fail)
-    with pytest.raises(KeyboardInterrupt):
+        def write(data):
+            file.raw.write(bytes(data[:100]))  # the bytes reach the disk partly ...
+            raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk is full
+
+        file.write = write
+        return file
+
+    monkeypatch.setattr(os, "fdopen", half_then_full)
+    with pytest.raises(UserError, match="no space left on the device; the previous one is kept"):
         save_checkpoint(path, {**state, "step": 8})
+    monkeypatch.undo()
+
+    def interrupted(*args):
+        raise KeyboardInterrupt  # Ctrl-C between the write and the rename
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {**state, "step": 9})
+    monkeypatch.undo()
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
     assert read_checkpoint(path)["step"] == 7

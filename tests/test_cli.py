@@ -174,6 +174,9 @@ def test_unusable_out_folders_exit_2_with_the_reason(cli, tiny_dataset, tmp_path
         for args in commands:
             code, stderr = main_in_process(monkeypatch, capsys, *args, "--json")
             assert code == 2 and reason in stderr and "Traceback" not in stderr, (args[:2], reason, stderr)
+    for out, reason in bad_outs.values():  # the shipped generator refuses before decoding, as the rest do
+        code, stderr = main_in_process(monkeypatch, capsys, "sample", "n=2", f"out={out}", "--json")
+        assert code == 2 and reason in stderr and "Traceback" not in stderr, ("sample", reason, stderr)
     result = cli("data", "export", str(tiny_dataset.path), "--out", str(bad_outs["under a file"][0]))
     assert result.returncode == 2 and "Traceback" not in result.stderr  # and so in a process of its own
 

@@ -52,6 +52,11 @@ def test_condition_vector_parts_and_dropout():
     assert vector[12:14].tolist() == [pytest.approx(8 / 20), 1]
     hidden = encoder.drop(vector.repeat(4, 1), 1.0, torch.Generator().manual_seed(0))
     assert not hidden.any()
+    kept = encoder.drop(vector.repeat(4, 1), 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(kept, vector.repeat(4, 1))
+    rows = encoder.drop(vector.repeat(1000, 1), 0.0, torch.Generator().manual_seed(0), everything=0.3)
+    emptied = ~rows.any(dim=1)
+    assert 250 < int(emptied.sum()) < 350 and torch.equal(rows[~emptied], vector.repeat(int((~emptied).sum()), 1))
 
 
 def test_condition_holds_in_a_structure():
