@@ -1377,6 +1377,9 @@ def _render_interpolation(summary: dict) -> None:
     stdout.print(table)
     recovered = {k: "yes" if summary[f"{k}_recovered"] else "no" for k in ("a", "b")}
     stdout.print(f"endpoints decoded to their own composition and atom count: A {recovered['a']}, B {recovered['b']}")
+    if summary["intermediate_only_end_elements_pct"] is not None:
+        share = summary["intermediate_only_end_elements_pct"]
+        stdout.print(f"steps between the ends holding only the ends' elements: {share:.0f} %")
     stdout.print(f"written: {Path(summary['files'][0]).parent}/ ({len(summary['files'])} files)", markup=False)
 
 

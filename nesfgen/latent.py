@@ -369,9 +369,18 @@ class Interpolation:
             and first["num_atoms"] == a.crystal.num_atoms,
             "b_recovered": last["reduced_formula"] == b.crystal.reduced_formula
             and last["num_atoms"] == b.crystal.num_atoms,
+            "intermediate_only_end_elements_pct": self.intermediate_only_end_elements_pct(),
             "rows": self.rows,
             "files": self.files,
         }
+
+    def intermediate_only_end_elements_pct(self) -> float | None:
+        """Share of the steps between the ends whose decoded cell holds only elements of A or B (an empty
+        decode does not); None with no step between the ends. Measures how chemically coherent the line is."""
+        inner = self.rows[1:-1]
+        if not inner:
+            return None
+        return 100.0 * sum(row.get("share_other") == 0.0 for row in inner) / len(inner)
 
 
 def interpolate(

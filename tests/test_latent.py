@@ -12,6 +12,7 @@ from nesfgen.data.store import CrystalSet, data_dir, write_dataset
 from nesfgen.errors import UserError
 from nesfgen.estimator import ExactField
 from nesfgen.latent import (
+    Interpolation,
     composition_shares,
     decode_line,
     embed,
@@ -213,6 +214,13 @@ def test_line_through_the_exact_field_ends_on_both_endpoints():
     assert (rows[0]["space_group"], rows[-1]["space_group"]) == (216, 225)
     assert (rows[0]["share_a"], rows[-1]["share_b"]) == (1.0, 1.0)
     assert rows[-1]["a"] == pytest.approx(5.64, abs=1e-3)
+    line = Interpolation((None, None), "exact", t, decoded, rows)
+    assert line.intermediate_only_end_elements_pct() == 100.0
+    rows[2] |= {"share_other": 0.25}  # a step with an atom of neither end
+    assert line.intermediate_only_end_elements_pct() == pytest.approx(100 * 2 / 3)
+    assert (
+        Interpolation((None, None), "exact", t[:2], decoded[:2], rows[:2]).intermediate_only_end_elements_pct() is None
+    )
 
 
 def test_interpolate_with_a_tiny_model_writes_its_outputs(tiny_run, tmp_path):
