@@ -775,16 +775,18 @@ SAMPLE_KEYS = {
     "crystal_system",
     "spacegroup",
     "guidance",
+    "constrain",
     "baselines",
 }
 
 
 @app.command("sample", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Generate structures: nesfgen sample [prior=flowmatch|flow|vae|FILE.pt] [checkpoint=RUN] [n=100] [seed=0] [elements=Zn,S] [formula=ZnS] [num_atoms=8] [crystal_system=cubic] [spacegroup=216] [guidance=1] [baselines=true] [temperature=1] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=true] [force=true] [relax=true fmax= steps= hull=].
+    """Generate structures: nesfgen sample [prior=flowmatch|flow|vae|FILE.pt] [checkpoint=RUN] [n=100] [seed=0] [elements=Zn,S] [formula=ZnS] [num_atoms=8] [crystal_system=cubic] [spacegroup=216] [guidance=1] [constrain=false] [baselines=true] [temperature=1] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=true] [force=true] [relax=true fmax= steps= hull=].
 
     Without prior= and checkpoint= the shipped autoencoder (nesf-lcs6) decodes latents of its learned
-    prior; prior=vae samples the shipped VAE. Conditions need the flow-matching prior. Writes one CIF
+    prior; prior=vae samples the shipped VAE. Conditions need the flow-matching prior; with elements= or
+    formula= the decoded species are also restricted to them (constrain=false: the prior alone). Writes one CIF
     per decoded structure as it is decoded, then samples.extxyz, samples.csv and summary.json (the
     field's metrics). An interrupted sampling continues when the same command is run again. More than
     10,000 samples need force=true; relax=true relaxes the samples into OUT/relaxed.
@@ -822,6 +824,7 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
                 parse_value(options["spacegroup"], int, "spacegroup") if "spacegroup" in options else None,
             ),
             guidance=parse_value(options.get("guidance", "1.0"), float, "guidance"),
+            constrain=parse_value(options.get("constrain", "true"), bool, "constrain"),
             baselines=parse_value(options.get("baselines", "false"), bool, "baselines"),
         )
     relax = parse_value(options.get("relax", "false"), bool, "relax")
@@ -842,7 +845,7 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
             if r["near"]
             else f"from the VAE prior (T = {r['temperature']:g})"
             if r["generator"] == "vae"
-            else f"from the learned {r['generator'].removeprefix('prior-')} prior"
+            else f"from the learned {r['generator'].removeprefix('prior-')} prior (T = {r['temperature']:g})"
         )
         table = Table(title=f"{r['n']} samples {source}, seed {r['seed']}: {r['checkpoint']}")
         table.add_column("measure")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -400,3 +400,73 @@ def _vote_species(field: StructureField, z: Tensor, atoms: Tensor, offsets: Tens
     if not votes:
         return torch.zeros(count, 0, dtype=torch.long, device=atoms.device)
     return torch.cat(votes, 1)
+
+
+def constrain_species(
+    field: StructureField,
+    z: Tensor,
+    decoded: Sequence[Decoded],
+    species_table: Sequence[int],
+    allowed: Sequence[int],
+    composition: Mapping[int, float] | None = None,
+    config: EstimatorConfig = EstimatorConfig(),
+) -> list[Decoded]:
+    """Vote the decoded atoms' species again, choosing only among ``allowed`` atomic numbers.
+
+    The positions and the lattice stay as decoded; only the species vote is restricted, so a sample asked
+    for ``elements=Zn,S`` cannot hold a third element. With ``composition`` (atomic number -> amount) and
+    an atom count that is a whole number of formula units, the species are assigned to match it exactly,
+    maximising the field's votes (an assignment problem); other atom counts keep the restricted vote.
+    """
+    table = np.asarray(species_table, dtype=np.int64)
+    allowed_index = [int(np.flatnonzero(table == number)[0]) for number in allowed if number in table]
+    if len(allowed_index) != len(set(allowed)):
+        raise UserError("constrain_species: an allowed element is not in the model's species table")
+    offsets = local_offsets(config.species_interval, config.species_range).to(z.device, torch.float32)
+    blocked = torch.full((len(table),), -math.inf, device=z.device)
+    blocked[allowed_index] = 0.0
+    was_training = isinstance(field, nn.Module) and field.training
+    if was_training:
+        field.eval()
+    try:
+        out = []
+        with torch.inference_mode():
+            for b, structure in enumerate(decoded):
+                if structure.num_atoms == 0:
+                    out.append(structure)
+                    continue
+                atoms = torch.as_tensor(structure.cart_coords, dtype=torch.float32, device=z.device)  # (M, 3)
+                queries = (atoms[:, None, :] + offsets).reshape(1, -1, 3)  # (1, M*L, 3)
+                choice = (field.species(queries, z[b : b + 1]).float() + blocked).argmax(-1).reshape(len(atoms), -1)
+                votes = torch.zeros(len(atoms), len(table), dtype=torch.long, device=z.device)
+                votes = votes.scatter_add_(1, choice, torch.ones_like(choice)).cpu().numpy()  # (M, K)
+                kinds = _assign_composition(votes, table, composition) if composition else None
+                if kinds is None:
+                    kinds = votes.argmax(-1)
+                out.append(Decoded(structure.lengths, structure.angles, structure.cart_coords, kinds, table[kinds]))
+        return out
+    finally:
+        if was_training:
+            field.train()
+
+
+def _assign_composition(votes: np.ndarray, table: np.ndarray, composition: Mapping[int, float]) -> np.ndarray | None:
+    """(M,) species indices holding ``composition`` exactly with the most votes, or None when the M atoms are
+    not a whole number of formula units (or the amounts are not whole numbers)."""
+    from scipy.optimize import linear_sum_assignment
+
+    amounts = {int(z): float(a) for z, a in composition.items()}
+    if any(not float(a).is_integer() or a <= 0 for a in amounts.values()):
+        return None
+    unit = math.gcd(*(int(a) for a in amounts.values()))
+    per_unit = {z: int(a) // unit for z, a in amounts.items()}
+    formula_atoms = sum(per_unit.values())
+    if len(votes) % formula_atoms:
+        return None
+    slots = [
+        int(np.flatnonzero(table == z)[0]) for z, n in per_unit.items() for _ in range(n * len(votes) // formula_atoms)
+    ]
+    rows, columns = linear_sum_assignment(-votes[:, slots])
+    kinds = np.empty(len(votes), dtype=np.int64)
+    kinds[rows] = np.asarray(slots)[columns]
+    return kinds

@@ -27,7 +27,7 @@ from nesfgen.data.builtin import find_known
 from nesfgen.data.importers import read_structure_file
 from nesfgen.data.store import CrystalSet
 from nesfgen.errors import UserError
-from nesfgen.estimator import estimate
+from nesfgen.estimator import constrain_species, estimate
 from nesfgen.evaluate import estimator_config
 from nesfgen.files import atomic_write_text, output_folder
 from nesfgen.generative_metrics import Reference, build_reference, reduced_formula, score
@@ -206,6 +206,7 @@ def sample_structures(
     prior: str | None = None,
     condition: Condition | None = None,
     guidance: float = 1.0,
+    constrain: bool = True,
     baselines: bool = False,
     out: Path | None = None,
     force: bool = False,
@@ -215,7 +216,8 @@ def sample_structures(
     Args:
         checkpoint: the model to decode with (run folder, .pt file or shipped name). None: the shipped
             autoencoder with its learned prior, or the shipped VAE with prior="vae".
-        n: number of samples. seed: seed of the latents. temperature: scale of a VAE's N(0, I) samples.
+        n: number of samples. seed: seed of the latents. temperature: scale of the N(0, I) noise a VAE's latents
+            or a learned prior's ODE start from.
         near: sample around this structure (a CIF/POSCAR path or a formula) instead of a prior:
             z = its latent + radius × N(0, I).
         data: the dataset to measure against (default: the model's training data).
@@ -225,6 +227,8 @@ def sample_structures(
         prior: "flowmatch" / "flow" (shipped learned priors), "vae", or a prior .pt file; see resolve_prior.
         condition: what the samples should hold (flow-matching prior only); guidance: its
             classifier-free guidance scale (1: plain conditional sampling).
+        constrain: with elements= or formula=, also restrict the decoded species to those elements and,
+            where the atom count allows, to the formula's exact amounts (``estimator.constrain_species``).
         baselines: also score the ceiling and floor rows (``nesfgen.baselines``) with ``n`` and ``seed``.
         out: write each decoded chunk's CIFs there as it is finished and continue an interrupted sampling
             with the same settings (see nesfgen.stream); None keeps everything in memory.
@@ -262,12 +266,13 @@ def sample_structures(
         anchor = find_structure(near, splits[0] if splits else None)
         z = sample_latents(n, trained.recipe.model.latent_size, seed, 1.0, _encode_one(trained, anchor), radius)
     elif learned is not None:
-        z = learned.sample(n, seed, condition, guidance)
+        z = learned.sample(n, seed, condition, guidance, temperature)
     else:
         z = sample_latents(n, trained.recipe.model.latent_size, seed, temperature)
     settings = {"checkpoint": trained.path, "n": n, "seed": seed, "temperature": temperature, "near": near}
     settings |= {"radius": radius, "symmetrize": symmetrize, "symprec": symprec, "prior": prior}
-    settings |= {"condition": asdict(condition), "guidance": guidance}
+    species_constraint = _species_constraint(condition) if constrain else None
+    settings |= {"condition": asdict(condition), "guidance": guidance, "constrain": species_constraint is not None}
     settings["estimator"] = {k: getattr(config, k) for k in config.__dataclass_fields__}
     stream = SampleStream(out, settings)
     crystals, failed = stream.finished()
@@ -277,6 +282,11 @@ def sample_structures(
     for start in range(len(crystals), n, config.chunk_size):
         chunk_z = z[start : start + config.chunk_size].to(next(trained.model.parameters()).device)
         decoded = estimate(trained.model, chunk_z, trained.box, trained.species_table, config)
+        if species_constraint is not None:
+            allowed, composition = species_constraint
+            decoded = constrain_species(
+                trained.model, chunk_z, decoded, trained.species_table, allowed, composition, config
+            )
         chunk = [d.to_crystal(f"sample-{start + k:04d}") for k, d in enumerate(decoded)]
         chunk_failed = 0
         if symmetrize:
@@ -300,7 +310,7 @@ def sample_structures(
         "prior": prior or (DEFAULT_PRIOR if learned is not None else None),
         "n": n,
         "seed": seed,
-        "temperature": temperature if source == "vae" else None,
+        "temperature": temperature if near is None else None,
         "near": near,
         "near_structure": anchor.id if anchor is not None else None,
         "radius": radius if near is not None else None,
@@ -308,12 +318,23 @@ def sample_structures(
         **summary,
         "conditions": condition_rates(condition, rows, crystals) if not condition.is_empty() else None,
         "guidance": guidance if not condition.is_empty() else None,
+        "species_constrained": species_constraint is not None,
         "baselines": reference_rows(reference, n, seed) if baselines and reference is not None else None,
         "reference": reference_note,
         "estimator": {k: getattr(config, k) for k in config.__dataclass_fields__},
         "seconds": time.perf_counter() - started,
     }
     return Generation(summary, rows, crystals, reference)
+
+
+def _species_constraint(condition: Condition) -> tuple[tuple[int, ...], dict[int, float] | None] | None:
+    """(allowed atomic numbers, exact composition or None) that decoding must respect, or None when the
+    condition names no elements."""
+    if condition.composition is not None:
+        return tuple(sorted(condition.composition)), dict(condition.composition)
+    if condition.elements is not None:
+        return tuple(condition.elements), None
+    return None
 
 
 def _refuse_long_run(n: int, timed: int, seconds: float, out: Path | None) -> None:

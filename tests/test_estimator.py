@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import zinc_blende
 
 from nesfgen.allocator import SWITCH
 from nesfgen.config import EstimatorConfig, ModelConfig
@@ -23,6 +24,7 @@ from nesfgen.estimator import (
     Decoded,
     ExactField,
     _suppress,
+    constrain_species,
     estimate,
 )
 from nesfgen.evaluate import estimator_config
@@ -362,3 +364,22 @@ def test_library_decoding_keeps_freed_memory_without_a_set_up_call() -> None:
     assert result.returncode == 0, result.stderr
     pages = 20 * (1 << 26) // 4096  # every page of every block, were each one mapped afresh
     assert int(result.stdout) < pages // 20
+
+
+def test_constrained_species_keep_positions_and_hold_the_asked_elements_and_formula():
+    crystal = zinc_blende()
+    table = [16, 30, 48]  # S, Zn, Cd: a third element the vote may not choose
+    field, box = ExactField([crystal], table), bounding_box([crystal])
+    z = torch.tensor([[0.0]])
+    decoded = estimate(field, z, box, table, FAST)
+    assert sorted(decoded[0].atomic_numbers.tolist()) == [16] * 4 + [30] * 4
+    only_zinc = constrain_species(field, z, decoded, table, allowed=(30,), config=FAST)[0]
+    assert only_zinc.atomic_numbers.tolist() == [30] * 8
+    np.testing.assert_array_equal(only_zinc.cart_coords, decoded[0].cart_coords)
+    same = constrain_species(field, z, decoded, table, (30, 16), {30: 1.0, 16: 1.0}, FAST)[0]
+    np.testing.assert_array_equal(same.atomic_numbers, decoded[0].atomic_numbers)  # the votes already hold ZnS
+    zn3s = constrain_species(field, z, decoded, table, (30, 16), {30: 3.0, 16: 1.0}, FAST)[0]
+    assert sorted(zn3s.atomic_numbers.tolist()) == [16] * 2 + [30] * 6  # exactly Zn3S on 8 atoms
+    assert set(np.flatnonzero(zn3s.atomic_numbers == 16)) <= set(np.flatnonzero(decoded[0].atomic_numbers == 16))
+    thirds = constrain_species(field, z, decoded, table, (30, 16), {30: 1.0, 16: 2.0}, FAST)[0]
+    np.testing.assert_array_equal(thirds.atomic_numbers, decoded[0].atomic_numbers)  # 8 atoms: no ZnS2 possible

@@ -103,6 +103,12 @@ def test_autoencoder_with_a_learned_prior_and_a_condition(autoencoder_prior, tmp
     )
     rates = conditioned.summary["conditions"]
     assert set(rates) == {"elements_pct", "num_atoms_pct", "all_pct"} and 0 <= rates["all_pct"] <= 100
+    assert conditioned.summary["species_constrained"]  # decoded species restricted to Zn and S
+    assert all(set(c.atomic_numbers.tolist()) <= {30, 16} for c in conditioned.crystals if c is not None)
+    free = sample_structures(
+        str(run), n=3, seed=1, prior=str(prior), condition=asked, constrain=False, estimator_overrides=FAST_DECODE
+    )
+    assert not free.summary["species_constrained"]
     write_samples(conditioned, tmp_path / "out")
     assert (tmp_path / "out" / "samples.extxyz").read_text().count("Lattice=") == conditioned.summary["decoded"]
     with pytest.raises(UserError, match="need a learned prior"):

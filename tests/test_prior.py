@@ -43,6 +43,14 @@ def test_conditions_need_the_flow_matching_prior_and_known_elements():
     assert flowmatch.sample(2, seed=0, condition=Condition(elements=(30, 16)), guidance=2.0).shape == (2, 6)
 
 
+@pytest.mark.parametrize("kind", ["flow", "flowmatch"])
+def test_a_low_temperature_narrows_the_samples(kind):
+    prior = fit_prior(random_latents(), PriorConfig(kind=kind, hidden=8, layers=1, steps=1, ode_steps=2), SPECIES)
+    spread = prior.sample(20, seed=0).std(dim=0).mean()
+    narrow = prior.sample(20, seed=0, temperature=1e-3).std(dim=0).mean()
+    assert spread > 0.1 and narrow < 0.01 * spread
+
+
 def test_condition_vector_parts_and_dropout():
     encoder = ConditionEncoder(SPECIES)
     vector = encoder.encode(Condition(elements=(30, 16), num_atoms=8, spacegroup=216))
