@@ -63,11 +63,14 @@ def random_symmetric_crystals(
     return crystals
 
 
-def reference_rows(reference: Reference, n: int, seed: int, progress: Progress | None = None) -> dict[str, Any]:
-    """The ceiling (the test split as samples; its coverage is 100 % by construction, being its own
-    reference) and the floor (n random symmetric crystals), scored like any generator."""
+def reference_rows(
+    reference: Reference, n: int, seed: int, progress: Progress | None = None, held_out: str = "test"
+) -> dict[str, Any]:
+    """The ceiling (the held-out split, named ``held_out``, as samples; its coverage is 100 % by
+    construction, being its own reference) and the floor (n random symmetric crystals), scored like any
+    generator."""
     rows: dict[str, Any] = {}
     if reference.test is not None:
-        _, rows["test_split"] = score([reference.test[i] for i in range(len(reference.test))], reference)
+        _, rows[f"{held_out}_split"] = score([reference.test[i] for i in range(len(reference.test))], reference)
     _, rows["random_symmetric"] = score(random_symmetric_crystals(reference.train, n, seed, progress), reference)
     return rows

@@ -777,12 +777,13 @@ SAMPLE_KEYS = {
     "guidance",
     "constrain",
     "baselines",
+    "coverage_split",
 }
 
 
 @app.command("sample", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Generate structures: nesfgen sample [prior=flowmatch|flow|vae|FILE.pt] [checkpoint=RUN] [n=100] [seed=0] [elements=Zn,S] [formula=ZnS] [num_atoms=8] [crystal_system=cubic] [spacegroup=216] [guidance=1] [constrain=false] [baselines=true] [temperature=1] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=true] [force=true] [relax=true fmax= steps= hull=].
+    """Generate structures: nesfgen sample [prior=flowmatch|flow|vae|FILE.pt] [checkpoint=RUN] [n=100] [seed=0] [elements=Zn,S] [formula=ZnS] [num_atoms=8] [crystal_system=cubic] [spacegroup=216] [guidance=1] [constrain=false] [baselines=true] [coverage_split=test|val] [temperature=1] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=true] [force=true] [relax=true fmax= steps= hull=].
 
     Without prior= and checkpoint= the shipped autoencoder (nesf-lcs6) decodes latents of its learned
     prior; prior=vae samples the shipped VAE. Conditions need the flow-matching prior; with elements= or
@@ -826,6 +827,7 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
             guidance=parse_value(options.get("guidance", "1.0"), float, "guidance"),
             constrain=parse_value(options.get("constrain", "true"), bool, "constrain"),
             baselines=parse_value(options.get("baselines", "false"), bool, "baselines"),
+            coverage_split=options.get("coverage_split", "test"),
         )
     relax = parse_value(options.get("relax", "false"), bool, "relax")
     if not relax and any(k in options for k in ("fmax", "steps", "hull")):
@@ -847,6 +849,7 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
             if r["generator"] == "vae"
             else f"from the learned {r['generator'].removeprefix('prior-')} prior (T = {r['temperature']:g})"
         )
+        held_out = r["reference"].get("coverage_split") or "test"
         table = Table(title=f"{r['n']} samples {source}, seed {r['seed']}: {r['checkpoint']}")
         table.add_column("measure")
         table.add_column("value", justify="right")
@@ -856,10 +859,10 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
             ("compositional validity (SMACT)", pct(r["compositional_validity_pct"])),
             ("  the training split's (SMACT)", pct(r["train_compositional_validity_pct"])),
             ("both", pct(r["validity_pct"])),
-            ("COV-R / COV-P (vs test split)", f"{pct(r['cov_recall_pct'])} / {pct(r['cov_precision_pct'])}"),
+            (f"COV-R / COV-P (vs {held_out} split)", f"{pct(r['cov_recall_pct'])} / {pct(r['cov_precision_pct'])}"),
             ("uniqueness (of the decoded)", pct(r["uniqueness_pct"])),
             ("novelty (of the unique, vs training)", pct(r["novelty_pct"])),
-            ("P1 share (test split's)", f"{pct(r['p1_pct'])} ({pct(r['test_split_p1_pct'])})"),
+            (f"P1 share ({held_out} split's)", f"{pct(r['p1_pct'])} ({pct(r['test_split_p1_pct'])})"),
         ]
         for name in ("density", "num_atoms", "num_elements"):
             distance = r[f"w1_{name}"]
@@ -923,6 +926,37 @@ def prior_fit_command(ctx: typer.Context, as_json: bool = typer.Option(False, "-
         stdout.print(
             f"fitted a {r['config']['kind']} prior on {r['structures']} latents of {r['dataset']}: loss {r['final_loss']:.4f} "
             f"after {r['steps']} steps in {r['seconds']:.0f} s; wrote {r['out']}",
+            markup=False,
+        )
+
+    emit(result, as_json, render)
+
+
+@prior_app.command("check", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def prior_check_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Compare a prior's samples with held-out latents, without decoding: nesfgen prior check [prior=flowmatch|FILE.pt] [split=val] [n=1000] [seed=0]."""
+    from nesfgen.config import parse_value
+    from nesfgen.generate import resolve_prior
+    from nesfgen.prior import check_model_prior
+
+    options = _key_values(ctx, "prior check", {"prior", "checkpoint", "data", "split", "n", "seed"})
+    if any(key.startswith("estimator.") for key in options) or options.get("prior") == "vae":
+        raise UserError("nesfgen prior check [prior=flowmatch|flow|FILE.pt] [split=val] [n=1000] [seed=0] [data=NAME]")
+    checkpoint, prior = resolve_prior(options.get("prior", "flowmatch"), options.get("checkpoint"))
+    with console.status("encoding the splits and sampling the prior"):
+        result = check_model_prior(
+            prior,
+            checkpoint,
+            split=options.get("split", "val"),
+            n=parse_value(options.get("n", "1000"), int, "n"),
+            seed=parse_value(options.get("seed", "0"), int, "seed"),
+            data=options.get("data"),
+        )
+
+    def render(r: dict) -> None:
+        stdout.print(
+            f"{r['n']} samples against {r['dataset']}: coverage of {r['split']} {r['coverage']:.3f}, precision "
+            f"{r['precision']:.3f} ({r['split']}'s own: {r['held_out_precision']:.3f}), std ratio {r['std_ratio']:.3f}",
             markup=False,
         )
 

@@ -113,12 +113,14 @@ def find_structure(text: str, reference: CrystalSet | None) -> Crystal:
 
 
 def reference_splits(
-    trained: TrainedModel, data: str | None
+    trained: TrainedModel, data: str | None, coverage_split: str = "test"
 ) -> tuple[tuple[CrystalSet, CrystalSet | None] | None, dict[str, Any]]:
-    """The training split (novelty, distributions) and test split (coverage) to measure samples against.
+    """The training split (novelty, distributions) and a held-out split (coverage) to measure samples against.
 
     Without ``data`` it is the model's own training data when that dataset is available here; otherwise
-    the comparisons are skipped, with the reason in the note. Coverage needs a split named "test".
+    the comparisons are skipped, with the reason in the note. Coverage is measured against the test split,
+    as CDVAE does; choosing settings by it calls for ``coverage_split="val"``. A dataset without a "test"
+    split skips coverage; any other missing split is an error.
     Only loaded here: their fingerprints (build_reference, slow) wait until the samples are decoded.
     """
     from nesfgen.data.names import resolve_dataset
@@ -137,15 +139,19 @@ def reference_splits(
         log.info(reason)
         return None, {"dataset": name, "skipped": reason}
     crystals = dataset.load(split)
-    test = dataset.load("test") if "test" in dataset.split_names else None
+    if coverage_split == split:
+        raise UserError(f"coverage_split={coverage_split} is the training split; give a held-out split (val, test)")
+    held_out = None
+    if coverage_split in dataset.split_names or coverage_split != "test":
+        held_out = dataset.load(coverage_split)  # a missing split other than "test" is refused here
     note = {
         "dataset": dataset.name,
         "split": split,
         "structures": len(crystals),
-        "coverage_split": "test" if test is not None else None,
+        "coverage_split": coverage_split if held_out is not None else None,
         "is_training_data": dataset.content_hash == trained.dataset_hash,
     }
-    return (crystals, test), note
+    return (crystals, held_out), note
 
 
 def _encode_one(trained: TrainedModel, crystal: Crystal) -> torch.Tensor:
@@ -210,6 +216,7 @@ def sample_structures(
     baselines: bool = False,
     out: Path | None = None,
     force: bool = False,
+    coverage_split: str = "test",
 ) -> Generation:
     """Decode ``n`` latents into structures and measure them.
 
@@ -220,7 +227,8 @@ def sample_structures(
             or a learned prior's ODE start from.
         near: sample around this structure (a CIF/POSCAR path or a formula) instead of a prior:
             z = its latent + radius × N(0, I).
-        data: the dataset to measure against (default: the model's training data).
+        data: the dataset to measure against (default: the model's training data); coverage_split: its
+            held-out split for COV-R / COV-P ("test" as CDVAE; "val" when choosing settings).
         estimator_overrides: ``{"estimator.steps": "32"}``-style overrides of the checkpoint's estimator.
         symmetrize: snap each decoded structure to the highest-symmetry space group spglib finds within
             ``symprec`` Å before measuring (those where that fails are kept as decoded).
@@ -260,7 +268,7 @@ def sample_structures(
             f"{trained.recipe.model.latent_size}: fit the prior to this model (nesfgen prior fit checkpoint=...)"
         )
     config = estimator_config(trained, estimator_overrides or {})
-    splits, reference_note = reference_splits(trained, data)
+    splits, reference_note = reference_splits(trained, data, coverage_split)
     anchor = None
     if near is not None:
         anchor = find_structure(near, splits[0] if splits else None)
@@ -319,7 +327,9 @@ def sample_structures(
         "conditions": condition_rates(condition, rows, crystals) if not condition.is_empty() else None,
         "guidance": guidance if not condition.is_empty() else None,
         "species_constrained": species_constraint is not None,
-        "baselines": reference_rows(reference, n, seed) if baselines and reference is not None else None,
+        "baselines": reference_rows(reference, n, seed, held_out=coverage_split)
+        if baselines and reference is not None
+        else None,
         "reference": reference_note,
         "estimator": {k: getattr(config, k) for k in config.__dataclass_fields__},
         "seconds": time.perf_counter() - started,

@@ -495,3 +495,66 @@ def fit_model_prior(
     prior.history |= {"dataset": dataset.name, "structures": len(crystals)}
     save_prior(prior, out)
     return prior
+
+
+# --- a check without decoding ------------------------------------------------------------------------
+
+
+def nearest_distances(queries: Tensor, points: Tensor, chunk: int = 1024) -> Tensor:
+    """(Q,) Euclidean distance from each query row to its nearest row of ``points``."""
+    return torch.cat([torch.cdist(part, points).min(dim=1).values for part in queries.split(chunk)])
+
+
+def latent_check(samples: Tensor, train: Tensor, held_out: Tensor) -> dict[str, float]:
+    """How a prior's samples sit among the latents, in the autoencoder's latent units.
+
+    coverage: mean distance from a held-out latent to its nearest sample (lower: the samples reach
+    structures the prior never saw). precision: mean distance from a sample to its nearest training
+    latent, beside the held-out latents' own value; far below it would mean the prior copies its
+    training set, far above it that samples fall where no structure is. std_ratio: the samples' spread
+    per dimension over the training latents', averaged.
+    """
+    return {
+        "coverage": float(nearest_distances(held_out, samples).mean()),
+        "precision": float(nearest_distances(samples, train).mean()),
+        "held_out_precision": float(nearest_distances(held_out, train).mean()),
+        "std_ratio": float((samples.std(dim=0) / train.std(dim=0).clamp_min(1e-6)).mean()),
+    }
+
+
+def check_model_prior(
+    prior: LatentPrior, checkpoint: str, split: str = "val", n: int = 1000, seed: int = 0, data: str | None = None
+) -> dict[str, Any]:
+    """Sample ``n`` latents unconditionally and compare them with the encoded training and ``split`` latents.
+
+    A cheap, decode-free way to choose a prior's size and length on a validation split.
+    """
+    from nesfgen.checkpoint import load_model
+    from nesfgen.data.names import resolve_dataset
+    from nesfgen.evaluate import encode
+
+    if n < 2:
+        raise UserError(f"n={n}: a check needs at least 2 samples")
+    trained = load_model(checkpoint)
+    dataset = resolve_dataset(data or trained.recipe.data.dataset_name)
+    if split == trained.recipe.data.train_split:
+        raise UserError(f"split={split} is the split the prior was fitted to; give a held-out split (e.g. val)")
+    torch.set_num_threads(prior.config.threads)
+    train = encode(trained, dataset.load(trained.recipe.data.train_split)).cpu().float()
+    held_out = encode(trained, dataset.load(split)).cpu().float()
+    if train.shape[1] != prior.mean.numel():
+        raise UserError(
+            f"the prior samples {prior.mean.numel()}-dimensional latents; {checkpoint} encodes {train.shape[1]}"
+        )
+    with torch.no_grad():
+        samples = prior.sample(n, seed).float()
+    return {
+        "checkpoint": checkpoint,
+        "dataset": dataset.name,
+        "split": split,
+        "n": n,
+        "seed": seed,
+        "train_structures": len(train),
+        "held_out_structures": len(held_out),
+        **latent_check(samples, train, held_out),
+    }

@@ -9,7 +9,7 @@ from nesfgen import generate
 from nesfgen.crystal import Crystal
 from nesfgen.errors import UserError
 from nesfgen.generate import DEFAULT_VAE_MODEL, sample_latents, sample_structures, write_samples
-from nesfgen.prior import Condition, PriorConfig, fit_prior, save_prior
+from nesfgen.prior import Condition, PriorConfig, check_model_prior, fit_prior, load_prior, save_prior
 from nesfgen.train import train
 
 
@@ -113,6 +113,21 @@ def test_autoencoder_with_a_learned_prior_and_a_condition(autoencoder_prior, tmp
     assert (tmp_path / "out" / "samples.extxyz").read_text().count("Lattice=") == conditioned.summary["decoded"]
     with pytest.raises(UserError, match="need a learned prior"):
         sample_structures(str(run), n=1, near="NaCl", condition=asked)
+
+
+def test_a_prior_is_checked_and_scored_against_the_validation_split(autoencoder_prior, tmp_path):
+    run, prior = autoencoder_prior
+    check = check_model_prior(load_prior(prior), str(run), split="val", n=5)
+    assert (check["train_structures"], check["held_out_structures"], check["split"]) == (48, 6, "val")
+    assert all(check[key] > 0 for key in ("coverage", "precision", "held_out_precision", "std_ratio"))
+    with pytest.raises(UserError, match="fitted to"):
+        check_model_prior(load_prior(prior), str(run), split="train")
+    scored = sample_structures(
+        str(run), n=2, seed=1, prior=str(prior), estimator_overrides=FAST_DECODE, coverage_split="val"
+    )
+    assert scored.summary["reference"]["coverage_split"] == "val"
+    with pytest.raises(UserError, match="no split 'holdout'"):
+        sample_structures(str(run), n=1, prior=str(prior), coverage_split="holdout")
 
 
 def test_cli_trains_a_vae_then_samples_and_evaluates(cli, tiny_dataset, tmp_path):

@@ -9,6 +9,7 @@ from nesfgen.prior import (
     PriorConfig,
     condition_holds,
     fit_prior,
+    latent_check,
     load_prior,
     parse_condition,
     save_prior,
@@ -88,3 +89,14 @@ def test_every_shipped_prior_loads_and_samples():
     for path in sorted(PRIORS.glob("*.pt")):
         prior = load_prior(path)
         assert prior.autoencoder and prior.sample(2, seed=0).shape == (2, prior.mean.numel())
+
+
+def test_the_latent_check_measures_nearest_distances_and_spread():
+    samples = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    train = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    held_out = torch.tensor([[3.0, 0.0]])
+    check = latent_check(samples, train, held_out)
+    assert check["coverage"] == pytest.approx(3.0)  # [3, 0] is 3 from [0, 0] and 4 from [3, 4]
+    assert check["precision"] == pytest.approx((0.0 + 13**0.5) / 2)  # [3, 4] is nearest to [1, 1]
+    assert check["held_out_precision"] == pytest.approx(5**0.5)
+    assert check["std_ratio"] == pytest.approx((3 + 4) / 2)  # sample spreads 3/sqrt2, 4/sqrt2 over 1/sqrt2
