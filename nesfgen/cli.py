@@ -963,16 +963,17 @@ def prior_check_command(ctx: typer.Context, as_json: bool = typer.Option(False, 
     emit(result, as_json, render)
 
 
-RELAX_KEYS = {"out", "fmax", "steps", "hull", "data"}
+RELAX_KEYS = {"out", "fmax", "steps", "batch", "hull", "data"}
 
 
 def _relax_options(options: dict[str, str]) -> Any:
     from nesfgen.config import parse_value
-    from nesfgen.relax import DEFAULT_FMAX, DEFAULT_STEPS, RelaxOptions
+    from nesfgen.relax import DEFAULT_BATCH, DEFAULT_FMAX, DEFAULT_STEPS, RelaxOptions
 
     return RelaxOptions(
         fmax=parse_value(options.get("fmax", str(DEFAULT_FMAX)), float, "fmax"),
         steps=parse_value(options.get("steps", str(DEFAULT_STEPS)), int, "steps"),
+        batch=parse_value(options.get("batch", str(DEFAULT_BATCH)), int, "batch"),
     )
 
 
@@ -1016,7 +1017,7 @@ def _render_relax(r: dict) -> None:
 
 @app.command("relax", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def relax_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Relax structures with CHGNet and screen their stability: nesfgen relax INPUT... out=DIR [fmax=0.1] [steps=500] [hull=mp|NAME] [data=NAME].
+    """Relax structures with CHGNet and screen their stability: nesfgen relax INPUT... out=DIR [fmax=0.1] [steps=500] [batch=32] [hull=mp|NAME] [data=NAME].
 
     INPUT is a CIF/POSCAR file, a folder of them (a nesfgen sample folder) or a formula of the built-in
     table (NaCl, ZnS, Si, ...). A rerun into the same out= skips the structures already relaxed. hull=mp

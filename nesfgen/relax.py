@@ -1,4 +1,4 @@
-"""Relaxing structures with the CHGNet universal potential: cell and positions by FIRE, one structure at a time.
+"""Relaxing structures with the CHGNet universal potential: cell and positions by FIRE, many structures in lockstep.
 
 Each relaxed structure is written (CIF plus a small JSON record) as soon as it finishes, so an interrupted
 run resumes where it stopped; a structure the potential cannot handle is recorded as failed, never raised.
@@ -14,12 +14,13 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ase.calculators.calculator import Calculator
 
 from nesfgen.crystal import Crystal
 from nesfgen.errors import UserError
@@ -39,18 +40,24 @@ OVERLAP_DISTANCE = 0.5
 MAX_VOLUME_FACTOR = 4.0
 #: energies per atom outside this range (eV/atom) are not a physical relaxation
 ENERGY_RANGE = (-30.0, 10.0)
+#: structures relaxed in lockstep, one potential call a step for all of them
+DEFAULT_BATCH = 32
 RECORD_SUFFIX = ".relax.json"
 RELAXED_SUFFIX = ".relaxed.cif"
 
 
 @dataclass(frozen=True)
 class RelaxOptions:
-    """How hard to relax: forces below ``fmax`` (eV/Å) within ``steps`` FIRE steps."""
+    """How hard to relax: forces below ``fmax`` (eV/Å) within ``steps`` FIRE steps; ``batch`` structures in
+    lockstep (speed only: the result of each structure does not depend on it)."""
 
     fmax: float = DEFAULT_FMAX
     steps: int = DEFAULT_STEPS
+    batch: int = DEFAULT_BATCH
 
     def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise UserError(f"batch={self.batch} must be at least 1")
         if not (math.isfinite(self.fmax) and self.fmax > 0):
             raise UserError(f"fmax={self.fmax} must be a positive force in eV/Å (e.g. 0.1)")
         if self.steps < 1:
@@ -68,15 +75,6 @@ def load_potential() -> Any:
         model = CHGNet.load(verbose=False)
     log.debug("chgnet: %s", printed.getvalue().strip())
     return model
-
-
-def _optimizer(model: Any) -> Any:
-    from chgnet.model import StructOptimizer
-
-    with contextlib.redirect_stdout(io.StringIO()) as printed:  # chgnet prints its device; keep --json stdout clean
-        optimizer = StructOptimizer(model=model, optimizer_class="FIRE")
-    log.debug("chgnet: %s", printed.getvalue().strip())
-    return optimizer
 
 
 def input_problem(structure: Any) -> str:
@@ -123,13 +121,8 @@ def _space_group(structure: Any) -> str:
     return f"{group[0]} ({group[1]})" if group else ""
 
 
-def relax_structure(structure: Any, options: RelaxOptions, model: Any | None = None) -> tuple[dict[str, Any], Any]:
-    """Relax one pymatgen Structure; returns its record and the relaxed Structure (None when it failed).
-
-    A failure is a record with ``status`` "failed" and its ``reason``; it never raises for bad structures.
-    """
-    started = time.perf_counter()
-    record: dict[str, Any] = {
+def _new_record(structure: Any, options: RelaxOptions) -> dict[str, Any]:
+    return {
         "formula": structure.composition.reduced_formula,
         "num_atoms": len(structure),
         "status": "failed",
@@ -147,46 +140,169 @@ def relax_structure(structure: Any, options: RelaxOptions, model: Any | None = N
         "fmax": options.fmax,
         "max_steps": options.steps,
     }
+
+
+class _GivenResults(Calculator):
+    """An ASE calculator that only hands back results set from outside (one batched potential call)."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def calculate(self, atoms: Any = None, properties: Any = None, system_changes: Any = None) -> None:
+        raise RuntimeError("the potential is called in batches; results are set before they are read")
+
+    def give(self, atoms: Any, energy: float, forces: np.ndarray, stress: np.ndarray) -> None:
+        self.atoms = atoms.copy()  # ASE compares the atoms with this copy: unchanged, so the results are reused
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces, "stress": stress}
+
+
+@dataclass
+class _Relaxation:
+    """One structure in the lockstep: its atoms under a cell filter, its FIRE, what it has done so far."""
+
+    index: int
+    structure: Any
+    record: dict[str, Any]
+    atoms: Any
+    optimizer: Any
+    started: float
+    energies: list[float]
+
+
+def _start(index: int, structure: Any, options: RelaxOptions) -> _Relaxation | tuple[int, dict[str, Any], None]:
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    record = _new_record(structure, options)
     problem = input_problem(structure)
     if problem:
         record["reason"] = problem
-        return record, None
+        return index, record, None
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.calc = _GivenResults()
+    optimizer = FIRE(FrechetCellFilter(atoms), logfile=None)
+    optimizer.fmax = options.fmax  # what run(fmax=) would set; converged() reads it
+    return _Relaxation(index, structure, record, atoms, optimizer, time.perf_counter(), [])
+
+
+def _evaluate(model: Any, running: Sequence[_Relaxation], batch_size: int) -> list[str]:
+    """One batched potential call for every running structure; gives each its results. Returns a failure
+    reason per structure ("" when it got finite results); a batch that raises is retried one by one."""
+    from ase import units
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    structures = [AseAtomsAdaptor.get_structure(r.atoms) for r in running]
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # chgnet's tensor-to-scalar and ASE's filter warnings, once per step
-            result = _optimizer(model or load_potential()).relax(
-                structure, fmax=options.fmax, steps=options.steps, relax_cell=True, verbose=False
-            )
-    except Exception as error:  # the potential's graph builder or ASE refusing this structure: report, go on
-        record["reason"] = f"relaxation failed: {type(error).__name__}: {error}"[:300]
-        return record, None
-    relaxed = result["final_structure"]
-    energies = np.asarray(result["trajectory"].energies, dtype=float) / len(structure)
-    taken = max(len(energies) - 2, 0)  # chgnet records the start, every step, and the end once more
+            warnings.simplefilter("ignore")  # chgnet's tensor-to-scalar warnings
+            predictions = model.predict_structure(structures, task="efs", batch_size=batch_size)
+    except Exception as error:  # the graph builder refusing one structure: find it, keep the others
+        if len(running) == 1:
+            return [f"relaxation failed: {type(error).__name__}: {error}"[:300]]
+        return [reason for r in running for reason in _evaluate(model, [r], batch_size)]
+    if isinstance(predictions, dict):
+        predictions = [predictions]
+    reasons = []
+    for relaxation, prediction in zip(running, predictions):
+        energy = float(prediction["e"]) * len(relaxation.atoms)  # CHGNet predicts per atom
+        forces, stress = np.asarray(prediction["f"], float), np.asarray(prediction["s"], float) * units.GPa
+        if not (math.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
+            reasons.append("the potential returned NaN or infinite energies")
+            continue
+        relaxation.atoms.calc.give(relaxation.atoms, energy, forces, stress)
+        relaxation.energies.append(energy / len(relaxation.atoms))
+        reasons.append("")
+    return reasons
+
+
+def _finish(relaxation: _Relaxation, converged: bool, reason: str) -> tuple[int, dict[str, Any], Any]:
+    """The record of a relaxation that stopped (converged, out of steps, or failed) and its structure."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    structure, record, energies = relaxation.structure, relaxation.record, relaxation.energies
+    record["seconds"] = time.perf_counter() - relaxation.started
+    record["steps"] = relaxation.optimizer.nsteps
+    if energies:
+        record.update(energy_before=energies[0], energy_after=energies[-1])
+    if reason:
+        record["reason"] = reason
+        return relaxation.index, record, None
+    relaxed = AseAtomsAdaptor.get_structure(relaxation.atoms)
     record.update(
-        steps=taken,
-        converged=taken < options.steps,
-        energy_before=float(energies[0]),
-        energy_after=float(energies[-1]),
+        converged=converged,
         volume_after=float(relaxed.volume),
         volume_change_pct=100.0 * (relaxed.volume / structure.volume - 1.0),
-        seconds=time.perf_counter() - started,
     )
-    factor = relaxed.volume / structure.volume
     low, high = ENERGY_RANGE
-    if not np.all(np.isfinite(energies)) or not np.isfinite(relaxed.lattice.matrix).all():
+    if not np.isfinite(relaxed.lattice.matrix).all():
         record["reason"] = "the potential returned NaN or infinite energies"
     elif not low <= energies[-1] <= high:
         record["reason"] = f"exploding relaxation: {energies[-1]:.1f} eV/atom"
-    elif not 1 / MAX_VOLUME_FACTOR <= factor <= MAX_VOLUME_FACTOR:
-        record["reason"] = f"exploding relaxation: the volume changed by a factor {factor:.2f}"
     elif input_problem(relaxed):
         record["reason"] = f"relaxed into {input_problem(relaxed)}"
     if record["reason"]:
-        return record, None
+        return relaxation.index, record, None
     record.update(status="relaxed", rmsd=rmsd(structure, relaxed), space_group_after=_space_group(relaxed))
     if record["rmsd"] is None:
         record["rmsd"] = math.nan
+    return relaxation.index, record, relaxed
+
+
+def _exploded(relaxation: _Relaxation) -> str:
+    factor = relaxation.atoms.get_volume() / relaxation.structure.volume
+    if not 1 / MAX_VOLUME_FACTOR <= factor <= MAX_VOLUME_FACTOR:
+        return f"exploding relaxation: the volume changed by a factor {factor:.2f}"
+    return ""
+
+
+def relax_many(
+    structures: Iterable[Any], options: RelaxOptions, model: Any | None = None, batch_size: int | None = None
+) -> Iterator[tuple[int, dict[str, Any], Any]]:
+    """Relax pymatgen Structures, cell and positions by FIRE, up to ``batch_size`` of them in lockstep.
+
+    ``batch_size`` defaults to ``options.batch``. Each step calls the potential once for every structure still relaxing (the batched call costs a
+    fraction of separate ones), then advances each structure's own ASE FIRE under a FrechetCellFilter, as
+    chgnet's StructOptimizer does one at a time. A finished structure's place goes to the next input.
+    Yields ``(input index, record, relaxed Structure or None)`` as each finishes, in finishing order; a
+    structure the potential cannot handle gets a "failed" record with its reason, never an exception.
+    """
+    model = model or load_potential()
+    batch_size = batch_size or options.batch
+    pending = iter(enumerate(structures))
+    running: list[_Relaxation] = []
+    while True:
+        while len(running) < batch_size:
+            index, structure = next(pending, (None, None))
+            if index is None:
+                break
+            started = _start(index, structure, options)
+            if isinstance(started, tuple):
+                yield started
+            else:
+                running.append(started)
+        if not running:
+            return
+        reasons = _evaluate(model, running, batch_size)
+        still = []
+        for relaxation, reason in zip(running, reasons):
+            reason = reason or _exploded(relaxation)
+            if reason:
+                yield _finish(relaxation, False, reason)
+                continue
+            optimizer = relaxation.optimizer
+            converged = bool(optimizer.converged())
+            if converged or optimizer.nsteps >= options.steps:
+                yield _finish(relaxation, converged, "")
+                continue
+            optimizer.step()
+            optimizer.nsteps += 1
+            still.append(relaxation)
+        running = still
+
+
+def relax_structure(structure: Any, options: RelaxOptions, model: Any | None = None) -> tuple[dict[str, Any], Any]:
+    """Relax one pymatgen Structure; returns its record and the relaxed Structure (None when it failed)."""
+    _, record, relaxed = next(relax_many([structure], options, model, batch_size=1))
     return record, relaxed
 
 
@@ -265,34 +381,48 @@ def relax_all(
 ) -> list[dict[str, Any]]:
     """Relax every input into ``out``: ID.relaxed.cif and ID.relax.json each, written as it finishes.
 
-    A record already in ``out`` for the same fmax and steps is reused (resume); others are computed.
-    Returns the records in input order.
+    A record already in ``out`` for the same fmax and steps is reused (resume); the others are relaxed
+    ``options.batch`` at a time in lockstep (:func:`relax_many`). Returns the records in input order.
     """
     out = output_folder(out, "relaxation folder")
-    records = []
-    for done, item in enumerate(items):
-        path = out / f"{item.id}{RECORD_SUFFIX}"
-        record = _read_record(path)
-        same = record is not None and record.get("fmax") == options.fmax and record.get("max_steps") == options.steps
-        if not same:
-            if item.structure is None or item.problem:
-                record = {"formula": "", "num_atoms": 0, "status": "failed", "reason": item.problem}
-                if item.structure is not None:
-                    record.update(formula=item.structure.composition.reduced_formula, num_atoms=len(item.structure))
-                record.update(fmax=options.fmax, max_steps=options.steps)
-            else:
-                record, relaxed = relax_structure(item.structure, options)
-                if relaxed is not None:
-                    from nesfgen.symmetry import as_crystal
-
-                    atomic_write_text(out / f"{item.id}{RELAXED_SUFFIX}", as_crystal(relaxed, item.id).to_cif())
-            record = {"id": item.id, "source": item.source, **record}
-            atomic_write_text(path, json.dumps(record, indent=1))
-            log.info("%s: %s %s", item.id, record["status"], record.get("reason", ""))
-        records.append(record)
+    records: list[dict[str, Any] | None] = [None] * len(items)
+    todo = []
+    for k, item in enumerate(items):
+        record = _read_record(out / f"{item.id}{RECORD_SUFFIX}")
+        if record is not None and record.get("fmax") == options.fmax and record.get("max_steps") == options.steps:
+            records[k] = record
+        elif item.structure is None or item.problem:
+            record = {"formula": "", "num_atoms": 0, "status": "failed", "reason": item.problem}
+            if item.structure is not None:
+                record.update(formula=item.structure.composition.reduced_formula, num_atoms=len(item.structure))
+            records[k] = _save(out, item, {**record, "fmax": options.fmax, "max_steps": options.steps}, None)
+        else:
+            todo.append(k)
+    done = len(items) - len(todo)
+    if progress:
+        progress(done, len(items))
+    if not todo:
+        return records  # type: ignore[return-value]  # every input has its record
+    structures = (items[k].structure for k in todo)
+    for position, record, relaxed in relax_many(structures, options):
+        k = todo[position]
+        records[k] = _save(out, items[k], record, relaxed)
+        done += 1
         if progress:
-            progress(done + 1, len(items))
-    return records
+            progress(done, len(items))
+    return records  # type: ignore[return-value]  # every input has its record now
+
+
+def _save(out: Path, item: RelaxInput, record: dict[str, Any], relaxed: Any) -> dict[str, Any]:
+    """The relaxed CIF first, then the record that marks the structure done (what a resumed run reads)."""
+    if relaxed is not None:
+        from nesfgen.symmetry import as_crystal
+
+        atomic_write_text(out / f"{item.id}{RELAXED_SUFFIX}", as_crystal(relaxed, item.id).to_cif())
+    record = {"id": item.id, "source": item.source, **record}
+    atomic_write_text(out / f"{item.id}{RECORD_SUFFIX}", json.dumps(record, indent=1))
+    log.info("%s: %s %s", item.id, record["status"], record.get("reason", ""))
+    return record
 
 
 def relaxed_crystal(out: Path, id: str) -> Crystal:

@@ -275,7 +275,7 @@ def build_local_hull(
         The cache's contents (entries, elements, provenance).
     """
     from nesfgen.data.names import resolve_dataset
-    from nesfgen.relax import RelaxOptions, relax_structure
+    from nesfgen.relax import RelaxOptions, relax_many
 
     allowed = _element_numbers(elements)  # a typo fails before the dataset is opened
     dataset = resolve_dataset(name)
@@ -299,10 +299,9 @@ def build_local_hull(
         chunk = [crystals[i] for i in range(start, min(start + BATCH, count))]
         structures = [c.to_structure() for c in chunk]
         if relax:
-            energies = []
-            for s in structures:
-                record, _ = relax_structure(s, RelaxOptions())
-                energies.append(record["energy_after"])
+            energies = [math.nan] * len(structures)
+            for k, record, _ in relax_many(structures, RelaxOptions()):
+                energies[k] = record["energy_after"]
         else:
             energies = _single_point_energies(structures)
         for crystal, structure, energy in zip(chunk, structures, energies):

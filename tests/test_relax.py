@@ -4,7 +4,7 @@ import csv
 import json
 
 import pytest
-from conftest import rock_salt
+from conftest import perovskite, rock_salt, zinc_blende
 
 pytest.importorskip("chgnet", reason="nesfgen relax needs chgnet")
 
@@ -51,14 +51,64 @@ def test_bad_structures_are_reported(species, coords, reason):
     assert record["status"] == "failed" and reason in record["reason"] and relaxed is None
 
 
-def test_a_potential_error_is_a_failure_not_a_crash(monkeypatch):
+def test_a_potential_error_is_a_failure_not_a_crash():
     class Exploding:
-        def relax(self, *args, **kwargs):
+        def predict_structure(self, *args, **kwargs):
             raise RuntimeError("graph too large")
 
-    monkeypatch.setattr(relax, "_optimizer", lambda model: Exploding())
-    record, relaxed = relax.relax_structure(strained_nacl(), RelaxOptions(), model=object())
+    record, relaxed = relax.relax_structure(strained_nacl(), RelaxOptions(), model=Exploding())
     assert record["status"] == "failed" and "graph too large" in record["reason"]
+
+
+def strained(structure, factor):
+    structure = structure.copy()
+    structure.scale_lattice(structure.volume * factor)
+    return structure
+
+
+def test_lockstep_relaxation_matches_chgnets_own_relaxer_and_one_at_a_time(potential):
+    """Batched steps are the same FIRE under the same cell filter: same steps, same energies."""
+    import contextlib
+    import io
+    import warnings
+
+    from chgnet.model import StructOptimizer
+
+    structures = [
+        strained_nacl(),
+        strained(zinc_blende().to_structure().get_primitive_structure(), 1.08),
+        strained(perovskite().to_structure(), 0.95),
+    ]
+    options = RelaxOptions(fmax=0.05, steps=100)
+    together = {k: (record, s) for k, record, s in relax.relax_many(structures, options, potential, batch_size=3)}
+    for k, structure in enumerate(structures):
+        alone, _ = relax.relax_structure(structure, options, potential)
+        record, relaxed = together[k]
+        assert record["status"] == alone["status"] == "relaxed" and record["converged"]
+        assert record["steps"] == alone["steps"] and record["energy_after"] == pytest.approx(
+            alone["energy_after"], abs=1e-4
+        )
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference = StructOptimizer(model=potential, optimizer_class="FIRE").relax(
+                structure, fmax=options.fmax, steps=options.steps, relax_cell=True, verbose=False
+            )
+        assert len(reference["trajectory"].energies) - 2 == record["steps"]  # chgnet logs the start and end twice
+        assert reference["trajectory"].energies[-1] / len(structure) == pytest.approx(record["energy_after"], abs=1e-4)
+        assert relaxed.volume == pytest.approx(reference["final_structure"].volume, rel=1e-3)
+
+
+def test_one_structure_the_potential_refuses_does_not_stop_the_batch(potential):
+    class RefusesSodium:
+        def predict_structure(self, structures, **kwargs):
+            if any("Na" in s.composition for s in structures):
+                raise RuntimeError("no graph for Na")
+            return potential.predict_structure(structures, **kwargs)
+
+    zns = zinc_blende().to_structure().get_primitive_structure()
+    results = {k: r for k, r, _ in relax.relax_many([strained_nacl(), zns], RelaxOptions(steps=20), RefusesSodium())}
+    assert results[0]["status"] == "failed" and "no graph for Na" in results[0]["reason"]
+    assert results[1]["status"] == "relaxed"
 
 
 def test_inputs_files_folders_formulas_and_unreadable(tmp_path):
@@ -83,7 +133,7 @@ def test_interrupted_run_resumes(tmp_path, potential, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished structure was relaxed again")
 
-    monkeypatch.setattr(relax, "relax_structure", must_not_run)
+    monkeypatch.setattr(relax, "relax_many", must_not_run)
     again = relax_all(items, tmp_path, options)
     assert again == first
     with pytest.raises(AssertionError):  # other options: computed again
