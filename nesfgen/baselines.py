@@ -65,12 +65,13 @@ def random_symmetric_crystals(
 
 def reference_rows(
     reference: Reference, n: int, seed: int, progress: Progress | None = None, held_out: str = "test"
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, list[Crystal | None]]]:
     """The ceiling (the held-out split, named ``held_out``, as samples; its coverage is 100 % by
     construction, being its own reference) and the floor (n random symmetric crystals), scored like any
-    generator."""
-    rows: dict[str, Any] = {}
+    generator. Returns the rows and the crystals of each (to be written, relaxed, screened like samples)."""
+    crystals: dict[str, list[Crystal | None]] = {}
     if reference.test is not None:
-        _, rows[f"{held_out}_split"] = score([reference.test[i] for i in range(len(reference.test))], reference)
-    _, rows["random_symmetric"] = score(random_symmetric_crystals(reference.train, n, seed, progress), reference)
-    return rows
+        crystals[f"{held_out}_split"] = [reference.test[i] for i in range(len(reference.test))]
+    crystals["random_symmetric"] = random_symmetric_crystals(reference.train, n, seed, progress)
+    rows = {name: score(members, reference)[1] for name, members in crystals.items()}
+    return rows, crystals

@@ -793,7 +793,7 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
     10,000 samples need force=true; relax=true relaxes the samples into OUT/relaxed.
     """
     from nesfgen.config import parse_value
-    from nesfgen.generate import sample_structures, write_samples
+    from nesfgen.generate import BASELINES_FOLDER, sample_structures, write_samples
     from nesfgen.prior import parse_condition
 
     options = _key_values(ctx, "sample", SAMPLE_KEYS)
@@ -836,7 +836,14 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
     result = {**generation.summary, "out": str(out)}
     if relax:  # relaxed into out/relaxed, screened against data='s hull (or hull=) when given
         relax_options = {k: options[k] for k in ("fmax", "steps", "hull", "data") if k in options}
-        result["relax"] = _relax_run([str(out)], out / "relaxed", relax_options)
+        folders = {"samples": out} | {name: out / BASELINES_FOLDER / name for name in generation.baselines}
+        relaxed = {  # the ceiling and the floor on the same hull as the samples; None: no structure to relax
+            name: _relax_run([str(folder)], folder / "relaxed", relax_options) if any(folder.glob("*.cif")) else None
+            for name, folder in folders.items()
+        }
+        result["relax"] = relaxed.pop("samples")
+        if relaxed:
+            result["relax_baselines"] = relaxed
 
     def render(r: dict) -> None:
         def pct(value: float | None) -> str:
@@ -852,25 +859,35 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
         held_out = r["reference"].get("coverage_split") or "test"
         table = Table(title=f"{r['n']} samples {source}, seed {r['seed']}: {r['checkpoint']}")
         table.add_column("measure")
-        table.add_column("value", justify="right")
-        rows = [
-            ("decoded into a crystal", f"{r['decoded']} / {r['n']}"),
-            ("structural validity (no atoms < 0.5 Å)", pct(r["structural_validity_pct"])),
-            ("compositional validity (SMACT)", pct(r["compositional_validity_pct"])),
-            ("  the training split's (SMACT)", pct(r["train_compositional_validity_pct"])),
-            ("both", pct(r["validity_pct"])),
-            (f"COV-R / COV-P (vs {held_out} split)", f"{pct(r['cov_recall_pct'])} / {pct(r['cov_precision_pct'])}"),
-            ("uniqueness (of the decoded)", pct(r["uniqueness_pct"])),
-            ("novelty (of the unique, vs training)", pct(r["novelty_pct"])),
-            (f"P1 share ({held_out} split's)", f"{pct(r['p1_pct'])} ({pct(r['test_split_p1_pct'])})"),
+        columns = {"samples": r, **(r["baselines"] or {})}  # with baselines=true: the ceiling and floor beside
+        for name in columns:
+            table.add_column(name.replace("_", " "), justify="right")
+
+        def distance(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.3f}"
+
+        measures = [
+            ("decoded into a crystal", lambda c: f"{c['decoded']} / {r['n'] if c is r else c['decoded']}"),
+            ("structural validity (no atoms < 0.5 Å)", lambda c: pct(c["structural_validity_pct"])),
+            ("compositional validity (SMACT)", lambda c: pct(c["compositional_validity_pct"])),
+            ("  the training split's (SMACT)", lambda c: pct(c["train_compositional_validity_pct"])),
+            ("both", lambda c: pct(c["validity_pct"])),
+            (
+                f"COV-R / COV-P (vs {held_out} split)",
+                lambda c: f"{pct(c['cov_recall_pct'])} / {pct(c['cov_precision_pct'])}",
+            ),
+            ("uniqueness (of the decoded)", lambda c: pct(c["uniqueness_pct"])),
+            ("novelty (of the unique, vs training)", lambda c: pct(c["novelty_pct"])),
+            (f"P1 share ({held_out} split's)", lambda c: f"{pct(c['p1_pct'])} ({pct(c['test_split_p1_pct'])})"),
+            *[
+                (f"W1 distance, {name.replace('_', ' ')}", lambda c, name=name: distance(c[f"w1_{name}"]))
+                for name in ("density", "num_atoms", "num_elements")
+            ],
         ]
-        for name in ("density", "num_atoms", "num_elements"):
-            distance = r[f"w1_{name}"]
-            rows.append((f"W1 distance, {name.replace('_', ' ')}", "n/a" if distance is None else f"{distance:.3f}"))
+        for label, show in measures:
+            table.add_row(label, *(show(column) for column in columns.values()))
         for name, rate in (r["conditions"] or {}).items():
-            rows.append((f"condition holds: {name.removesuffix('_pct')}", pct(rate)))
-        for row in rows:
-            table.add_row(*row)
+            table.add_row(f"condition holds: {name.removesuffix('_pct')}", pct(rate), *[""] * (len(columns) - 1))
         stdout.print(table)
         groups = ", ".join(f"{group} × {count}" for group, count in list(r["space_groups"].items())[:8])
         stdout.print(f"space groups (spglib, 0.1 Å): {groups or 'none'}", markup=False)
@@ -879,8 +896,14 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
         stdout.print(
             f"wrote {r['decoded']} CIF files, samples.extxyz, samples.csv and summary.json to {r['out']}", markup=False
         )
-        if "relax" in r:
-            _render_relax(r["relax"])
+        for name, relaxed in {"samples": r.get("relax", False), **r.get("relax_baselines", {})}.items():
+            if relaxed is False:
+                continue
+            stdout.print(f"relaxed: {name.replace('_', ' ')}", markup=False)
+            if relaxed is None:
+                stdout.print("nothing to relax: no structure decoded into a crystal", markup=False)
+            else:
+                _render_relax(relaxed)
 
     emit(result, as_json, render)
 

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from nesfgen.data.store import CrystalSet
 from nesfgen.errors import UserError
 from nesfgen.estimator import constrain_species, estimate
 from nesfgen.evaluate import estimator_config
-from nesfgen.files import atomic_write_text, output_folder
+from nesfgen.files import atomic_write_text, output_folder, safe_file_stems
 from nesfgen.generative_metrics import Reference, build_reference, reduced_formula, score
 from nesfgen.prior import Condition, LatentPrior, condition_holds, load_prior
 from nesfgen.sampling import TensorSet
@@ -46,6 +46,8 @@ PRIORS = PACKAGED_MODELS / "priors"
 DEFAULT_PRIOR = "flowmatch"
 #: prior= values: a shipped kind, "vae" (a variational checkpoint's own N(0, I)), or a .pt file
 PRIOR_CHOICES = ("flowmatch", "flow", "vae")
+#: under a sample folder: one folder of CIFs per baseline row (the ceiling, the floor)
+BASELINES_FOLDER = "baselines"
 #: Samples past which ``sample`` needs force=true: at seconds per sample on a CPU, more is a run of days.
 MAX_SAMPLES = 10_000
 
@@ -58,6 +60,7 @@ class Generation:
     rows: list[dict[str, Any]]
     crystals: list[Crystal | None]  # None where the decode is not a valid crystal
     reference: Reference | None = None  # what they were measured against, for the distributions figure
+    baselines: dict[str, list[Crystal | None]] = field(default_factory=dict)  # ceiling and floor crystals
 
 
 def default_checkpoint() -> str:
@@ -310,6 +313,9 @@ def sample_structures(
         symmetrized |= {"symmetrize_symprec": symprec, "symmetrize_failed": failed}
     reference = build_reference(*splits) if splits is not None else None
     rows, summary = score(crystals, reference)
+    baseline_rows, baseline_crystals = {}, {}
+    if baselines and reference is not None:
+        baseline_rows, baseline_crystals = reference_rows(reference, n, seed, held_out=coverage_split)
     source = "near" if near is not None else "vae" if learned is None else f"prior-{learned.config.kind}"
     summary = {
         "checkpoint": trained.path,
@@ -327,14 +333,12 @@ def sample_structures(
         "conditions": condition_rates(condition, rows, crystals) if not condition.is_empty() else None,
         "guidance": guidance if not condition.is_empty() else None,
         "species_constrained": species_constraint is not None,
-        "baselines": reference_rows(reference, n, seed, held_out=coverage_split)
-        if baselines and reference is not None
-        else None,
+        "baselines": baseline_rows or None,
         "reference": reference_note,
         "estimator": {k: getattr(config, k) for k in config.__dataclass_fields__},
         "seconds": time.perf_counter() - started,
     }
-    return Generation(summary, rows, crystals, reference)
+    return Generation(summary, rows, crystals, reference, baseline_crystals)
 
 
 def _species_constraint(condition: Condition) -> tuple[tuple[int, ...], dict[int, float] | None] | None:
@@ -372,7 +376,8 @@ def condition_rates(condition: Condition, rows: list[dict], crystals: list[Cryst
 def write_samples(generation: Generation, out: Path) -> list[Path]:
     """One CIF per decoded structure (unless streamed there already), samples.extxyz, samples.csv and summary.json.
 
-    Earlier sample-*.cif files that are not this sampling's are removed.
+    With baselines, the ceiling's and the floor's crystals go to ``baselines/NAME/*.cif``. Earlier CIFs
+    that are not this sampling's are removed.
     """
     out = output_folder(out, "sample folder")
     present = [crystal for crystal in generation.crystals if crystal is not None]
@@ -393,6 +398,15 @@ def write_samples(generation: Generation, out: Path) -> list[Path]:
     written.append(atomic_write_text(out / "summary.json", json.dumps(generation.summary, indent=1, default=str)))
     if generation.reference is not None:
         written.append(plot_distributions(generation.rows, generation.reference, out / "distributions.png"))
+    for name, members in generation.baselines.items():  # the ceiling and floor as CIFs, to relax like samples
+        present = [crystal for crystal in members if crystal is not None]
+        folder = output_folder(out / BASELINES_FOLDER / name, "baseline folder")
+        stems = safe_file_stems([c.id for c in present])
+        for stale in folder.glob("*.cif"):  # a previous sampling's
+            if stale.stem not in stems:
+                stale.unlink()
+        for stem, crystal in zip(stems, present):
+            written.append(atomic_write_text(folder / f"{stem}.cif", crystal.to_cif()))
     return written
 
 

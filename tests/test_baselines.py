@@ -16,6 +16,7 @@ def test_random_symmetric_crystals_take_training_compositions_and_are_seeded():
 
 def test_the_ceiling_is_the_test_split_scored_as_samples():
     split = CrystalSet.from_crystals([rock_salt(), zinc_blende()])
-    rows = reference_rows(build_reference(split, split), n=2, seed=0)
+    rows, crystals = reference_rows(build_reference(split, split), n=2, seed=0)
+    assert [c.id for c in crystals["test_split"]] == ["NaCl", "ZnS"] and len(crystals["random_symmetric"]) == 2
     assert rows["test_split"]["cov_recall_pct"] == 100.0 and rows["test_split"]["novelty_pct"] == 0.0
     assert rows["random_symmetric"]["structural_validity_pct"] is not None

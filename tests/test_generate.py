@@ -219,3 +219,24 @@ def test_cli_rejects_bad_conditions_and_priors_in_one_line(cli, tmp_path):
     assert bad_element.returncode == 2 and "elements=Zq" in bad_element.stderr and "Traceback" not in bad_element.stderr
     bad_prior = cli("sample", "prior=bogus", "n=1", f"out={tmp_path}")
     assert bad_prior.returncode == 2 and "prior=bogus" in bad_prior.stderr
+
+
+def test_baselines_are_scored_written_and_relaxed_beside_the_samples(cli, autoencoder_prior, tmp_path):
+    """baselines=true relax=true: the ceiling (test split) and floor (pyxtal) rows, their CIFs, and their
+    relaxations on the same terms as the samples'."""
+    pytest.importorskip("chgnet", reason="relax=true needs chgnet")
+    run, prior = autoencoder_prior
+    out = tmp_path / "samples"
+    args = [f"checkpoint={run}", f"prior={prior}", "n=2", "baselines=true", "relax=true", "steps=2", f"out={out}"]
+    result = cli("sample", *args, "estimator.steps=8", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["relax"] is None or summary["relax"]["n"] == summary["decoded"]  # a 1-epoch model may decode none
+    assert set(summary["baselines"]) == {"test_split", "random_symmetric"}
+    assert summary["baselines"]["test_split"]["cov_recall_pct"] == 100.0
+    assert len(list((out / "baselines" / "test_split").glob("*.cif"))) == 6  # the tiny dataset's test split
+    assert set(summary["relax_baselines"]) == {"test_split", "random_symmetric"}
+    assert summary["relax_baselines"]["test_split"]["n"] == 6
+    assert (out / "baselines" / "test_split" / "relaxed" / "relax.csv").is_file()
+    shown = cli("sample", *args, "estimator.steps=8")  # the same again: resumed, and the table has both rows
+    assert shown.returncode == 0 and "random symmetric" in shown.stdout and "test split" in shown.stdout, shown.stderr
