@@ -416,7 +416,8 @@ def constrain_species(
     The positions and the lattice stay as decoded; only the species vote is restricted, so a sample asked
     for ``elements=Zn,S`` cannot hold a third element. With ``composition`` (atomic number -> amount) and
     an atom count that is a whole number of formula units, the species are assigned to match it exactly,
-    maximising the field's votes (an assignment problem); other atom counts keep the restricted vote.
+    maximising the field's votes (an assignment problem). Otherwise every allowed element is given at least
+    one atom where there are enough atoms ("exactly these elements"), again with the most votes.
     """
     table = np.asarray(species_table, dtype=np.int64)
     allowed_index = [int(np.flatnonzero(table == number)[0]) for number in allowed if number in table]
@@ -442,7 +443,7 @@ def constrain_species(
                 votes = votes.scatter_add_(1, choice, torch.ones_like(choice)).cpu().numpy()  # (M, K)
                 kinds = _assign_composition(votes, table, composition) if composition else None
                 if kinds is None:
-                    kinds = votes.argmax(-1)
+                    kinds = _cover_elements(votes, allowed_index)
                 out.append(Decoded(structure.lengths, structure.angles, structure.cart_coords, kinds, table[kinds]))
         return out
     finally:
@@ -469,4 +470,19 @@ def _assign_composition(votes: np.ndarray, table: np.ndarray, composition: Mappi
     rows, columns = linear_sum_assignment(-votes[:, slots])
     kinds = np.empty(len(votes), dtype=np.int64)
     kinds[rows] = np.asarray(slots)[columns]
+    return kinds
+
+
+def _cover_elements(votes: np.ndarray, allowed_index: Sequence[int]) -> np.ndarray:
+    """(M,) species indices: each atom's most-voted species, except that every allowed species missing from
+    that vote takes the atom where giving it up costs the fewest votes (an assignment problem), when the M
+    atoms are at least as many as the allowed species."""
+    from scipy.optimize import linear_sum_assignment
+
+    kinds = votes.argmax(-1)
+    if len(votes) < len(allowed_index) or set(allowed_index) <= set(kinds.tolist()):
+        return kinds
+    cost = votes.max(-1)[None, :] - votes[:, allowed_index].T  # (E, M): votes lost by giving atom m species e
+    rows, columns = linear_sum_assignment(cost)
+    kinds[columns] = np.asarray(allowed_index)[rows]
     return kinds

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from ase.calculators.calculator import Calculator
+from ase.filters import FrechetCellFilter
 
 from nesfgen.crystal import Crystal
 from nesfgen.errors import UserError
@@ -155,6 +157,17 @@ class _GivenResults(Calculator):
         self.results = {"energy": energy, "free_energy": energy, "forces": forces, "stress": stress}
 
 
+class _RememberingCellFilter(FrechetCellFilter):
+    """ASE's FrechetCellFilter (what chgnet's relaxer uses), remembering its forces for the current atoms:
+    FIRE asks for them twice a step (convergence, then the step), and each costs a matrix logarithm."""
+
+    def get_forces(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        key = (self.atoms.positions.tobytes(), self.atoms.cell.array.tobytes())
+        if getattr(self, "_key", None) != key:
+            self._key, self._forces = key, super().get_forces(*args, **kwargs)
+        return self._forces.copy()
+
+
 @dataclass
 class _Relaxation:
     """One structure in the lockstep: its atoms under a cell filter, its FIRE, what it has done so far."""
@@ -169,7 +182,6 @@ class _Relaxation:
 
 
 def _start(index: int, structure: Any, options: RelaxOptions) -> _Relaxation | tuple[int, dict[str, Any], None]:
-    from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -180,12 +192,51 @@ def _start(index: int, structure: Any, options: RelaxOptions) -> _Relaxation | t
         return index, record, None
     atoms = AseAtomsAdaptor.get_atoms(structure)
     atoms.calc = _GivenResults()
-    optimizer = FIRE(FrechetCellFilter(atoms), logfile=None)
+    optimizer = FIRE(_RememberingCellFilter(atoms), logfile=None)
     optimizer.fmax = options.fmax  # what run(fmax=) would set; converged() reads it
     return _Relaxation(index, structure, record, atoms, optimizer, time.perf_counter(), [])
 
 
-def _evaluate(model: Any, running: Sequence[_Relaxation], batch_size: int) -> list[str]:
+#: eV/Å³ to GPa, as chgnet converts its stress
+EV_PER_CUBIC_ANGSTROM_IN_GPA = 160.21766208
+
+
+def energies_forces_stresses(model: Any, structures: Sequence[Any]) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    """CHGNet's energy per atom (eV), forces (eV/Å) and stress (GPa) of each structure, in one batch.
+
+    The same quantities as ``model.predict_structure(structures, task="efs")``, with one backward pass for
+    forces and stress together and no graph kept for second derivatives: chgnet's prediction takes two
+    backward passes, each building the graph for training by forces, which a relaxation never needs
+    (about half of its time; docs/relax.md). Uses chgnet 0.4's own batching and network.
+    """
+    from chgnet.model.model import BatchedGraph
+
+    device = next(model.parameters()).device
+    graphs = [model.graph_converter(structure).to(device) for structure in structures]
+    model.eval()
+    batch = BatchedGraph.from_graphs(
+        graphs,
+        bond_basis_expansion=model.bond_basis_expansion,
+        angle_basis_expansion=model.angle_basis_expansion,
+        compute_stress=True,
+    )
+    prediction = model._compute(batch, compute_force=False, compute_stress=False)
+    atoms = prediction["atoms_per_graph"]
+    energy = prediction["e"] * atoms if model.is_intensive else prediction["e"]  # total energy per structure
+    gradients = torch.autograd.grad(energy.sum(), [*batch.atom_positions, *batch.strains])
+    per_atom = prediction["e"].detach() if model.is_intensive else energy.detach() / atoms
+    if model.composition_model is not None:
+        per_atom = per_atom + model.composition_model(graphs).detach()  # a per-element shift: no force
+    count = len(structures)
+    results = []
+    for k in range(count):
+        forces = -gradients[k].detach().cpu().numpy()
+        stress = (gradients[count + k] / batch.volumes[k] * EV_PER_CUBIC_ANGSTROM_IN_GPA).detach().cpu().numpy()
+        results.append((float(per_atom[k]), forces.astype(float), stress.astype(float)))
+    return results
+
+
+def _evaluate(model: Any, running: Sequence[_Relaxation]) -> list[str]:
     """One batched potential call for every running structure; gives each its results. Returns a failure
     reason per structure ("" when it got finite results); a batch that raises is retried one by one."""
     from ase import units
@@ -195,22 +246,20 @@ def _evaluate(model: Any, running: Sequence[_Relaxation], batch_size: int) -> li
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # chgnet's tensor-to-scalar warnings
-            predictions = model.predict_structure(structures, task="efs", batch_size=batch_size)
+            predictions = energies_forces_stresses(model, structures)
     except Exception as error:  # the graph builder refusing one structure: find it, keep the others
         if len(running) == 1:
             return [f"relaxation failed: {type(error).__name__}: {error}"[:300]]
-        return [reason for r in running for reason in _evaluate(model, [r], batch_size)]
-    if isinstance(predictions, dict):
-        predictions = [predictions]
+        return [reason for r in running for reason in _evaluate(model, [r])]
     reasons = []
-    for relaxation, prediction in zip(running, predictions):
-        energy = float(prediction["e"]) * len(relaxation.atoms)  # CHGNet predicts per atom
-        forces, stress = np.asarray(prediction["f"], float), np.asarray(prediction["s"], float) * units.GPa
+    for relaxation, (per_atom, forces, stress) in zip(running, predictions):
+        energy = per_atom * len(relaxation.atoms)
+        stress = stress * units.GPa
         if not (math.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
             reasons.append("the potential returned NaN or infinite energies")
             continue
         relaxation.atoms.calc.give(relaxation.atoms, energy, forces, stress)
-        relaxation.energies.append(energy / len(relaxation.atoms))
+        relaxation.energies.append(per_atom)
         reasons.append("")
     return reasons
 
@@ -260,7 +309,8 @@ def relax_many(
 ) -> Iterator[tuple[int, dict[str, Any], Any]]:
     """Relax pymatgen Structures, cell and positions by FIRE, up to ``batch_size`` of them in lockstep.
 
-    ``batch_size`` defaults to ``options.batch``. Each step calls the potential once for every structure still relaxing (the batched call costs a
+    ``batch_size`` defaults to ``options.batch``. Each step calls the potential once for every structure
+    still relaxing (the batched call costs a
     fraction of separate ones), then advances each structure's own ASE FIRE under a FrechetCellFilter, as
     chgnet's StructOptimizer does one at a time. A finished structure's place goes to the next input.
     Yields ``(input index, record, relaxed Structure or None)`` as each finishes, in finishing order; a
@@ -282,7 +332,7 @@ def relax_many(
                 running.append(started)
         if not running:
             return
-        reasons = _evaluate(model, running, batch_size)
+        reasons = _evaluate(model, running)
         still = []
         for relaxation, reason in zip(running, reasons):
             reason = reason or _exploded(relaxation)

@@ -383,3 +383,12 @@ def test_constrained_species_keep_positions_and_hold_the_asked_elements_and_form
     assert set(np.flatnonzero(zn3s.atomic_numbers == 16)) <= set(np.flatnonzero(decoded[0].atomic_numbers == 16))
     thirds = constrain_species(field, z, decoded, table, (30, 16), {30: 1.0, 16: 2.0}, FAST)[0]
     np.testing.assert_array_equal(thirds.atomic_numbers, decoded[0].atomic_numbers)  # 8 atoms: no ZnS2 possible
+
+
+def test_every_asked_element_gets_the_atom_that_costs_the_fewest_votes():
+    from nesfgen.estimator import _cover_elements
+
+    votes = np.array([[10, 0, 0], [8, 6, 0], [9, 1, 0]])  # every atom votes species 0 most
+    assert _cover_elements(votes.copy(), [0, 1]).tolist() == [0, 1, 0]  # atom 1 gives up 2 votes, the fewest
+    assert _cover_elements(votes.copy(), [0, 1, 2]).tolist() in ([0, 1, 2], [2, 1, 0])  # 3 atoms, 3 elements
+    assert _cover_elements(votes[:1].copy(), [0, 1]).tolist() == [0]  # one atom cannot hold two elements

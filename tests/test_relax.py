@@ -51,13 +51,22 @@ def test_bad_structures_are_reported(species, coords, reason):
     assert record["status"] == "failed" and reason in record["reason"] and relaxed is None
 
 
-def test_a_potential_error_is_a_failure_not_a_crash():
-    class Exploding:
-        def predict_structure(self, *args, **kwargs):
-            raise RuntimeError("graph too large")
+def test_a_potential_error_is_a_failure_not_a_crash(monkeypatch):
+    def exploding(model, structures):
+        raise RuntimeError("graph too large")
 
-    record, relaxed = relax.relax_structure(strained_nacl(), RelaxOptions(), model=Exploding())
+    monkeypatch.setattr(relax, "energies_forces_stresses", exploding)
+    record, relaxed = relax.relax_structure(strained_nacl(), RelaxOptions(), model=object())
     assert record["status"] == "failed" and "graph too large" in record["reason"]
+
+
+def test_one_backward_pass_gives_chgnets_own_energies_forces_and_stresses(potential):
+    structures = [strained_nacl(), zinc_blende().to_structure(), perovskite().to_structure()]
+    ours = relax.energies_forces_stresses(potential, structures)
+    theirs = potential.predict_structure(structures, task="efs", batch_size=3)
+    for (energy, forces, stress), reference in zip(ours, theirs):
+        assert energy == pytest.approx(float(reference["e"]), abs=1e-6)
+        assert forces == pytest.approx(reference["f"], abs=1e-5) and stress == pytest.approx(reference["s"], abs=1e-4)
 
 
 def strained(structure, factor):
@@ -98,15 +107,17 @@ def test_lockstep_relaxation_matches_chgnets_own_relaxer_and_one_at_a_time(poten
         assert relaxed.volume == pytest.approx(reference["final_structure"].volume, rel=1e-3)
 
 
-def test_one_structure_the_potential_refuses_does_not_stop_the_batch(potential):
-    class RefusesSodium:
-        def predict_structure(self, structures, **kwargs):
-            if any("Na" in s.composition for s in structures):
-                raise RuntimeError("no graph for Na")
-            return potential.predict_structure(structures, **kwargs)
+def test_one_structure_the_potential_refuses_does_not_stop_the_batch(potential, monkeypatch):
+    evaluate = relax.energies_forces_stresses
 
+    def refuses_sodium(model, structures):
+        if any("Na" in s.composition for s in structures):
+            raise RuntimeError("no graph for Na")
+        return evaluate(model, structures)
+
+    monkeypatch.setattr(relax, "energies_forces_stresses", refuses_sodium)
     zns = zinc_blende().to_structure().get_primitive_structure()
-    results = {k: r for k, r, _ in relax.relax_many([strained_nacl(), zns], RelaxOptions(steps=20), RefusesSodium())}
+    results = {k: r for k, r, _ in relax.relax_many([strained_nacl(), zns], RelaxOptions(steps=20), potential)}
     assert results[0]["status"] == "failed" and "no graph for Na" in results[0]["reason"]
     assert results[1]["status"] == "relaxed"
 
