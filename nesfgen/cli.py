@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nesfgen.allocator import keep_freed_memory
@@ -125,9 +126,9 @@ def data_import(
         for entry in result:
             counts = ", ".join(f"{split} {n}" for split, n in entry["imported"].items())
             done = "[green]kept[/] (already imported, identical)" if entry["unchanged"] else "[green]imported[/]"
-            stdout.print(f"{done} {entry['name']} -> {entry['path']} ({counts})")
+            stdout.print(f"{done} {entry['name']} -> {entry['path']} ({counts})", markup=False)
             for skipped in entry["skipped"]:
-                stdout.print(f"  [yellow]skipped[/] {skipped['entry']}: {skipped['reason']}")
+                stdout.print(f"  [yellow]skipped[/] {escape(str(skipped['entry']))}: {escape(str(skipped['reason']))}")
 
     emit(result, as_json, render)
 
@@ -151,7 +152,8 @@ def data_info(
 
     def render(info: dict) -> None:
         stdout.print(
-            f"[bold]{info['name']}[/] ({info['path']}), {info['species_count']} species, hash {info['content_hash'][:12]}"
+            f"[bold]{escape(info['name'])}[/] ({escape(str(info['path']))}), {info['species_count']} species, "
+            f"hash {info['content_hash'][:12]}"
         )
         sizes = sorted({int(k) for s in info["splits"].values() for k in s["atoms_per_cell"]})
         table = Table(title="structures by atoms per cell")
@@ -199,7 +201,7 @@ def data_export(
     emit(
         {"written": written, "out": str(out)},
         as_json,
-        lambda r: stdout.print(f"wrote {r['written']} CIF files to {r['out']}"),
+        lambda r: stdout.print(f"wrote {r['written']} CIF files to {r['out']}", markup=False),
     )
 
 
@@ -309,12 +311,12 @@ def data_fetch(
         for reason, count in result["filtered"].items():
             stdout.print(f"  left out {count}: {reason}", markup=False)
         for skipped in result["skipped"][:10]:
-            stdout.print(f"  [yellow]skipped[/] {skipped['id']}: {skipped['reason']}")
+            stdout.print(f"  [yellow]skipped[/] {escape(str(skipped['id']))}: {escape(str(skipped['reason']))}")
         for note in result["notes"]:
             stdout.print(f"  note: {note}", markup=False)
         for dataset in result["datasets"][:3]:
             counts = ", ".join(f"{split} {n}" for split, n in dataset["counts"].items())
-            stdout.print(f"[green]wrote[/] {dataset['name']} -> {dataset['path']} ({counts})")
+            stdout.print(f"[green]wrote[/] {escape(str(dataset['name']))} -> {escape(str(dataset['path']))} ({counts})")
         if len(result["datasets"]) > 3:
             stdout.print(f"... and {len(result['datasets']) - 3} more folds")
         stdout.print(f"cached pages: {result['cache']} (delete to free space)", markup=False)
@@ -340,7 +342,7 @@ class RichTrainProgress:
         self.task = None
 
     def start(self, recipe, run_dir, parameters, start_epoch, batches_per_epoch) -> None:
-        console.print(f"[bold]{recipe.name}[/]: {parameters:,} parameters, run folder {run_dir}")
+        console.print(f"[bold]{escape(recipe.name)}[/]: {parameters:,} parameters, run folder {escape(str(run_dir))}")
         self.batches = batches_per_epoch
         self.bar.start()
         self.task = self.bar.add_task("train", total=batches_per_epoch, epoch=start_epoch + 1, losses="")
@@ -892,7 +894,7 @@ def sample_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--js
         groups = ", ".join(f"{group} × {count}" for group, count in list(r["space_groups"].items())[:8])
         stdout.print(f"space groups (spglib, 0.1 Å): {groups or 'none'}", markup=False)
         if "skipped" in r["reference"]:
-            stdout.print(f"[yellow]note:[/] {r['reference']['skipped']}")
+            stdout.print(f"[yellow]note:[/] {escape(r['reference']['skipped'])}")
         stdout.print(
             f"wrote {r['decoded']} CIF files, samples.extxyz, samples.csv and summary.json to {r['out']}", markup=False
         )
@@ -1217,8 +1219,11 @@ def tune_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json
     worker = parse_value(options.get("worker", "0"), int, "worker")
     if progress:
         console.print(
-            f"[bold]study {spec.name}[/]: {', '.join(f'{o.metric} ({o.direction})' for o in spec.objectives)}, "
-            f"{n_trials or spec.n_trials} trials of recipe {spec.recipe.name}, storage {tune.redact(tune.storage_url(spec, storage))}",
+            f"[bold]study {escape(spec.name)}[/]: {', '.join(f'{o.metric} ({o.direction})' for o in spec.objectives)}, "
+            + escape(
+                f"{n_trials or spec.n_trials} trials of recipe {spec.recipe.name}, "
+                f"storage {tune.redact(tune.storage_url(spec, storage))}"
+            ),
             highlight=False,
         )
         progress.status.start()
@@ -1236,10 +1241,12 @@ def tune_command(ctx: typer.Context, as_json: bool = typer.Option(False, "--json
 
     def render(r: dict) -> None:
         counts = ", ".join(f"{n} {state}" for state, n in r["trials"].items())
-        stdout.print(f"[green]done[/]: study {r['study']} holds {counts} trials; this worker ran {len(r['ran'])}")
+        stdout.print(
+            f"[green]done[/]: study {escape(r['study'])} holds {counts} trials; this worker ran {len(r['ran'])}"
+        )
         for row in r["best"][:1]:
             values = ", ".join(f"{v:.5g}" for v in row["values"])
-            stdout.print(f"best: trial {row['number']} ({values}) {row['params']}", highlight=False)
+            stdout.print(f"best: trial {row['number']} ({values}) {row['params']}", highlight=False, markup=False)
         stdout.print(
             f"next: nesfgen tune study={options['study']} show; nesfgen tune study={options['study']} export",
             highlight=False,
@@ -1277,7 +1284,7 @@ def _render_leaderboard(result: dict, limit: int) -> None:
         f"{counts}; * = best (Pareto front for several objectives); baseline = the study's recipe unchanged",
         highlight=False,
     )
-    stdout.print(f"plots: {', '.join(result['plots'])}", highlight=False)
+    stdout.print(f"plots: {', '.join(result['plots'])}", highlight=False, markup=False)
 
 
 @bench_app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -1403,8 +1410,11 @@ def _render_interpolation(summary: dict) -> None:
     for label in ("a", "b"):
         e = summary[label]
         stdout.print(
-            f"[bold]{label.upper()}[/] {e['query']} → {e['id']} ({e['formula']}, {e['num_atoms']} atoms, "
-            f"{e['space_group']}) from {e['source']}" + (f"; chosen: {e['reason']}" if e["reason"] else ""),
+            f"[bold]{label.upper()}[/] "
+            + escape(
+                f"{e['query']} → {e['id']} ({e['formula']}, {e['num_atoms']} atoms, {e['space_group']}) from "
+                f"{e['source']}" + (f"; chosen: {e['reason']}" if e["reason"] else "")
+            ),
             highlight=False,
         )
         if e["alternatives"]:

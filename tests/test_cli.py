@@ -204,3 +204,11 @@ def test_error_messages_print_brackets_as_text(cli, tmp_path):
     result = cli("evaluate", "checkpoint=runs/[nan 90.]/x.pt", cwd=tmp_path)
     assert result.returncode == 2
     assert "runs/[nan 90.]/x.pt" in result.stderr
+
+
+def test_console_lines_print_bracketed_names_as_text(cli, tiny_dataset, tmp_path):
+    # a folder name such as "run[1]" is a file name, not a rich markup tag
+    folder = tmp_path / "data[old]"
+    tiny_dataset.path.rename(folder)
+    result = cli("data", "info", str(folder))
+    assert result.returncode == 0 and "data[old]" in result.stdout, result.stderr
