@@ -65,9 +65,34 @@ def lattice_errors(model: NeSF, z: Tensor, tensors: TensorSet) -> dict[str, floa
 def refit_lattice_heads(
     model: NeSF, train: TensorSet, val: TensorSet, epochs: int, lr: float, batch_size: int, seed: int
 ) -> RefitResult:
-    """Retrain ``model.lattice_head`` in place with its training loss (MSE) on frozen eval-mode latents."""
+    """Retrain ``model.lattice_head`` in place with its training loss (MSE) on frozen eval-mode latents.
+
+    The epochs run on one thread: the heads are tiny, so a step is a few small matrix products that two
+    threads do not speed up, and with two threads they stall whenever another job holds a core (1,000
+    epochs took over 11 minutes beside another job, against about a minute on one thread).
+    """
     start = time.monotonic()
     z_train, z_val = encode_all(model, train), encode_all(model, val)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit_heads(model, z_train, z_val, train, val, epochs, lr, batch_size, seed, start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_heads(
+    model: NeSF,
+    z_train: Tensor,
+    z_val: Tensor,
+    train: TensorSet,
+    val: TensorSet,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    start: float,
+) -> RefitResult:
     head = model.lattice_head
     before = lattice_errors(model, z_val, val)
     best = {name: (before[name], copy.deepcopy(getattr(head, name).state_dict()), 0) for name in HEADS}

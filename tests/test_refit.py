@@ -16,12 +16,14 @@ def test_refit_fits_the_heads_and_touches_nothing_else(tiny_dataset):
     recipe = tiny_recipe(tiny_dataset)
     train_set, val_set = tiny_sets(tiny_dataset)
     results = []
+    threads = torch.get_num_threads()
     for _ in range(2):
         torch.manual_seed(0)
         model = build_model(recipe.model, len(tiny_dataset.species_table))
         before = {k: v.clone() for k, v in model.state_dict().items()}
         result = refit_lattice_heads(model, train_set, val_set, epochs=40, lr=3e-3, batch_size=8, seed=1)
         results.append(model.state_dict())
+        assert torch.get_num_threads() == threads  # the one-thread epochs give the caller its threads back
         # freshly initialised heads are far off: the refit must find much better ones on the validation split
         assert result.val_after["lengths"] < 0.5 * result.val_before["lengths"]
         assert result.val_after["angles"] < result.val_before["angles"]
