@@ -169,3 +169,16 @@ def test_local_hull_is_built_cached_and_resumed(tmp_path, monkeypatch):
     assert hull.e_above_hull({"Na": 1, "Cl": 1}, -1.9)[0] == pytest.approx(0.1)
     only = stability.build_local_hull(str(dataset.path), elements=["Cs", "Cl"])
     assert only["structures"] == 1 and only["elements_only"] == ["Cl", "Cs"]
+
+
+def test_a_structure_the_potential_refuses_gets_no_energy_and_the_others_keep_theirs():
+    """An atom with no neighbour within CHGNet's 6 Å cutoff (a stretched prototype of a large atom) made
+    the potential refuse the whole batch, and `data hull lcs6` crashed on its elemental references."""
+    pytest.importorskip("chgnet", reason="needs chgnet")
+    from pymatgen.core import Lattice, Structure
+
+    from nesfgen.stability import _single_point_energies
+
+    lonely = Structure(Lattice.cubic(12.0), ["Cs"], [[0, 0, 0]])
+    energies = _single_point_energies([rock_salt().to_structure(), lonely, cesium_chloride().to_structure()])
+    assert math.isfinite(energies[0]) and math.isnan(energies[1]) and math.isfinite(energies[2])
