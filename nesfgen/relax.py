@@ -76,6 +76,9 @@ def load_potential() -> Any:
     with contextlib.redirect_stdout(io.StringIO()) as printed:  # chgnet prints its version even when not verbose
         model = CHGNet.load(verbose=False)
     log.debug("chgnet: %s", printed.getvalue().strip())
+    # an atom with no neighbour within the cutoff gets a meaningless energy: refuse such a structure (it is
+    # reported as failed) rather than take chgnet's calculator default, which only warns
+    model.graph_converter.set_isolated_atom_response("error")
     return model
 
 
