@@ -144,9 +144,9 @@ def reference_splits(
     crystals = dataset.load(split)
     if coverage_split == split:
         raise UserError(f"coverage_split={coverage_split} is the training split; give a held-out split (val, test)")
-    held_out = None
+    held_out = None  # a dataset without "test" skips coverage; any other missing split is refused by load()
     if coverage_split in dataset.split_names or coverage_split != "test":
-        held_out = dataset.load(coverage_split)  # a missing split other than "test" is refused here
+        held_out = dataset.load(coverage_split)
     note = {
         "dataset": dataset.name,
         "split": split,

@@ -313,9 +313,8 @@ def relax_many(
     """Relax pymatgen Structures, cell and positions by FIRE, up to ``batch_size`` of them in lockstep.
 
     ``batch_size`` defaults to ``options.batch``. Each step calls the potential once for every structure
-    still relaxing (the batched call costs a
-    fraction of separate ones), then advances each structure's own ASE FIRE under a FrechetCellFilter, as
-    chgnet's StructOptimizer does one at a time. A finished structure's place goes to the next input.
+    still relaxing (the batched call costs a fraction of separate ones), then advances each structure's
+    own ASE FIRE under a FrechetCellFilter, as chgnet's StructOptimizer does one at a time. A finished structure's place goes to the next input.
     Yields ``(input index, record, relaxed Structure or None)`` as each finishes, in finishing order; a
     structure the potential cannot handle gets a "failed" record with its reason, never an exception.
     """
