@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from nesfgen.data import materials_project as mp
+from nesfgen.data.materials_project.fetch import _fold_splits
 from nesfgen.errors import UserError
 
 MPRestError = pytest.importorskip("mp_api.client.core", reason="mp-api >= 0.46.1 needs Python >= 3.11").MPRestError
@@ -262,14 +263,14 @@ def test_ybco_like_from_a_candidate_list_keeps_its_order_and_stops_early(tmp_pat
 
 def test_fold_splits_follow_the_papers_layout(tiny_crystals):
     crystals = [tiny_crystals["NaCl"].with_id(f"id{k}") for k in range(100)]
-    folds = mp._fold_splits(crystals, 20, seed=0)
+    folds = _fold_splits(crystals, 20, seed=0)
     tests = [[c.id for c in f["test"]] for f in folds]
     assert sorted(i for t in tests for i in t) == sorted(c.id for c in crystals)
     for fold in folds:
         counts = {split: len(items) for split, items in fold.items()}
         assert counts == {"train": 90, "val": 5, "test": 5}
         assert not {c.id for c in fold["val"]} & {c.id for c in fold["test"]}
-    assert [[c.id for c in f["test"]] for f in mp._fold_splits(crystals, 20, seed=0)] == tests
+    assert [[c.id for c in f["test"]] for f in _fold_splits(crystals, 20, seed=0)] == tests
 
 
 # --- parsing, the client, the key --------------------------------------------------------------------------------------
