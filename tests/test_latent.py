@@ -126,7 +126,7 @@ def test_a_damaged_dataset_in_the_store_is_skipped_with_one_warning(caplog):
     local_dataset([rock_salt(id="salt-1")], name="good")
     broken = local_dataset([zinc_blende(id="blende-1")], name="broken")
     (broken.path / "train.npz").write_bytes(b"not a zip file any more")
-    with caplog.at_level("WARNING", logger="nesfgen.latent"):
+    with caplog.at_level("WARNING", logger="nesfgen.latent.endpoints"):
         endpoint = resolve_endpoint("ZnS")  # found in the textbook table, not in the damaged dataset
         assert resolve_endpoint("salt-1").source == "dataset good (train)"
     assert endpoint.crystal.reduced_formula == "ZnS" and "broken" not in endpoint.source
@@ -249,7 +249,7 @@ def test_species_outside_the_model_are_refused(tiny_run, tmp_path):
 
 
 def test_missing_default_model_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr("nesfgen.latent.DEFAULT_MODEL", "no-such-model")
+    monkeypatch.setattr("nesfgen.latent.interpolation.DEFAULT_MODEL", "no-such-model")
     with pytest.raises(UserError, match="checkpoint no-such-model not found"):
         interpolate("NaCl", "ZnS")
 
@@ -327,6 +327,6 @@ def test_an_unreadable_dataset_is_reported_once_however_often_it_is_searched(tmp
     (data / "broken").mkdir(parents=True)
     (data / "broken" / "manifest.json").write_text("{not json")
     monkeypatch.setenv("NESFGEN_DATA_DIR", str(data))
-    with caplog.at_level("WARNING", logger="nesfgen.latent"):
+    with caplog.at_level("WARNING", logger="nesfgen.latent.endpoints"):
         assert local_datasets() == [] and local_datasets() == []  # both endpoints of an interpolation search
     assert [r.getMessage().count("not searching") for r in caplog.records] == [1]

@@ -1,0 +1,50 @@
+"""Latent-space tools: endpoints by file, id or formula, interpolation between two crystals, 2-D maps of a split.
+
+These are the paper's two analyses of the latent space: decode points on the straight line between the
+latents of two crystals (its Figs. 5 and 6), and project a dataset's latents to 2-D with t-SNE (Fig. 7).
+
+``endpoints`` turns what the user typed into a crystal, ``interpolation`` decodes the line between two of
+them, ``embedding`` encodes a split and saves its latents, ``maps`` projects saved latents and draws them.
+"""
+
+from nesfgen.latent.embedding import Embedding, embed, load_embedding, save_embedding
+from nesfgen.latent.endpoints import (
+    Candidate,
+    Endpoint,
+    local_datasets,
+    parse_formula,
+    resolve_endpoint,
+    space_group_label,
+)
+from nesfgen.latent.interpolation import (
+    Interpolation,
+    composition_shares,
+    decode_line,
+    interpolate,
+    interpolation_folder,
+    step_rows,
+    write_interpolation,
+)
+from nesfgen.latent.maps import project, write_map
+
+__all__ = [
+    "Candidate",
+    "Embedding",
+    "Endpoint",
+    "Interpolation",
+    "composition_shares",
+    "decode_line",
+    "embed",
+    "interpolate",
+    "interpolation_folder",
+    "load_embedding",
+    "local_datasets",
+    "parse_formula",
+    "project",
+    "resolve_endpoint",
+    "save_embedding",
+    "space_group_label",
+    "step_rows",
+    "write_interpolation",
+    "write_map",
+]
