@@ -167,10 +167,10 @@ def test_a_killed_worker_is_resumed_and_its_trial_retried(tiny_dataset, in_tmp):
 
 
 def test_failing_trials_are_retried_then_stop_the_worker(tiny_dataset, in_tmp, monkeypatch):
-    import nesfgen.tune as tune
+    import nesfgen.tune.trials as trials
 
     spec = load_study(str(write_study(in_tmp / "broken.toml", tiny_dataset)))
-    monkeypatch.setattr(tune, "train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk on fire")))
+    monkeypatch.setattr(trials, "train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk on fire")))
     with pytest.raises(UserError, match="three trials in a row failed.*disk on fire"):
         run_study(spec, n_trials=2)
     failed = trials_by_state(spec, TrialState.FAIL)
