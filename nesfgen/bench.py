@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,9 @@ from torch import nn
 
 from nesfgen.config import EstimatorConfig, Recipe
 from nesfgen.estimator import estimate
-from nesfgen.model import Field, NeSF, bucket_padding
+from nesfgen.kernels import bucket_padding
+from nesfgen.model import Field, NeSF
+from nesfgen.options import required
 
 
 def matmul_rate(dtype: torch.dtype, device: torch.device, size: int = 2048, seconds: float = 1.0) -> float:
@@ -207,3 +209,33 @@ def bench_estimate(
         "paper_field_evaluations": paper_field.position_points + paper_field.species_points,
         "speedup_vs_paper": paper_seconds / batched,
     }
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchEstimateOptions:
+    """Whose decoding to time, on the first ``limit`` structures of a split, ``single`` of them one at a time."""
+
+    checkpoint: str = required("checkpoint= is required: the model whose decoding to time")
+    data: str = "builtin"
+    split: str = "test"
+    limit: int = 32
+    single: int = 4
+    device: str = "cpu"
+    estimator: dict[str, str] = field(default_factory=dict)
+
+
+def bench_checkpoint(options: BenchEstimateOptions) -> dict[str, Any]:
+    """Encode the chosen structures with the checkpoint's model and time their decoding (:func:`bench_estimate`)."""
+    from nesfgen.data.names import resolve_dataset
+    from nesfgen.decoder import Decoder
+    from nesfgen.options import DecodeOptions
+
+    decoder = Decoder.load(
+        DecodeOptions(checkpoint=options.checkpoint, device=options.device, estimator=options.estimator)
+    )
+    trained = decoder.trained
+    crystals = resolve_dataset(options.data).load(options.split)
+    crystals = crystals.subset(range(min(options.limit, len(crystals))))
+    z = decoder.encode(crystals)
+    recipe = replace(trained.recipe, estimator=decoder.config)
+    return bench_estimate(trained.model, z, trained.box, trained.species_table, recipe, options.single)

@@ -13,9 +13,18 @@ from typing import Any
 
 from nesfgen.checkpoint import PACKAGED_MODELS, read_checkpoint, save_checkpoint
 from nesfgen.config import Recipe, from_dict, to_toml
-from nesfgen.evaluate import AGGREGATION_NOTE, Evaluation, Progress, evaluate, markdown_table, write_report
+from nesfgen.evaluate import (
+    AGGREGATION_NOTE,
+    EvaluateOptions,
+    Evaluation,
+    Progress,
+    evaluate,
+    markdown_table,
+    write_report,
+)
 from nesfgen.files import atomic_write_text
 from nesfgen.machine import machine_description
+from nesfgen.options import required
 from nesfgen.refit import describe_refit
 
 #: What a shipped model keeps of a training checkpoint: enough to rebuild, decode and describe it.
@@ -74,7 +83,7 @@ def package_model(
     shipped.update({"training": training, "machine": machine})
     checkpoint = Path(out_dir) / f"{name}.pt"
     save_checkpoint(checkpoint, shipped)
-    evaluation = evaluate(str(checkpoint), data, split, progress=progress)
+    evaluation = evaluate(EvaluateOptions(checkpoint=str(checkpoint), data=data, split=split), progress)
     recipe = from_dict(Recipe, state["recipe"], where=str(run_dir))
     card = Path(out_dir) / f"{name}.md"
     atomic_write_text(card, model_card(name, recipe, training, machine, evaluation, run_dir))
@@ -142,3 +151,14 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackageOptions:
+    """Which run to ship under which name, evaluated on which dataset split, written where."""
+
+    run: str = required("run= is required: nesfgen package run=RUN_DIR name=MODEL_NAME")
+    name: str = required("name= is required: nesfgen package run=RUN_DIR name=MODEL_NAME")
+    data: str | None = None
+    split: str = "test"
+    out: str = str(PACKAGED_MODELS)

@@ -552,3 +552,14 @@ def parse_overrides(arguments: list[str]) -> tuple[dict[str, str], list[str]]:
         else:
             positional.append(argument)
     return overrides, positional
+
+
+def recipe_rows() -> list[dict[str, Any]]:
+    """Each shipped recipe's name, dataset, epochs and the first comment line of its file."""
+    rows = []
+    for name in recipe_names():
+        recipe = load_recipe(name)
+        lines = recipe_path(name).read_text().splitlines()
+        about = next((line.lstrip("# ").strip() for line in lines[1:] if line.startswith("#")), "")
+        rows.append({"name": name, "dataset": recipe.data.dataset_name, "epochs": recipe.train.epochs, "about": about})
+    return rows

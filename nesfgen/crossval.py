@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -9,7 +10,16 @@ from typing import Any
 
 from nesfgen.config import Recipe
 from nesfgen.errors import UserError
-from nesfgen.evaluate import AGGREGATION_NOTE, Evaluation, evaluate, markdown_table, summarise_runs, write_report
+from nesfgen.evaluate import (
+    AGGREGATION_NOTE,
+    EvaluateOptions,
+    Evaluation,
+    evaluate,
+    markdown_table,
+    summarise_runs,
+    write_report,
+)
+from nesfgen.files import atomic_write_text
 from nesfgen.metrics import mean_over_structures, pool_over_atoms
 from nesfgen.train import TrainProgress, resume, train
 
@@ -53,7 +63,10 @@ def cross_validate(
             resume(run_dir, {"train.epochs": str(recipe.train.epochs)}, progress)
         else:
             train(fold_recipe, run_dir, progress)
-        evaluation = evaluate(str(run_dir), fold_recipe.data.dataset_name, recipe.data.test_split)
+        options = EvaluateOptions(
+            checkpoint=str(run_dir), data=fold_recipe.data.dataset_name, split=recipe.data.test_split
+        )
+        evaluation = evaluate(options)
         write_report(evaluation, run_dir / "eval-test")
         evaluations.append(evaluation)
         if on_fold:
@@ -74,3 +87,14 @@ def crossval_markdown(result: dict[str, Any], dataset: str) -> str:
         f"## Fold to fold: mean ± std of each fold's own figures ({len(folds)} folds)\n\n"
         f"{markdown_table({**result['mean'], 'dataset': dataset}, result['std'])}"
     )
+
+
+def cross_validate_into(
+    recipe: Recipe, folds: list[int], out: Path, progress: TrainProgress | None = None
+) -> dict[str, Any]:
+    """:func:`cross_validate`, then cv.md and cv.json into ``out``; the result carries the markdown as ``report``."""
+    result = cross_validate(recipe, folds, out, progress)
+    report = crossval_markdown(result, recipe.data.name)
+    atomic_write_text(out / "cv.md", report)
+    atomic_write_text(out / "cv.json", json.dumps(result, indent=1, default=str))
+    return {**result, "report": report, "files": [str(out / "cv.md"), str(out / "cv.json")]}

@@ -21,8 +21,8 @@ import torch
 from nesfgen.checkpoint import TrainedModel, load_model
 from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet
+from nesfgen.decoder import encode
 from nesfgen.estimator import Decoded, estimate
-from nesfgen.evaluate import encode
 from nesfgen.sampling import QuerySampler, TensorSet, local_offsets, nearest_atoms
 from nesfgen.train import epoch_batches
 

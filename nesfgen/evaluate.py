@@ -9,20 +9,18 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import Tensor
 
-from nesfgen.checkpoint import DEFAULT_MODEL, TrainedModel, load_model
-from nesfgen.config import EstimatorConfig, apply_overrides
+from nesfgen.checkpoint import DEFAULT_MODEL, PACKAGED_MODELS, load_model
 from nesfgen.crystal import Crystal, lattice_matrix
 from nesfgen.data.names import resolve_dataset
-from nesfgen.data.store import CrystalSet
+from nesfgen.decoder import Decoder, encode, estimator_config  # noqa: F401  (encode: until latent/ and tune are moved over)
 from nesfgen.errors import UserError
-from nesfgen.estimator import Decoded, ExactField, estimate
+from nesfgen.estimator import Decoded, ExactField
 from nesfgen.files import atomic_write_text, new_figure, output_folder, safe_file_stems, save_figure
 from nesfgen.metrics import (
     PAPER_METRICS,
@@ -32,9 +30,9 @@ from nesfgen.metrics import (
     pool_over_atoms,
     structure_metrics,
 )
-from nesfgen.model import encode_all
-from nesfgen.sampling import TensorSet, atoms_bounding_box
-from nesfgen.symmetry import STATED_SYMPREC, TOLERANCES, check_symprec, recovery_rates, symmetrize_decoded
+from nesfgen.options import DecodeOptions, required
+from nesfgen.sampling import atoms_bounding_box
+from nesfgen.symmetry import STATED_SYMPREC, TOLERANCES, recovery_rates
 
 log = logging.getLogger(__name__)
 
@@ -80,121 +78,68 @@ class Evaluation:
     decoded: list[Crystal | None]
 
 
-def encode(trained: TrainedModel, crystals: CrystalSet, batch_size: int = 256) -> Tensor:
-    """(S, D) latents of every structure of a split, in eval mode; warns about inputs unlike the training data."""
-    warn_outside_training(trained, crystals)
-    device = next(trained.model.parameters()).device
-    return encode_all(trained.model, TensorSet(crystals, trained.species_table, device), batch_size)
+@dataclass(frozen=True, kw_only=True)
+class EvaluateOptions(DecodeOptions):
+    """What to decode and score.
 
-
-def training_atom_range(trained: TrainedModel) -> tuple[int, int] | None:
-    """Fewest and most atoms per cell the model was trained on: stored in the checkpoint since issue 30,
-    else counted in its training split when that dataset is in the data directory unchanged."""
-    if trained.atoms_per_cell:
-        return trained.atoms_per_cell
-    try:
-        dataset = resolve_dataset(trained.recipe.data.dataset_name)  # as the recipe named it when training
-        if dataset.content_hash != trained.dataset_hash:
-            return None
-        counts = dataset.load(trained.recipe.data.train_split).num_atoms
-    except (UserError, OSError, ValueError, KeyError):
-        return None  # without its training data the box alone is checked
-    return int(counts.min()), int(counts.max())
-
-
-def warn_outside_training(trained: TrainedModel, crystals: CrystalSet) -> list[str]:
-    """Log one warning line when inputs have more or fewer atoms per cell than the model's training data, or
-    atoms beyond the box its particles span: those decode to nonsense. Returns the offending ids."""
-    margin = trained.recipe.estimator.particle_interval  # the particle grid reaches one interval past the box
-    low, high = trained.box[0] - margin, trained.box[1] + margin
-    atom_range = training_atom_range(trained)
-    offending, example = [], ""
-    for index, count in enumerate(crystals.num_atoms):
-        coords = crystals.cart_coords[crystals.offsets[index] : crystals.offsets[index + 1]]
-        beyond = bool(np.any(coords < low) or np.any(coords > high))
-        unseen = atom_range is not None and not atom_range[0] <= count <= atom_range[1]
-        if beyond or unseen:
-            offending.append(crystals.ids[index])
-            if not example:
-                extent = np.round(coords.max(axis=0), 1).tolist() if len(coords) else []
-                example = f"{crystals.ids[index]} has {int(count)} atoms reaching {extent} Å"
-    if offending:
-        atoms = f", {atom_range[0]}-{atom_range[1]} atoms per cell" if atom_range else ""
-        log.warning(
-            "%d of %d inputs lie outside the training data of %s (atoms within %s Å%s), e.g. %s; "
-            "their decodes are unreliable",
-            len(offending),
-            len(crystals),
-            trained.path,
-            np.round(trained.box, 1).tolist(),
-            atoms,
-            example,
-        )
-    return offending
-
-
-def evaluate(
-    checkpoint: str | None,
-    data: str | None,
-    split: str = "test",
-    field: str = "model",
-    limit: int = 0,
-    device: str = "cpu",
-    estimator_overrides: dict[str, str] | None = None,
-    progress: Progress | None = None,
-    symmetrize: bool = False,
-    symprec: float = STATED_SYMPREC,
-) -> Evaluation:
-    """Decode a split and score it with the paper's and the CDVAE-family metrics.
-
-    Args:
-        checkpoint: run folder, .pt file or shipped model name; None means the shipped default model
-            (or, for ``field="exact"``, no model at all).
-        data: dataset name or folder; None means the dataset the model was trained on (``builtin``
-            for the exact field without a model).
-        split: which split. limit: first N structures only (0 = all).
-        field: ``model`` (the network) or ``exact`` (the analytic field of the true structures, which
-            tests the estimator apart from training).
-        estimator_overrides: ``{"estimator.steps": "32"}``-style overrides of the estimator settings.
-        symmetrize: snap each decoded structure to the highest-symmetry space group spglib finds within
-            ``symprec`` Å before scoring; the summary keeps the unsymmetrised paper's metrics beside.
+    ``checkpoint``: run folder, .pt file or shipped model name, for ``evaluate_runs`` also a comma list or
+    glob of several; None means the shipped default model (or, for ``field="exact"``, no model at all).
+    ``data``: dataset name or folder; None means the dataset the model was trained on (``builtin`` for
+    the exact field without a model). ``limit``: first N structures only (0 = all). ``field``: ``model``
+    (the network) or ``exact`` (the analytic field of the true structures, which tests the estimator apart
+    from training). ``symmetrize``: snap each decoded structure to the highest-symmetry space group spglib
+    finds within ``symprec`` Å before scoring; the summary keeps the unsymmetrised paper's metrics beside.
+    ``out``: the report folder (evaluate) or the CIF folder (reconstruct).
     """
-    if field not in ("model", "exact"):
-        raise UserError(f"field must be model or exact, got {field!r}")
-    if symmetrize:
-        check_symprec(symprec)
-    if checkpoint is None and field == "model":
+
+    data: str | None = None
+    split: str = "test"
+    field: str = "model"
+    limit: int = 0
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.field not in ("model", "exact"):
+            raise UserError(f"field must be model or exact, got {self.field!r}")
+
+
+def evaluate(options: EvaluateOptions, progress: Progress | None = None) -> Evaluation:
+    """Decode a split and score it with the paper's and the CDVAE-family metrics."""
+    checkpoint = options.checkpoint
+    if checkpoint is None and options.field == "model":
         checkpoint = DEFAULT_MODEL
-    trained = load_model(checkpoint, device) if checkpoint else None
-    if data is None:
-        data = trained.recipe.data.dataset_name if trained else "builtin"
+    trained = load_model(checkpoint, options.device) if checkpoint else None
+    data = options.data or (trained.recipe.data.dataset_name if trained else "builtin")
     dataset = resolve_dataset(data)
+    split = options.split
     crystals = dataset.load(split)
-    if limit > 0:
-        crystals = crystals.subset(range(min(limit, len(crystals))))
+    if options.limit > 0:
+        crystals = crystals.subset(range(min(options.limit, len(crystals))))
     if len(crystals) == 0:
         raise UserError(f"split {split!r} of dataset {dataset.name!r} is empty")
-    config = estimator_config(trained, estimator_overrides or {})
     truth = list(crystals)
-    if field == "exact":
+    if options.field == "exact":
         species_table = trained.species_table if trained else dataset.species_table
         box = trained.box if trained else atoms_bounding_box(dataset.load(dataset.split_names[0]))
         exact = ExactField(truth, species_table)
-        decoded = estimate(exact, exact.latents(), box, species_table, config, progress)
+        config = estimator_config(trained, options.estimator)
+        decoder = Decoder(exact, box, species_table, config, options.symmetrize, options.tolerance, trained)
+        z = exact.latents()
     else:
-        z = encode(trained, crystals)
-        decoded = estimate(trained.model, z, trained.box, trained.species_table, config, progress)
-    decoded_crystals = [result.to_crystal(true.id) for true, result in zip(truth, decoded)]
+        decoder = Decoder.of(trained, options)
+        z = decoder.encode(crystals)
+    decoding = decoder.decode(z, [true.id for true in truth], progress)
+    decoded, decoded_crystals = decoding.raw, decoding.crystals
     scored = list(decoded)
-    symmetrized: dict[str, Any] = {"symmetrize": symmetrize}
-    if symmetrize:
+    symmetrized: dict[str, Any] = {"symmetrize": options.symmetrize}
+    if options.symmetrize:
         before = pool_over_atoms([structure_metrics(true, result) for true, result in zip(truth, decoded)])
-        decoded_crystals, failed = symmetrize_decoded(decoded_crystals, symprec)
         # a symmetrised structure is a valid crystal, so near-duplicate detections are gone from it
         scored = [_beside(crystal, result) if crystal else result for crystal, result in zip(decoded_crystals, decoded)]
         symmetrized |= {
-            "symmetrize_symprec": symprec,
-            "symmetrize_failed": failed,
+            "symmetrize_symprec": decoder.symprec,
+            "symmetrize_failed": decoding.symmetrize_failed,
             "before_symmetrize": before,
         }
     rates, true_reports, decoded_reports = recovery_rates(truth, decoded_crystals, TOLERANCES)
@@ -215,8 +160,8 @@ def evaluate(
         "dataset_hash": dataset.content_hash,
         "trained_on_this_dataset": bool(trained and trained.dataset_hash == dataset.content_hash),
         "split": split,
-        "field": field,
-        "estimator": {k: getattr(config, k) for k in config.__dataclass_fields__},
+        "field": options.field,
+        "estimator": decoder.settings,
         **mean_over_structures(rows),
         "reference": pool_over_atoms(rows),
         **{f"cdvae_{k}": v for k, v in cdvae_metrics(truth, decoded_crystals).items() if k != "num_structures"},
@@ -226,6 +171,55 @@ def evaluate(
         **symmetrized,
     }
     return Evaluation(summary, rows, truth, decoded_crystals)
+
+
+def evaluate_runs(options: EvaluateOptions, progress: Callable[[str], Progress] | None = None) -> dict[str, Any]:
+    """Evaluate one checkpoint, or several (a comma list or glob: mean ± std), writing each one's report.
+
+    Reports go to ``options.out`` (one sub-folder per run when several), else beside each checkpoint.
+    ``progress(label)`` gives the progress callback of each run's decoding.
+    """
+    checkpoints = expand_checkpoints(options.checkpoint) if options.checkpoint else [None]  # None: the default
+    if options.out:  # before decoding, not after
+        output_folder(Path(options.out), "report folder", create=False)
+    evaluations = []
+    for checkpoint in checkpoints:
+        label = f"decoding ({checkpoint or 'exact field'})"
+        evaluation = evaluate(replace(options, checkpoint=checkpoint), progress(label) if progress else None)
+        folder = _report_folder(options.out, checkpoint, evaluation.summary, len(checkpoints) > 1)
+        evaluation.summary["report_files"] = [str(p) for p in write_report(evaluation, folder)]
+        evaluations.append(evaluation)
+    return evaluations[0].summary if len(evaluations) == 1 else summarise_runs(evaluations)
+
+
+def _report_folder(out: str | None, checkpoint: str | None, summary: dict, several: bool) -> Path:
+    """out= as given (one sub-folder per run when several), else beside the checkpoint."""
+    name = f"eval-{summary['dataset']}-{summary['split']}" + ("-exact" if summary["field"] == "exact" else "")
+    run = Path(summary["checkpoint"]).parent if checkpoint else None
+    if out:
+        return Path(out) / run.name if several else Path(out)
+    if run is None or run == PACKAGED_MODELS:
+        return Path("runs") / name
+    return run / name
+
+
+def reconstruct(options: EvaluateOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """Decode a split and write each input and decoded CIF side by side into ``options.out``."""
+    if options.out is None:
+        raise UserError("out=FOLDER is required: where to write the CIF pairs")
+    output_folder(Path(options.out), "reconstruction folder", create=False)  # before decoding, not after
+    evaluation = evaluate(options, progress)
+    summary = evaluation.summary
+    stated = summary["symmetry_symprec"]
+    return {
+        "pairs": write_reconstructions(evaluation, Path(options.out)),
+        "out": options.out,
+        "symmetrize": summary["symmetrize"],
+        "symmetrize_symprec": summary.get("symmetrize_symprec"),
+        "symmetrize_failed": summary.get("symmetrize_failed"),
+        "symmetry_symprec": stated,
+        "symmetry_recovery_pct": summary[recovery_key(stated)],
+    }
 
 
 def _beside(snapped: Crystal, raw: Decoded) -> Decoded:
@@ -253,19 +247,6 @@ def _beside(snapped: Crystal, raw: Decoded) -> Decoded:
 def recovery_key(symprec: float) -> str:
     """Summary key of the symmetry recovery rate (% decoded space group = input's) at one tolerance."""
     return f"symmetry_recovery_pct_{symprec:g}"
-
-
-def estimator_config(trained: TrainedModel | None, overrides: dict[str, str]) -> EstimatorConfig:
-    config = trained.recipe.estimator if trained else EstimatorConfig()
-    stripped = {}
-    for key, value in overrides.items():
-        if not key.startswith("estimator."):
-            raise UserError(f"unknown option {key}; only estimator.* overrides are taken here, e.g. estimator.steps=32")
-        stripped[key.removeprefix("estimator.")] = value
-    try:
-        return apply_overrides(config, stripped)
-    except UserError as error:
-        raise UserError(f"{error} (as estimator.KEY)") from None
 
 
 def paper_reference(dataset_name: str) -> tuple[float, ...] | None:
@@ -425,19 +406,31 @@ def write_reconstructions(evaluation: Evaluation, out: Path) -> int:
     return len(evaluation.truth)
 
 
-def evaluate_trajectory(
-    run_dir: Path, data: str, split: str = "test", limit: int = 0, progress: Progress | None = None
-) -> list[dict[str, Any]]:
-    """The paper's metrics (pooled over atoms, as the paper) of every snapshot of a run against its training time."""
+@dataclass(frozen=True, kw_only=True)
+class TrajectoryOptions:
+    """Which run's snapshots to decode, on which split."""
+
+    run: str = required("run=RUN_DIR is required: a run trained with train.snapshot_every_minutes")
+    data: str = "builtin"
+    split: str = "test"
+    limit: int = 0
+
+
+def evaluate_trajectory(options: TrajectoryOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """The paper's metrics (pooled over atoms, as the paper) of every snapshot of a run against its training time.
+
+    Writes trajectory.csv, .md and .png into RUN/trajectory; returns the rows, the files and the table.
+    """
     from nesfgen.checkpoint import read_checkpoint
 
-    checkpoints = sorted((Path(run_dir) / "snapshots").glob("epoch-*.pt"))
+    checkpoints = sorted((Path(options.run) / "snapshots").glob("epoch-*.pt"))
     if not checkpoints:
-        raise UserError(f"{run_dir} has no snapshots; train with train.snapshot_every_minutes=N to record them")
+        raise UserError(f"{options.run} has no snapshots; train with train.snapshot_every_minutes=N to record them")
     rows = []
     for path in checkpoints:
         state = read_checkpoint(path)
-        summary = evaluate(str(path), data, split, limit=limit, progress=progress).summary
+        chosen = EvaluateOptions(checkpoint=str(path), data=options.data, split=options.split, limit=options.limit)
+        summary = evaluate(chosen, progress).summary
         rows.append(
             {
                 "epoch": state["epoch"],
@@ -445,7 +438,8 @@ def evaluate_trajectory(
                 **summary["reference"],
             }
         )
-    return rows
+    files = write_trajectory(rows, Path(options.run) / "trajectory", options.data)
+    return {"rows": rows, "files": [str(f) for f in files], "table": files[0].read_text()}
 
 
 def write_trajectory(rows: list[dict[str, Any]], out: Path, dataset: str) -> list[Path]:

@@ -12,8 +12,8 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +21,19 @@ import numpy as np
 import torch
 
 from nesfgen.baselines import reference_rows
-from nesfgen.checkpoint import DEFAULT_MODEL, DEFAULT_VAE_MODEL, PACKAGED_MODELS, TrainedModel, load_model
+from nesfgen.checkpoint import DEFAULT_MODEL, DEFAULT_VAE_MODEL, PACKAGED_MODELS, TrainedModel
 from nesfgen.crystal import Crystal
 from nesfgen.data.builtin import find_known
 from nesfgen.data.importers import read_structure_file
 from nesfgen.data.store import CrystalSet
+from nesfgen.decoder import Decoder, SpeciesConstraint
 from nesfgen.errors import UserError
-from nesfgen.estimator import constrain_species, estimate
-from nesfgen.evaluate import estimator_config
 from nesfgen.files import atomic_write_text, output_folder, safe_file_stems
 from nesfgen.generative_metrics import Reference, build_reference, reduced_formula, score
-from nesfgen.prior import Condition, LatentPrior, condition_holds, load_prior
+from nesfgen.options import DecodeOptions
+from nesfgen.prior import Condition, LatentPrior, condition_holds, load_prior, parse_condition
 from nesfgen.sampling import TensorSet
 from nesfgen.stream import SAMPLE_CIFS, SampleStream
-from nesfgen.symmetry import STATED_SYMPREC, symmetrize_decoded
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +45,8 @@ PRIORS = PACKAGED_MODELS / "priors"
 DEFAULT_PRIOR = "flowmatch"
 #: prior= values: a shipped kind, "vae" (a variational checkpoint's own N(0, I)), or a .pt file
 PRIOR_CHOICES = ("flowmatch", "flow", "vae")
+#: where ``nesfgen sample`` writes without out=
+DEFAULT_FOLDER = "samples"
 #: under a sample folder: one folder of CIFs per baseline row (the ceiling, the floor)
 BASELINES_FOLDER = "baselines"
 #: Samples past which ``sample`` needs force=true: at seconds per sample on a CPU, more is a run of days.
@@ -199,65 +200,106 @@ def resolve_prior(prior: str | None, checkpoint: str | None) -> tuple[str, Laten
     return checkpoint or learned.autoencoder or DEFAULT_MODEL, learned
 
 
-def sample_structures(
-    checkpoint: str | None = None,
-    n: int = 100,
-    seed: int = 0,
-    temperature: float = 1.0,
-    near: str | None = None,
-    radius: float = 0.5,
-    data: str | None = None,
-    device: str = "cpu",
-    estimator_overrides: Mapping[str, str] | None = None,
-    progress: Progress | None = None,
-    symmetrize: bool = False,
-    symprec: float = STATED_SYMPREC,
-    prior: str | None = None,
-    condition: Condition | None = None,
-    guidance: float = 1.0,
-    constrain: bool = True,
-    baselines: bool = False,
-    out: Path | None = None,
-    force: bool = False,
-    coverage_split: str = "test",
-) -> Generation:
-    """Decode ``n`` latents into structures and measure them.
+@dataclass(frozen=True, kw_only=True)
+class SampleOptions(DecodeOptions):
+    """What to sample and how to measure it.
 
-    Args:
-        checkpoint: the model to decode with (run folder, .pt file or shipped name). None: the shipped
-            autoencoder with its learned prior, or the shipped VAE with prior="vae".
-        n: number of samples. seed: seed of the latents. temperature: scale of the N(0, I) noise a VAE's latents
-            or a learned prior's ODE start from.
-        near: sample around this structure (a CIF/POSCAR path or a formula) instead of a prior:
-            z = its latent + radius × N(0, I).
-        data: the dataset to measure against (default: the model's training data); coverage_split: its
-            held-out split for COV-R / COV-P ("test" as CDVAE; "val" when choosing settings).
-        estimator_overrides: ``{"estimator.steps": "32"}``-style overrides of the checkpoint's estimator.
-        symmetrize: snap each decoded structure to the highest-symmetry space group spglib finds within
-            ``symprec`` Å before measuring (those where that fails are kept as decoded).
-        prior: "flowmatch" / "flow" (shipped learned priors), "vae", or a prior .pt file; see resolve_prior.
-        condition: what the samples should hold (flow-matching prior only); guidance: its
-            classifier-free guidance scale (1: plain conditional sampling).
-        constrain: with elements= or formula=, also restrict the decoded species to those elements and,
-            where the atom count allows, to the formula's exact amounts (``estimator.constrain_species``).
-        baselines: also score the ceiling and floor rows (``nesfgen.baselines``) with ``n`` and ``seed``.
-        out: write each decoded chunk's CIFs there as it is finished and continue an interrupted sampling
-            with the same settings (see nesfgen.stream); None keeps everything in memory.
-        force: allow more than MAX_SAMPLES samples.
+    ``checkpoint``: the model to decode with (run folder, .pt file or shipped name); None: the shipped
+    autoencoder with its learned prior, or the shipped VAE with prior="vae". ``temperature``: scale of the
+    N(0, I) noise a VAE's latents or a learned prior's ODE start from. ``near``: sample around this
+    structure (a CIF/POSCAR path or a formula) instead of a prior: z = its latent + radius × N(0, I).
+    ``data``: the dataset to measure against (default: the model's training data); ``coverage_split``: its
+    held-out split for COV-R / COV-P ("test" as CDVAE; "val" when choosing settings). ``prior``:
+    "flowmatch" / "flow" (shipped learned priors), "vae", or a prior .pt file (see resolve_prior).
+    ``elements``, ``formula``, ``num_atoms``, ``crystal_system``, ``spacegroup``: what the samples should
+    hold (flow-matching prior only); ``guidance``: its classifier-free guidance scale (1: plain conditional
+    sampling); ``constrain``: with elements= or formula=, also restrict the decoded species to those
+    elements and, where the atom count allows, to the formula's exact amounts. ``baselines``: also score the
+    ceiling and floor rows (``nesfgen.baselines``). ``out``: write each decoded chunk's CIFs there as it is
+    finished and continue an interrupted sampling with the same settings (None: in memory; the command
+    writes to ``samples``). ``force``: allow more than MAX_SAMPLES samples. ``relax``: relax the samples
+    (and baselines) with CHGNet into OUT/relaxed with ``fmax``, ``steps`` and ``hull``.
     """
+
+    n: int = 100
+    seed: int = 0
+    temperature: float = 1.0
+    near: str | None = None
+    radius: float = 0.5
+    data: str | None = None
+    prior: str | None = None
+    elements: str | None = None
+    formula: str | None = None
+    num_atoms: int | None = None
+    crystal_system: str | None = None
+    spacegroup: int | None = None
+    guidance: float = 1.0
+    constrain: bool = True
+    baselines: bool = False
+    coverage_split: str = "test"
+    out: str | None = None
+    force: bool = False
+    relax: bool = False
+    fmax: float | None = None
+    steps: int | None = None
+    hull: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n < 1:
+            raise UserError(f"n must be at least 1, got {self.n}")
+        if not self.temperature > 0 or not self.radius > 0:
+            raise UserError(
+                f"temperature and radius must be positive, got temperature={self.temperature} radius={self.radius}"
+            )
+        if not self.relax and (self.fmax, self.steps, self.hull) != (None, None, None):
+            raise UserError("fmax=, steps= and hull= go with relax=true")
+
+    @property
+    def condition(self) -> Condition:
+        return parse_condition(self.elements, self.formula, self.num_atoms, self.crystal_system, self.spacegroup)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PriorCheckOptions:
+    """Which learned prior to check against which held-out split, with how many samples."""
+
+    prior: str = DEFAULT_PRIOR
+    checkpoint: str | None = None
+    data: str | None = None
+    split: str = "val"
+    n: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prior == "vae":
+            raise UserError("nesfgen prior check takes a learned prior: prior=flowmatch|flow|FILE.pt")
+
+
+def check_prior(options: PriorCheckOptions) -> dict[str, Any]:
+    """Compare a learned prior's samples with held-out latents, without decoding (``prior.check_model_prior``)."""
+    from nesfgen.prior import check_model_prior
+
+    checkpoint, learned = resolve_prior(options.prior, options.checkpoint)
+    return check_model_prior(learned, checkpoint, options.split, options.n, options.seed, options.data)
+
+
+def sample_structures(options: SampleOptions, progress: Progress | None = None) -> Generation:
+    """Decode ``options.n`` latents into structures and measure them."""
     started = time.perf_counter()
-    if n < 1:
-        raise UserError(f"n must be at least 1, got {n}")
-    if not temperature > 0 or not radius > 0:
-        raise UserError(f"temperature and radius must be positive, got temperature={temperature} radius={radius}")
-    condition = condition or Condition()
+    n, seed, temperature, near, radius = options.n, options.seed, options.temperature, options.near, options.radius
+    prior, guidance, coverage_split = options.prior, options.guidance, options.coverage_split
+    symmetrize = options.symmetrize
+    out = Path(options.out) if options.out else None
+    condition = options.condition
     if near is not None:
-        learned, model_name = None, checkpoint or DEFAULT_MODEL
+        learned, model_name = None, options.checkpoint or DEFAULT_MODEL
     else:
-        model_name, learned = resolve_prior(prior, checkpoint)
+        model_name, learned = resolve_prior(prior, options.checkpoint)
     if learned is None and not condition.is_empty():
         raise UserError("conditions (elements=, formula=, ...) need a learned prior: prior=flowmatch")
-    trained = load_model(model_name, device)
+    decoder = Decoder.load(options, default=model_name)
+    trained = decoder.trained
     variational = trained.recipe.model.variational
     if near is None and learned is None and not variational:
         raise UserError(
@@ -270,8 +312,8 @@ def sample_structures(
             f"the prior's latents have {learned.mean.numel()} dimensions, the model {trained.path} "
             f"{trained.recipe.model.latent_size}: fit the prior to this model (nesfgen prior fit checkpoint=...)"
         )
-    config = estimator_config(trained, estimator_overrides or {})
-    splits, reference_note = reference_splits(trained, data, coverage_split)
+    config = decoder.config
+    splits, reference_note = reference_splits(trained, options.data, coverage_split)
     anchor = None
     if near is not None:
         anchor = find_structure(near, splits[0] if splits else None)
@@ -281,40 +323,33 @@ def sample_structures(
     else:
         z = sample_latents(n, trained.recipe.model.latent_size, seed, temperature)
     settings = {"checkpoint": trained.path, "n": n, "seed": seed, "temperature": temperature, "near": near}
-    settings |= {"radius": radius, "symmetrize": symmetrize, "symprec": symprec, "prior": prior}
-    species_constraint = _species_constraint(condition) if constrain else None
+    settings |= {"radius": radius, "symmetrize": symmetrize, "symprec": decoder.symprec, "prior": prior}
+    species_constraint = _species_constraint(condition) if options.constrain else None
     settings |= {"condition": asdict(condition), "guidance": guidance, "constrain": species_constraint is not None}
-    settings["estimator"] = {k: getattr(config, k) for k in config.__dataclass_fields__}
+    settings["estimator"] = decoder.settings
     stream = SampleStream(out, settings)
     crystals, failed = stream.finished()
     if progress is not None:
         progress(len(crystals), n)
     decoding_started = time.monotonic()
     for start in range(len(crystals), n, config.chunk_size):
-        chunk_z = z[start : start + config.chunk_size].to(next(trained.model.parameters()).device)
-        decoded = estimate(trained.model, chunk_z, trained.box, trained.species_table, config)
-        if species_constraint is not None:
-            allowed, composition = species_constraint
-            decoded = constrain_species(
-                trained.model, chunk_z, decoded, trained.species_table, allowed, composition, config
-            )
-        chunk = [d.to_crystal(f"sample-{start + k:04d}") for k, d in enumerate(decoded)]
-        chunk_failed = 0
-        if symmetrize:
-            chunk, chunk_failed = symmetrize_decoded(chunk, symprec)
+        chunk_z = z[start : start + config.chunk_size]
+        ids = [f"sample-{start + k:04d}" for k in range(len(chunk_z))]
+        decoding = decoder.decode(chunk_z, ids, species=species_constraint)
+        chunk, chunk_failed = decoding.crystals, decoding.symmetrize_failed
         stream.add(start, chunk, chunk_failed)
         crystals, failed = crystals + chunk, failed + chunk_failed
         if progress is not None:
             progress(len(crystals), n)
-        if n > MAX_SAMPLES and not force:
+        if n > MAX_SAMPLES and not options.force:
             _refuse_long_run(n, len(chunk), time.monotonic() - decoding_started, out)
     symmetrized: dict[str, Any] = {"symmetrize": symmetrize}
     if symmetrize:
-        symmetrized |= {"symmetrize_symprec": symprec, "symmetrize_failed": failed}
+        symmetrized |= {"symmetrize_symprec": decoder.symprec, "symmetrize_failed": failed}
     reference = build_reference(*splits) if splits is not None else None
     rows, summary = score(crystals, reference)
     baseline_rows, baseline_crystals = {}, {}
-    if baselines and reference is not None:
+    if options.baselines and reference is not None:
         baseline_rows, baseline_crystals = reference_rows(reference, n, seed, held_out=coverage_split)
     source = "near" if near is not None else "vae" if learned is None else f"prior-{learned.config.kind}"
     summary = {
@@ -335,19 +370,53 @@ def sample_structures(
         "species_constrained": species_constraint is not None,
         "baselines": baseline_rows or None,
         "reference": reference_note,
-        "estimator": {k: getattr(config, k) for k in config.__dataclass_fields__},
+        "estimator": decoder.settings,
         "seconds": time.perf_counter() - started,
     }
     return Generation(summary, rows, crystals, reference, baseline_crystals)
 
 
-def _species_constraint(condition: Condition) -> tuple[tuple[int, ...], dict[int, float] | None] | None:
-    """(allowed atomic numbers, exact composition or None) that decoding must respect, or None when the
-    condition names no elements."""
+def sample(options: SampleOptions, progress: Callable[[str], Progress] | None = None) -> dict[str, Any]:
+    """Sample, write the folder (``options.out``, else ``samples``) and, with relax=true, relax and screen the
+    samples and the baselines on the same hull; ``progress(label)`` gives each stage's progress callback."""
+    out = Path(options.out or DEFAULT_FOLDER)
+    generation = sample_structures(replace(options, out=str(out)), progress("decoding samples") if progress else None)
+    write_samples(generation, out)
+    result = {**generation.summary, "out": str(out)}
+    if options.relax:
+        folders = {"samples": out} | {name: out / BASELINES_FOLDER / name for name in generation.baselines}
+        relaxed = {  # the ceiling and the floor on the same hull as the samples; None: no structure to relax
+            name: _relax_folder(folder, options, progress) if any(folder.glob("*.cif")) else None
+            for name, folder in folders.items()
+        }
+        result["relax"] = relaxed.pop("samples")
+        if relaxed:
+            result["relax_baselines"] = relaxed
+    return result
+
+
+def _relax_folder(folder: Path, options: SampleOptions, progress: Callable[[str], Progress] | None) -> dict[str, Any]:
+    """Relax a folder of CIFs into FOLDER/relaxed, screened against data='s hull (or hull=)."""
+    from nesfgen.relax import DEFAULT_FMAX, DEFAULT_STEPS
+    from nesfgen.stability import ScreenOptions, relax_and_screen
+
+    screen = ScreenOptions(
+        inputs=(str(folder),),
+        out=str(folder / "relaxed"),
+        fmax=DEFAULT_FMAX if options.fmax is None else options.fmax,
+        steps=DEFAULT_STEPS if options.steps is None else options.steps,
+        hull=options.hull,
+        data=options.data,
+    )
+    return relax_and_screen(screen, progress("relaxing with CHGNet") if progress else None)
+
+
+def _species_constraint(condition: Condition) -> SpeciesConstraint | None:
+    """The species decoding must respect, or None when the condition names no elements."""
     if condition.composition is not None:
-        return tuple(sorted(condition.composition)), dict(condition.composition)
+        return SpeciesConstraint(tuple(sorted(condition.composition)), dict(condition.composition))
     if condition.elements is not None:
-        return tuple(condition.elements), None
+        return SpeciesConstraint(tuple(condition.elements))
     return None
 
 

@@ -3,51 +3,22 @@
 Queries are "packed": all query points of a batch in one (Q, 3) tensor with the index of their
 structure, so structures with different numbers of atoms need no padding. The latent's share of
 each field's first layer is computed once per structure and gathered per query, which is the same
-linear layer as concatenating z to every query, at a fraction of the cost.
+linear layer as concatenating z to every query, at a fraction of the cost. The kernels that train the
+fields fast on CPUs under bf16 are in nesfgen.kernels.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from nesfgen.config import ModelConfig
+from nesfgen.kernels import BucketedLinear, feature_major_forward
 from nesfgen.sampling import Atoms, Queries, TensorSet
 
 DEGREES_PER_RADIAN = 180.0 / math.pi
-
-#: Under bf16 autocast on a CPU, matmuls run through oneDNN, which builds a kernel for every new shape.
-#: Every batch has its own number of atoms and queries, so without padding each step built them afresh.
-ROW_MULTIPLE = 256
-
-
-class BucketedLinear(nn.Linear):
-    """nn.Linear whose input rows are padded with zeros to the next multiple of ROW_MULTIPLE under CPU bf16.
-
-    The padded rows are cut off again before anything else sees them, so outputs and gradients are the
-    plain layer's; only the set of matmul shapes becomes small enough for oneDNN to keep its kernels.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        rows = x.shape[0]
-        pad = bucket_padding(rows, x.device)
-        if not pad:
-            return super().forward(x)
-        return super().forward(nn.functional.pad(x, (0, 0, 0, pad)))[:rows]
-
-
-def bucket_padding(rows: int, device: torch.device) -> int:
-    """Rows to add under CPU bf16 autocast (up to the next multiple of ROW_MULTIPLE), else 0.
-
-    Never 0 when padding applies, also for a multiple: torch.compile would compile that case apart.
-    """
-    if device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
-        return 0
-    return ROW_MULTIPLE - rows % ROW_MULTIPLE
 
 
 def mlp(widths: list[int], batch_norm: bool, dropout: float = 0.0, last_activation: bool = True) -> nn.Sequential:
@@ -121,10 +92,9 @@ class QueryEncoding(nn.Module):
 class Field(nn.Module):
     """An MLP over (query, z) with the query re-injected at the input of every layer.
 
-    Training computes feature-major, (features, queries): the compiled BatchNorm kernels then reduce
-    along contiguous memory, which made fast-lcs6 training steps 5-9 % faster. Decoding computes
-    query-major, (queries, features), where eager float32 matmuls and BatchNorm took a fifth less time.
-    Both are the same layers, plain nn.Linear and nn.BatchNorm1d, so checkpoints are the usual ones.
+    Decoding runs the query-major code below, (queries, features): there eager float32 matmuls and BatchNorm
+    took a fifth less time. Training runs the same layers feature-major, in kernels.feature_major_forward.
+    Both are plain nn.Linear and nn.BatchNorm1d layers, so checkpoints are the usual ones.
     """
 
     def __init__(
@@ -141,162 +111,14 @@ class Field(nn.Module):
 
     def forward(self, points: Tensor, structure: Tensor, z: Tensor) -> Tensor:
         """points (Q, 3), structure (Q,) index into z (B, D) -> (Q, out_size)."""
+        q = self.encoding(points)  # (Q, F)
         if self.training:
-            return self._feature_major(points, structure, z)
-        q = self.encoding(points)
+            return feature_major_forward(self, q, structure, z)
         h = torch.relu(self.norms[0](self.first_latent(z).index_select(0, structure) + self.first_query(q)))
         q = q.to(h.dtype)  # under bf16 autocast a float32 q would make every concatenation float32
         for layer, norm in zip(self.hidden, self.norms[1:]):
             h = torch.relu(norm(layer(torch.cat([h, q], dim=-1))))
         return self.out(torch.cat([h, q], dim=-1))
-
-    def _feature_major(self, points: Tensor, structure: Tensor, z: Tensor) -> Tensor:
-        rows = points.shape[0]
-        q = self.encoding(points).T  # (F, Q)
-        pad = bucket_padding(rows, points.device)
-        if pad:  # zero columns ride along to the output and are cut off there; BatchNorm never counts them
-            q, structure = nn.functional.pad(q, (0, pad)), nn.functional.pad(structure, (0, pad))
-        counted = rows if pad else None
-        # z's share as a matmul with the one-hot of each query's structure (B × Q' values): its backward is
-        # a matmul too, where a gather along columns has a scatter along columns as backward, which cost more
-        # than all the field's matmuls.
-        one_hot = (structure[None, :] == torch.arange(len(z), device=z.device)[:, None]).to(q.dtype)
-        latent = self.first_latent(z).T  # (C, B): z's share of the first layer, once per structure
-        joined = torch.cat([q, one_hot]).to(latent.dtype)
-        written_out = pad and isinstance(self.norms[0], nn.BatchNorm1d)  # BatchNormReLU takes the gradient
-        with torch.no_grad() if written_out else contextlib.nullcontext():
-            h = torch.cat([self.first_query.weight, latent], dim=1) @ joined
-        first = FirstLayer(joined, self.first_query.weight, latent) if written_out else None
-        h = _train_batch_norm_relu(self.norms[0], h, counted, first=first)
-        q = q.to(h.dtype)
-        for layer, norm in zip(self.hidden, self.norms[1:]):
-            if pad:
-                product = QueryConcatLinear.apply(h, q, layer.weight, layer.bias)  # the bias is added in BatchNorm
-                h = _train_batch_norm_relu(norm, product, counted, bias=layer.bias)
-            else:
-                h = _train_batch_norm_relu(
-                    norm, torch.addmm(layer.bias[:, None], layer.weight, torch.cat([h, q])), None
-                )
-        return torch.addmm(self.out.bias[:, None], self.out.weight, torch.cat([h, q]))[:, :rows].T
-
-
-class FirstLayer(NamedTuple):
-    """A field's first layer, h = [query_weight, latent] @ joined: what its gradient goes to."""
-
-    joined: Tensor  # (F + B, Q'): the query's F features over the one-hot of its structure
-    query_weight: Tensor  # (C, F)
-    latent: Tensor  # (C, B), z's share
-
-
-class QueryConcatLinear(torch.autograd.Function):
-    """weight @ [h; q], a linear layer of h and the query whose bias is added later (by _train_batch_norm_relu).
-
-    Without the bias, the matmul writes its output once: torch.addmm first filled it with the broadcast bias,
-    a (C, Q') copy per layer. Without the input gradient of the query rows, which need none: they made the
-    matmul of h's gradient 259 high after a 256-wide layer, which oneDNN ran a fifth slower than 256.
-    The bias's gradient is the same as with it added here.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, h: Tensor, q: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        joined = torch.cat([h, q])
-        ctx.save_for_backward(joined, weight)
-        ctx.width = h.shape[0]
-        return weight.to(joined.dtype) @ joined
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        joined, weight = ctx.saved_tensors
-        grad_h = weight[:, : ctx.width].to(grad.dtype).T @ grad
-        return grad_h, None, (grad @ joined.T).to(weight.dtype), grad.sum(1).to(weight.dtype)
-
-
-def _train_batch_norm_relu(
-    norm: nn.Module, h: Tensor, rows: int | None, bias: Tensor | None = None, first: FirstLayer | None = None
-) -> Tensor:
-    """Training-mode ReLU(BatchNorm(h + bias)) of feature-major h (C, Q'), with statistics over its first ``rows``
-    columns.
-
-    The statistics and running-average updates of nn.BatchNorm1d. With padding columns, the variance comes
-    from sums shifted by the running mean: one fused pass, without the cancellation of E[x²] - E[x]².
-    ``rows=None``: no padding, all columns count. ``bias``: the previous layer's, not yet added; BatchNorm in training
-    removes it again, so it only enters the running mean. ``first``: h is that first layer's, computed without
-    gradient; the gradient goes to its weights.
-    """
-    if not isinstance(norm, nn.BatchNorm1d):
-        return torch.relu(h if bias is None else h + bias[:, None])
-    norm.num_batches_tracked.add_(1)
-    if rows is None:  # the native kernel, the fastest without torch.compile
-        running = (norm.running_mean, norm.running_var)
-        normalized = nn.functional.batch_norm(h[None], *running, norm.weight, norm.bias, True, norm.momentum, norm.eps)
-        return torch.relu(normalized[0])
-    with torch.no_grad():  # BatchNormReLU's backward carries the gradient through the statistics
-        running_mean_of_h = norm.running_mean if bias is None else norm.running_mean - bias
-        shifted = h[:, :rows].float() - running_mean_of_h[:, None]
-        shifted_mean = shifted.mean(dim=1)
-        var = shifted.square().mean(dim=1) - shifted_mean.square()
-        mean = shifted_mean + running_mean_of_h  # a new tensor: the running update below leaves it alone
-        norm.running_mean.lerp_(mean if bias is None else mean + bias, norm.momentum)
-        norm.running_var.lerp_(var * rows / max(rows - 1, 1), norm.momentum)
-        inverse_std = torch.rsqrt(var + norm.eps)
-    return BatchNormReLU.apply(h, mean, inverse_std, norm.weight, norm.bias, rows, *(first or (None,) * 3))
-
-
-class BatchNormReLU(torch.autograd.Function):
-    """ReLU(γ·(h − mean)·inverse_std + β) over feature-major h whose statistics are given; the backward is
-    BatchNorm's full one over the first ``rows`` columns (through the statistics too), zero on padding.
-
-    Written out so that the compiled backward keeps no (C, Q') float32 temporary: inductor's own BatchNorm
-    backward stores the ReLU-masked gradient in float32 between its two passes. This one reads h and the
-    incoming gradient twice instead and recomputes the mask: compiled fast-lcs6 fields 3-9 % faster.
-
-    In a first layer (the FirstLayer parts given), the gradient goes on to its query weight and to z's share as two
-    matmuls, with the query's 3 rows and with the one-hot alone: as one 67-wide matmul, oneDNN took 25-85 % longer
-    than for the 64 of a batch; as 3 sums inside this backward's kernel, the kernel took 1.7-2.2× as long.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        h: Tensor,
-        mean: Tensor,
-        inverse_std: Tensor,
-        weight: Tensor,
-        bias: Tensor,
-        rows: int,
-        joined: Tensor | None,
-        query_weight: Tensor | None,
-        latent: Tensor | None,
-    ) -> Tensor:
-        scale = weight * inverse_std
-        shift = bias - mean * scale
-        ctx.save_for_backward(h, mean, inverse_std, scale, shift, bias, joined)
-        ctx.rows, ctx.features = rows, None if query_weight is None else query_weight.shape[1]
-        ctx.query_dtype = None if query_weight is None else query_weight.dtype
-        return torch.relu(h * scale[:, None] + shift[:, None]).to(h.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        h, mean, inverse_std, scale, shift, bias, joined = ctx.saved_tensors
-        rows = ctx.rows
-        x = h.float()
-        # the incoming gradient is 0 on padding (cut off at the field's output), so the sums see real columns only
-        masked = torch.where(x * scale[:, None] + shift[:, None] > 0, grad.float(), 0.0)
-        grad_bias = masked.sum(1)
-        grad_weight = ((masked * x).sum(1) - mean * grad_bias) * inverse_std  # Σ g·x̂
-        slope = -scale * inverse_std * grad_weight / rows
-        offset = -scale * grad_bias / rows - slope * mean
-        # The same mask (up to rounding at exactly 0) written another way, from h − mean: an identical expression
-        # would be shared by the compiled graph between the two passes and stored in float32.
-        again = torch.where((x - mean[:, None]) * scale[:, None] + bias[:, None] > 0, grad.float(), 0.0)
-        grad_h = (again * scale[:, None] + x * slope[:, None] + offset[:, None])[:, :rows].to(h.dtype)
-        # zero on padding, as a block after the real columns: a per-element column test cost a tenth of the kernel
-        grad_h = torch.cat([grad_h, h.new_zeros(h.shape[0], h.shape[1] - rows)], dim=1)
-        if joined is None:
-            return grad_h, None, None, grad_weight, grad_bias, None, None, None, None
-        grad_query_weight = (grad_h @ joined[: ctx.features].T).to(ctx.query_dtype)
-        grad_latent = grad_h @ joined[ctx.features :].T
-        return None, None, None, grad_weight, grad_bias, None, None, grad_query_weight, grad_latent
 
 
 class LatticeHead(nn.Module):

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from nesfgen.errors import UserError
+from nesfgen.options import required
 
 log = logging.getLogger(__name__)
 
@@ -474,7 +475,7 @@ def fit_model_prior(
     """
     from nesfgen.checkpoint import load_model
     from nesfgen.data.names import resolve_dataset
-    from nesfgen.evaluate import encode
+    from nesfgen.decoder import encode
     from nesfgen.generative_metrics import space_group_numbers
 
     trained = load_model(checkpoint)
@@ -531,7 +532,7 @@ def check_model_prior(
     """
     from nesfgen.checkpoint import load_model
     from nesfgen.data.names import resolve_dataset
-    from nesfgen.evaluate import encode
+    from nesfgen.decoder import encode
 
     if n < 2:
         raise UserError(f"n={n}: a check needs at least 2 samples")
@@ -558,3 +559,16 @@ def check_model_prior(
         "held_out_structures": len(held_out),
         **latent_check(samples, train, held_out),
     }
+
+
+@dataclass(frozen=True, kw_only=True)
+class PriorFitOptions(PriorConfig):
+    """A prior's settings, the autoencoder whose training latents it fits, and the file to write."""
+
+    checkpoint: str = "nesf-lcs6"
+    data: str | None = None
+    out: str = required("nesfgen prior fit needs out=FILE.pt")
+
+    @property
+    def config(self) -> PriorConfig:
+        return PriorConfig(**{name: getattr(self, name) for name in PriorConfig.__dataclass_fields__})

@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from nesfgen.config import TrainConfig
 from nesfgen.model import NeSF, encode_all
+from nesfgen.options import required
 from nesfgen.sampling import TensorSet
 
 #: each head, with the lattice parameters it predicts
@@ -118,3 +120,12 @@ def _fit_heads(
         val_before=before,
         val_after={name: best[name][0] for name in HEADS},
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefitOptions:
+    """Which run's lattice heads to refit, for how many epochs, at which learning rate."""
+
+    run: str = required("nesfgen refit run=RUN_DIR [epochs=300] [lr=3e-4]")
+    epochs: int = 300
+    lr: float = TrainConfig.lattice_refit_lr

@@ -20,9 +20,9 @@ import numpy as np
 from nesfgen.checkpoint import read_checkpoint
 from nesfgen.config import Recipe, from_dict
 from nesfgen.drawing import draw_cells
-from nesfgen.evaluate import Evaluation, evaluate
+from nesfgen.evaluate import EvaluateOptions, Evaluation, evaluate
 from nesfgen.files import atomic_write_text
-from nesfgen.train import resolve_device
+from nesfgen.train import TrainResult, resolve_device
 
 Progress = Callable[[int, int], None]
 
@@ -57,7 +57,8 @@ def report_run(
     state = read_checkpoint(run_dir)
     recipe = from_dict(Recipe, state["recipe"], where=state["path"])
     device = str(resolve_device(recipe.train.device))
-    evaluation = evaluate(str(run_dir), None, recipe.data.val_split, limit=structures, device=device, progress=progress)
+    options = EvaluateOptions(checkpoint=str(run_dir), split=recipe.data.val_split, limit=structures, device=device)
+    evaluation = evaluate(options, progress)
     picture = draw_pairs(evaluation, run_dir / REPORT_PNG, pairs)
     path = atomic_write_text(run_dir / REPORT_JSON, json.dumps(evaluation.summary, indent=1, default=str))
     return TrainingReport(evaluation.summary, picture, path)
@@ -82,3 +83,19 @@ def draw_pairs(evaluation: Evaluation, path: Path, pairs: int = REPORT_PAIRS) ->
 
 def _group(number: int | None) -> str:
     return f"space group {number}" if number else "no space group"
+
+
+def training_summary(result: TrainResult) -> dict[str, Any]:
+    """What ``nesfgen train`` reports of a finished run (before its reconstruction report)."""
+    return {
+        "run_dir": str(result.run_dir),
+        "dataset": result.dataset,
+        "epochs": result.epochs_done,
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+        "stop_reason": result.stop_reason,
+        "seconds": round(result.seconds, 1),
+        "parameters": result.parameters,
+        "last": result.last_row,
+        "lattice_refit": result.lattice_refit,
+    }

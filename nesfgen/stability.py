@@ -16,12 +16,14 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text
+from nesfgen.options import required
+from nesfgen.relax import DEFAULT_BATCH, DEFAULT_FMAX, DEFAULT_STEPS, RelaxOptions
 
 log = logging.getLogger(__name__)
 
@@ -472,28 +474,41 @@ CSV_COLUMNS = (
 )
 
 
-def relax_and_screen(
-    inputs: Sequence[str],
-    out: Path,
-    options: Any,
-    hull: str | None = None,
-    data: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Relax ``inputs`` into ``out`` (resuming), place them on a hull, write relax.csv and summary.json.
+@dataclass(frozen=True, kw_only=True)
+class ScreenOptions:
+    """What to relax, how hard, and against which hull and training set.
 
-    Args:
-        inputs: CIF/POSCAR files, folders of them, or formulas of the built-in table.
-        options: a :class:`~nesfgen.relax.RelaxOptions`.
-        hull: ``mp``, ``local:NAME`` or ``NAME``; by default the local hull of ``data`` when given.
-        data: the dataset whose training split novelty is measured against.
+    ``inputs``: CIF/POSCAR files, folders of them, or formulas of the built-in table. ``hull``: ``mp``,
+    ``local:NAME`` or ``NAME``; by default the local hull of ``data`` when given. ``data``: the dataset
+    whose training split novelty is measured against.
     """
+
+    WORDS: ClassVar[str] = "inputs"
+
+    inputs: tuple[str, ...] = required(
+        "nothing to relax: give CIF/POSCAR files, folders or built-in formulas, and out=DIR"
+    )
+    out: str = required("out=DIR is required: the folder for the relaxed CIFs, relax.csv and summary.json")
+    fmax: float = DEFAULT_FMAX
+    steps: int = DEFAULT_STEPS
+    batch: int = DEFAULT_BATCH
+    hull: str | None = None
+    data: str | None = None
+
+    @property
+    def relaxation(self) -> RelaxOptions:
+        return RelaxOptions(self.fmax, self.steps, self.batch)
+
+
+def relax_and_screen(options: ScreenOptions, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Relax ``options.inputs`` into ``options.out`` (resuming), place them on a hull, write relax.csv and summary.json."""
     import csv
     import io
 
     from nesfgen.relax import gather_inputs, relax_all, relaxed_crystal
 
     started = time.perf_counter()
+    out, hull, data = Path(options.out), options.hull, options.data
     spec = hull or (f"local:{data}" if data else None)
     reference_name = data or (spec.removeprefix("local:") if spec and spec != "mp" else None)
     chosen = open_hull(spec) if spec else None  # before relaxing: a missing hull fails at once
@@ -502,8 +517,8 @@ def relax_and_screen(
         from nesfgen.data.names import resolve_dataset
 
         reference = resolve_dataset(reference_name).load("train")
-    items = gather_inputs(inputs)
-    records = relax_all(items, out, options, progress)
+    items = gather_inputs(options.inputs)
+    records = relax_all(items, out, options.relaxation, progress)
     crystals = {}
     for r in records:
         if r["status"] == "relaxed":
@@ -527,3 +542,14 @@ def relax_and_screen(
     atomic_write_text(Path(out) / "relax.csv", buffer.getvalue())
     atomic_write_text(Path(out) / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary
+
+
+@dataclass(frozen=True, kw_only=True)
+class HullOptions:
+    """Which dataset split's structures make the local hull, relaxed or single point, for which elements."""
+
+    name: str = required("give the dataset: nesfgen data hull NAME")
+    split: str = "train"
+    relax: bool = False
+    limit: int = 0
+    elements: tuple[str, ...] = ()

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -376,3 +376,31 @@ def agreement(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "decoded": len(paired),
         "same_space_group": {t: sum(p[t] for p in paired) for t in paired[0]},
     }
+
+
+@dataclass(frozen=True, kw_only=True)
+class SymmetryOptions:
+    """Structure files (or folders), or a dataset split, and the tolerance ladder."""
+
+    WORDS: ClassVar[str] = "paths"
+
+    paths: tuple[str, ...] = ()
+    data: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    tolerances: tuple[float, ...] = TOLERANCES
+
+
+def symmetry_table(options: SymmetryOptions) -> dict[str, Any]:
+    """Space groups at each tolerance of the files or dataset entries, and decoded-against-input agreement."""
+    if options.paths and options.data:
+        raise UserError("give structure files or data=NAME, not both")
+    if options.data:
+        entries = analyse_dataset(options.data, options.split or "train", options.limit or 0, options.tolerances)
+    elif options.paths:
+        if options.split is not None or options.limit is not None:
+            raise UserError("split= and limit= go with data=NAME, not with structure files")
+        entries = analyse_files(options.paths, options.tolerances)
+    else:
+        raise UserError("nothing to analyse: give CIF/POSCAR files or folders, or data=NAME")
+    return {"tolerances": list(options.tolerances), "structures": entries, "agreement": agreement(entries)}

@@ -14,14 +14,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from nesfgen.checkpoint import build_model, load_weights, read_checkpoint, save_checkpoint
-from nesfgen.config import Recipe, TrainConfig, from_dict, to_dict, to_toml
+from nesfgen.config import LossConfig, Recipe, TrainConfig, from_dict, to_dict, to_toml
 from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet, Dataset
 from nesfgen.errors import UserError
@@ -30,6 +30,9 @@ from nesfgen.machine import machine_description
 from nesfgen.model import count_parameters
 from nesfgen.refit import RefitResult, refit_lattice_heads
 from nesfgen.sampling import Atoms, Queries, QuerySampler, TensorSet, atoms_bounding_box, rank_share
+
+if TYPE_CHECKING:
+    from nesfgen.vae import LossTerms, VariationalObjective
 
 log = logging.getLogger(__name__)
 
@@ -160,16 +163,6 @@ def init_ranks(device: torch.device) -> Ranks:
     return Ranks(dist.get_rank(), dist.get_world_size())
 
 
-def weighted_total(losses: dict[str, Tensor], recipe: Recipe) -> Tensor:
-    weights = recipe.loss
-    return (
-        weights.position * losses["position"]
-        + weights.species * losses["species"]
-        + weights.length * losses["length"]
-        + weights.angle * losses["angle"]
-    )
-
-
 def epoch_batches(count: int, batch_size: int, generator: torch.Generator, minimum: int = 2) -> list[Tensor]:
     """A shuffled partition into batches; a trailing batch under ``minimum`` joins the previous one.
 
@@ -251,13 +244,77 @@ def load_split(dataset: Dataset, recipe: Recipe, split: str) -> CrystalSet:
     return crystals
 
 
+class AutoencoderObjective(nn.Module):
+    """The autoencoder's loss as a module, so DDP can wrap it: the weighted sum of the four loss terms.
+
+    VariationalObjective's counterpart: the trainer asks either for its loss names, KL weight and history columns.
+    """
+
+    loss_names = LOSS_NAMES
+
+    def __init__(self, model: nn.Module, weights: LossConfig, loss_terms: LossTerms) -> None:
+        super().__init__()
+        self.model = model
+        self.weights = weights
+        self.loss_terms = loss_terms
+
+    def kl_weight(self, epoch: int) -> float:
+        """No KL term: 0 in every epoch."""
+        return 0.0
+
+    def history_columns(self, epoch: int) -> dict[str, float]:
+        """Nothing of the objective changes between epochs."""
+        return {}
+
+    def forward(
+        self,
+        atoms: Atoms,
+        queries: Queries,
+        kl_weight: float = 0.0,
+        totals: tuple[int, int, int] | None = None,
+        world: int = 1,
+    ) -> dict[str, Tensor]:
+        """{"total": the weighted sum, then the four unweighted loss terms}. ``kl_weight`` and ``world`` are
+        VariationalObjective's; ``loss_terms`` finds the world size itself."""
+        terms = self.loss_terms(self.model(atoms, queries), atoms, queries, totals)
+        w = self.weights
+        total = (
+            w.position * terms["position"]
+            + w.species * terms["species"]
+            + w.length * terms["length"]
+            + w.angle * terms["angle"]
+        )
+        return {"total": total, **terms}
+
+
 class Trainer:
     """Owns the model, optimizer, data and run folder of one training run."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, state: dict[str, Any] | None = None) -> None:
+        """Set up a run: a fresh one, a warm start from ``train.init_from``, or (``state``) the resumed checkpoint."""
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         t = recipe.train
+        self._set_up_runtime()
+        self.dataset = self._open_dataset(state)
+        source = read_checkpoint(t.init_from) if t.init_from and state is None else None
+        self._load_data(state or source)
+        torch.manual_seed(t.seed)  # the model's initial weights
+        self.model = build_model(recipe.model, len(self.species_table)).to(self.device)
+        if source is not None:
+            initialise_from(self.model, recipe, source, self.dataset)
+        if t.compile:
+            self._compile()
+        self._build_objective()
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=t.lr, fused=self.device.type in FUSED_ADAM_DEVICES or None
+        )
+        self.scheduler = learning_rate_schedule(self.optimizer, t)
+        self._restore(state)
+
+    def _set_up_runtime(self) -> None:
+        """Threads, the device, deterministic kernels and this process's rank."""
+        t = self.recipe.train
         if t.threads > 0:
             torch.set_num_threads(t.threads)
         self.device = resolve_device(t.device)
@@ -266,17 +323,27 @@ class Trainer:
         # Filling every new tensor with NaN only catches bugs; it cost 15 % of a training step.
         torch.utils.deterministic.fill_uninitialized_memory = False
         self.ranks = init_ranks(self.device)
-        dataset = resolve_dataset(recipe.data.dataset_name)
+
+    def _open_dataset(self, state: dict[str, Any] | None) -> Dataset:
+        """The recipe's dataset, checked to be the one a resumed run started on."""
+        dataset = resolve_dataset(self.recipe.data.dataset_name)
         if state is not None and state["dataset_hash"] != dataset.content_hash:
             raise UserError(
                 f"dataset {dataset.name!r} at {dataset.path} changed since the run started "
                 f"(content hash {dataset.content_hash[:12]} != {state['dataset_hash'][:12]}); cannot resume"
             )
-        self.dataset = dataset
-        source = read_checkpoint(t.init_from) if t.init_from and state is None else None
-        self.species_table = list((state or source or {}).get("species_table", dataset.species_table))
-        train_crystals = load_split(dataset, recipe, recipe.data.train_split)
-        val_crystals = load_split(dataset, recipe, recipe.data.val_split)
+        return dataset
+
+    def _load_data(self, known: dict[str, Any] | None) -> None:
+        """The training and validation splits on the device, and the query sampler.
+
+        ``known``: the checkpoint resumed or warm-started from, whose species table and bounding box are kept
+        so that its fields keep their meaning.
+        """
+        recipe, t = self.recipe, self.recipe.train
+        self.species_table = list((known or {}).get("species_table", self.dataset.species_table))
+        train_crystals = load_split(self.dataset, recipe, recipe.data.train_split)
+        val_crystals = load_split(self.dataset, recipe, recipe.data.val_split)
         if t.batch_size < 2 * self.ranks.world:
             raise UserError(
                 f"train.batch_size must be at least 2 per process (BatchNorm), got {t.batch_size} for {self.ranks.world}"
@@ -286,63 +353,63 @@ class Trainer:
                 f"train.batch_size {t.batch_size} is larger than the {len(train_crystals)} structures of split "
                 f"{recipe.data.train_split!r}; lower train.batch_size"
             )
-        known = state or source
         self.box = np.asarray(known["box"]) if known else atoms_bounding_box(train_crystals)
         # what the model saw, so that decoding can warn about inputs far outside it
         self.atoms_per_cell = [int(train_crystals.num_atoms.min()), int(train_crystals.num_atoms.max())]
         self.train_set = TensorSet(train_crystals, self.species_table, self.device)
         self.val_set = TensorSet(val_crystals, self.species_table, self.device)
         self.sampler = QuerySampler(recipe.sampling, self.box, self.device)
-        torch.manual_seed(t.seed)
-        self.model = build_model(recipe.model, len(self.species_table)).to(self.device)
-        if source is not None:
-            initialise_from(self.model, recipe, source, dataset)
-        if t.compile:
-            # Earlier runs in this process (tune trials, cv folds) compiled the same Field.forward for their own
-            # models; their cached graphs count against dynamo's recompile limit, past which this run would
-            # silently train in eager mode. This run's fields are the only compiled code that must stay fast.
-            torch._dynamo.reset()
-            # In place, so parameter names (and so checkpoints) stay those of the plain model.
-            self.model.position_field.compile(dynamic=True)
-            self.model.species_field.compile(dynamic=True)
-            # The encoder's per-atom MLPs: small matmuls among BatchNorm, ReLU and dropout calls, which eager mode
-            # ran one by one (1-2 % of a fast-lcs6 step). Compiled as a whole, the encoder trained to NaN losses
-            # within three steps; the max-pooling after this part and the head stay eager.
-            encoder = self.model.encoder
-            encoder.per_atom = torch.compile(encoder.per_atom, dynamic=True)  # an attribute: parameters unchanged
+
+    def _compile(self) -> None:
+        """Compile the fields and the encoder's per-atom part in place, so parameter names stay the plain model's."""
+        # Earlier runs in this process (tune trials, cv folds) compiled the same Field.forward for their own
+        # models; their cached graphs count against dynamo's recompile limit, past which this run would
+        # silently train in eager mode. This run's fields are the only compiled code that must stay fast.
+        torch._dynamo.reset()
+        # In place, so parameter names (and so checkpoints) stay those of the plain model.
+        self.model.position_field.compile(dynamic=True)
+        self.model.species_field.compile(dynamic=True)
+        # The encoder's per-atom MLPs: small matmuls among BatchNorm, ReLU and dropout calls, which eager mode
+        # ran one by one (1-2 % of a fast-lcs6 step). Compiled as a whole, the encoder trained to NaN losses
+        # within three steps; the max-pooling after this part and the head stay eager.
+        encoder = self.model.encoder
+        encoder.per_atom = torch.compile(encoder.per_atom, dynamic=True)  # an attribute: parameters unchanged
+
+    def _build_objective(self) -> None:
+        """What a training step calls: the autoencoder's weighted losses or a VAE's negative ELBO, in DDP across ranks."""
         # Compiled, the cross-entropy reads the species field's feature-major logits where they lie and fuses
         # softmax, loss and gradient: about 3 ms of a fast-lcs6 step
-        self.loss_terms = torch.compile(loss_terms, dynamic=True) if t.compile else loss_terms
-        self.loss_names = LOSS_NAMES
-        self.objective: nn.Module = self.model  # what a training step calls: the model, or a VAE's negative ELBO
-        if recipe.model.variational:
+        self.loss_terms = torch.compile(loss_terms, dynamic=True) if self.recipe.train.compile else loss_terms
+        self.objective: AutoencoderObjective | VariationalObjective
+        if self.recipe.model.variational:
             from nesfgen.vae import VariationalObjective
 
-            self.loss_names = (*LOSS_NAMES, "kl")
-            self.objective = VariationalObjective(self.model, recipe.loss, self.loss_terms)
+            self.objective = VariationalObjective(self.model, self.recipe.loss, self.loss_terms)
+        else:
+            self.objective = AutoencoderObjective(self.model, self.recipe.loss, self.loss_terms)
         self.parallel: nn.Module = self.objective
         if self.ranks.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             self.parallel = DistributedDataParallel(self.objective)  # averages gradients over ranks
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=t.lr, fused=self.device.type in FUSED_ADAM_DEVICES or None
-        )
-        self.scheduler = learning_rate_schedule(self.optimizer, t)
+
+    def _restore(self, state: dict[str, Any] | None) -> None:
+        """The progress of a fresh run, or the weights, optimizer, schedule and history of the resumed one."""
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
         self.best_val = math.inf
         self.best_epoch = -1
         self.seconds = 0.0
-        if state is not None:
-            load_weights(self.model, state["model"], state["path"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.history = list(state["history"])
-            self.epoch = int(state["epoch"])
-            self.best_val = float(state["best_val_loss"])
-            self.best_epoch = int(state["best_epoch"])
-            self.seconds = float(state["seconds"])
+        if state is None:
+            return
+        load_weights(self.model, state["model"], state["path"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = list(state["history"])
+        self.epoch = int(state["epoch"])
+        self.best_val = float(state["best_val_loss"])
+        self.best_epoch = int(state["best_epoch"])
+        self.seconds = float(state["seconds"])
 
     def _autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.recipe.train.precision == "bf16")
@@ -353,8 +420,9 @@ class Trainer:
         torch.manual_seed(_seed(t.seed, self.epoch, 0))  # dropout
         shuffle = torch.Generator().manual_seed(_seed(t.seed, self.epoch, 1))
         noise = torch.Generator(self.device).manual_seed(_seed(t.seed, self.epoch, 2))
-        sums = dict.fromkeys(("total", *self.loss_names), 0.0)
+        sums = dict.fromkeys(("total", *self.objective.loss_names), 0.0)
         batches = epoch_batches(len(self.train_set), t.batch_size, shuffle, 2 * self.ranks.world)
+        kl_weight = self.objective.kl_weight(self.epoch)
         for index, indices in enumerate(batches):
             atoms = self.train_set.batch(indices)
             queries = self.sampler.sample(atoms, noise)
@@ -362,7 +430,7 @@ class Trainer:
             if self.ranks.world > 1:
                 totals = (queries.position_points.shape[0], queries.species_points.shape[0], atoms.num_structures)
                 atoms, queries = rank_share(atoms, queries, self.ranks.rank, self.ranks.world)
-            total, losses = self.batch_losses(self.parallel, atoms, queries, totals, self.kl_weight(self.epoch))
+            total, losses = self.batch_losses(self.parallel, atoms, queries, totals, kl_weight)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
@@ -381,22 +449,10 @@ class Trainer:
         totals: tuple[int, int, int] | None = None,
         kl_weight: float = 0.0,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The loss to minimise and its parts: the weighted loss terms, or a VAE's negative ELBO, terms and KL."""
+        """The loss to minimise and its parts, from the objective ``module`` (or its DDP wrapper)."""
         with self._autocast():
-            if self.recipe.model.variational:
-                losses = module(atoms, queries, kl_weight, totals, self.ranks.world)
-            else:
-                losses = self.loss_terms(module(atoms, queries), atoms, queries, totals)
-        total = losses.pop("total") if self.recipe.model.variational else weighted_total(losses, self.recipe)
-        return total, losses
-
-    def kl_weight(self, epoch: int) -> float:
-        """A variational model's KL weight in this epoch (warm-up); 0 for the autoencoder."""
-        if not self.recipe.model.variational:
-            return 0.0
-        from nesfgen.vae import kl_weight
-
-        return kl_weight(self.recipe.loss, epoch)
+            losses = module(atoms, queries, kl_weight, totals, self.ranks.world)
+        return losses.pop("total"), losses
 
     def _global_values(self, total: Tensor, losses: dict[str, Tensor]) -> dict[str, float]:
         """The batch's losses as floats; across ranks, the mean of the ranks' scaled shares."""
@@ -414,7 +470,7 @@ class Trainer:
         self.model.eval()
         noise = torch.Generator(self.device).manual_seed(_seed(self.recipe.train.seed, -1, 3))
         torch.manual_seed(_seed(self.recipe.train.seed, -1, 4))  # a VAE's latent samples
-        sums = dict.fromkeys(("total", *self.loss_names), 0.0)
+        sums = dict.fromkeys(("total", *self.objective.loss_names), 0.0)
         order = torch.arange(len(self.val_set))
         batches = order.split(self.recipe.train.batch_size)
         for indices in batches:
@@ -463,63 +519,88 @@ class Trainer:
         return int(self.seconds // (60 * every_minutes)) > int(previous // (60 * every_minutes))
 
     def run(self, progress: TrainProgress | None = None) -> TrainResult:
+        """Train to ``train.epochs``, early stopping or the time limit; then refit the lattice heads if asked."""
         t = self.recipe.train
         if self.ranks.main:
-            output_folder(self.run_dir, "run folder")
-            header = f"{RUN_HEADER}{self.run_dir / 'config.toml'}"
-            atomic_write_text(self.run_dir / "config.toml", to_toml(self.recipe, header=header))
-            if not (self.run_dir / "machine.json").exists():  # where the run started, for its model card
-                atomic_write_text(self.run_dir / "machine.json", json.dumps(machine_description(), indent=1))
+            self._write_run_files()
         batches = len(epoch_batches(len(self.train_set), t.batch_size, torch.Generator().manual_seed(0)))
         if progress and self.ranks.main:
             progress.start(self.recipe, self.run_dir, count_parameters(self.model), self.epoch, batches)
         started = time.monotonic() - self.seconds
         stop_reason = ""
         since_best = self.epoch - 1 - self.best_epoch if self.best_epoch >= 0 else 0
-        last_plot = time.monotonic()
+        self._plotted_at = time.monotonic()
         while self.epoch < t.epochs:
-            epoch_start = time.monotonic()
-            train_losses = self.train_epoch(progress)
-            val_losses = self.validation_losses()
-            self.scheduler.step()
-            self.seconds = time.monotonic() - started
-            row = {
-                "epoch": self.epoch + 1,
-                "seconds": round(self.seconds, 2),
-                "epoch_seconds": round(time.monotonic() - epoch_start, 2),
-                "lr": self.optimizer.param_groups[0]["lr"],
-                **({"kl_weight": self.kl_weight(self.epoch)} if self.recipe.model.variational else {}),
-                **{f"train_{k}": v for k, v in train_losses.items()},
-                **{f"val_{k}": v for k, v in val_losses.items()},
-            }
-            self.history.append(row)
-            improved = val_losses["total"] < self.best_val or not t.early_stopping
+            row = self._train_and_validate(progress, started)
+            improved = row["val_total"] < self.best_val or not t.early_stopping
             if improved:
-                self.best_val, self.best_epoch, since_best = val_losses["total"], self.epoch, 0
+                self.best_val, self.best_epoch, since_best = row["val_total"], self.epoch, 0
             else:
                 since_best += 1
             self.epoch += 1
             if self.ranks.main:
-                state = self.state()
-                save_checkpoint(self.run_dir / "last.pt", state)
-                if improved:
-                    save_checkpoint(self.run_dir / "best.pt", state)
-                if t.snapshot_every_minutes > 0 and self._snapshot_due(t.snapshot_every_minutes):
-                    save_checkpoint(self.run_dir / "snapshots" / f"epoch-{self.epoch:05d}.pt", state)
-                write_history(self.run_dir, self.history)
-                if time.monotonic() - last_plot > 30:
-                    plot_losses(self.run_dir, self.history)
-                    last_plot = time.monotonic()
-                if progress:
-                    progress.epoch(row)
-            stop_reason = ""
-            if t.early_stopping and t.early_stopping_patience > 0 and since_best >= t.early_stopping_patience:
-                stop_reason = f"early stopping: no validation improvement for {since_best} epochs"
-            if t.time_limit_minutes > 0 and self.seconds >= 60 * t.time_limit_minutes:
-                stop_reason = f"time limit of {t.time_limit_minutes} min reached"
+                self._save_epoch(row, improved, progress)
+            stop_reason = self._stop_reason(since_best)
             if self._agreed_stop(bool(stop_reason)):
                 break
-        stop_reason = stop_reason or "epochs"
+        return self._finish(stop_reason or "epochs")
+
+    def _write_run_files(self) -> None:
+        """config.toml, the recipe as resolved; machine.json, where the run started (for its model card)."""
+        output_folder(self.run_dir, "run folder")
+        header = f"{RUN_HEADER}{self.run_dir / 'config.toml'}"
+        atomic_write_text(self.run_dir / "config.toml", to_toml(self.recipe, header=header))
+        if not (self.run_dir / "machine.json").exists():
+            atomic_write_text(self.run_dir / "machine.json", json.dumps(machine_description(), indent=1))
+
+    def _train_and_validate(self, progress: TrainProgress | None, started: float) -> dict[str, Any]:
+        """One epoch of training, its validation losses and learning-rate step: its history row, appended."""
+        epoch_start = time.monotonic()
+        train_losses = self.train_epoch(progress)
+        val_losses = self.validation_losses()
+        self.scheduler.step()
+        self.seconds = time.monotonic() - started
+        row = {
+            "epoch": self.epoch + 1,
+            "seconds": round(self.seconds, 2),
+            "epoch_seconds": round(time.monotonic() - epoch_start, 2),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **self.objective.history_columns(self.epoch),
+            **{f"train_{k}": v for k, v in train_losses.items()},
+            **{f"val_{k}": v for k, v in val_losses.items()},
+        }
+        self.history.append(row)
+        return row
+
+    def _save_epoch(self, row: dict[str, Any], improved: bool, progress: TrainProgress | None) -> None:
+        """last.pt, best.pt when improved, a snapshot when due, metrics.jsonl, and losses.png every 30 s."""
+        t = self.recipe.train
+        state = self.state()
+        save_checkpoint(self.run_dir / "last.pt", state)
+        if improved:
+            save_checkpoint(self.run_dir / "best.pt", state)
+        if t.snapshot_every_minutes > 0 and self._snapshot_due(t.snapshot_every_minutes):
+            save_checkpoint(self.run_dir / "snapshots" / f"epoch-{self.epoch:05d}.pt", state)
+        write_history(self.run_dir, self.history)
+        if time.monotonic() - self._plotted_at > 30:
+            plot_losses(self.run_dir, self.history)
+            self._plotted_at = time.monotonic()
+        if progress:
+            progress.epoch(row)
+
+    def _stop_reason(self, since_best: int) -> str:
+        """Why training stops after this epoch ("" to go on): early stopping's patience, or the time limit."""
+        t = self.recipe.train
+        reason = ""
+        if t.early_stopping and t.early_stopping_patience > 0 and since_best >= t.early_stopping_patience:
+            reason = f"early stopping: no validation improvement for {since_best} epochs"
+        if t.time_limit_minutes > 0 and self.seconds >= 60 * t.time_limit_minutes:
+            reason = f"time limit of {t.time_limit_minutes} min reached"
+        return reason
+
+    def _finish(self, stop_reason: str) -> TrainResult:
+        """The final loss plot and the lattice refit of best.pt (rank 0), and the run's result."""
+        t = self.recipe.train
         refit = None
         if self.ranks.main:
             plot_losses(self.run_dir, self.history)
@@ -662,3 +743,10 @@ def plot_losses(run_dir: Path, history: list[dict[str, Any]]) -> None:
         axis.set_xlabel("epoch")
     axes[0].legend()
     save_figure(figure, run_dir / "losses.png")
+
+
+def resume_hint(run_dir: Path) -> str:
+    """What an interrupted training kept and how to continue it."""
+    if (run_dir / "last.pt").is_file():
+        return f"the last finished epoch is saved; continue with: nesfgen train resume={run_dir}"
+    return f"no epoch had finished, so {run_dir} holds nothing to resume; run the command again"

@@ -67,6 +67,9 @@ class VariationalObjective(nn.Module):
     Building one clears Pyro's parameter store: one objective per training run.
     """
 
+    #: what forward returns besides the total: the likelihood's four loss terms, then the KL divergence
+    loss_names = ("position", "species", "length", "angle", "kl")
+
     def __init__(self, vae: VariationalNeSF, weights: LossConfig, likelihood: LossTerms) -> None:
         super().__init__()
         if weights.kl <= 0 or weights.kl_warmup_epochs < 0:
@@ -79,6 +82,14 @@ class VariationalObjective(nn.Module):
         self.likelihood = likelihood
         self.elbo = Trace_ELBO(num_particles=1, max_plate_nesting=1)  # the nesting given: no probing run
         pyro.clear_param_store()
+
+    def kl_weight(self, epoch: int) -> float:
+        """The KL weight of a 0-based epoch, warm-up included (this module's kl_weight)."""
+        return kl_weight(self.weights, epoch)
+
+    def history_columns(self, epoch: int) -> dict[str, float]:
+        """The KL weight of a 0-based epoch, which changes during the warm-up."""
+        return {"kl_weight": self.kl_weight(epoch)}
 
     def model(
         self, atoms: Atoms, queries: Queries, kl_scale: float = 1.0, totals: tuple[int, int, int] | None = None

@@ -4,7 +4,7 @@ from conftest import tiny_recipe
 
 from nesfgen.card import package_model
 from nesfgen.checkpoint import load_model, read_checkpoint
-from nesfgen.evaluate import evaluate, markdown_table
+from nesfgen.evaluate import EvaluateOptions, evaluate, markdown_table
 from nesfgen.train import train
 
 
@@ -22,7 +22,7 @@ def test_package_writes_a_slim_checkpoint_and_a_card_that_evaluate_reproduces(ti
     card = packaged.card.read_text()
     assert "nesfgen package run=" in card and "| error in number of atoms [%] |" in card
     assert "Lattice heads refit on the frozen encoder's eval-mode latents: 2 epochs" in card
-    again = evaluate(str(packaged.checkpoint), str(tiny_dataset.path), "test")
+    again = evaluate(EvaluateOptions(checkpoint=str(packaged.checkpoint), data=str(tiny_dataset.path), split="test"))
     assert markdown_table(again.summary) in card  # every metric as evaluated from the written file ("n/a" for NaN)
     assert f"StructureMatcher match rate {again.summary['cdvae_match_rate_pct']:.2f} %" in card
     pooled = again.summary["reference"]["species_error_actual_pct"]

@@ -19,6 +19,7 @@ from nesfgen.allocator import SWITCH
 from nesfgen.config import EstimatorConfig, ModelConfig
 from nesfgen.crystal import Crystal
 from nesfgen.data.importers import load_paper_folder
+from nesfgen.decoder import estimator_config
 from nesfgen.errors import UserError
 from nesfgen.estimator import (
     Decoded,
@@ -27,7 +28,6 @@ from nesfgen.estimator import (
     constrain_species,
     estimate,
 )
-from nesfgen.evaluate import estimator_config
 from nesfgen.metrics import mean_over_structures, structure_metrics
 from nesfgen.model import NeSF
 from nesfgen.sampling import box_grid, local_offsets

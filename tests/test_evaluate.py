@@ -8,6 +8,7 @@ from nesfgen.checkpoint import read_checkpoint, save_checkpoint
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
 from nesfgen.evaluate import (
+    EvaluateOptions,
     Evaluation,
     evaluate,
     expand_checkpoints,
@@ -27,7 +28,7 @@ def trained_run(tiny_dataset, tmp_path):
 
 
 def test_evaluate_writes_reports(trained_run, tiny_dataset, tmp_path):
-    evaluation = evaluate(str(trained_run), str(tiny_dataset.path), "test")
+    evaluation = evaluate(EvaluateOptions(checkpoint=str(trained_run), data=str(tiny_dataset.path), split="test"))
     assert evaluation.summary["num_structures"] == len(evaluation.rows) == 6
     assert evaluation.summary["trained_on_this_dataset"]
     files = write_report(evaluation, tmp_path / "report")
@@ -43,7 +44,10 @@ def test_several_runs_give_mean_and_std(trained_run, tiny_dataset, tmp_path):
     state["model"]["lattice_head.lengths.2.bias"] += 0.5  # a second model whose cells are 0.5 Å longer
     other = tmp_path / "other.pt"
     save_checkpoint(other, {key: value for key, value in state.items() if key != "path"})
-    evaluations = [evaluate(str(run), str(tiny_dataset.path), "test", limit=2) for run in (trained_run, other)]
+    evaluations = [
+        evaluate(EvaluateOptions(checkpoint=str(run), data=str(tiny_dataset.path), split="test", limit=2))
+        for run in (trained_run, other)
+    ]
     summary = summarise_runs(evaluations)
     first, second = (e.summary["length_error"] for e in evaluations)
     assert summary["runs"] == 2 and first != second
@@ -62,24 +66,28 @@ def test_dataset_with_foreign_species_is_refused(trained_run, tmp_path):
     assert not {19, 35} & set(read_checkpoint(trained_run)["species_table"])
     other = write_dataset(tmp_path / "other", {"test": [foreign.with_id("x")]}, name="other")
     with pytest.raises(UserError, match="missing from the species table"):
-        evaluate(str(trained_run), str(other.path), "test")
+        evaluate(EvaluateOptions(checkpoint=str(trained_run), data=str(other.path), split="test"))
 
 
 def test_bad_checkpoint_is_a_clear_error(tiny_dataset, tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="is not a PyTorch checkpoint file"):
-        evaluate(str(garbage), str(tiny_dataset.path), "test")
+        evaluate(EvaluateOptions(checkpoint=str(garbage), data=str(tiny_dataset.path), split="test"))
     with pytest.raises(UserError, match="estimator.steps=32"):
-        evaluate(None, str(tiny_dataset.path), "test", field="exact", estimator_overrides={"steps": "3"})
+        evaluate(
+            EvaluateOptions(
+                checkpoint=None, data=str(tiny_dataset.path), split="test", field="exact", estimator={"steps": "3"}
+            )
+        )
 
 
 def test_defaults_are_the_shipped_model_and_its_dataset(trained_run, tiny_dataset, tmp_path, monkeypatch):
-    evaluation = evaluate(str(trained_run), None, "test", limit=1)
+    evaluation = evaluate(EvaluateOptions(checkpoint=str(trained_run), data=None, split="test", limit=1))
     assert evaluation.summary["dataset_hash"] == tiny_dataset.content_hash
     monkeypatch.setattr("nesfgen.checkpoint.PACKAGED_MODELS", tmp_path / "no-models")
     with pytest.raises(UserError, match="checkpoint nesf-lcs6 not found"):
-        evaluate(None, str(tiny_dataset.path), "test")
+        evaluate(EvaluateOptions(checkpoint=None, data=str(tiny_dataset.path), split="test"))
 
 
 def test_markdown_puts_the_paper_beside_both_aggregations():
@@ -93,19 +101,22 @@ def test_markdown_puts_the_paper_beside_both_aggregations():
 
 
 def test_trajectory_of_snapshots(tiny_dataset, tmp_path):
-    from nesfgen.evaluate import evaluate_trajectory, write_trajectory
+    from nesfgen.evaluate import TrajectoryOptions, evaluate_trajectory, write_trajectory
 
     recipe = tiny_recipe(
         tiny_dataset, **{"train.epochs": 2, "train.snapshot_every_minutes": 1e-6, "estimator.steps": 2}
     )
     train(recipe, tmp_path / "run")
-    rows = evaluate_trajectory(tmp_path / "run", str(tiny_dataset.path), "test", limit=2)
+    options = TrajectoryOptions(run=str(tmp_path / "run"), data=str(tiny_dataset.path), split="test", limit=2)
+    result = evaluate_trajectory(options)
+    rows = result["rows"]
+    assert result["files"][0].endswith("trajectory.md") and "| epoch | minutes |" in result["table"]
     assert [row["epoch"] for row in rows] == [1, 2]
     assert rows[1]["training_minutes"] > rows[0]["training_minutes"]
     files = write_trajectory(rows, tmp_path / "trajectory", "lcs6")
     assert {f.name for f in files} == {"trajectory.md", "trajectory.csv", "trajectory.png"}
     with pytest.raises(UserError, match="no snapshots"):
-        evaluate_trajectory(tmp_path, str(tiny_dataset.path))
+        evaluate_trajectory(TrajectoryOptions(run=str(tmp_path), data=str(tiny_dataset.path)))
 
 
 def test_reconstructions_of_colliding_ids_keep_both(tmp_path):
@@ -127,7 +138,7 @@ def test_inputs_unlike_the_training_data_are_warned_about_once(trained_run, tiny
 
     from nesfgen.checkpoint import load_model, save_checkpoint
     from nesfgen.data.store import CrystalSet
-    from nesfgen.evaluate import training_atom_range, warn_outside_training
+    from nesfgen.decoder import training_atom_range, warn_outside_training
 
     trained = load_model(trained_run)
     assert trained.atoms_per_cell == training_atom_range(trained) == (2, 8)  # stored by training
@@ -141,7 +152,7 @@ def test_inputs_unlike_the_training_data_are_warned_about_once(trained_run, tiny
         id="32-atoms",
     )
     inputs = CrystalSet.from_crystals([zinc_blende(), big, many])
-    with caplog.at_level("WARNING", logger="nesfgen.evaluate"):
+    with caplog.at_level("WARNING", logger="nesfgen.decoder"):
         assert warn_outside_training(trained, inputs) == ["big-cell", "32-atoms"]
         assert warn_outside_training(trained, CrystalSet.from_crystals([zinc_blende()])) == []
     (record,) = caplog.records
@@ -158,6 +169,6 @@ def test_inputs_unlike_the_training_data_are_warned_about_once(trained_run, tiny
 
 def test_evaluate_warns_on_a_dataset_unlike_the_training_data(trained_run, tmp_path, caplog):
     other = write_dataset(tmp_path / "big", {"test": [rock_salt(20.0, id="huge")]}, name="big")
-    with caplog.at_level("WARNING", logger="nesfgen.evaluate"):
-        evaluate(str(trained_run), str(other.path), "test")
+    with caplog.at_level("WARNING", logger="nesfgen.decoder"):
+        evaluate(EvaluateOptions(checkpoint=str(trained_run), data=str(other.path), split="test"))
     assert any("1 of 1 inputs lie outside the training data" in r.getMessage() for r in caplog.records)

@@ -8,8 +8,8 @@ from conftest import TINY_MODEL, cesium_chloride, tiny_recipe
 from nesfgen import generate
 from nesfgen.crystal import Crystal
 from nesfgen.errors import UserError
-from nesfgen.generate import DEFAULT_VAE_MODEL, sample_latents, sample_structures, write_samples
-from nesfgen.prior import Condition, PriorConfig, check_model_prior, fit_prior, load_prior, save_prior
+from nesfgen.generate import DEFAULT_VAE_MODEL, SampleOptions, sample_latents, sample_structures, write_samples
+from nesfgen.prior import PriorConfig, check_model_prior, fit_prior, load_prior, save_prior
 from nesfgen.train import train
 
 
@@ -36,8 +36,8 @@ FAST_DECODE = {"estimator.steps": "8"}
 
 
 def test_sampling_is_reproducible_for_a_seed(vae_run, tmp_path):
-    first = sample_structures(str(vae_run), n=4, seed=3, estimator_overrides=FAST_DECODE)
-    again = sample_structures(str(vae_run), n=4, seed=3, estimator_overrides=FAST_DECODE)
+    first = sample_structures(SampleOptions(checkpoint=str(vae_run), n=4, seed=3, estimator=FAST_DECODE))
+    again = sample_structures(SampleOptions(checkpoint=str(vae_run), n=4, seed=3, estimator=FAST_DECODE))
     write_samples(first, tmp_path / "a")
     write_samples(again, tmp_path / "b")
     assert (tmp_path / "a" / "samples.csv").read_text() == (tmp_path / "b" / "samples.csv").read_text()
@@ -50,22 +50,29 @@ def test_sampling_is_reproducible_for_a_seed(vae_run, tmp_path):
 
 
 def test_near_a_structure_and_the_autoencoder(vae_run, tiny_dataset, tmp_path):
-    near = sample_structures(str(vae_run), n=2, near="ZnS", radius=0.1, estimator_overrides=FAST_DECODE)
+    near = sample_structures(SampleOptions(checkpoint=str(vae_run), n=2, near="ZnS", radius=0.1, estimator=FAST_DECODE))
     assert near.summary["near_structure"].startswith("ZnS")  # found in the training set first
     cif = tmp_path / "cscl.cif"
     cif.write_text(cesium_chloride().to_cif())
-    assert sample_structures(str(vae_run), n=1, near=str(cif), estimator_overrides=FAST_DECODE).crystals
+    assert sample_structures(SampleOptions(checkpoint=str(vae_run), n=1, near=str(cif), estimator=FAST_DECODE)).crystals
     with pytest.raises(UserError, match="not trained on"):
-        sample_structures(str(vae_run), n=1, near="KCl")  # K is not in the tiny species table
+        sample_structures(SampleOptions(checkpoint=str(vae_run), n=1, near="KCl"))  # K is not in the tiny species table
     train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "ae")
     with pytest.raises(UserError, match="autoencoder"):
-        sample_structures(str(tmp_path / "ae"), n=2)
-    assert len(sample_structures(str(tmp_path / "ae"), n=2, near="NaCl", estimator_overrides=FAST_DECODE).rows) == 2
+        sample_structures(SampleOptions(checkpoint=str(tmp_path / "ae"), n=2))
+    assert (
+        len(
+            sample_structures(
+                SampleOptions(checkpoint=str(tmp_path / "ae"), n=2, near="NaCl", estimator=FAST_DECODE)
+            ).rows
+        )
+        == 2
+    )
 
 
 def test_a_fresh_install_samples_from_the_shipped_vae(tmp_path):
     """No dataset: the packaged VAE decodes, and novelty is skipped, not faked."""
-    result = sample_structures(n=1, seed=0, estimator_overrides=FAST_DECODE, prior="vae")
+    result = sample_structures(SampleOptions(n=1, seed=0, estimator=FAST_DECODE, prior="vae"))
     assert result.summary["checkpoint"].endswith(f"{DEFAULT_VAE_MODEL}.pt") and result.summary["variational"]
     assert result.summary["novelty_pct"] is None and result.summary["n"] == 1
 
@@ -73,10 +80,10 @@ def test_a_fresh_install_samples_from_the_shipped_vae(tmp_path):
 def test_missing_shipped_models_are_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(generate, "PRIORS", tmp_path)
     with pytest.raises(UserError, match="no shipped prior"):
-        sample_structures(n=2)
+        sample_structures(SampleOptions(n=2))
     monkeypatch.setattr(generate, "PACKAGED_MODELS", tmp_path)
     with pytest.raises(UserError, match=f"default model {DEFAULT_VAE_MODEL} is not shipped"):
-        sample_structures(n=2, prior="vae")
+        sample_structures(SampleOptions(n=2, prior="vae"))
 
 
 @pytest.fixture
@@ -94,25 +101,27 @@ def autoencoder_prior(tiny_dataset, tmp_path):
 
 def test_autoencoder_with_a_learned_prior_and_a_condition(autoencoder_prior, tmp_path):
     run, prior = autoencoder_prior
-    plain = sample_structures(str(run), n=3, seed=1, prior=str(prior), estimator_overrides=FAST_DECODE)
+    plain = sample_structures(SampleOptions(checkpoint=str(run), n=3, seed=1, prior=str(prior), estimator=FAST_DECODE))
     assert plain.summary["generator"] == "prior-flowmatch" and plain.summary["conditions"] is None
     assert {"cov_recall_pct", "w1_density", "p1_pct", "test_split_p1_pct", "seconds"} <= set(plain.summary)
-    asked = Condition(elements=(30, 16), num_atoms=8)
+    asked = {"elements": "Zn,S", "num_atoms": 8}  # Condition(elements=(30, 16), num_atoms=8)
     conditioned = sample_structures(
-        str(run), n=3, seed=1, prior=str(prior), condition=asked, guidance=2.0, estimator_overrides=FAST_DECODE
+        SampleOptions(checkpoint=str(run), n=3, seed=1, prior=str(prior), **asked, guidance=2.0, estimator=FAST_DECODE)
     )
     rates = conditioned.summary["conditions"]
     assert set(rates) == {"elements_pct", "num_atoms_pct", "all_pct"} and 0 <= rates["all_pct"] <= 100
     assert conditioned.summary["species_constrained"]  # decoded species restricted to Zn and S
     assert all(set(c.atomic_numbers.tolist()) <= {30, 16} for c in conditioned.crystals if c is not None)
     free = sample_structures(
-        str(run), n=3, seed=1, prior=str(prior), condition=asked, constrain=False, estimator_overrides=FAST_DECODE
+        SampleOptions(
+            checkpoint=str(run), n=3, seed=1, prior=str(prior), **asked, constrain=False, estimator=FAST_DECODE
+        )
     )
     assert not free.summary["species_constrained"]
     write_samples(conditioned, tmp_path / "out")
     assert (tmp_path / "out" / "samples.extxyz").read_text().count("Lattice=") == conditioned.summary["decoded"]
     with pytest.raises(UserError, match="need a learned prior"):
-        sample_structures(str(run), n=1, near="NaCl", condition=asked)
+        sample_structures(SampleOptions(checkpoint=str(run), n=1, near="NaCl", **asked))
 
 
 def test_a_prior_is_checked_and_scored_against_the_validation_split(autoencoder_prior, tmp_path):
@@ -123,11 +132,11 @@ def test_a_prior_is_checked_and_scored_against_the_validation_split(autoencoder_
     with pytest.raises(UserError, match="fitted to"):
         check_model_prior(load_prior(prior), str(run), split="train")
     scored = sample_structures(
-        str(run), n=2, seed=1, prior=str(prior), estimator_overrides=FAST_DECODE, coverage_split="val"
+        SampleOptions(checkpoint=str(run), n=2, seed=1, prior=str(prior), estimator=FAST_DECODE, coverage_split="val")
     )
     assert scored.summary["reference"]["coverage_split"] == "val"
     with pytest.raises(UserError, match="no split 'holdout'"):
-        sample_structures(str(run), n=1, prior=str(prior), coverage_split="holdout")
+        sample_structures(SampleOptions(checkpoint=str(run), n=1, prior=str(prior), coverage_split="holdout"))
 
 
 def test_cli_trains_a_vae_then_samples_and_evaluates(cli, tiny_dataset, tmp_path):
@@ -169,7 +178,9 @@ def test_cli_trains_a_vae_then_samples_and_evaluates(cli, tiny_dataset, tmp_path
 
 def test_a_streamed_sampling_continues_where_it_stopped_and_matches_an_uninterrupted_one(vae_run, tmp_path):
     decode = {"estimator.steps": "8", "estimator.chunk_size": "2"}
-    whole = sample_structures(str(vae_run), n=5, seed=3, estimator_overrides=decode, out=tmp_path / "whole")
+    whole = sample_structures(
+        SampleOptions(checkpoint=str(vae_run), n=5, seed=3, estimator=decode, out=tmp_path / "whole")
+    )
     # an interrupted run: its first two chunks are on disk, the third never finished
     calls = []
 
@@ -180,25 +191,24 @@ def test_a_streamed_sampling_continues_where_it_stopped_and_matches_an_uninterru
 
     with pytest.raises(KeyboardInterrupt):
         sample_structures(
-            str(vae_run), n=5, seed=3, estimator_overrides=decode, out=tmp_path / "cut", progress=stop_after_two_chunks
+            SampleOptions(checkpoint=str(vae_run), n=5, seed=3, estimator=decode, out=tmp_path / "cut"),
+            stop_after_two_chunks,
         )
     chunks = sorted(p.name for p in (tmp_path / "cut" / "progress").glob("chunk-*.json"))
     assert chunks == ["chunk-00000000.json", "chunk-00000002.json"]
     resumed_from = []
     again = sample_structures(
-        str(vae_run),
-        n=5,
-        seed=3,
-        estimator_overrides=decode,
-        out=tmp_path / "cut",
-        progress=lambda d, t: resumed_from.append(d),
+        SampleOptions(checkpoint=str(vae_run), n=5, seed=3, estimator=decode, out=tmp_path / "cut"),
+        lambda d, t: resumed_from.append(d),
     )
     assert resumed_from == [4, 5]  # continued after the saved samples, decoding only the last
     assert again.rows == whole.rows
     same = {"checkpoint": again.summary["checkpoint"], "seconds": again.summary["seconds"]}
     assert again.summary == whole.summary | same
     # other settings in the same folder: a new sampling replaces the old one's files
-    other = sample_structures(str(vae_run), n=2, seed=4, estimator_overrides=decode, out=tmp_path / "cut")
+    other = sample_structures(
+        SampleOptions(checkpoint=str(vae_run), n=2, seed=4, estimator=decode, out=tmp_path / "cut")
+    )
     write_samples(other, tmp_path / "cut")
     assert len(list((tmp_path / "cut" / "progress").glob("chunk-*.json"))) == 1
     assert {p.stem for p in (tmp_path / "cut").glob("sample-*.cif")} <= {"sample-0000", "sample-0001"}
@@ -208,9 +218,11 @@ def test_a_huge_n_is_refused_with_an_estimate_unless_forced(vae_run, tmp_path, m
     monkeypatch.setattr(generate, "MAX_SAMPLES", 3)
     decode = {"estimator.steps": "2", "estimator.chunk_size": "2"}
     with pytest.raises(UserError, match=r"n=6 samples would take about .* days here .* more than 3 need force=true"):
-        sample_structures(str(vae_run), n=6, seed=0, estimator_overrides=decode, out=tmp_path / "big")
+        sample_structures(SampleOptions(checkpoint=str(vae_run), n=6, seed=0, estimator=decode, out=tmp_path / "big"))
     assert len(list((tmp_path / "big" / "progress").glob("chunk-*.json"))) == 1  # the timed chunk is kept
-    forced = sample_structures(str(vae_run), n=6, seed=0, estimator_overrides=decode, out=tmp_path / "big", force=True)
+    forced = sample_structures(
+        SampleOptions(checkpoint=str(vae_run), n=6, seed=0, estimator=decode, out=tmp_path / "big", force=True)
+    )
     assert len(forced.rows) == 6
 
 

@@ -7,11 +7,14 @@ import pytest
 import torch
 from conftest import TINY, rock_salt, tiny_recipe, zinc_blende
 
+from nesfgen.config import EstimatorConfig
 from nesfgen.crystal import Crystal
 from nesfgen.data.store import CrystalSet, data_dir, write_dataset
+from nesfgen.decoder import Decoder
 from nesfgen.errors import UserError
 from nesfgen.estimator import ExactField
 from nesfgen.latent import (
+    InterpolateOptions,
     Interpolation,
     composition_shares,
     decode_line,
@@ -206,27 +209,33 @@ def test_line_through_the_exact_field_ends_on_both_endpoints():
     table = sorted({*a.atomic_numbers.tolist(), *b.atomic_numbers.tolist()})
     field = ExactField([a, b], table)
     box = atoms_bounding_box(CrystalSet.from_crystals([a, b]))
-    t, decoded = decode_line(field, torch.tensor([0.0]), torch.tensor([1.0]), 5, box, table)
+    decoder = Decoder(field, box, table, EstimatorConfig())
+    t, decoding = decode_line(decoder, torch.tensor([0.0]), torch.tensor([1.0]), 5)
     np.testing.assert_allclose(t, [0, 0.25, 0.5, 0.75, 1])
-    rows = step_rows(t, decoded, a, b)
+    rows = step_rows(t, decoding.crystals, a, b)
     assert [r["reduced_formula"] for r in rows] == ["ZnS", "ZnS", "ZnS", "NaCl", "NaCl"]
     assert rows[0]["num_atoms"] == rows[-1]["num_atoms"] == 8
     assert (rows[0]["space_group"], rows[-1]["space_group"]) == (216, 225)
     assert (rows[0]["share_a"], rows[-1]["share_b"]) == (1.0, 1.0)
     assert rows[-1]["a"] == pytest.approx(5.64, abs=1e-3)
-    line = Interpolation((None, None), "exact", t, decoded, rows)
+    line = Interpolation((None, None), "exact", t, decoding.crystals, rows)
     assert line.intermediate_only_end_elements_pct() == 100.0
     rows[2] |= {"share_other": 0.25}  # a step with an atom of neither end
     assert line.intermediate_only_end_elements_pct() == pytest.approx(100 * 2 / 3)
     assert (
-        Interpolation((None, None), "exact", t[:2], decoded[:2], rows[:2]).intermediate_only_end_elements_pct() is None
+        Interpolation(
+            (None, None), "exact", t[:2], decoding.crystals[:2], rows[:2]
+        ).intermediate_only_end_elements_pct()
+        is None
     )
 
 
 def test_interpolate_with_a_tiny_model_writes_its_outputs(tiny_run, tmp_path):
     run, _ = tiny_run
     overrides = {"estimator.steps": "2"}
-    result = interpolate("NaCl", "ZnS", str(run), steps=3, estimator_overrides=overrides, symmetrize=True)
+    result = interpolate(
+        InterpolateOptions(a="NaCl", b="ZnS", checkpoint=str(run), steps=3, estimator=overrides, symmetrize=True)
+    )
     assert [e.crystal.id for e in result.endpoints] == ["known-NaCl-rocksalt", "known-ZnS-zincblende"]
     assert [row["t"] for row in result.rows] == [0.0, 0.5, 1.0]
     files = write_interpolation(result, tmp_path / "out")
@@ -237,7 +246,7 @@ def test_interpolate_with_a_tiny_model_writes_its_outputs(tiny_run, tmp_path):
     summary = json.loads((tmp_path / "out" / "interpolation.json").read_text())
     assert summary["a"]["id"] == "known-NaCl-rocksalt" and len(summary["rows"]) == 3 and summary["symmetrized"]
     with pytest.raises(UserError, match="steps must be at least 2"):
-        interpolate("NaCl", "ZnS", str(run), steps=1)
+        interpolate(InterpolateOptions(a="NaCl", b="ZnS", checkpoint=str(run), steps=1))
 
 
 def test_species_outside_the_model_are_refused(tiny_run, tmp_path):
@@ -245,13 +254,13 @@ def test_species_outside_the_model_are_refused(tiny_run, tmp_path):
     cif = tmp_path / "kbr.cif"
     cif.write_text(rock_salt(6.6, cation=19, anion=35).to_cif())
     with pytest.raises(UserError, match=r"holds K, Br, which the model .* cannot encode"):
-        interpolate(str(cif), "NaCl", str(run))
+        interpolate(InterpolateOptions(a=str(cif), b="NaCl", checkpoint=str(run)))
 
 
 def test_missing_default_model_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr("nesfgen.latent.interpolation.DEFAULT_MODEL", "no-such-model")
+    monkeypatch.setattr("nesfgen.decoder.DEFAULT_MODEL", "no-such-model")
     with pytest.raises(UserError, match="checkpoint no-such-model not found"):
-        interpolate("NaCl", "ZnS")
+        interpolate(InterpolateOptions(a="NaCl", b="ZnS"))
 
 
 def test_embed_save_load_and_map(tiny_run, tmp_path):

@@ -2,7 +2,7 @@ import copy
 
 import torch
 
-from nesfgen import model as model_module
+from nesfgen import kernels
 from nesfgen.config import ModelConfig
 from nesfgen.model import Field, NeSF, QueryEncoding, count_parameters
 from nesfgen.sampling import Atoms
@@ -104,7 +104,7 @@ def test_padded_bf16_rows_change_neither_outputs_nor_gradients(monkeypatch):
     structure = (torch.arange(37) >= 20).long()
     results = []
     for multiple in (1, 16):
-        monkeypatch.setattr(model_module, "ROW_MULTIPLE", multiple)
+        monkeypatch.setattr(kernels, "ROW_MULTIPLE", multiple)
         torch.manual_seed(0)
         field = Field(16, (32, 32, 32), 3, QueryEncoding(enabled=False, frequencies=0), batch_norm=True).train()
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -180,7 +180,7 @@ def test_padded_training_field_equals_the_query_major_reference(monkeypatch):
     # The CPU bf16 training path (padding, the written-out first layer and hidden layers), here in float32 so that
     # it must agree closely: outputs, every gradient and the running statistics. Queries in no particular
     # order, one structure without any, and the query's own encoding features.
-    monkeypatch.setattr(model_module, "bucket_padding", lambda rows, device: 13)
+    monkeypatch.setattr(kernels, "bucket_padding", lambda rows, device: 13)
     generator = torch.Generator().manual_seed(11)
     z = torch.randn(4, 16, generator=generator)
     points = 6 * torch.rand(50, 3, generator=generator)
@@ -217,7 +217,7 @@ def test_batch_norm_over_the_first_columns_matches_batchnorm1d():
             norm.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(7))
             norm.bias.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(8))
     for _ in range(3):  # later calls shift by a running mean that is no longer zero
-        out = model_module._train_batch_norm_relu(mine, h, rows=50)
+        out = kernels.train_batch_norm_relu(mine, h, rows=50)
         expected = torch.relu(theirs(h[:, :50].T)).T
         assert torch.allclose(out[:, :50], expected, atol=1e-5)
         assert torch.allclose(mine.running_mean, theirs.running_mean, atol=1e-6)
@@ -235,7 +235,7 @@ def test_batch_norm_relu_gradients_over_the_first_columns_match_batchnorm1d():
         for norm in (mine, theirs):
             norm.weight.uniform_(-1.5, 1.5, generator=torch.Generator().manual_seed(7))  # negative scales too
             norm.bias.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(8))
-    (model_module._train_batch_norm_relu(mine, h, rows=50)[:, :50] * upstream).sum().backward()
+    (kernels.train_batch_norm_relu(mine, h, rows=50)[:, :50] * upstream).sum().backward()
     reference = real.clone().requires_grad_()
     (torch.relu(theirs(reference.T)).T * upstream).sum().backward()
     assert torch.allclose(h.grad[:, :50], reference.grad, atol=1e-5)

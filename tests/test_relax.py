@@ -160,8 +160,8 @@ def test_run_writes_csv_and_summary_keys(tmp_path, potential, monkeypatch):
     (source / "nacl.cif").write_text(rock_salt(a=5.7).to_cif())
     entries = [stability.HullEntry("na", {"Na": 1}, -1.3), stability.HullEntry("cl", {"Cl": 1}, -1.8)]
     monkeypatch.setattr(stability, "open_hull", lambda spec: stability.hull_from_entries("mp", entries))
-    options = RelaxOptions(fmax=0.2, steps=10)
-    summary = stability.relax_and_screen([str(source)], tmp_path / "out", options, hull="mp")
+    options = stability.ScreenOptions(inputs=(str(source),), out=str(tmp_path / "out"), fmax=0.2, steps=10, hull="mp")
+    summary = stability.relax_and_screen(options)
     written = json.loads((tmp_path / "out" / "summary.json").read_text())
     for key in (
         "relaxed",

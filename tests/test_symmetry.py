@@ -10,7 +10,7 @@ from nesfgen.crystal import Crystal
 from nesfgen.data.info import dataset_info
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
-from nesfgen.evaluate import evaluate, recovery_key, write_report
+from nesfgen.evaluate import EvaluateOptions, evaluate, recovery_key, write_report
 from nesfgen.metrics import PAPER_METRICS
 from nesfgen.symmetry import analyse, crystal_system, symmetrize, symmetrize_decoded
 
@@ -173,13 +173,23 @@ def test_evaluate_with_symmetrize_on_the_exact_field(tmp_path, rng):
     assert [analyse(c).at(0.1).number for c in truth] == [225, 225, 216]
     dataset = write_dataset(tmp_path / "noisy", {"train": truth, "test": truth}, name="noisy")
     overrides = {"estimator.steps": "4"}
-    plain = evaluate(None, str(dataset.path), "test", field="exact", estimator_overrides=overrides)
+    plain = evaluate(
+        EvaluateOptions(checkpoint=None, data=str(dataset.path), split="test", field="exact", estimator=overrides)
+    )
     assert plain.summary["symmetrize"] is False and "before_symmetrize" not in plain.summary
     assert plain.summary[recovery_key(0.01)] == 100.0  # the exact field decodes the noisy cells as they are
     assert plain.summary[recovery_key(0.1)] == plain.summary["cdvae_spacegroup_match_pct"] == 100.0
 
     snapped = evaluate(
-        None, str(dataset.path), "test", field="exact", estimator_overrides=overrides, symmetrize=True, symprec=0.1
+        EvaluateOptions(
+            checkpoint=None,
+            data=str(dataset.path),
+            split="test",
+            field="exact",
+            estimator=overrides,
+            symmetrize=True,
+            symprec=0.1,
+        )
     )
     s = snapped.summary
     assert (s["symmetrize"], s["symmetrize_symprec"], s["symmetrize_failed"]) == (True, 0.1, 0)
@@ -192,7 +202,11 @@ def test_evaluate_with_symmetrize_on_the_exact_field(tmp_path, rng):
     text = (tmp_path / "report" / "evaluation.md").read_text()
     assert "snapped to the highest-symmetry space group" in text and "| as decoded | symmetrised |" in text
     with pytest.raises(UserError, match="positive length"):
-        evaluate(None, str(dataset.path), "test", field="exact", symmetrize=True, symprec=-0.1)
+        evaluate(
+            EvaluateOptions(
+                checkpoint=None, data=str(dataset.path), split="test", field="exact", symmetrize=True, symprec=-0.1
+            )
+        )
 
 
 def test_reconstruct_cli_writes_symmetrized_decodes(cli, tmp_path, rng):

@@ -8,7 +8,7 @@ from pyro.poutine.util import site_is_subsample
 from nesfgen.checkpoint import load_model, read_checkpoint
 from nesfgen.config import LossConfig, load_recipe
 from nesfgen.errors import UserError
-from nesfgen.evaluate import evaluate
+from nesfgen.evaluate import EvaluateOptions, evaluate
 from nesfgen.sampling import QuerySampler, TensorSet, atoms_bounding_box
 from nesfgen.train import Trainer, loss_terms, resume, train
 from nesfgen.vae import (
@@ -125,7 +125,9 @@ def test_vae_training_resumes_exactly_and_evaluates(tiny_dataset, tmp_path):
     atoms = TensorSet(tiny_dataset.load("test"), trained.species_table).batch(torch.arange(3))
     with torch.no_grad():
         assert torch.equal(trained.model.encode(atoms), trained.model.posterior(atoms)[0])  # the posterior mean
-    summary = evaluate(str(tmp_path / "straight"), str(tiny_dataset.path), "test").summary
+    summary = evaluate(
+        EvaluateOptions(checkpoint=str(tmp_path / "straight"), data=str(tiny_dataset.path), split="test")
+    ).summary
     assert summary["num_structures"] == 6 and summary["trained_on_this_dataset"]
 
 

@@ -63,6 +63,15 @@ class ImportReport:
     notes: list[str]
     unchanged: bool = False  # the folder already held exactly this import and was kept
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.dataset.name,
+            "path": str(self.dataset.path),
+            "imported": dict(self.imported),
+            "unchanged": self.unchanged,
+            "skipped": [{"entry": entry, "reason": why} for entry, why in self.skipped],
+        }
+
 
 class _Entries:
     """Valid crystals of one import; bad entries raise, or are recorded when ``skip_invalid`` is set."""
@@ -713,3 +722,21 @@ def _write(
     imported = {split: len(crystals) for split, crystals in splits.items()}
     log.info("imported %s into %s (%d skipped)", imported, out, len(entries.skipped))
     return ImportReport(dataset=dataset, imported=imported, skipped=list(entries.skipped), notes=list(notes))
+
+
+IMPORT_FORMATS = ("paper", "cif", "cdvae-csv")
+
+
+def import_any(src: Path, format: str, out: Path | None, skip_invalid: bool = False) -> list[ImportReport]:
+    """Import ``src`` in one of IMPORT_FORMATS into ``out``; the paper's whole folder without ``out`` goes into
+    the data directory, one dataset per paper dataset."""
+    from nesfgen.data.store import data_dir
+
+    if format not in IMPORT_FORMATS:
+        raise UserError(f"unknown --format {format!r}; choose one of: {', '.join(IMPORT_FORMATS)}")
+    if format == "paper" and out is None and src.is_dir() and not (src / "dataset.pkl").exists():
+        return import_paper_collection(src, data_dir(), skip_invalid=skip_invalid)
+    if out is None:
+        raise UserError("--out DIR is required: the dataset folder to write")
+    importer = {"paper": import_paper, "cif": import_cif, "cdvae-csv": import_cdvae_csv}[format]
+    return [importer(src, out, skip_invalid=skip_invalid)]

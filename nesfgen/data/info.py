@@ -86,7 +86,7 @@ def space_group_histogram(dataset: Dataset, symprec: float = SPACE_GROUP_SYMPREC
     }
 
 
-def export_cif(dataset: Dataset, out: Path, splits: list[str] | None = None) -> int:
+def export_cif(dataset: Dataset, out: Path, splits: list[str] | None = None, format: str = "cif") -> int:
     """Write every structure as ``out/<split>/<file>.cif`` plus ``out/index.csv``; returns the number written.
 
     File names come from the ids through :func:`safe_file_stems`: an id such as ``../x`` or ``/abs/path`` stays
@@ -97,6 +97,8 @@ def export_cif(dataset: Dataset, out: Path, splits: list[str] | None = None) -> 
     Raises:
         UserError: if ``out`` holds anything, a split does not exist, or ``out`` cannot be written.
     """
+    if format != "cif":
+        raise UserError(f"unknown --format {format!r}; export supports: cif")
     out = Path(out)
     output_folder(out, "export folder", create=False)
     if out.exists() and any(out.iterdir()):

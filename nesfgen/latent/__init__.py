@@ -7,7 +7,7 @@ latents of two crystals (its Figs. 5 and 6), and project a dataset's latents to 
 them, ``embedding`` encodes a split and saves its latents, ``maps`` projects saved latents and draws them.
 """
 
-from nesfgen.latent.embedding import Embedding, embed, load_embedding, save_embedding
+from nesfgen.latent.embedding import Embedding, EmbedOptions, embed, embed_to_file, load_embedding, save_embedding
 from nesfgen.latent.endpoints import (
     Candidate,
     Endpoint,
@@ -17,25 +17,33 @@ from nesfgen.latent.endpoints import (
     space_group_label,
 )
 from nesfgen.latent.interpolation import (
+    InterpolateOptions,
     Interpolation,
     composition_shares,
     decode_line,
     interpolate,
+    interpolate_into_folder,
     interpolation_folder,
     step_rows,
     write_interpolation,
 )
-from nesfgen.latent.maps import project, write_map
+from nesfgen.latent.maps import MapOptions, map_latents, project, write_map
 
 __all__ = [
     "Candidate",
+    "EmbedOptions",
     "Embedding",
+    "MapOptions",
     "Endpoint",
     "Interpolation",
     "composition_shares",
     "decode_line",
     "embed",
+    "embed_to_file",
+    "map_latents",
+    "InterpolateOptions",
     "interpolate",
+    "interpolate_into_folder",
     "interpolation_folder",
     "load_embedding",
     "local_datasets",

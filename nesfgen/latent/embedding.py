@@ -15,8 +15,8 @@ import torch
 
 from nesfgen.checkpoint import DEFAULT_MODEL, load_model
 from nesfgen.data.names import resolve_dataset
+from nesfgen.decoder import encode
 from nesfgen.errors import UserError
-from nesfgen.evaluate import encode
 from nesfgen.files import atomic_write_text
 from nesfgen.metrics import space_group_number
 from nesfgen.symmetry import STATED_SYMPREC
@@ -153,3 +153,22 @@ def load_embedding(path: Path) -> Embedding:
         raise UserError(f"{path}: {error}") from None
     except (KeyError, ValueError, OSError) as error:
         raise UserError(f"{path} is not a latents file written by `nesfgen embed` ({error})") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedOptions:
+    """Whose latents, of which dataset split (or ``all``), written where (None: runs/latents-DATASET-SPLIT.npz)."""
+
+    checkpoint: str | None = None
+    data: str | None = None
+    split: str = "test"
+    out: str | None = None
+    device: str = "cpu"
+
+
+def embed_to_file(options: EmbedOptions) -> dict[str, Any]:
+    """Encode a split and save its latents with ids and attributes; returns what was written."""
+    embedding = embed(options.checkpoint, options.data, options.split, options.device)
+    out = Path(options.out or Path("runs") / f"latents-{embedding.meta['dataset']}-{options.split}.npz")
+    save_embedding(embedding, out)
+    return {**embedding.meta, "structures": len(embedding), "latent_size": embedding.latents.shape[1], "out": str(out)}

@@ -17,17 +17,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nesfgen.checkpoint import DEFAULT_MODEL, load_model
-from nesfgen.config import EstimatorConfig
 from nesfgen.crystal import Crystal, symmetry_dataset
 from nesfgen.data.store import CrystalSet
+from nesfgen.decoder import Decoder, Decoding
 from nesfgen.drawing import draw_cells
 from nesfgen.errors import UserError
-from nesfgen.estimator import StructureField, estimate
-from nesfgen.evaluate import encode, estimator_config
 from nesfgen.files import atomic_write_text, output_folder
 from nesfgen.latent.endpoints import Endpoint, check_species, resolve_endpoint
-from nesfgen.symmetry import STATED_SYMPREC, check_symprec, symmetrize_decoded
+from nesfgen.options import DecodeOptions, required
+from nesfgen.symmetry import STATED_SYMPREC
 
 log = logging.getLogger(__name__)
 
@@ -75,46 +73,59 @@ class Interpolation:
         return 100.0 * sum(row.get("share_other") == 0.0 for row in inner) / len(inner)
 
 
-def interpolate(
-    a: str,
-    b: str,
-    checkpoint: str | None = None,
-    steps: int = 7,
-    device: str = "cpu",
-    estimator_overrides: dict[str, str] | None = None,
-    symprec: float = STATED_SYMPREC,
-    symmetrize: bool = False,
-    progress: Progress | None = None,
-) -> Interpolation:
-    """Encode two crystals, decode ``steps`` evenly spaced points on the line between their latents.
+@dataclass(frozen=True, kw_only=True)
+class InterpolateOptions(DecodeOptions):
+    """The two ends and how to decode the line between them.
 
-    Args:
-        a, b: each a CIF/POSCAR path, a material id or a formula (see :func:`resolve_endpoint`).
-        checkpoint: run folder, .pt file or shipped model name; None means the shipped default model.
-        steps: points on the line, both ends included.
-        estimator_overrides: ``{"estimator.steps": "32"}``-style overrides of the estimator settings.
-        symprec: spglib tolerance (Å) for the reported space groups and for ``symmetrize``.
-        symmetrize: snap every decoded structure to the highest symmetry spglib finds within ``symprec``.
+    ``a``, ``b``: each a CIF/POSCAR path, a material id or a formula (see :func:`resolve_endpoint`).
+    ``steps``: points on the line, both ends included. ``symprec``: spglib tolerance (Å) of the reported
+    space groups and of ``symmetrize``. ``out``: the folder to write (None: runs/interpolate-A-B).
+    """
+
+    SYMPREC_ALONE = True
+
+    a: str = required("give the two ends: nesfgen interpolate A B")
+    b: str = required("give the two ends: nesfgen interpolate A B")
+    steps: int = 7
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.steps < 2:
+            raise UserError(f"steps must be at least 2 (the two endpoints), got {self.steps}")
+        for end in (self.a, self.b):
+            if "=" in end:
+                raise UserError(f"{end!r} came where an endpoint belongs: give the endpoints A B first, then key=value")
+
+
+def interpolate(options: InterpolateOptions, progress: Progress | None = None) -> Interpolation:
+    """Encode two crystals, decode ``options.steps`` evenly spaced points on the line between their latents.
 
     Raises:
         UserError: for an endpoint that cannot be resolved or holds elements the model does not know.
     """
-    if steps < 2:
-        raise UserError(f"steps must be at least 2 (the two endpoints), got {steps}")
-    symprec = check_symprec(symprec)
-    trained = load_model(checkpoint or DEFAULT_MODEL, device)
-    config = estimator_config(trained, estimator_overrides or {})
-    endpoints = (resolve_endpoint(a, trained.dataset_hash), resolve_endpoint(b, trained.dataset_hash))
+    decoder = Decoder.load(options)
+    trained = decoder.trained
+    endpoints = tuple(resolve_endpoint(query, trained.dataset_hash) for query in (options.a, options.b))
     for label, endpoint in zip("AB", endpoints):
         check_species(endpoint, trained, label)
-    z = encode(trained, CrystalSet.from_crystals([e.crystal for e in endpoints]))  # (2, D)
-    t, decoded = decode_line(trained.model, z[0], z[1], steps, trained.box, trained.species_table, config, progress)
-    if symmetrize:
-        decoded, failed = symmetrize_decoded(decoded, symprec)
-        if failed:
-            log.warning("%d of %d decoded structures could not be symmetrised and are kept as decoded", failed, steps)
-    rows = step_rows(t, decoded, endpoints[0].crystal, endpoints[1].crystal, symprec)
-    return Interpolation(endpoints, trained.path, t, decoded, rows, symprec, symmetrize)
+    z = decoder.encode(CrystalSet.from_crystals([e.crystal for e in endpoints]))  # (2, D)
+    t, decoding = decode_line(decoder, z[0], z[1], options.steps, progress)
+    if decoding.symmetrize_failed:
+        log.warning(
+            "%d of %d decoded structures could not be symmetrised and are kept as decoded",
+            decoding.symmetrize_failed,
+            options.steps,
+        )
+    rows = step_rows(t, decoding.crystals, endpoints[0].crystal, endpoints[1].crystal, options.tolerance)
+    return Interpolation(endpoints, trained.path, t, decoding.crystals, rows, options.tolerance, options.symmetrize)
+
+
+def interpolate_into_folder(options: InterpolateOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """Interpolate and write the folder (``options.out``, else runs/interpolate-A-B); returns the summary."""
+    result = interpolate(options, progress)
+    write_interpolation(result, Path(options.out or interpolation_folder(options.a, options.b)))
+    return result.summary()
 
 
 def interpolation_folder(a: str, b: str) -> Path:
@@ -125,24 +136,17 @@ def interpolation_folder(a: str, b: str) -> Path:
 
 
 def decode_line(
-    field: StructureField,
-    z_a: Tensor,
-    z_b: Tensor,
-    steps: int,
-    box: np.ndarray,
-    species_table: Sequence[int],
-    config: EstimatorConfig = EstimatorConfig(),
-    progress: Progress | None = None,
-) -> tuple[np.ndarray, list[Crystal | None]]:
+    decoder: Decoder, z_a: Tensor, z_b: Tensor, steps: int, progress: Progress | None = None
+) -> tuple[np.ndarray, Decoding]:
     """Decode ``steps`` evenly spaced points from z_a to z_b (both (D,)), ends included and exact.
 
     Returns:
-        t (T,) and the decoded crystals, None where nothing valid was decoded.
+        t (T,) and the decoding, whose crystals are None where nothing valid was decoded.
     """
     t = torch.linspace(0.0, 1.0, steps, dtype=z_a.dtype, device=z_a.device)[:, None]  # (T, 1)
     z = (1 - t) * z_a[None, :] + t * z_b[None, :]  # (T, D); exactly z_a and z_b at the ends
-    decoded = estimate(field, z, box, species_table, config, progress)
-    return t[:, 0].cpu().numpy(), [d.to_crystal(f"step-{k:02d}") for k, d in enumerate(decoded)]
+    decoding = decoder.decode(z, [f"step-{k:02d}" for k in range(steps)], progress)
+    return t[:, 0].cpu().numpy(), decoding
 
 
 def composition_shares(numbers: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | None, float]:

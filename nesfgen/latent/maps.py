@@ -6,13 +6,16 @@ import csv
 import io
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text, new_figure, output_folder, save_figure
-from nesfgen.latent.embedding import Embedding, attribute_columns
+from nesfgen.latent.embedding import Embedding, attribute_columns, load_embedding
+from nesfgen.options import required
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +115,24 @@ def _map_png(
     axis.set_xticks([])
     axis.set_yticks([])
     return save_figure(figure, path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MapOptions:
+    """A latents file and how to project it; ``out`` None: beside it, named LATENTS-METHOD."""
+
+    source: str = required("give the latents file written by nesfgen embed: nesfgen map LATENTS")
+    method: str = "tsne"
+    out: str | None = None
+    perplexity: float = 30.0
+    seed: int = 0
+
+
+def map_latents(options: MapOptions) -> dict[str, Any]:
+    """Project a latents file to 2-D and write map.csv, map.json and the three coloured PNGs."""
+    source = Path(options.source)
+    embedding = load_embedding(source)
+    coords, info = project(embedding.latents, options.method, options.seed, options.perplexity)
+    out = Path(options.out or source.with_name(f"{source.stem}-{options.method}"))
+    files = write_map(embedding, coords, options.method, out, info)
+    return {"method": options.method, "structures": len(embedding), **info, "files": [str(f) for f in files]}

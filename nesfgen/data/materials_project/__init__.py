@@ -22,8 +22,13 @@ from nesfgen.data.materials_project.client import (
     search_arguments,
 )
 from nesfgen.data.materials_project.convert import FIELDS, PROPERTY_FIELDS, crystal_from_document
-from nesfgen.data.materials_project.fetch import FetchReport, default_out, fetch_dataset, fold_names
-from nesfgen.data.materials_project.options import SELECTIONS, plan_fetch, read_candidates, selection_keys
+from nesfgen.data.materials_project.fetch import FetchReport, default_out, fetch_dataset, fetch_selection, fold_names
+from nesfgen.data.materials_project.options import (
+    SELECTIONS,
+    plan_fetch,
+    read_candidates,
+    selection_keys,
+)
 from nesfgen.data.materials_project.selections import (
     PAPER_FRACTIONS,
     FetchPlan,
@@ -52,6 +57,7 @@ __all__ = [
     "crystal_from_document",
     "default_out",
     "fetch_dataset",
+    "fetch_selection",
     "fold_names",
     "icsg3d_selection",
     "lcs6_selection",

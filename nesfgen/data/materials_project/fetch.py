@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from nesfgen.config import parse_overrides
 from nesfgen.crystal import Crystal
 from nesfgen.data.importers import seeded_split
 from nesfgen.data.materials_project.cache import PageCounts, cached_pages, query_folder, retrying
-from nesfgen.data.materials_project.client import SummaryClient, mp_api_version
+from nesfgen.data.materials_project.client import MPResterClient, SummaryClient, api_key, mp_api_version
 from nesfgen.data.materials_project.convert import FIELDS, crystal_from_document
+from nesfgen.data.materials_project.options import plan_fetch, selection_keys
 from nesfgen.data.materials_project.selections import YBCO_LENGTHS, FetchPlan, Selection
 from nesfgen.data.store import Dataset, data_dir, write_dataset
 from nesfgen.errors import UserError
@@ -208,3 +210,37 @@ def _fold_splits(crystals: list[Crystal], folds: int, seed: int) -> list[dict[st
         splits = {"train": train, "val": val, "test": test}
         layouts.append({name: [crystals[i] for i in sorted(index)] for name, index in splits.items() if len(index)})
     return layouts
+
+
+def fetch_selection(
+    name: str, arguments: list[str], out: Path | None, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
+    """``nesfgen data fetch NAME key=value ...``: plan, fetch with the key from MP_API_KEY, and report."""
+    values, positional = parse_overrides(arguments)
+    if positional:
+        raise UserError(f"unexpected argument(s) {' '.join(positional)}; nesfgen data fetch takes key=value pairs")
+    allowed = selection_keys(name)
+    for key in values:
+        if key not in allowed:
+            raise UserError(f"unknown option {key} for nesfgen data fetch {name}; valid: {', '.join(sorted(allowed))}")
+    plan = plan_fetch(name, values)
+    report = fetch_dataset(plan, out or default_out(name), MPResterClient(api_key()), progress=progress)
+    return {
+        "selection": plan.selection.description,
+        "documents": report.documents,
+        "pages_downloaded": report.pages_downloaded,
+        "pages_cached": report.pages_cached,
+        "kept": report.kept,
+        "filtered": report.filtered,
+        "skipped": [{"id": i, "reason": why} for i, why in report.skipped],
+        "datasets": [
+            {
+                "name": d.name,
+                "path": str(d.path),
+                "counts": {s: d.manifest["splits"][s]["count"] for s in d.split_names},
+            }
+            for d in report.datasets
+        ],
+        "cache": str(report.cache),
+        "notes": report.notes,
+    }
