@@ -79,7 +79,7 @@ def bench_train(recipe: Recipe, steps: int = 6, warmup: int = 2) -> dict[str, An
     dtype = torch.bfloat16 if recipe.train.precision == "bf16" else torch.float32
     rates = []  # the yardstick, timed after every timed step: on a shared machine its speed drifts
     model, generator = trainer.model, torch.Generator(device).manual_seed(0)
-    kl_weight = trainer.kl_weight(trainer.epoch)  # as in the first epoch of training
+    kl_weight = trainer.objective.kl_weight(trainer.epoch)  # as in the first epoch of training
     model.train()
     with trainer._autocast():  # the fields pad (and so take the padded path) exactly when bucket_padding says
         padded = bucket_padding(1, device) > 0
