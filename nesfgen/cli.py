@@ -236,9 +236,7 @@ def reconstruct_command(ctx: typer.Context, as_json: bool = JSON) -> None:
     from nesfgen.evaluate import EvaluateOptions, reconstruct
 
     chosen = options(EvaluateOptions, ctx, "reconstruct")
-    with views.progress_bars() as bar:
-        result = reconstruct(chosen, bar("decoding"))
-    emit(result, as_json, views.reconstruction)
+    emit(views.with_bars(lambda bar: reconstruct(chosen, bar("decoding"))), as_json, views.reconstruction)
 
 
 @app.command("symmetry", context_settings=KEY_VALUES)

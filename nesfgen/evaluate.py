@@ -18,7 +18,7 @@ import numpy as np
 from nesfgen.checkpoint import DEFAULT_MODEL, PACKAGED_MODELS, load_model
 from nesfgen.crystal import Crystal, lattice_matrix
 from nesfgen.data.names import resolve_dataset
-from nesfgen.decoder import Decoder, encode, estimator_config  # noqa: F401  (encode: until latent/ and tune are moved over)
+from nesfgen.decoder import Decoder, estimator_config
 from nesfgen.errors import UserError
 from nesfgen.estimator import Decoded, ExactField
 from nesfgen.files import atomic_write_text, new_figure, output_folder, safe_file_stems, save_figure
