@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,10 +13,10 @@ import numpy as np
 from nesfgen.crystal import Crystal
 from nesfgen.data.store import CrystalSet
 from nesfgen.generative_metrics import Reference, element_counts, score
+from nesfgen.progress import Progress
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
 
 #: space groups pyxtal is asked for before a composition is given up (a None sample)
 SPACE_GROUP_TRIES = 20

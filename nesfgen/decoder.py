@@ -8,7 +8,7 @@ constrained and the structures symmetrised the same way everywhere.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -25,12 +25,11 @@ from nesfgen.errors import UserError
 from nesfgen.estimator import Decoded, StructureField, constrain_species, estimate
 from nesfgen.model import encode_all
 from nesfgen.options import DecodeOptions
+from nesfgen.progress import Progress
 from nesfgen.sampling import TensorSet
 from nesfgen.symmetry import STATED_SYMPREC, check_symprec, symmetrize_decoded
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

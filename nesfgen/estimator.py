@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,14 +16,13 @@ from nesfgen.allocator import keep_freed_memory
 from nesfgen.config import EstimatorConfig
 from nesfgen.crystal import DUPLICATE_DISTANCE, Crystal, lattice_matrix, wrap_fractional
 from nesfgen.errors import UserError
+from nesfgen.progress import Progress
 from nesfgen.sampling import box_grid, cell_grid, local_offsets, species_indices
 
 log = logging.getLogger(__name__)
 
 #: logit of the true species in the exact field (the others are 0): a softmax of practically 1
 EXACT_LOGIT = 50.0
-
-Progress = Callable[[int, int], None]
 
 
 class StructureField(Protocol):

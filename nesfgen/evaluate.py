@@ -31,12 +31,12 @@ from nesfgen.metrics import (
     structure_metrics,
 )
 from nesfgen.options import DecodeOptions, required
+from nesfgen.progress import Progress
 from nesfgen.sampling import atoms_bounding_box
 from nesfgen.symmetry import STATED_SYMPREC, TOLERANCES, recovery_rates
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
 
 #: The paper's Table 1 (mean over 10 seeds, or 20 folds for YBCO-like), for side-by-side reports.
 PAPER_TABLE1 = {

@@ -32,12 +32,12 @@ from nesfgen.files import atomic_write_text, output_folder, safe_file_stems
 from nesfgen.generative_metrics import Reference, build_reference, reduced_formula, score
 from nesfgen.options import DecodeOptions
 from nesfgen.prior import Condition, LatentPrior, condition_holds, load_prior, parse_condition
+from nesfgen.progress import Progress
 from nesfgen.sampling import TensorSet
 from nesfgen.stream import SAMPLE_CIFS, SampleStream
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
 
 #: shipped learned priors over the default autoencoder's latents: nesfgen/models/priors/<autoencoder>-<kind>.pt
 PRIORS = PACKAGED_MODELS / "priors"
@@ -288,20 +288,63 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
     """Decode ``options.n`` latents into structures and measure them."""
     started = time.perf_counter()
     n, seed, temperature, near, radius = options.n, options.seed, options.temperature, options.near, options.radius
-    prior, guidance, coverage_split = options.prior, options.guidance, options.coverage_split
-    symmetrize = options.symmetrize
-    out = Path(options.out) if options.out else None
-    condition = options.condition
-    if near is not None:
+    symmetrize, condition = options.symmetrize, options.condition
+    decoder, learned = _load_generator(options)
+    trained = decoder.trained
+    splits, reference_note = reference_splits(trained, options.data, options.coverage_split)
+    anchor = find_structure(near, splits[0] if splits else None) if near is not None else None
+    if anchor is not None:
+        z = sample_latents(n, trained.recipe.model.latent_size, seed, 1.0, _encode_one(trained, anchor), radius)
+    elif learned is not None:
+        z = learned.sample(n, seed, condition, options.guidance, temperature)
+    else:
+        z = sample_latents(n, trained.recipe.model.latent_size, seed, temperature)
+    species_constraint = _species_constraint(condition) if options.constrain else None
+    crystals, failed = _decode_latents(options, decoder, z, species_constraint, progress)
+    symmetrized: dict[str, Any] = {"symmetrize": symmetrize}
+    if symmetrize:
+        symmetrized |= {"symmetrize_symprec": decoder.symprec, "symmetrize_failed": failed}
+    reference = build_reference(*splits) if splits is not None else None
+    rows, summary = score(crystals, reference)
+    baseline_rows, baseline_crystals = {}, {}
+    if options.baselines and reference is not None:
+        baseline_rows, baseline_crystals = reference_rows(reference, n, seed, held_out=options.coverage_split)
+    source = "near" if near is not None else "vae" if learned is None else f"prior-{learned.config.kind}"
+    summary = {
+        "checkpoint": trained.path,
+        "variational": trained.recipe.model.variational,
+        "generator": source,
+        "prior": options.prior or (DEFAULT_PRIOR if learned is not None else None),
+        "n": n,
+        "seed": seed,
+        "temperature": temperature if near is None else None,
+        "near": near,
+        "near_structure": anchor.id if anchor is not None else None,
+        "radius": radius if near is not None else None,
+        **symmetrized,
+        **summary,
+        "conditions": condition_rates(condition, rows, crystals) if not condition.is_empty() else None,
+        "guidance": options.guidance if not condition.is_empty() else None,
+        "species_constrained": species_constraint is not None,
+        "baselines": baseline_rows or None,
+        "reference": reference_note,
+        "estimator": decoder.settings,
+        "seconds": time.perf_counter() - started,
+    }
+    return Generation(summary, rows, crystals, reference, baseline_crystals)
+
+
+def _load_generator(options: SampleOptions) -> tuple[Decoder, LatentPrior | None]:
+    """The decoder and the learned prior (None: the VAE's N(0, I), or a ball around ``near``), checked to fit."""
+    if options.near is not None:
         learned, model_name = None, options.checkpoint or DEFAULT_MODEL
     else:
-        model_name, learned = resolve_prior(prior, options.checkpoint)
-    if learned is None and not condition.is_empty():
+        model_name, learned = resolve_prior(options.prior, options.checkpoint)
+    if learned is None and not options.condition.is_empty():
         raise UserError("conditions (elements=, formula=, ...) need a learned prior: prior=flowmatch")
     decoder = Decoder.load(options, default=model_name)
     trained = decoder.trained
-    variational = trained.recipe.model.variational
-    if near is None and learned is None and not variational:
+    if options.near is None and learned is None and not trained.recipe.model.variational:
         raise UserError(
             f"{trained.path} is an autoencoder (model.variational=false): it has no N(0, I) prior; sample it with "
             "a prior fitted to it (`nesfgen prior fit checkpoint=... out=FILE.pt`, then prior=FILE.pt) or around "
@@ -312,28 +355,32 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
             f"the prior's latents have {learned.mean.numel()} dimensions, the model {trained.path} "
             f"{trained.recipe.model.latent_size}: fit the prior to this model (nesfgen prior fit checkpoint=...)"
         )
-    config = decoder.config
-    splits, reference_note = reference_splits(trained, options.data, coverage_split)
-    anchor = None
-    if near is not None:
-        anchor = find_structure(near, splits[0] if splits else None)
-        z = sample_latents(n, trained.recipe.model.latent_size, seed, 1.0, _encode_one(trained, anchor), radius)
-    elif learned is not None:
-        z = learned.sample(n, seed, condition, guidance, temperature)
-    else:
-        z = sample_latents(n, trained.recipe.model.latent_size, seed, temperature)
-    settings = {"checkpoint": trained.path, "n": n, "seed": seed, "temperature": temperature, "near": near}
-    settings |= {"radius": radius, "symmetrize": symmetrize, "symprec": decoder.symprec, "prior": prior}
-    species_constraint = _species_constraint(condition) if options.constrain else None
-    settings |= {"condition": asdict(condition), "guidance": guidance, "constrain": species_constraint is not None}
+    return decoder, learned
+
+
+def _decode_latents(
+    options: SampleOptions,
+    decoder: Decoder,
+    z: torch.Tensor,
+    species_constraint: SpeciesConstraint | None,
+    progress: Progress | None,
+) -> tuple[list[Crystal | None], list[str]]:
+    """Decode chunk by chunk, streaming each chunk to ``options.out`` so that a stopped run resumes there."""
+    n = options.n
+    settings = {"checkpoint": decoder.trained.path, "n": n, "seed": options.seed, "temperature": options.temperature}
+    settings |= {"near": options.near, "radius": options.radius, "symmetrize": options.symmetrize}
+    settings |= {"symprec": decoder.symprec, "prior": options.prior, "condition": asdict(options.condition)}
+    settings |= {"guidance": options.guidance, "constrain": species_constraint is not None}
     settings["estimator"] = decoder.settings
+    out = Path(options.out) if options.out else None
     stream = SampleStream(out, settings)
     crystals, failed = stream.finished()
     if progress is not None:
         progress(len(crystals), n)
+    chunk_size = decoder.config.chunk_size
     decoding_started = time.monotonic()
-    for start in range(len(crystals), n, config.chunk_size):
-        chunk_z = z[start : start + config.chunk_size]
+    for start in range(len(crystals), n, chunk_size):
+        chunk_z = z[start : start + chunk_size]
         ids = [f"sample-{start + k:04d}" for k in range(len(chunk_z))]
         decoding = decoder.decode(chunk_z, ids, species=species_constraint)
         chunk, chunk_failed = decoding.crystals, decoding.symmetrize_failed
@@ -343,37 +390,7 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
             progress(len(crystals), n)
         if n > MAX_SAMPLES and not options.force:
             _refuse_long_run(n, len(chunk), time.monotonic() - decoding_started, out)
-    symmetrized: dict[str, Any] = {"symmetrize": symmetrize}
-    if symmetrize:
-        symmetrized |= {"symmetrize_symprec": decoder.symprec, "symmetrize_failed": failed}
-    reference = build_reference(*splits) if splits is not None else None
-    rows, summary = score(crystals, reference)
-    baseline_rows, baseline_crystals = {}, {}
-    if options.baselines and reference is not None:
-        baseline_rows, baseline_crystals = reference_rows(reference, n, seed, held_out=coverage_split)
-    source = "near" if near is not None else "vae" if learned is None else f"prior-{learned.config.kind}"
-    summary = {
-        "checkpoint": trained.path,
-        "variational": variational,
-        "generator": source,
-        "prior": prior or (DEFAULT_PRIOR if learned is not None else None),
-        "n": n,
-        "seed": seed,
-        "temperature": temperature if near is None else None,
-        "near": near,
-        "near_structure": anchor.id if anchor is not None else None,
-        "radius": radius if near is not None else None,
-        **symmetrized,
-        **summary,
-        "conditions": condition_rates(condition, rows, crystals) if not condition.is_empty() else None,
-        "guidance": guidance if not condition.is_empty() else None,
-        "species_constrained": species_constraint is not None,
-        "baselines": baseline_rows or None,
-        "reference": reference_note,
-        "estimator": decoder.settings,
-        "seconds": time.perf_counter() - started,
-    }
-    return Generation(summary, rows, crystals, reference, baseline_crystals)
+    return crystals, failed
 
 
 def sample(options: SampleOptions, progress: Callable[[str], Progress] | None = None) -> dict[str, Any]:

@@ -21,20 +21,20 @@ import logging
 import math
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nesfgen.crystal import Crystal, lattice_matrix, symmetry_dataset
+from nesfgen.crystal import Crystal, lattice_matrix
 from nesfgen.data.store import CrystalSet
-from nesfgen.symmetry import STATED_SYMPREC
+from nesfgen.progress import Progress
+from nesfgen.symmetry import space_group, space_group_number
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
 
 #: two atoms closer than this (Å), periodic images included, make a structure invalid (CDVAE's cutoff)
 STRUCTURE_CUTOFF = 0.5
@@ -202,12 +202,6 @@ def wasserstein_distances(samples: Sequence[Mapping[str, float]], reference: Map
     }
 
 
-def space_group(crystal: Crystal) -> tuple[str, int] | None:
-    """spglib's international symbol and number at STATED_SYMPREC, or None when it finds no symmetry."""
-    dataset = symmetry_dataset(crystal, STATED_SYMPREC)
-    return None if dataset is None else (str(dataset.international), int(dataset.number))
-
-
 def space_group_distance(numbers: Sequence[int], reference: Sequence[int]) -> float | None:
     """Total variation distance (0 same, 1 disjoint) between two space-group histograms (0: none found)."""
     if not len(numbers) or not len(reference):
@@ -334,10 +328,6 @@ def compositional_validity_pct(crystals: CrystalSet) -> float:
     return 100.0 * sum(verdicts) / len(verdicts)
 
 
-def space_group_numbers(crystals: Sequence[Crystal]) -> list[int]:
-    return [group[1] if (group := space_group(crystal)) else 0 for crystal in crystals]
-
-
 def p1_pct(numbers: Sequence[int]) -> float | None:
     """Share of structures in P1 (or without any symmetry found)."""
     return 100.0 * sum(n <= 1 for n in numbers) / len(numbers) if len(numbers) else None
@@ -352,9 +342,9 @@ def build_reference(train: CrystalSet, test: CrystalSet | None, progress: Progre
         test=test,
         statistics=set_statistics(train),
         train_compositional_validity_pct=compositional_validity_pct(train),
-        train_space_groups=space_group_numbers(train_crystals),
+        train_space_groups=[space_group_number(c) for c in train_crystals],
         test_fingerprints=fingerprints(test_crystals, progress) if test is not None else None,
-        test_p1_pct=p1_pct(space_group_numbers(test_crystals)) if test is not None else None,
+        test_p1_pct=p1_pct([space_group_number(c) for c in test_crystals]) if test is not None else None,
     )
 
 
@@ -387,8 +377,8 @@ def describe(index: int, crystal: Crystal | None) -> dict[str, Any]:
         min_distance=distance,
         structurally_valid=distance >= STRUCTURE_CUTOFF and cell_volume(crystal) >= MIN_VOLUME,
         compositionally_valid=compositionally_valid(crystal),
-        space_group=f"{group[0]} ({group[1]})" if group else "",
-        space_group_number=group[1] if group else 0,
+        space_group=str(group or ""),
+        space_group_number=group.number if group else 0,
     )
     return row
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from nesfgen.crystal import Crystal, symmetry_dataset
+from nesfgen.crystal import Crystal
 from nesfgen.estimator import Decoded
-
-log = logging.getLogger(__name__)
+from nesfgen.symmetry import space_group_number
 
 #: the paper's metrics in table order; all lower-is-better
 PAPER_METRICS = (
@@ -186,7 +184,7 @@ def cdvae_metrics(
         if match is not None:
             rms.append(match[0])
         group = space_group_number(decoded, symprec)
-        same_group.append(group is not None and group == space_group_number(true, symprec))
+        same_group.append(group != 0 and group == space_group_number(true, symprec))
     return {
         "num_structures": len(true_crystals),
         "invalid_decodes": sum(d is None for d in decoded_crystals),
@@ -194,12 +192,3 @@ def cdvae_metrics(
         "rmse": float(np.mean(rms)) if rms else math.nan,
         "spacegroup_match_pct": 100.0 * float(np.mean(same_group)),
     }
-
-
-def space_group_number(crystal: Crystal, symprec: float = 0.1) -> int | None:
-    """spglib's international space-group number, or None when spglib finds no symmetry."""
-    dataset = symmetry_dataset(crystal, symprec)
-    if dataset is None:
-        log.debug("spglib found no symmetry for %r at symprec %s", crystal.id, symprec)
-        return None
-    return int(dataset.number)

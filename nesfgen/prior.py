@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,10 @@ from torch import Tensor, nn
 
 from nesfgen.errors import UserError
 from nesfgen.options import required
+from nesfgen.progress import Progress
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
 
 PRIOR_FORMAT = "nesfgen-latent-prior"
 PRIOR_FORMAT_VERSION = 1
@@ -476,7 +476,7 @@ def fit_model_prior(
     from nesfgen.checkpoint import load_model
     from nesfgen.data.names import resolve_dataset
     from nesfgen.decoder import encode
-    from nesfgen.generative_metrics import space_group_numbers
+    from nesfgen.symmetry import space_group_number
 
     trained = load_model(checkpoint)
     dataset = resolve_dataset(data or trained.recipe.data.dataset_name)
@@ -486,10 +486,7 @@ def fit_model_prior(
     conditions = None
     if config.kind == "flowmatch":
         encoder = ConditionEncoder(tuple(trained.species_table))
-        structures = [crystals[i] for i in range(len(crystals))]
-        conditions = [
-            encoder.describe(c.atomic_numbers, number) for c, number in zip(structures, space_group_numbers(structures))
-        ]
+        conditions = [encoder.describe(c.atomic_numbers, space_group_number(c)) for c in crystals]
     prior = fit_prior(latents, config, trained.species_table, conditions, progress)
     prior.autoencoder = checkpoint
     prior.autoencoder_hash = trained.dataset_hash

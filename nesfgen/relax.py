@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from ase.filters import FrechetCellFilter
 from nesfgen.crystal import Crystal
 from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text, output_folder
+from nesfgen.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +117,12 @@ def rmsd(decoded: Any, relaxed: Any) -> float | None:
 
 
 def _space_group(structure: Any) -> str:
-    from nesfgen.generative_metrics import space_group
-    from nesfgen.symmetry import as_crystal
+    from nesfgen.symmetry import as_crystal, space_group
 
     try:
-        group = space_group(as_crystal(structure))
+        return str(space_group(as_crystal(structure)) or "")
     except UserError:
         return ""
-    return f"{group[0]} ({group[1]})" if group else ""
 
 
 def _new_record(structure: Any, options: RelaxOptions) -> dict[str, Any]:
@@ -429,7 +428,7 @@ def relax_all(
     items: Sequence[RelaxInput],
     out: Path,
     options: RelaxOptions,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Relax every input into ``out``: ID.relaxed.cif and ID.relax.json each, written as it finishes.
 

@@ -10,7 +10,6 @@ are decoded, so that the report stays short after a long run on a big dataset.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,8 @@ from nesfgen.config import Recipe, from_dict
 from nesfgen.drawing import draw_cells
 from nesfgen.evaluate import EvaluateOptions, Evaluation, evaluate
 from nesfgen.files import atomic_write_text
+from nesfgen.progress import Progress
 from nesfgen.train import TrainResult, resolve_device
-
-Progress = Callable[[int, int], None]
 
 #: validation structures decoded for the report (the built-in dataset's split has 124)
 REPORT_STRUCTURES = 128

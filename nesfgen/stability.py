@@ -23,6 +23,7 @@ import numpy as np
 from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text
 from nesfgen.options import required
+from nesfgen.progress import Progress
 from nesfgen.relax import DEFAULT_BATCH, DEFAULT_FMAX, DEFAULT_STEPS, RelaxOptions
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ def _scaled(cell: Any, scale: float) -> Any:
 
 
 def elemental_references(
-    symbols: Iterable[str], steps: int = 60, progress: Callable[[int, int], None] | None = None
+    symbols: Iterable[str], steps: int = 60, progress: Progress | None = None
 ) -> list[dict[str, Any]]:
     """Each element's lowest CHGNet energy per atom over prototypes (fcc, bcc, hcp, diamond, dimer).
 
@@ -500,7 +501,7 @@ class ScreenOptions:
         return RelaxOptions(self.fmax, self.steps, self.batch)
 
 
-def relax_and_screen(options: ScreenOptions, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def relax_and_screen(options: ScreenOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Relax ``options.inputs`` into ``options.out`` (resuming), place them on a hull, write relax.csv and summary.json."""
     import csv
     import io

@@ -50,6 +50,32 @@ def crystal_system(number: int) -> str:
 
 
 @dataclass(frozen=True)
+class SpaceGroup:
+    """A space group as spglib names it: international number and Hermann-Mauguin symbol."""
+
+    number: int
+    symbol: str
+
+    def __str__(self) -> str:
+        return f"{self.symbol} ({self.number})"
+
+
+def space_group(crystal: Crystal, symprec: float = STATED_SYMPREC) -> SpaceGroup | None:
+    """The space group spglib finds at ``symprec`` (Å), or None when it finds no symmetry."""
+    dataset = symmetry_dataset(crystal, symprec)
+    if dataset is None:
+        log.debug("spglib found no symmetry for %r at symprec %s", crystal.id, symprec)
+        return None
+    return SpaceGroup(int(dataset.number), str(dataset.international))
+
+
+def space_group_number(crystal: Crystal, symprec: float = STATED_SYMPREC) -> int:
+    """The international space-group number, 0 when spglib finds no symmetry (a histogram bin of its own)."""
+    found = space_group(crystal, symprec)
+    return found.number if found else 0
+
+
+@dataclass(frozen=True)
 class SymmetryLevel:
     """What spglib finds at one tolerance; ``number`` is None when it finds nothing."""
 

@@ -14,8 +14,11 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
 from rich.table import Table
+
+from nesfgen.progress import Progress
 
 #: width of tables written to a file or pipe: rich's 80-column default would cut their columns to "…"
 PIPED_WIDTH = 240
@@ -33,9 +36,9 @@ stdout = _stdout_console()
 
 
 @contextmanager
-def progress_bars() -> Iterator[Callable[[str], Callable[[int, int], None]]]:
+def progress_bars() -> Iterator[Callable[[str], Progress]]:
     """Transient bars on stderr; yields ``bar(label)``, which adds a bar and returns its ``(done, total)`` callback."""
-    with Progress(
+    with RichProgress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -44,7 +47,7 @@ def progress_bars() -> Iterator[Callable[[str], Callable[[int, int], None]]]:
         transient=True,
     ) as bars:
 
-        def bar(label: str) -> Callable[[int, int], None]:
+        def bar(label: str) -> Progress:
             task = bars.add_task(label, total=None)
             return lambda done, total: bars.update(task, completed=done, total=total)
 
@@ -55,7 +58,7 @@ def progress_bars() -> Iterator[Callable[[str], Callable[[int, int], None]]]:
 def stage_bars() -> Iterator[Callable[[str, int, int], None]]:
     """Transient bars on stderr, one per stage name: yields ``progress(stage, done, total)``."""
     with progress_bars() as bar:
-        bars: dict[str, Callable[[int, int], None]] = {}
+        bars: dict[str, Progress] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
             if stage not in bars:
@@ -65,7 +68,7 @@ def stage_bars() -> Iterator[Callable[[str, int, int], None]]:
         yield progress
 
 
-def with_bars(work: Callable[[Callable[[str], Callable[[int, int], None]]], Any]) -> Any:
+def with_bars(work: Callable[[Callable[[str], Progress]], Any]) -> Any:
     """``work(bar)`` under :func:`progress_bars`; the result is printed after the bars are gone."""
     with progress_bars() as bar:
         return work(bar)
@@ -85,9 +88,7 @@ class RichTrainProgress:
     """Live progress bar with the running losses; one table row per epoch."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(
+        self.bar = RichProgress(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
             MofNCompleteColumn(),

@@ -184,16 +184,8 @@ def test_a_grid_too_fine_for_memory_is_refused_before_it_is_built():
         box_grid(box, 0.01, "estimator.particle_interval")
 
 
-def test_bad_values_exit_2_on_the_command_line(tmp_path):
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "nesfgen", "train", "train.lr_decay_every=0", f"out={tmp_path / 'run'}"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+def test_bad_values_exit_2_on_the_command_line(tmp_path, cli):
+    result = cli("train", "train.lr_decay_every=0", f"out={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "train.lr_decay_every = 0 is not allowed; expected an integer >= 1" in result.stderr
     assert not (tmp_path / "run").exists()  # refused before anything is written

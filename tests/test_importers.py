@@ -272,8 +272,9 @@ main()
 """
 
 
-def test_collection_import_killed_midway_finishes_on_rerun(tmp_path):
+def test_collection_import_killed_midway_finishes_on_rerun(tmp_path, monkeypatch, cli):
     root, data = tmp_path / "nesf-paper", tmp_path / "data"
+    monkeypatch.setenv("NESFGEN_DATA_DIR", str(data))
     write_paper_splits(root / "dataset_lim_l6")
     for fold in range(4):
         write_paper_splits(root / f"dataset_YBCO13_fold{fold}")
@@ -283,12 +284,7 @@ def test_collection_import_killed_midway_finishes_on_rerun(tmp_path):
     left = sorted(p.name for p in data.iterdir())
     assert left[0].startswith(".ybco-fold1.nesfgen-staging-") and left[1:] == ["lcs6", "ybco-fold0"]
     before = {name: (data / name / "manifest.json").stat().st_mtime_ns for name in left[1:]}
-    rerun = subprocess.run(
-        [sys.executable, "-m", "nesfgen", "data", "import", str(root), "--format", "paper", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    rerun = cli("data", "import", str(root), "--format", "paper", "--json")
     assert rerun.returncode == 0, rerun.stderr
     reports = {r["name"]: r for r in json.loads(rerun.stdout)}
     assert [name for name, r in reports.items() if r["unchanged"]] == ["lcs6", "ybco-fold0"]

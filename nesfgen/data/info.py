@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from nesfgen.crystal import symmetry_dataset
 from nesfgen.data.store import CrystalSet, Dataset
 from nesfgen.errors import UserError
 from nesfgen.files import (
@@ -23,9 +22,7 @@ from nesfgen.files import (
     staging_folder,
     unmark_staging,
 )
-
-#: spglib tolerance (Å) of the space-group histogram; the one nesfgen.symmetry states its headline numbers at
-SPACE_GROUP_SYMPREC = 0.1
+from nesfgen.symmetry import STATED_SYMPREC, space_group
 
 
 def dataset_info(dataset: Dataset, space_groups: bool = True) -> dict[str, Any]:
@@ -64,18 +61,18 @@ def dataset_info(dataset: Dataset, space_groups: bool = True) -> dict[str, Any]:
     } | ({"space_groups": space_group_histogram(dataset)} if space_groups else {})
 
 
-def space_group_histogram(dataset: Dataset, symprec: float = SPACE_GROUP_SYMPREC) -> dict[str, Any]:
+def space_group_histogram(dataset: Dataset, symprec: float = STATED_SYMPREC) -> dict[str, Any]:
     """How many training structures spglib puts in each space group, most common first."""
     split = "train" if "train" in dataset.split_names else dataset.split_names[0]
     crystals: CrystalSet = dataset.load(split)
     groups: Counter[tuple[int, str]] = Counter()
     unassigned = 0
     for crystal in crystals:
-        found = symmetry_dataset(crystal, symprec)
+        found = space_group(crystal, symprec)
         if found is None:
             unassigned += 1
         else:
-            groups[(int(found.number), str(found.international))] += 1
+            groups[(found.number, found.symbol)] += 1
     ranked = sorted(groups.items(), key=lambda item: (-item[1], item[0][0]))
     return {
         "split": split,

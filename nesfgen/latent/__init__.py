@@ -14,7 +14,6 @@ from nesfgen.latent.endpoints import (
     local_datasets,
     parse_formula,
     resolve_endpoint,
-    space_group_label,
 )
 from nesfgen.latent.interpolation import (
     InterpolateOptions,
@@ -51,7 +50,6 @@ __all__ = [
     "project",
     "resolve_endpoint",
     "save_embedding",
-    "space_group_label",
     "step_rows",
     "write_interpolation",
     "write_map",

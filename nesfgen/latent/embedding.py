@@ -18,8 +18,7 @@ from nesfgen.data.names import resolve_dataset
 from nesfgen.decoder import encode
 from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text
-from nesfgen.metrics import space_group_number
-from nesfgen.symmetry import STATED_SYMPREC
+from nesfgen.symmetry import STATED_SYMPREC, space_group_number
 
 
 @dataclass
@@ -67,7 +66,7 @@ def embed(
         latents=latents.astype(np.float32),
         volume=np.array([c.volume for c in crystals]),
         num_atoms=np.array([c.num_atoms for c in crystals]),
-        space_group=np.array([space_group_number(c, symprec) or 0 for c in crystals]),
+        space_group=np.array([space_group_number(c, symprec) for c in crystals]),
         meta={"checkpoint": trained.path, "dataset": dataset.name, "split": split, "symprec": symprec},
     )
 

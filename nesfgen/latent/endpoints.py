@@ -18,14 +18,13 @@ from typing import Any
 import numpy as np
 
 from nesfgen.checkpoint import TrainedModel
-from nesfgen.crystal import Crystal, symmetry_dataset
+from nesfgen.crystal import Crystal
 from nesfgen.data import materials_project
 from nesfgen.data.builtin import builtin_dataset, find_known, known_compounds
 from nesfgen.data.importers import read_structure_file
 from nesfgen.data.store import Dataset, data_dir, open_dataset
 from nesfgen.errors import UserError
-from nesfgen.metrics import space_group_number
-from nesfgen.symmetry import STATED_SYMPREC
+from nesfgen.symmetry import space_group, space_group_number
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ class Candidate:
 
     def describe(self) -> str:
         c = self.crystal
-        return f"{c.id} ({c.formula}, {c.num_atoms} atoms, {space_group_label(c)}; {self.source})"
+        return f"{c.id} ({c.formula}, {c.num_atoms} atoms, {_group_label(c)}; {self.source})"
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ class Endpoint:
             "formula": c.formula,
             "reduced_formula": c.reduced_formula,
             "num_atoms": c.num_atoms,
-            "space_group": space_group_label(c),
+            "space_group": _group_label(c),
             "lengths": [round(float(x), 4) for x in c.lengths],
             "angles": [round(float(x), 3) for x in c.angles],
             "source": self.source,
@@ -247,9 +246,9 @@ def choose_default(local: Sequence[Candidate], textbook: Sequence[Candidate]) ->
         same = [c for c in local if space_group_number(c.crystal) == group]
         if same:
             chosen = min(same, key=lambda c: abs(c.crystal.volume / c.crystal.num_atoms - volume))
-            return chosen, f"has the textbook structure of {reference.id} ({space_group_label(reference)})"
+            return chosen, f"has the textbook structure of {reference.id} ({_group_label(reference)})"
         if local:
-            return textbook[0], f"textbook structure; no local entry has its space group {space_group_label(reference)}"
+            return textbook[0], f"textbook structure; no local entry has its space group {_group_label(reference)}"
         return textbook[0], "first of the textbook table"
     return _lowest(local)
 
@@ -313,6 +312,5 @@ def check_species(endpoint: Endpoint, trained: TrainedModel, label: str) -> None
         )
 
 
-def space_group_label(crystal: Crystal, symprec: float = STATED_SYMPREC) -> str:
-    dataset = symmetry_dataset(crystal, symprec)
-    return "no space group" if dataset is None else f"{dataset.international} ({dataset.number})"
+def _group_label(crystal: Crystal) -> str:
+    return str(space_group(crystal) or "no space group")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nesfgen.crystal import Crystal, symmetry_dataset
+from nesfgen.crystal import Crystal
 from nesfgen.data.store import CrystalSet
 from nesfgen.decoder import Decoder, Decoding
 from nesfgen.drawing import draw_cells
@@ -25,11 +25,10 @@ from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text, output_folder
 from nesfgen.latent.endpoints import Endpoint, check_species, resolve_endpoint
 from nesfgen.options import DecodeOptions, required
-from nesfgen.symmetry import STATED_SYMPREC
+from nesfgen.progress import Progress
+from nesfgen.symmetry import STATED_SYMPREC, space_group
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -180,7 +179,7 @@ def step_rows(
         if crystal is None:
             rows.append(row | {"formula": None, "reduced_formula": None, "num_atoms": 0, "space_group": None})
             continue
-        dataset = symmetry_dataset(crystal, symprec)
+        group = space_group(crystal, symprec)
         share_a, share_b, other = composition_shares(crystal.atomic_numbers, a.atomic_numbers, b.atomic_numbers)
         row |= {
             "formula": crystal.formula,
@@ -189,8 +188,8 @@ def step_rows(
             **{k: round(float(v), 4) for k, v in zip(("a", "b", "c"), crystal.lengths)},
             **{k: round(float(v), 3) for k, v in zip(("alpha", "beta", "gamma"), crystal.angles)},
             "volume": round(crystal.volume, 3),
-            "space_group": int(dataset.number) if dataset is not None else None,
-            "space_group_symbol": str(dataset.international) if dataset is not None else None,
+            "space_group": group.number if group else None,
+            "space_group_symbol": group.symbol if group else None,
             "share_a": share_a,
             "share_b": share_b,
             "share_other": other,

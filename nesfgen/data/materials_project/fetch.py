@@ -24,6 +24,7 @@ from nesfgen.data.materials_project.options import plan_fetch, selection_keys
 from nesfgen.data.materials_project.selections import YBCO_LENGTHS, FetchPlan, Selection
 from nesfgen.data.store import Dataset, data_dir, write_dataset
 from nesfgen.errors import UserError
+from nesfgen.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +92,50 @@ def fetch_dataset(
     if existing:
         raise UserError(f"{', '.join(existing)} already exists; choose another --out or remove it first")
     cache = plan.cache or out.parent / ".mp-cache"
+    collected = _collect(plan, client, retrying(retries, backoff, sleep, cache), cache, progress)
+    crystals, notes = _within_limit(plan.selection, collected)
+    provenance = _provenance(plan.selection, client, collected.skipped)
+    datasets = _write_splits(targets, crystals, plan, provenance, notes)
+    counts = collected.counts
+    log.info("fetched %d documents, kept %d, wrote %s", counts.documents, len(crystals), [str(t) for t in targets])
+    return FetchReport(
+        datasets=datasets,
+        documents=counts.documents,
+        pages_downloaded=counts.downloaded,
+        pages_cached=counts.cached,
+        kept=len(crystals),
+        filtered=dict(collected.filtered),
+        skipped=collected.skipped,
+        cache=cache,
+        notes=notes,
+    )
+
+
+@dataclass
+class _Collected:
+    """What the pages held: the crystals kept (material id -> (rank, crystal)) and why the others were not."""
+
+    counts: PageCounts
+    kept: dict[str, tuple[float, Crystal]] = field(default_factory=dict)
+    filtered: Counter[str] = field(default_factory=Counter)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _collect(
+    plan: FetchPlan,
+    client: SummaryClient,
+    retry: Callable[[Callable[[], list[dict]], str], list[dict]],
+    cache: Path,
+    progress: Callable[[int, int | None], None] | None,
+) -> _Collected:
+    """Read every page of the selection's queries (cached as they arrive), keeping the crystals its filters pass."""
     selection = plan.selection
-    retry = retrying(retries, backoff, sleep, cache)
-    counts = PageCounts()
-    kept: dict[str, tuple[float, Crystal]] = {}  # material id -> (sort key, crystal)
+    collected = _Collected(PageCounts())
+    kept = collected.kept
     candidates = {id: i for i, id in enumerate(id for q in selection.queries for id in q.get("material_ids", ()))}
-    filtered: Counter[str] = Counter()
-    skipped: list[tuple[str, str]] = []
     for criteria in selection.queries:
         folder = query_folder(cache, criteria, plan.page_size)
-        for documents in cached_pages(client, criteria, folder, plan.page_size, counts, retry):
+        for documents in cached_pages(client, criteria, folder, plan.page_size, collected.counts, retry):
             for document in documents:
                 material_id = str(document.get("material_id", "?"))
                 if material_id in kept:
@@ -108,18 +143,23 @@ def fetch_dataset(
                 try:
                     crystal = crystal_from_document(document)
                 except UserError as error:
-                    skipped.append((material_id, str(error)))
+                    collected.skipped.append((material_id, str(error)))
                     continue
                 reason = selection.rejects(crystal)
                 if reason:
-                    filtered[reason] += 1
+                    collected.filtered[reason] += 1
                 else:
                     kept[material_id] = (_rank(selection, candidates, crystal, len(kept)), crystal)
             if progress:
-                progress(counts.documents, None)
+                progress(collected.counts.documents, None)
         if selection.order == "candidates" and selection.limit and len(kept) >= selection.limit:
             break  # the candidates come nearest first: later batches cannot displace these
-    crystals = [crystal for _, crystal in sorted(kept.values(), key=lambda item: (item[0], item[1].id))]
+    return collected
+
+
+def _within_limit(selection: Selection, collected: _Collected) -> tuple[list[Crystal], list[str]]:
+    """The kept crystals in rank order, cut to the selection's limit, with notes on what the limit did."""
+    crystals = [crystal for _, crystal in sorted(collected.kept.values(), key=lambda item: (item[0], item[1].id))]
     notes = []
     if selection.limit and len(crystals) > selection.limit:
         notes.append(
@@ -128,12 +168,17 @@ def fetch_dataset(
         crystals = crystals[: selection.limit]
     if not crystals:
         raise UserError(
-            f"nothing to write: the Materials Project returned {counts.documents} documents for {selection.description}"
-            f" and none passed ({sum(filtered.values())} filtered out, {len(skipped)} not valid structures)"
+            f"nothing to write: the Materials Project returned {collected.counts.documents} documents for "
+            f"{selection.description} and none passed ({sum(collected.filtered.values())} filtered out, "
+            f"{len(collected.skipped)} not valid structures)"
         )
     if selection.limit and len(crystals) < selection.limit and selection.order != "fetched":
         notes.append(f"only {len(crystals)} structures pass the filters, fewer than limit={selection.limit}")
-    provenance = {
+    return crystals, notes
+
+
+def _provenance(selection: Selection, client: SummaryClient, skipped: list[tuple[str, str]]) -> dict[str, Any]:
+    return {
         "format": "materials-project",
         "importer": "nesfgen.data.materials_project.fetch_dataset",
         "source": f"Materials Project summary documents via mp-api {mp_api_version()}",
@@ -145,19 +190,6 @@ def fetch_dataset(
         "fetched_on": datetime.now(timezone.utc).date().isoformat(),
         "skipped": [list(item) for item in skipped],
     }
-    datasets = _write_splits(targets, crystals, plan, provenance, notes)
-    log.info("fetched %d documents, kept %d, wrote %s", counts.documents, len(crystals), [str(t) for t in targets])
-    return FetchReport(
-        datasets=datasets,
-        documents=counts.documents,
-        pages_downloaded=counts.downloaded,
-        pages_cached=counts.cached,
-        kept=len(crystals),
-        filtered=dict(filtered),
-        skipped=skipped,
-        cache=cache,
-        notes=notes,
-    )
 
 
 def _rank(selection: Selection, candidates: Mapping[str, int], crystal: Crystal, position: int) -> float:
@@ -213,7 +245,7 @@ def _fold_splits(crystals: list[Crystal], folds: int, seed: int) -> list[dict[st
 
 
 def fetch_selection(
-    name: str, arguments: list[str], out: Path | None, progress: Callable[[int, int], None] | None = None
+    name: str, arguments: list[str], out: Path | None, progress: Progress | None = None
 ) -> dict[str, Any]:
     """``nesfgen data fetch NAME key=value ...``: plan, fetch with the key from MP_API_KEY, and report."""
     values, positional = parse_overrides(arguments)
