@@ -215,6 +215,9 @@ class SamplingConfig(Checked):
     species_std: float = 0.05
     query_fraction: float = 1.0  # keep this random fraction of the grid points each step
     global_query_fraction: float | None = None  # the global grid's own fraction; None = query_fraction
+    # keep the global grid in proportion to a structure's atoms (the batch's total unchanged), so that an
+    # atom's far-field queries do not fall as 1/N in crowded cells (docs/large-cells.md)
+    global_per_atom: bool = False
 
     def check_together(self) -> None:
         check_local_grid(self.SECTION, "local_interval", "local_range", self.local_interval, self.local_range)

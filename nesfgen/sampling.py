@@ -197,7 +197,12 @@ class QuerySampler:
         c = self.config
         count = atoms.num_structures
         device = atoms.cart_coords.device
-        global_slot = _kept_slots(count * self.global_grid.shape[0], self.global_fraction, generator, device)
+        fraction = self.global_fraction
+        if c.global_per_atom:
+            atoms_per_structure = torch.bincount(atoms.structure, minlength=count).to(torch.float32)  # (B,)
+            per_structure = (fraction * atoms_per_structure / atoms_per_structure.mean()).clamp(max=1.0)
+            fraction = per_structure.repeat_interleave(self.global_grid.shape[0])  # (B·G,)
+        global_slot = _kept_slots(count * self.global_grid.shape[0], fraction, generator, device)
         global_points = self.global_grid[global_slot % self.global_grid.shape[0]]
         global_structure = global_slot // self.global_grid.shape[0]
         local_atom, local_offset = _kept_atom_slots(atoms, self.local_grid, c.query_fraction, generator)
@@ -229,9 +234,12 @@ class QuerySampler:
         )
 
 
-def _kept_slots(total: int, fraction: float, generator: torch.Generator, device: torch.device) -> Tensor:
-    """Indices of ``total`` slots, each kept with probability ``fraction`` (all of them, drawing nothing, at 1)."""
-    if fraction >= 1.0:
+def _kept_slots(total: int, fraction: float | Tensor, generator: torch.Generator, device: torch.device) -> Tensor:
+    """Indices of ``total`` slots, each kept with probability ``fraction`` (all of them, drawing nothing, at 1).
+
+    ``fraction`` is one probability for every slot or a (total,) tensor of them.
+    """
+    if not isinstance(fraction, Tensor) and fraction >= 1.0:
         return torch.arange(total, device=device)
     return torch.nonzero(torch.rand(total, generator=generator, device=device) < fraction).squeeze(1)
 

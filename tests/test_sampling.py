@@ -105,6 +105,30 @@ def test_global_query_fraction_thins_only_the_global_grid(tensors):
     assert queries.species_points.shape[0] == atoms.cart_coords.shape[0] * 216
 
 
+def test_global_per_atom_gives_every_atom_the_same_far_field_share(tensors):
+    crystals, data = tensors
+    box = atoms_bounding_box(crystals)
+    atoms = data.batch(torch.arange(len(data)))
+    sizes = torch.bincount(atoms.structure).double()
+    grid = QuerySampler(SamplingConfig(), box).global_grid.shape[0]
+
+    def global_counts(per_atom: bool) -> torch.Tensor:
+        sampler = QuerySampler(SamplingConfig(global_query_fraction=0.1, global_per_atom=per_atom), box)
+        generator, counts = torch.Generator().manual_seed(0), torch.zeros(len(data), dtype=torch.float64)
+        for _ in range(40):
+            queries = sampler.sample(atoms, generator)
+            far = queries.position_structure[: queries.position_points.shape[0] - atoms.cart_coords.shape[0] * 64]
+            counts += torch.bincount(far, minlength=len(data))
+        return counts / 40
+
+    assert sizes.max() > 2 * sizes.min()  # the fixture has small and crowded cells
+    per_structure, per_atom = global_counts(False), global_counts(True)
+    assert torch.allclose(per_structure, torch.full_like(per_structure, 0.1 * grid), rtol=0.1)
+    expected = 0.1 * grid * sizes / sizes.mean()  # the batch's total unchanged, shared by atoms
+    assert torch.allclose(per_atom, expected.clamp(max=grid), rtol=0.1)
+    assert abs(per_atom.sum() / per_structure.sum() - 1) < 0.05
+
+
 def test_global_query_fraction_defaults_to_query_fraction(tensors):
     crystals, data = tensors
     box = atoms_bounding_box(crystals)
