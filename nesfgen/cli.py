@@ -167,8 +167,7 @@ def train_command(ctx: typer.Context, as_json: bool = JSON) -> None:
     resume_dir, out = extra.get("resume"), extra.get("out")
     with_report = parse_value(extra.get("report", "true"), bool, "report")
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
-    progress = None if as_json or not main_rank else views.RichTrainProgress()
-    try:
+    with views.training_bars(not as_json and main_rank) as progress:
         if resume_dir:
             on_interrupt(lambda: resume_hint(Path(resume_dir)))
             result = resume(Path(resume_dir), overrides, progress)
@@ -179,9 +178,6 @@ def train_command(ctx: typer.Context, as_json: bool = JSON) -> None:
             run_dir = Path(out) if out else new_run_dir(recipe.name)
             on_interrupt(lambda: resume_hint(run_dir))
             result = train(recipe, run_dir, progress)
-    finally:
-        if progress:
-            progress.stop()
     if not main_rank:
         return
     summary = training_summary(result)
@@ -338,14 +334,25 @@ def cv_command(
     overrides, extra = recipe_words(ctx, "cv", ("recipe", "out"))
     recipe = load_recipe(extra.get("recipe", "paper-ybco"), overrides)
     out = Path(extra.get("out") or f"runs/cv-{recipe.name}")
-    progress = None if as_json else views.RichTrainProgress()
     on_interrupt(lambda: f"finished epochs are saved under {out}; run the same command again to continue")
-    try:
+    with views.training_bars(not as_json) as progress:
         result = cross_validate_into(recipe, parse_folds(folds), out, progress)
-    finally:
-        if progress:
-            progress.stop()
     emit(result, as_json, views.cross_validation)
+
+
+@app.command("results", context_settings=KEY_VALUES)
+def results_command(ctx: typer.Context, as_json: bool = JSON) -> None:
+    """The paper's Table 1 from our runs: nesfgen results [runs=runs/results] [out=PAGE.md] [tables=lcs6,ybco] [seeds=3] [train=false].
+
+    Trains or resumes every run the tables need (hours), evaluates each on its test split and writes the page.
+    """
+    from nesfgen.results import ResultsOptions, build_results
+
+    chosen = options(ResultsOptions, ctx, "results")
+    on_interrupt(lambda: f"finished epochs are saved under {chosen.runs}; run the same command again to continue")
+    with views.training_bars(not as_json) as progress:
+        result = build_results(chosen, progress)
+    emit(result, as_json, views.results)
 
 
 @app.command("tune", context_settings=KEY_VALUES)
@@ -371,18 +378,11 @@ def tune_command(ctx: typer.Context, as_json: bool = JSON) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # failures still show; our own line reports each trial
-    progress = None if as_json else views.RichTuneProgress()
-    if progress:
-        views.study_header(chosen.study_spec, chosen.n_trials, chosen.storage)
-        progress.status.start()
     on_interrupt(lambda: "finished trials are stored; run the same command again (the interrupted trial runs again)")
-    try:
+    with views.tune_status(not as_json, chosen.study_spec, chosen.n_trials, chosen.storage) as progress:
         result = tune.run_study(
             chosen.study_spec, chosen.n_trials, chosen.timeout_seconds, chosen.storage, chosen.worker or 0, progress
         )
-    finally:
-        if progress:
-            progress.status.stop()
     emit(result, as_json, views.tuned)
 
 

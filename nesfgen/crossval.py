@@ -21,7 +21,7 @@ from nesfgen.evaluate import (
 )
 from nesfgen.files import atomic_write_text
 from nesfgen.metrics import mean_over_structures, pool_over_atoms
-from nesfgen.train import TrainProgress, resume, train
+from nesfgen.train import TrainProgress, train_or_resume
 
 
 def parse_folds(text: str) -> list[int]:
@@ -47,8 +47,11 @@ def cross_validate(
     out: Path,
     progress: TrainProgress | None = None,
     on_fold: Callable[[int, Evaluation], None] | None = None,
+    train_folds: bool = True,
 ) -> dict[str, Any]:
     """Train (or resume) one run per fold under ``out/fold-K``, evaluate each on its test split, pool them.
+
+    ``train_folds=False`` evaluates the folds' runs as they are (each must hold a best.pt).
 
     Returns ``pooled``: every fold's test structures scored as one set, laid out like an evaluation
     summary (``pooled["reference"]`` pools all folds' atoms, the paper's YBCO-like column); and the
@@ -58,11 +61,8 @@ def cross_validate(
     for fold in folds:
         fold_recipe = replace(recipe, data=replace(recipe.data, fold=fold))
         run_dir = out / f"fold-{fold}"
-        last = run_dir / "last.pt"
-        if last.exists():
-            resume(run_dir, {"train.epochs": str(recipe.train.epochs)}, progress)
-        else:
-            train(fold_recipe, run_dir, progress)
+        if train_folds:
+            train_or_resume(fold_recipe, run_dir, progress)
         options = EvaluateOptions(
             checkpoint=str(run_dir), data=fold_recipe.data.dataset_name, split=recipe.data.test_split
         )

@@ -745,6 +745,39 @@ def plot_losses(run_dir: Path, history: list[dict[str, Any]]) -> None:
     save_figure(figure, run_dir / "losses.png")
 
 
+@dataclass(frozen=True)
+class RunStatus:
+    """Where a run folder stands: finished or not, epochs done, minutes of training so far."""
+
+    run_dir: Path
+    finished: bool
+    epochs: int
+    minutes: float | None
+
+
+def run_status(run_dir: Path, epochs: int | None = None) -> RunStatus:
+    """Read ``run_dir/last.pt``: finished when ``epochs`` (default: its recipe's) are done or its time limit stopped it."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return RunStatus(run_dir, False, 0, None)
+    state = read_checkpoint(last)
+    settings = state["recipe"]["train"]
+    limit = float(settings.get("time_limit_minutes") or 0)
+    seconds = float(state.get("seconds", 0.0))
+    done = int(state["epoch"]) >= (epochs or int(settings["epochs"])) or (limit > 0 and seconds >= 60 * limit)
+    return RunStatus(run_dir, done and (run_dir / "best.pt").is_file(), int(state["epoch"]), seconds / 60)
+
+
+def train_or_resume(recipe: Recipe, run_dir: Path, progress: TrainProgress | None = None) -> None:
+    """Bring a run of ``recipe`` in ``run_dir`` to the recipe's epochs: nothing if there, resume if started, else train."""
+    if run_status(run_dir, recipe.train.epochs).finished:
+        return
+    if (run_dir / "last.pt").is_file():
+        resume(run_dir, {"train.epochs": str(recipe.train.epochs)}, progress)
+    else:
+        train(recipe, run_dir, progress)
+
+
 def resume_hint(run_dir: Path) -> str:
     """What an interrupted training kept and how to continue it."""
     if (run_dir / "last.pt").is_file():

@@ -123,6 +123,22 @@ class RichTrainProgress:
         self.bar.stop()
 
 
+@contextmanager
+def training_bars(shown: bool = True) -> Iterator[RichTrainProgress | None]:
+    """A :class:`RichTrainProgress` (None when not ``shown``), stopped however the block ends."""
+    progress = RichTrainProgress() if shown else None
+    try:
+        yield progress
+    finally:
+        if progress:
+            progress.stop()
+
+
+def results(r: dict) -> None:
+    stdout.print(r["report"], markup=False)
+    stdout.print(f"written: {r['page']}", markup=False)
+
+
 def training_report(report: dict) -> None:
     """The validation split's reconstruction figures and where the picture is."""
     from nesfgen.evaluate import markdown_table
@@ -158,6 +174,23 @@ class RichTuneProgress:
             f"trial {row['number']:>3} {row['state']:<8} {values:<12} {row['epochs'] or 0:>3} epochs {seconds:>6}  {params}",
             highlight=False,
         )
+
+
+@contextmanager
+def tune_status(
+    shown: bool, study: Any, n_trials: int | None, storage: str | None
+) -> Iterator[RichTuneProgress | None]:
+    """The study's header, then a :class:`RichTuneProgress` status line (None when not ``shown``) until the block ends."""
+    if not shown:
+        yield None
+        return
+    study_header(study, n_trials, storage)
+    progress = RichTuneProgress()
+    progress.status.start()
+    try:
+        yield progress
+    finally:
+        progress.status.stop()
 
 
 def _short(value: Any) -> str:

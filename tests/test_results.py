@@ -1,0 +1,106 @@
+import json
+
+import pytest
+from conftest import tiny_recipe
+
+from nesfgen.config import to_toml
+from nesfgen.data.store import write_dataset
+from nesfgen.errors import UserError
+from nesfgen.metrics import PAPER_METRICS
+from nesfgen.results import ResultsOptions, build_results
+from nesfgen.train import run_status, train_or_resume
+
+
+@pytest.fixture
+def recipe_file(tiny_dataset, tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(to_toml(tiny_recipe(tiny_dataset, **{"train.epochs": 1, "estimator.steps": 2})))
+    return path
+
+
+def test_missing_runs_are_listed_with_the_command_that_makes_them(recipe_file, tmp_path):
+    options = ResultsOptions(
+        runs=str(tmp_path / "runs"), tables="lcs6", seeds=2, lcs6_recipe=str(recipe_file), train=False
+    )
+    result = build_results(options)
+    assert result["tables"][0]["missing"] == [
+        f"nesfgen train recipe={recipe_file} train.seed={seed} out={tmp_path / 'runs' / 'lcs6' / f'seed-{seed}'}"
+        for seed in (0, 1)
+    ]
+    page = (tmp_path / "runs" / "results.md").read_text()
+    assert "No seed has finished training yet." in page and "train.seed=1" in page
+    assert not (tmp_path / "runs" / "lcs6").exists()  # train=false trains nothing
+
+
+def test_seeds_are_trained_once_and_reported_as_mean_and_std(recipe_file, tmp_path):
+    page = tmp_path / "docs" / "results.md"
+    options = ResultsOptions(
+        runs=str(tmp_path / "runs"), out=str(page), tables="lcs6", seeds=2, lcs6_recipe=str(recipe_file)
+    )
+    table = build_results(options)["tables"][0]
+    assert [run["seed"] for run in table["seeds"]] == [0, 1] and table["missing"] == []
+    each = [summary["reference"] for summary in table["each"]]
+    assert each[0] != each[1]  # two seeds, two models: the spread is measured, not zero by construction
+    assert table["std"]["reference"]["length_error"] > 0
+    for name in PAPER_METRICS:
+        mean = sum(e[name] for e in each) / 2
+        assert table["mean"]["reference"][name] == pytest.approx(mean, nan_ok=True)
+    text = page.read_text()
+    assert "mean ± std over seeds" in text and " ± " in text and "Each run, pooled over atoms" in text
+    assert "nesfgen results runs=" in text  # the page says how to regenerate it
+    assert json.loads(page.with_suffix(".json").read_text())["tables"][0]["seeds"] == table["seeds"]
+    last = tmp_path / "runs" / "lcs6" / "seed-0" / "last.pt"
+    written = last.stat().st_mtime_ns
+    again = build_results(options)["tables"][0]
+    assert last.stat().st_mtime_ns == written  # a finished run is evaluated again, not trained again
+    assert again["mean"]["reference"] == pytest.approx(table["mean"]["reference"], nan_ok=True)
+
+
+def test_fold_table_evaluates_the_finished_folds_only(tiny_dataset, recipe_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("NESFGEN_DATA_DIR", str(tmp_path / "data"))
+    crystals = list(tiny_dataset.load("train"))
+    for fold in range(2):
+        test = crystals[fold * 3 : fold * 3 + 3]
+        rest = [c for c in crystals if c not in test]
+        data = {"train": rest[:-3], "val": rest[-3:], "test": test}
+        write_dataset(tmp_path / "data" / f"tinycv-fold{fold}", data, name=f"tinycv-fold{fold}")
+    recipe = tiny_recipe(
+        tiny_dataset, **{"data.name": "tinycv", "data.fold": 0, "train.epochs": 1, "estimator.steps": 2}
+    )
+    fold_recipe = tmp_path / "tinycv.toml"
+    fold_recipe.write_text(to_toml(recipe))
+    train_or_resume(recipe, tmp_path / "runs" / "ybco" / "fold-0")
+    options = ResultsOptions(
+        runs=str(tmp_path / "runs"), tables="ybco", folds="0-1", ybco_recipe=str(fold_recipe), train=False
+    )
+    table = build_results(options)["tables"][0]
+    assert table["folds"] == [0] and table["pooled"]["num_structures"] == 3
+    assert table["missing"] == [f"nesfgen train recipe={fold_recipe} data.fold=1 out={tmp_path / 'runs/ybco/fold-1'}"]
+
+
+def test_a_run_stopped_by_its_time_limit_counts_as_finished(tiny_dataset, tmp_path):
+    recipe = tiny_recipe(tiny_dataset, **{"train.epochs": 50, "train.time_limit_minutes": 1e-6})
+    train_or_resume(recipe, tmp_path / "run")
+    status = run_status(tmp_path / "run", 50)
+    assert status.finished and status.epochs == 1
+    train_or_resume(recipe, tmp_path / "run")  # nothing left to do: no extra epoch
+    assert run_status(tmp_path / "run").epochs == 1
+    assert not run_status(tmp_path / "nothing").finished
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        ({"tables": "lcs6,icsg"}, "expected a comma list of lcs6, ybco"),
+        ({"seeds": 0}, "at least 1 seed"),
+        ({"folds": "x"}, "folds must look like"),
+    ],
+)
+def test_bad_options_are_refused(words, message):
+    with pytest.raises(UserError, match=message):
+        ResultsOptions(**words)
+
+
+def test_the_command_line_refuses_an_unknown_key(cli, tmp_path):
+    result = cli("results", "seed=3", f"runs={tmp_path}")
+    assert result.returncode == 2 and "did you mean seeds?" in result.stderr
