@@ -41,7 +41,16 @@ SHIPPED_KEYS = (
 
 
 def training_summary(state: dict[str, Any]) -> dict[str, Any]:
-    """Epochs, best epoch and wall time of the run a checkpoint comes from (from its saved history)."""
+    """Epochs, best epoch and wall time of the run a checkpoint comes from (from its saved history).
+
+    A packaged checkpoint has no history but carries this summary; its lattice refit is read from the
+    checkpoint itself, so that a shipped model whose heads were refit again is described as it is now.
+    """
+    if "training" in state and "history" not in state:
+        return {
+            **state["training"],
+            "lattice_refit": state.get("lattice_refit", state["training"].get("lattice_refit")),
+        }
     history = state.get("history") or []
     return {
         "epochs_run": int(state.get("epoch", len(history))),
@@ -77,7 +86,10 @@ def package_model(
     run_dir = Path(run_dir)
     state = read_checkpoint(run_dir)
     trained_on = run_dir / "machine.json" if run_dir.is_dir() else None
-    machine = json.loads(trained_on.read_text()) if trained_on and trained_on.is_file() else machine_description()
+    if trained_on and trained_on.is_file():
+        machine = json.loads(trained_on.read_text())
+    else:  # a packaged checkpoint says where it was trained; otherwise this machine
+        machine = state.get("machine") or machine_description()
     training = training_summary(state)
     shipped = {key: state[key] for key in SHIPPED_KEYS if key in state}
     shipped.update({"training": training, "machine": machine})

@@ -189,7 +189,7 @@ def train_command(ctx: typer.Context, as_json: bool = JSON) -> None:
 
 @app.command("refit", context_settings=KEY_VALUES)
 def refit_command(ctx: typer.Context, as_json: bool = JSON) -> None:
-    """Refit a trained run's lattice heads on eval-mode latents: nesfgen refit run=RUN [epochs=300] [lr=3e-4].
+    """Refit a trained run's lattice heads on eval-mode latents: nesfgen refit run=RUN [epochs=300] [lr=3e-4] [init=fresh|trained].
 
     Rewrites RUN/best.pt and keeps the checkpoint as trained in RUN/best.before-refit.pt.
     """
@@ -198,7 +198,7 @@ def refit_command(ctx: typer.Context, as_json: bool = JSON) -> None:
 
     chosen = options(RefitOptions, ctx, "refit")
     with console.status("refitting the lattice heads"):
-        refit = refit_best(Path(chosen.run), chosen.epochs, chosen.lr).as_dict()
+        refit = refit_best(Path(chosen.run), chosen.epochs, chosen.lr, init=chosen.init).as_dict()
     emit({"run": chosen.run, **refit}, as_json, lambda r: stdout.print(describe_refit(r), markup=False))
 
 

@@ -269,6 +269,7 @@ class TrainConfig(Checked):
         "snapshot_every_minutes": number(0.0),
         "lattice_refit_epochs": integer(0),
         "lattice_refit_lr": number(0.0, low_open=True),
+        "lattice_refit_init": one_of("fresh", "trained"),
     }
 
     epochs: int = 3200
@@ -290,6 +291,9 @@ class TrainConfig(Checked):
     init_from: str = ""  # start from this checkpoint's weights (run, .pt or shipped name); "" = random init
     lattice_refit_epochs: int = 0  # after training, refit the lattice heads on eval-mode latents (0 = off)
     lattice_refit_lr: float = 3e-4
+    # fresh: new heads (output bias at the training mean) fitted from scratch, the heads as trained kept only if
+    # better on validation; trained: continue from the heads as trained (before 0.2.0). docs/training.md
+    lattice_refit_init: str = "fresh"
 
 
 @dataclass(frozen=True)

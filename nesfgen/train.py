@@ -605,7 +605,9 @@ class Trainer:
         if self.ranks.main:
             plot_losses(self.run_dir, self.history)
             if t.lattice_refit_epochs > 0 and (self.run_dir / "best.pt").is_file():
-                refit = refit_best(self.run_dir, t.lattice_refit_epochs, t.lattice_refit_lr, again=False)
+                refit = refit_best(
+                    self.run_dir, t.lattice_refit_epochs, t.lattice_refit_lr, again=False, init=t.lattice_refit_init
+                )
         return TrainResult(
             run_dir=self.run_dir,
             epochs_done=self.epoch,
@@ -677,7 +679,7 @@ def resume(
     return Trainer(recipe, run_dir, state).run(progress)
 
 
-def refit_best(run_dir: Path, epochs: int, lr: float, again: bool = True) -> RefitResult | None:
+def refit_best(run_dir: Path, epochs: int, lr: float, again: bool = True, init: str = "fresh") -> RefitResult | None:
     """Refit the lattice heads of ``run_dir/best.pt`` on eval-mode latents and write them into it.
 
     A refit of a checkpoint as trained keeps it in ``best.before-refit.pt``. With ``again=False``
@@ -712,11 +714,13 @@ def refit_best(run_dir: Path, epochs: int, lr: float, again: bool = True) -> Ref
         lr,
         recipe.train.batch_size,
         recipe.train.seed,
+        init,
     )
     if "lattice_refit" not in state:  # as trained: keep it (a refit of a refit keeps the first backup)
         save_checkpoint(path.with_name("best.before-refit.pt"), state)
     # the saved recipe says how this model was made: training with it ends in this same refit
     train_section = {**state["recipe"]["train"], "lattice_refit_epochs": epochs, "lattice_refit_lr": lr}
+    train_section["lattice_refit_init"] = init
     refit_state = {**state, "recipe": {**state["recipe"], "train": train_section}, "model": model.state_dict()}
     save_checkpoint(path, {**refit_state, "lattice_refit": {**result.as_dict(), "lr": lr}})
     log.info("lattice heads refit: kept epochs %s of %d", result.best_epoch, epochs)

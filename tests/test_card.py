@@ -1,11 +1,12 @@
 import json
+import shutil
 
 from conftest import tiny_recipe
 
 from nesfgen.card import package_model
 from nesfgen.checkpoint import load_model, read_checkpoint
 from nesfgen.evaluate import EvaluateOptions, evaluate, markdown_table
-from nesfgen.train import train
+from nesfgen.train import refit_best, train
 
 
 def test_package_writes_a_slim_checkpoint_and_a_card_that_evaluate_reproduces(tiny_dataset, tmp_path):
@@ -21,10 +22,30 @@ def test_package_writes_a_slim_checkpoint_and_a_card_that_evaluate_reproduces(ti
     load_model(packaged.checkpoint)  # rebuilds from the slim file alone
     card = packaged.card.read_text()
     assert "nesfgen package run=" in card and "| error in number of atoms [%] |" in card
-    assert "Lattice heads refit on the frozen encoder's eval-mode latents: 2 epochs" in card
+    assert "Lattice heads refit (freshly initialised) on the frozen encoder's eval-mode latents: 2 epochs" in card
     again = evaluate(EvaluateOptions(checkpoint=str(packaged.checkpoint), data=str(tiny_dataset.path), split="test"))
     assert markdown_table(again.summary) in card  # every metric as evaluated from the written file ("n/a" for NaN)
     assert f"StructureMatcher match rate {again.summary['cdvae_match_rate_pct']:.2f} %" in card
     pooled = again.summary["reference"]["species_error_actual_pct"]
     assert "pooled over atoms (reference)" in card and f"| {pooled:.4f} |" in card
     assert (run / "eval-tiny-model" / "evaluation.md").is_file()
+
+
+def test_a_shipped_model_refit_again_is_repackaged_with_its_training_kept(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    recipe = tiny_recipe(tiny_dataset, **{"train.epochs": 1, "estimator.steps": 3, "train.lattice_refit_epochs": 2})
+    train(recipe, run)
+    first = read_checkpoint(package_model(run, "tiny", split="test", out_dir=tmp_path / "models").checkpoint)
+    again_dir = tmp_path / "again"
+    again_dir.mkdir()
+    shutil.copy(tmp_path / "models" / "tiny.pt", again_dir / "best.pt")
+    refit_best(again_dir, 5, 1e-3, init="fresh")
+    packaged = package_model(again_dir, "tiny", split="test", out_dir=tmp_path / "models2")
+    state = read_checkpoint(packaged.checkpoint)
+    assert state["training"]["epochs_run"] == first["training"]["epochs_run"] == 1
+    assert state["training"]["training_minutes"] == first["training"]["training_minutes"]
+    assert state["machine"] == first["machine"]  # where it was trained, not where it was repackaged
+    assert state["training"]["lattice_refit"]["epochs"] == 5 and state["recipe"]["train"]["lattice_refit_epochs"] == 5
+    assert (
+        "refit (freshly initialised) on the frozen encoder's eval-mode latents: 5 epochs" in packaged.card.read_text()
+    )

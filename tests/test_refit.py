@@ -3,7 +3,7 @@ from conftest import tiny_recipe
 
 from nesfgen.checkpoint import build_model, read_checkpoint
 from nesfgen.model import encode_all
-from nesfgen.refit import lattice_errors, refit_lattice_heads
+from nesfgen.refit import _reinitialise, lattice_errors, refit_lattice_heads
 from nesfgen.sampling import TensorSet
 from nesfgen.train import refit_best, resume, train
 
@@ -33,6 +33,27 @@ def test_refit_fits_the_heads_and_touches_nothing_else(tiny_dataset):
                 assert torch.equal(value, before[key]), key
     for key in results[0]:  # deterministic for a seed
         assert torch.equal(results[0][key], results[1][key]), key
+
+
+def test_fresh_heads_start_from_the_mean_lattice_and_never_lose_to_the_heads_as_trained(tiny_dataset):
+    recipe = tiny_recipe(tiny_dataset)
+    train_set, val_set = tiny_sets(tiny_dataset)
+    torch.manual_seed(0)
+    model = build_model(recipe.model, len(tiny_dataset.species_table))
+    refit_lattice_heads(model, train_set, val_set, epochs=40, lr=3e-3, batch_size=8, seed=1, init="trained")
+    fitted = {k: v.clone() for k, v in model.lattice_head.state_dict().items()}
+    state = torch.random.get_rng_state()
+    # at a vanishing learning rate, new heads stay at the mean lattice: worse than the fitted heads, which stay
+    result = refit_lattice_heads(model, train_set, val_set, epochs=1, lr=1e-12, batch_size=8, seed=1, init="fresh")
+    assert result.best_epoch == {"lengths": 0, "angles": 0} and result.init == "fresh"
+    for key, value in model.lattice_head.state_dict().items():
+        assert torch.equal(value, fitted[key]), key
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global random stream is untouched
+    # new heads start at the training mean
+    fresh = build_model(recipe.model, len(tiny_dataset.species_table))
+    _reinitialise(fresh.lattice_head, train_set, seed=1)
+    assert torch.allclose(fresh.lattice_head.lengths[-1].bias, train_set.lengths.mean(0))
+    assert torch.allclose(fresh.lattice_head.angles[-1].bias, train_set.angles.mean(0))
 
 
 def test_training_refits_best_once_and_keeps_the_checkpoint_as_trained(tiny_dataset, tmp_path):
