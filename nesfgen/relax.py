@@ -45,31 +45,20 @@ MAX_VOLUME_FACTOR = 4.0
 ENERGY_RANGE = (-30.0, 10.0)
 #: structures relaxed in lockstep, one potential call a step for all of them
 DEFAULT_BATCH = 32
-#: FIRE steps without a new energy low (by STALL_GAIN) after which a relaxation stops as stalled; 0: never
-DEFAULT_STALL_STEPS = 100
-#: eV/atom: a new low by less than this does not count as progress
-STALL_GAIN = 1e-3
-#: a running relaxation is checked for overlapping atoms every this many steps; two failed checks in a row
-#: end it as failed (what the check after the last step would say), instead of running on to ``steps``
-OVERLAP_CHECK_EVERY = 10
 RECORD_SUFFIX = ".relax.json"
 RELAXED_SUFFIX = ".relaxed.cif"
 
 
 @dataclass(frozen=True)
 class RelaxOptions:
-    """How hard to relax: forces below ``fmax`` (eV/Å) within ``steps`` FIRE steps, stopping early (not
-    converged) after ``stall_steps`` steps without a new energy low; ``batch`` structures in lockstep (speed
-    only: the result of each structure does not depend on it)."""
+    """How hard to relax: forces below ``fmax`` (eV/Å) within ``steps`` FIRE steps; ``batch`` structures in
+    lockstep (speed only: the result of each structure does not depend on it)."""
 
     fmax: float = DEFAULT_FMAX
     steps: int = DEFAULT_STEPS
     batch: int = DEFAULT_BATCH
-    stall_steps: int = DEFAULT_STALL_STEPS
 
     def __post_init__(self) -> None:
-        if self.stall_steps < 0:
-            raise UserError(f"stall_steps={self.stall_steps} must be 0 (never) or a number of steps")
         if self.batch < 1:
             raise UserError(f"batch={self.batch} must be at least 1")
         if not (math.isfinite(self.fmax) and self.fmax > 0):
@@ -152,10 +141,8 @@ def _new_record(structure: Any, options: RelaxOptions) -> dict[str, Any]:
         "volume_change_pct": math.nan,
         "space_group_before": _space_group(structure),
         "space_group_after": "",
-        "stalled": False,
         "fmax": options.fmax,
         "max_steps": options.steps,
-        "stall_steps": options.stall_steps,
     }
 
 
@@ -194,23 +181,6 @@ class _Relaxation:
     optimizer: Any
     started: float
     energies: list[float]
-    overlapping: bool = False  # at the last overlap check
-
-    def stalled(self, window: int) -> bool:
-        """No new energy low by STALL_GAIN in the last ``window`` steps (never with ``window`` 0)."""
-        if not window or len(self.energies) <= window:
-            return False
-        return min(self.energies[-window:]) > min(self.energies[:-window]) - STALL_GAIN
-
-    def overlap_problem(self) -> str:
-        """Overlapping atoms found at two checks in a row ("" otherwise); checked every OVERLAP_CHECK_EVERY steps."""
-        from pymatgen.io.ase import AseAtomsAdaptor
-
-        if self.optimizer.nsteps % OVERLAP_CHECK_EVERY:
-            return ""
-        problem = input_problem(AseAtomsAdaptor.get_structure(self.atoms))
-        persisting, self.overlapping = self.overlapping and problem, bool(problem)
-        return f"relaxed into {problem}" if persisting else ""
 
 
 def _start(index: int, structure: Any, options: RelaxOptions) -> _Relaxation | tuple[int, dict[str, Any], None]:
@@ -366,15 +336,13 @@ def relax_many(
         reasons = _evaluate(model, running)
         still = []
         for relaxation, reason in zip(running, reasons):
-            reason = reason or _exploded(relaxation) or relaxation.overlap_problem()
+            reason = reason or _exploded(relaxation)
             if reason:
                 yield _finish(relaxation, False, reason)
                 continue
             optimizer = relaxation.optimizer
             converged = bool(optimizer.converged())
-            stalled = not converged and relaxation.stalled(options.stall_steps)
-            if converged or stalled or optimizer.nsteps >= options.steps:
-                relaxation.record["stalled"] = stalled
+            if converged or optimizer.nsteps >= options.steps:
                 yield _finish(relaxation, converged, "")
                 continue
             optimizer.step()
@@ -464,7 +432,7 @@ def relax_all(
 ) -> list[dict[str, Any]]:
     """Relax every input into ``out``: ID.relaxed.cif and ID.relax.json each, written as it finishes.
 
-    A record already in ``out`` for the same fmax, steps and stall_steps is reused (resume); the others are relaxed
+    A record already in ``out`` for the same fmax and steps is reused (resume); the others are relaxed
     ``options.batch`` at a time in lockstep (:func:`relax_many`). Returns the records in input order.
     """
     out = output_folder(out, "relaxation folder")
@@ -472,14 +440,13 @@ def relax_all(
     todo = []
     for k, item in enumerate(items):
         record = _read_record(out / f"{item.id}{RECORD_SUFFIX}")
-        settings = {"fmax": options.fmax, "max_steps": options.steps, "stall_steps": options.stall_steps}
-        if record is not None and all(record.get(key) == value for key, value in settings.items()):
+        if record is not None and record.get("fmax") == options.fmax and record.get("max_steps") == options.steps:
             records[k] = record
         elif item.structure is None or item.problem:
             record = {"formula": "", "num_atoms": 0, "status": "failed", "reason": item.problem}
             if item.structure is not None:
                 record.update(formula=item.structure.composition.reduced_formula, num_atoms=len(item.structure))
-            records[k] = _save(out, item, {**record, **settings}, None)
+            records[k] = _save(out, item, {**record, "fmax": options.fmax, "max_steps": options.steps}, None)
         else:
             todo.append(k)
     done = len(items) - len(todo)

@@ -24,7 +24,7 @@ from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text
 from nesfgen.options import required
 from nesfgen.progress import Progress
-from nesfgen.relax import DEFAULT_BATCH, DEFAULT_FMAX, DEFAULT_STALL_STEPS, DEFAULT_STEPS, RelaxOptions
+from nesfgen.relax import DEFAULT_BATCH, DEFAULT_FMAX, DEFAULT_STEPS, RelaxOptions
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +428,6 @@ def screen(
         "relaxed": len(relaxed),
         "failed": len(records) - len(relaxed),
         "converged_pct": 100.0 * sum(r["converged"] for r in relaxed) / len(relaxed) if relaxed else None,
-        "stalled_pct": 100.0 * sum(bool(r.get("stalled")) for r in relaxed) / len(relaxed) if relaxed else None,
         "mean_rmsd": float(np.mean(rmsds)) if rmsds else None,
         "mean_energy_after": float(np.mean([r["energy_after"] for r in relaxed])) if relaxed else None,
         "hull_source": hull.source if hull else None,
@@ -457,7 +456,6 @@ CSV_COLUMNS = (
     "status",
     "reason",
     "converged",
-    "stalled",
     "steps",
     "energy_before",
     "energy_after",
@@ -495,13 +493,12 @@ class ScreenOptions:
     fmax: float = DEFAULT_FMAX
     steps: int = DEFAULT_STEPS
     batch: int = DEFAULT_BATCH
-    stall_steps: int = DEFAULT_STALL_STEPS
     hull: str | None = None
     data: str | None = None
 
     @property
     def relaxation(self) -> RelaxOptions:
-        return RelaxOptions(self.fmax, self.steps, self.batch, self.stall_steps)
+        return RelaxOptions(self.fmax, self.steps, self.batch)
 
 
 def relax_and_screen(options: ScreenOptions, progress: Progress | None = None) -> dict[str, Any]:
@@ -535,7 +532,6 @@ def relax_and_screen(options: ScreenOptions, progress: Progress | None = None) -
         novelty_reference=f"{reference_name}:train" if reference_name else None,
         fmax=options.fmax,
         steps=options.steps,
-        stall_steps=options.stall_steps,
         potential=_potential_version(),
         seconds=time.perf_counter() - started,
         out=str(out),

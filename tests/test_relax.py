@@ -108,48 +108,6 @@ def test_lockstep_relaxation_matches_chgnets_own_relaxer_and_one_at_a_time(poten
         assert relaxed.volume == pytest.approx(reference["final_structure"].volume, rel=1e-3)
 
 
-def test_a_relaxation_without_a_new_energy_low_stops_as_stalled(monkeypatch):
-    """Constant energy with forces above fmax: FIRE would run to ``steps``; the stall window ends it."""
-    import numpy as np
-
-    def flat(model, structures):
-        return [(-3.0, np.full((len(s), 3), 0.2), np.zeros(6)) for s in structures]
-
-    monkeypatch.setattr(relax, "energies_forces_stresses", flat)
-    record, relaxed = relax.relax_structure(strained_nacl(), RelaxOptions(steps=500, stall_steps=5), model=object())
-    assert record["status"] == "relaxed" and record["stalled"] is True and record["converged"] is False
-    assert record["steps"] == 5 and relaxed is not None
-    record, _ = relax.relax_structure(strained_nacl(), RelaxOptions(steps=12, stall_steps=0), model=object())
-    assert record["stalled"] is False and record["steps"] == 12  # stall_steps=0: only the step limit
-
-
-@pytest.mark.parametrize(
-    ("energies", "stalled"),
-    [
-        ([-1.0, -2.0, -2.0, -2.0, -2.0], True),  # the last three steps set no new low
-        ([-1.0, -2.0, -2.0, -2.0, -2.01], False),  # a new low by 10 meV/atom in the window
-        ([-1.0, -2.0, -2.0, -2.0, -2.0005], True),  # by less than STALL_GAIN: no progress
-        ([-1.0, -1.5, -2.0, -2.0], False),  # the window holds the step that set the low
-        ([-1.0, -2.0, -2.0], False),  # not yet a full window after the first energy
-    ],
-)
-def test_stall_window(energies, stalled):
-    relaxation = relax._Relaxation(0, None, {}, None, None, 0.0, energies)
-    assert relaxation.stalled(3) is stalled
-    assert relaxation.stalled(0) is False
-
-
-def test_atoms_that_stay_overlapping_end_the_relaxation_early():
-    started = relax._start(0, strained_nacl(), RelaxOptions())
-    started.atoms.positions[1] = started.atoms.positions[0] + 0.1  # collapsed onto each other
-    started.optimizer.nsteps = 10
-    assert started.overlap_problem() == ""  # once could be a passing close approach
-    started.optimizer.nsteps = 15
-    assert started.overlap_problem() == ""  # only every OVERLAP_CHECK_EVERY steps
-    started.optimizer.nsteps = 20
-    assert started.overlap_problem().startswith("relaxed into overlapping atoms")
-
-
 def test_one_structure_the_potential_refuses_does_not_stop_the_batch(potential, monkeypatch):
     evaluate = relax.energies_forces_stresses
 
