@@ -337,7 +337,7 @@ def cv_command(
     on_interrupt(lambda: f"finished epochs are saved under {out}; run the same command again to continue")
     with views.training_bars(not as_json) as progress:
         result = cross_validate_into(recipe, parse_folds(folds), out, progress)
-    emit(result, as_json, views.cross_validation)
+    emit(result, as_json, views.markdown_report)
 
 
 @app.command("results", context_settings=KEY_VALUES)
@@ -352,7 +352,7 @@ def results_command(ctx: typer.Context, as_json: bool = JSON) -> None:
     on_interrupt(lambda: f"finished epochs are saved under {chosen.runs}; run the same command again to continue")
     with views.training_bars(not as_json) as progress:
         result = build_results(chosen, progress)
-    emit(result, as_json, views.results)
+    emit(result, as_json, views.markdown_report)
 
 
 @app.command("tune", context_settings=KEY_VALUES)

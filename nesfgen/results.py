@@ -144,7 +144,7 @@ def build_results(
     report = results_markdown(result, options)
     atomic_write_text(options.page, report)
     atomic_write_text(options.page.with_suffix(".json"), json.dumps(result, indent=1, default=str))
-    return {**result, "report": report}
+    return {**result, "report": report, "files": [str(options.page), str(options.page.with_suffix(".json"))]}
 
 
 def results_markdown(result: dict[str, Any], options: ResultsOptions) -> str:

@@ -134,11 +134,6 @@ def training_bars(shown: bool = True) -> Iterator[RichTrainProgress | None]:
             progress.stop()
 
 
-def results(r: dict) -> None:
-    stdout.print(r["report"], markup=False)
-    stdout.print(f"written: {r['page']}", markup=False)
-
-
 def training_report(report: dict) -> None:
     """The validation split's reconstruction figures and where the picture is."""
     from nesfgen.evaluate import markdown_table
@@ -590,7 +585,8 @@ def hull(r: dict) -> None:
     )
 
 
-def cross_validation(r: dict) -> None:
+def markdown_report(r: dict) -> None:
+    """A command's Markdown report (cv, results) and the files it wrote."""
     stdout.print(r["report"], markup=False)
     stdout.print(f"written: {', '.join(r['files'])}", markup=False)
 
