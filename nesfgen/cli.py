@@ -342,7 +342,7 @@ def cv_command(
 
 @app.command("results", context_settings=KEY_VALUES)
 def results_command(ctx: typer.Context, as_json: bool = JSON) -> None:
-    """The paper's Table 1 from our runs: nesfgen results [runs=runs/results] [out=PAGE.md] [tables=lcs6,ybco] [seeds=3] [train=false].
+    """The paper's Table 1 from our runs: nesfgen results [runs=runs/results] [out=PAGE.md] [tables=lcs6,ybco,icsg3d] [seeds=3] [train=false].
 
     Trains or resumes every run the tables need (hours), evaluates each on its test split and writes the page.
     """

@@ -73,7 +73,7 @@ def cross_validate(
             on_fold(fold, evaluation)
     rows = [row for e in evaluations for row in e.rows]
     pooled = {**mean_over_structures(rows), "reference": pool_over_atoms(rows)}
-    return {"recipe": recipe.name, "folds": folds, "pooled": pooled, **summarise_runs(evaluations)}
+    return {"recipe": recipe.name, "folds": folds, "pooled": pooled, **summarise_runs([e.summary for e in evaluations])}
 
 
 def crossval_markdown(result: dict[str, Any], dataset: str) -> str:

@@ -189,7 +189,7 @@ def evaluate_runs(options: EvaluateOptions, progress: Callable[[str], Progress] 
         folder = _report_folder(options.out, checkpoint, evaluation.summary, len(checkpoints) > 1)
         evaluation.summary["report_files"] = [str(p) for p in write_report(evaluation, folder)]
         evaluations.append(evaluation)
-    return evaluations[0].summary if len(evaluations) == 1 else summarise_runs(evaluations)
+    return evaluations[0].summary if len(evaluations) == 1 else summarise_runs([e.summary for e in evaluations])
 
 
 def _report_folder(out: str | None, checkpoint: str | None, summary: dict, several: bool) -> Path:
@@ -257,15 +257,15 @@ def paper_reference(dataset_name: str) -> tuple[float, ...] | None:
     return None
 
 
-def summarise_runs(evaluations: Sequence[Evaluation]) -> dict[str, Any]:
-    """Mean ± std over several runs (the paper's 10 seeds), of both aggregations, with each run's summary."""
-    statistics = mean_std([e.summary for e in evaluations])
-    reference = mean_std([e.summary["reference"] for e in evaluations])
+def summarise_runs(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over several runs' summaries (the paper's 10 seeds), of both aggregations, with each summary."""
+    statistics = mean_std(summaries)
+    reference = mean_std([summary["reference"] for summary in summaries])
     return {
-        "runs": len(evaluations),
+        "runs": len(summaries),
         "mean": {k: v[0] for k, v in statistics.items()} | {"reference": {k: v[0] for k, v in reference.items()}},
         "std": {k: v[1] for k, v in statistics.items()} | {"reference": {k: v[1] for k, v in reference.items()}},
-        "each": [e.summary for e in evaluations],
+        "each": list(summaries),
     }
 
 

@@ -48,7 +48,7 @@ def test_several_runs_give_mean_and_std(trained_run, tiny_dataset, tmp_path):
         evaluate(EvaluateOptions(checkpoint=str(run), data=str(tiny_dataset.path), split="test", limit=2))
         for run in (trained_run, other)
     ]
-    summary = summarise_runs(evaluations)
+    summary = summarise_runs([e.summary for e in evaluations])
     first, second = (e.summary["length_error"] for e in evaluations)
     assert summary["runs"] == 2 and first != second
     assert summary["mean"]["length_error"] == pytest.approx((first + second) / 2)

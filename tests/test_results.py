@@ -1,9 +1,11 @@
 import json
+import shutil
+from dataclasses import replace
 
 import pytest
 from conftest import tiny_recipe
 
-from nesfgen.config import to_toml
+from nesfgen.config import load_recipe, to_toml
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
 from nesfgen.metrics import PAPER_METRICS
@@ -91,7 +93,8 @@ def test_a_run_stopped_by_its_time_limit_counts_as_finished(tiny_dataset, tmp_pa
 @pytest.mark.parametrize(
     ("words", "message"),
     [
-        ({"tables": "lcs6,icsg"}, "expected a comma list of lcs6, ybco"),
+        ({"tables": "lcs6,icsg"}, "expected a comma list of lcs6, ybco, icsg3d"),
+        ({"icsg3d_seeds": 0}, "icsg3d_seeds=0: expected at least 1 seed"),
         ({"seeds": 0}, "at least 1 seed"),
         ({"folds": "x"}, "folds must look like"),
     ],
@@ -104,3 +107,40 @@ def test_bad_options_are_refused(words, message):
 def test_the_command_line_refuses_an_unknown_key(cli, tmp_path):
     result = cli("results", "seed=3", f"runs={tmp_path}")
     assert result.returncode == 2 and "did you mean seeds?" in result.stderr
+
+
+def test_recorded_seeds_are_carried_over_when_their_runs_are_gone(recipe_file, tmp_path):
+    page = tmp_path / "docs" / "results.md"
+    first = ResultsOptions(
+        runs=str(tmp_path / "runs"), out=str(page), tables="lcs6", seeds=1, lcs6_recipe=str(recipe_file)
+    )
+    trained = build_results(first)["tables"][0]
+    shutil.rmtree(tmp_path / "runs")  # a new machine: the page came with the repository, the runs did not
+    later = replace(first, runs=str(tmp_path / "elsewhere"), seeds=2, train=False)
+    table = build_results(later)["tables"][0]
+    assert [run.get("recorded") for run in table["seeds"]] == [True]
+    assert table["each"][0]["reference"] == trained["each"][0]["reference"]
+    assert table["missing"] == [
+        f"nesfgen train recipe={recipe_file} train.seed=1 out={tmp_path / 'elsewhere' / 'lcs6' / 'seed-1'}"
+    ]
+    assert "0 (recorded)" in page.read_text()
+    # another recipe is another column: its seeds are not taken from this one's record
+    other = tmp_path / "other.toml"
+    recipe = load_recipe(str(recipe_file))
+    other.write_text(to_toml(replace(recipe, train=replace(recipe.train, lr=0.5))))
+    assert build_results(replace(later, lcs6_recipe=str(other)))["tables"][0]["seeds"] == []
+
+
+def test_a_damaged_results_record_is_refused_by_name(recipe_file, tmp_path):
+    page = tmp_path / "results.md"
+    page.with_suffix(".json").write_text("{not json")
+    options = ResultsOptions(runs=str(tmp_path / "runs"), out=str(page), tables="lcs6", lcs6_recipe=str(recipe_file))
+    with pytest.raises(UserError, match="results.json: not a results JSON"):
+        build_results(replace(options, train=False))
+
+
+def test_the_icsg3d_table_names_its_protocol(recipe_file, tmp_path):
+    options = ResultsOptions(runs=str(tmp_path / "runs"), tables="icsg3d", icsg3d_recipe=str(recipe_file), train=False)
+    result = build_results(options)
+    assert result["tables"][0]["table"] == "icsg3d" and result["tables"][0]["missing"]
+    assert "was not released" in (tmp_path / "runs" / "results.md").read_text()

@@ -1,4 +1,4 @@
-"""Datasets by name: ``builtin``, the paper's (``lcs6``, ``icsg3d``, ``ybco-fold3``) or a folder path."""
+"""Datasets by name: ``builtin``, the paper's (``lcs6``, ``icsg3d``, ``ybco-fold3``), ``icsg3d-standin`` or a folder path."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from nesfgen.data.store import Dataset, data_dir, open_dataset
 from nesfgen.errors import UserError
 
 PAPER_NAMES = ("lcs6", "icsg3d", *(f"ybco-fold{k}" for k in range(20)))
+#: built from the paper's datasets on first use (nesfgen.data.standin)
+DERIVED_NAMES = ("icsg3d-standin",)
 
 
 def resolve_dataset(name_or_path: str) -> Dataset:
@@ -21,6 +23,10 @@ def resolve_dataset(name_or_path: str) -> Dataset:
         from nesfgen.data.builtin import builtin_dataset
 
         return builtin_dataset()
+    if name_or_path in DERIVED_NAMES:
+        from nesfgen.data.standin import standin_dataset
+
+        return standin_dataset()
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return open_dataset(path)

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+from conftest import cesium_chloride, perovskite, rock_salt, zinc_blende
+
+from nesfgen.data.names import resolve_dataset
+from nesfgen.data.standin import build_standin, standin_dataset
+from nesfgen.data.store import data_dir, write_dataset
+from nesfgen.errors import UserError
+
+
+def _released(folder):
+    """An ICSG3D-like dataset with only val and test splits, as the paper released it."""
+    val = [rock_salt(5.0 + 0.05 * k, id=f"val-{k}") for k in range(10)]
+    test = [perovskite(id="test-0"), cesium_chloride(id="test-1")]
+    return write_dataset(folder / "icsg3d", {"val": val, "test": test}, name="icsg3d")
+
+
+def test_the_standin_holds_out_part_of_val_and_no_test_formula(tmp_path):
+    generated = write_dataset(
+        tmp_path / "gen",
+        {"train": [zinc_blende(), perovskite(4.0, id="gen-SrTiO3")], "val": [cesium_chloride(4.2, id="gen-CsCl")]},
+        name="gen",
+    )
+    splits = build_standin(_released(tmp_path), generated)
+    train_ids, val_ids = [c.id for c in splits["train"]], [c.id for c in splits["val"]]
+    assert "ZnS" in train_ids and "gen-SrTiO3" not in train_ids and "gen-CsCl" not in train_ids
+    assert len(val_ids) == 1 and sorted(train_ids[1:] + val_ids) == sorted(f"val-{k}" for k in range(10))
+    assert [c.id for c in splits["test"]] == ["test-0", "test-1"]  # the released test split, untouched
+
+
+def test_the_standin_is_built_once_from_the_imported_icsg3d():
+    _released(data_dir())
+    dataset = resolve_dataset("icsg3d-standin")
+    assert set(dataset.split_names) == {"train", "val", "test"} and len(dataset.load("test")) == 2
+    written = (dataset.path / "manifest.json").stat().st_mtime_ns
+    assert (standin_dataset().path / "manifest.json").stat().st_mtime_ns == written
+    assert "was not released" in dataset.manifest["provenance"]["description"]
+    assert np.isin(dataset.load("test").atomic_numbers, dataset.species_table).all()
+
+
+def test_the_standin_needs_icsg3d_imported():
+    with pytest.raises(UserError, match="dataset 'icsg3d' not found.*nesfgen data import"):
+        resolve_dataset("icsg3d-standin")
