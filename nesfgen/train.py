@@ -210,6 +210,7 @@ def initialise_from(model: nn.Module, recipe: Recipe, source: dict[str, Any], da
     The architecture must be the source's, apart from FREE_ON_INIT: every source weight is copied,
     and weights only the new model has (a VAE's scale head) keep their initialisation.
     The species table and bounding box come from the source too, so its fields keep their meaning.
+    The source must have been trained on this dataset unless ``train.fine_tune`` says otherwise.
     """
     where = f"train.init_from = {recipe.train.init_from!r} ({source['path']})"
     theirs = from_dict(Recipe, source["recipe"], where=source["path"]).model
@@ -223,10 +224,11 @@ def initialise_from(model: nn.Module, recipe: Recipe, source: dict[str, Any], da
         raise UserError(
             f"{where}: its [model] section differs from this recipe's, so its weights do not fit: {'; '.join(differing)}"
         )
-    if source["dataset_hash"] != dataset.content_hash:
+    if source["dataset_hash"] != dataset.content_hash and not recipe.train.fine_tune:
         raise UserError(
             f"{where} was trained on other data than dataset {dataset.name!r} "
-            f"(content hash {source['dataset_hash'][:12]} != {dataset.content_hash[:12]})"
+            f"(content hash {source['dataset_hash'][:12]} != {dataset.content_hash[:12]}); "
+            "set train.fine_tune=true to fine-tune it on this data"
         )
     missing, unexpected = model.load_state_dict(source["model"], strict=False)
     if unexpected:
@@ -342,6 +344,12 @@ class Trainer:
         """
         recipe, t = self.recipe, self.recipe.train
         self.species_table = list((known or {}).get("species_table", self.dataset.species_table))
+        unknown = sorted(set(self.dataset.species_table) - set(self.species_table))
+        if known and t.fine_tune and unknown:
+            raise UserError(
+                f"train.fine_tune: dataset {self.dataset.name!r} holds elements (atomic numbers {unknown}) that "
+                f"{t.init_from or 'the resumed run'} was not trained on, so its species field cannot name them"
+            )
         train_crystals = load_split(self.dataset, recipe, recipe.data.train_split)
         val_crystals = load_split(self.dataset, recipe, recipe.data.val_split)
         if t.batch_size < 2 * self.ranks.world:
@@ -353,7 +361,12 @@ class Trainer:
                 f"train.batch_size {t.batch_size} is larger than the {len(train_crystals)} structures of split "
                 f"{recipe.data.train_split!r}; lower train.batch_size"
             )
-        self.box = np.asarray(known["box"]) if known else atoms_bounding_box(train_crystals)
+        self.box = atoms_bounding_box(train_crystals)
+        if known:
+            trained_box = np.asarray(known["box"])
+            # a fine-tuned model's fields also cover the new data's atoms (YBCO-like cells outgrow LCS6Å's box)
+            widened = np.stack([np.minimum(trained_box[0], self.box[0]), np.maximum(trained_box[1], self.box[1])])
+            self.box = widened if t.fine_tune else trained_box
         # what the model saw, so that decoding can warn about inputs far outside it
         self.atoms_per_cell = [int(train_crystals.num_atoms.min()), int(train_crystals.num_atoms.max())]
         self.train_set = TensorSet(train_crystals, self.species_table, self.device)

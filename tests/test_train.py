@@ -8,8 +8,11 @@ import torch
 from conftest import tiny_recipe
 
 from nesfgen.checkpoint import load_model, read_checkpoint
+from nesfgen.crystal import Crystal
+from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
-from nesfgen.train import RUN_HEADER, check_new_run_dir, resume, train
+from nesfgen.sampling import atoms_bounding_box
+from nesfgen.train import RUN_HEADER, Trainer, check_new_run_dir, resume, train
 
 
 def test_short_training_lowers_the_loss(tiny_dataset, tmp_path):
@@ -213,3 +216,33 @@ def test_out_folders_a_new_run_may_use(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(UserError, match="afile is a file, not a folder"):
         check_new_run_dir(tmp_path / "afile" / "run")
+
+
+def test_fine_tuning_keeps_the_species_table_and_widens_the_box(tiny_dataset, tmp_path):
+    pretrained = train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "pre")
+    bigger = [
+        Crystal.create(c.lengths * 1.6, c.angles, atomic_numbers=c.atomic_numbers, frac_coords=c.frac_coords, id=c.id)
+        for c in tiny_dataset.load("train")
+        if c.id.startswith(("NaCl", "SrTiO3"))
+    ]
+    other = write_dataset(tmp_path / "other", {"train": bigger[:16], "val": bigger[16:]}, name="other")
+    settings = {"train.init_from": str(pretrained.run_dir), "data.test_split": "val"}
+    with pytest.raises(UserError, match="trained on other data.*set train.fine_tune=true"):
+        Trainer(tiny_recipe(other, **settings), tmp_path / "refused")
+    trainer = Trainer(tiny_recipe(other, **settings, **{"train.fine_tune": "true"}), tmp_path / "tuned")
+    assert trainer.species_table == tiny_dataset.species_table  # the source's table, a superset of this data's
+    source_box = np.asarray(read_checkpoint(pretrained.run_dir / "last.pt")["box"])
+    own_box = atoms_bounding_box(other.load("train"))
+    assert np.all(trainer.box[0] <= np.minimum(source_box[0], own_box[0]) + 1e-9)
+    assert (
+        np.all(trainer.box[1] >= np.maximum(source_box[1], own_box[1]) - 1e-9)
+        and own_box[1].max() > source_box[1].max()
+    )
+
+    alien = [
+        Crystal.create([3.0] * 3, [90] * 3, atomic_numbers=[3, 9], frac_coords=[[0, 0, 0], [0.5] * 3], id=f"LiF-{k}")
+        for k in range(20)
+    ]
+    lif = write_dataset(tmp_path / "lif", {"train": alien[:16], "val": alien[16:]}, name="lif")
+    with pytest.raises(UserError, match=r"train.fine_tune: dataset 'lif' holds elements \(atomic numbers \[3, 9\]\)"):
+        Trainer(tiny_recipe(lif, **settings, **{"train.fine_tune": "true"}), tmp_path / "alien")
