@@ -120,6 +120,11 @@ class Decoded:
     cart_coords: np.ndarray  # (M, 3) Å
     species: np.ndarray  # (M,) int species-table index
     atomic_numbers: np.ndarray  # (M,) int
+    # particles in each atom's suppression sphere (M,), and the clusters NMS rejected for holding fewer than
+    # nms_min_particles (K, 3) with theirs (K,): what a decoding that must hit an atom count chooses among
+    support: np.ndarray | None = None
+    spares: np.ndarray | None = None
+    spare_support: np.ndarray | None = None
 
     @property
     def num_atoms(self) -> int:
@@ -247,17 +252,31 @@ def _finish(
     config: EstimatorConfig,
 ) -> list[Decoded]:
     """Moved particles (B, P, 3) and their scores (B, P) -> NMS, the species vote and one Decoded per structure."""
-    atoms, found = _suppress(points, score, config)  # (B, M, 3), (B, M)
-    atoms = torch.where(found[..., None], atoms, 0.0)  # empty slots may hold a rejected or NaN position
+    clusters, found, support = _suppress(points, score, config)  # (B, T, 3), (B, T), (B, T)
+    most = int(found.sum(1).max()) if found.numel() else 0  # accepted clusters come first
+    atoms = torch.where(found[:, :most, None], clusters[:, :most], 0.0)  # (B, M, 3); empty slots may be NaN
     species = _vote_species(field, z, atoms, offsets, budget)  # (B, M)
     if species.numel() and int(species.max()) >= len(table):
         raise UserError(f"the species field has more classes than the species table's {len(table)} entries")
     lengths, angles = lengths.double().cpu().numpy(), angles.double().cpu().numpy()
-    atoms, found, species = atoms.double().cpu().numpy(), found.cpu().numpy(), species.cpu().numpy()
+    clusters, found, support = clusters.double().cpu().numpy(), found.cpu().numpy(), support.cpu().numpy()
+    species = species.cpu().numpy()
     results = []
     for b in range(z.shape[0]):
-        kinds = species[b, found[b]]
-        results.append(Decoded(lengths[b], angles[b], atoms[b, found[b]], kinds, table[kinds]))
+        mine, spare = found[b, :most], ~found[b] & (support[b] > 0)
+        kinds = species[b, mine]
+        results.append(
+            Decoded(
+                lengths[b],
+                angles[b],
+                clusters[b, :most][mine],
+                kinds,
+                table[kinds],
+                support=support[b, :most][mine],
+                spares=clusters[b, spare],
+                spare_support=support[b, spare],
+            )
+        )
     return results
 
 
@@ -348,11 +367,12 @@ def _estimate_chunk_fast(
     return _finish(field, z, lengths, angles, points, score, offsets, most, table, config)
 
 
-def _suppress(points: Tensor, score: Tensor, config: EstimatorConfig) -> tuple[Tensor, Tensor]:
+def _suppress(points: Tensor, score: Tensor, config: EstimatorConfig) -> tuple[Tensor, Tensor, Tensor]:
     """Non-maximum suppression, one candidate per structure per iteration.
 
-    Returns the accepted positions packed to the front, (B, M, 3), and which slots hold one (B, M),
-    in order of acceptance.
+    Returns every cluster's position (B, T, 3), whether it was accepted (B, T) and how many particles its
+    sphere held (B, T; 0 for an empty slot): the accepted clusters first, in order of acceptance, then the
+    rejected ones, most particles first.
     """
     count = points.shape[0]
     rows = torch.arange(count, device=points.device)
@@ -361,7 +381,7 @@ def _suppress(points: Tensor, score: Tensor, config: EstimatorConfig) -> tuple[T
     order = torch.argsort((~alive).to(torch.uint8), dim=1, stable=True)[:, : int(alive.sum(1).max())]
     points = points.gather(1, order[..., None].expand(-1, -1, 3))  # (B, P', 3)
     score, alive = score.gather(1, order), alive.gather(1, order)  # (B, P')
-    positions, accepted = [], []
+    positions, accepted, support = [], [], []
     while bool(alive.any()):
         best = score.masked_fill(~alive, math.inf).argmin(dim=1)  # (B,) lowest score, first on ties
         centre = points[rows, best]  # (B, 3)
@@ -371,13 +391,22 @@ def _suppress(points: Tensor, score: Tensor, config: EstimatorConfig) -> tuple[T
         weight = torch.exp(score[rows, best][:, None] - score).masked_fill(~sphere, 0.0)  # (B, P')
         shift = torch.where(sphere[..., None], weight[..., None] * offset, 0.0).sum(1)  # (B, 3)
         positions.append(centre + shift / weight.sum(1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny))
-        accepted.append(sphere.sum(1) >= config.nms_min_particles)  # empty structures have an empty sphere
+        support.append(sphere.sum(1))  # empty structures have an empty sphere
+        accepted.append(support[-1] >= config.nms_min_particles)
         alive = alive & ~sphere
     if not positions:
-        return points.new_zeros(count, 0, 3), torch.zeros(count, 0, dtype=torch.bool, device=points.device)
+        empty = torch.zeros(count, 0, dtype=torch.long, device=points.device)
+        return points.new_zeros(count, 0, 3), empty.bool(), empty
     positions_, accepted_ = torch.stack(positions, 1), torch.stack(accepted, 1)  # (B, T, 3), (B, T)
-    order = torch.argsort((~accepted_).to(torch.uint8), dim=1, stable=True)[:, : int(accepted_.sum(1).max())]
-    return positions_.gather(1, order[..., None].expand(-1, -1, 3)), accepted_.gather(1, order)
+    support_ = torch.stack(support, 1)  # (B, T)
+    # accepted first (in order), then rejected by support: a stable sort on (rejected, -support for rejected)
+    rank = torch.where(accepted_, torch.zeros_like(support_), support_.max() + 1 - support_)
+    order = torch.argsort(rank, dim=1, stable=True)
+    return (
+        positions_.gather(1, order[..., None].expand(-1, -1, 3)),
+        accepted_.gather(1, order),
+        support_.gather(1, order),
+    )
 
 
 def _vote_species(field: StructureField, z: Tensor, atoms: Tensor, offsets: Tensor, budget: int) -> Tensor:
@@ -415,8 +444,10 @@ def constrain_species(
     The positions and the lattice stay as decoded; only the species vote is restricted, so a sample asked
     for ``elements=Zn,S`` cannot hold a third element. With ``composition`` (atomic number -> amount) and
     an atom count that is a whole number of formula units, the species are assigned to match it exactly,
-    maximising the field's votes (an assignment problem). Otherwise every allowed element is given at least
-    one atom where there are enough atoms ("exactly these elements"), again with the most votes.
+    maximising the field's votes (an assignment problem). A count that is not is first brought to the
+    nearest whole number of units the estimator's evidence allows (:func:`whole_formula_units`).
+    Otherwise every allowed element is given at least one atom where there are enough atoms ("exactly
+    these elements"), again with the most votes.
     """
     table = np.asarray(species_table, dtype=np.int64)
     allowed_index = [int(np.flatnonzero(table == number)[0]) for number in allowed if number in table]
@@ -431,7 +462,10 @@ def constrain_species(
     try:
         out = []
         with torch.inference_mode():
+            units = formula_atoms(composition) if composition else None
             for b, structure in enumerate(decoded):
+                if units is not None:
+                    structure = whole_formula_units(structure, units, config.nms_min_particles)
                 if structure.num_atoms == 0:
                     out.append(structure)
                     continue
@@ -448,6 +482,71 @@ def constrain_species(
     finally:
         if was_training:
             field.train()
+
+
+#: Å: a rejected cluster closer than this to a decoded atom is part of that atom's basin, never a new atom
+SPARE_MIN_DISTANCE = 1.0
+
+
+def formula_atoms(composition: Mapping[int, float]) -> int | None:
+    """Atoms in one formula unit of ``composition`` (Zn2S2 -> 2), or None when the amounts are not whole."""
+    amounts = [float(a) for a in composition.values()]
+    if not amounts or any(not a.is_integer() or a <= 0 for a in amounts):
+        return None
+    unit = math.gcd(*(int(a) for a in amounts))
+    return sum(int(a) for a in amounts) // unit
+
+
+def whole_formula_units(structure: Decoded, units: int, threshold: int) -> Decoded:
+    """The decoded atoms brought to a whole number of ``units``-atom formula units, by the smaller change.
+
+    Either the weakest accepted atoms are dropped (fewest particles in their suppression sphere) or the
+    strongest rejected clusters at least SPARE_MIN_DISTANCE from every atom are added, whichever moves
+    clusters less far across the estimator's ``threshold`` (nms_min_particles) in total. A structure
+    without the estimator's cluster record, or already whole, is returned as it is.
+    """
+    count = structure.num_atoms
+    short = -count % units
+    if short == 0 or structure.support is None or structure.spares is None or structure.spare_support is None:
+        return structure
+    surplus = units - short
+    weakest = np.argsort(structure.support, kind="stable")[:surplus]
+    drop_cost = float(np.sum(structure.support[weakest] - threshold + 1)) if surplus < count else math.inf
+    added = _spares_to_add(structure, short)
+    add_cost = float(np.sum(threshold - structure.spare_support[added])) if len(added) == short else math.inf
+    if math.isinf(drop_cost) and math.isinf(add_cost):
+        return structure
+    if add_cost < drop_cost:
+        coords = np.concatenate([structure.cart_coords, structure.spares[added]])
+        support = np.concatenate([structure.support, structure.spare_support[added]])
+        kinds = np.concatenate([structure.species, np.zeros(short, dtype=structure.species.dtype)])
+        numbers = np.concatenate([structure.atomic_numbers, np.zeros(short, dtype=structure.atomic_numbers.dtype)])
+    else:
+        keep = np.setdiff1d(np.arange(count), weakest)
+        coords, support = structure.cart_coords[keep], structure.support[keep]
+        kinds, numbers = structure.species[keep], structure.atomic_numbers[keep]
+    return Decoded(structure.lengths, structure.angles, coords, kinds, numbers, support=support)
+
+
+def _spares_to_add(structure: Decoded, wanted: int) -> list[int]:
+    """Indices of up to ``wanted`` rejected clusters, most particles first, each SPARE_MIN_DISTANCE (periodic)
+    from every decoded atom and from each other."""
+    matrix = lattice_matrix(structure.lengths, structure.angles)
+    inverse = np.linalg.inv(matrix)
+    taken = [row @ inverse for row in structure.cart_coords]
+    chosen = []
+    for index in np.argsort(-structure.spare_support, kind="stable"):
+        if len(chosen) == wanted:
+            break
+        frac = structure.spares[index] @ inverse
+        if taken:
+            delta = np.asarray(taken) - frac
+            delta -= np.round(delta)
+            if np.linalg.norm(delta @ matrix, axis=-1).min() < SPARE_MIN_DISTANCE:
+                continue
+        taken.append(frac)
+        chosen.append(int(index))
+    return chosen
 
 
 def _assign_composition(votes: np.ndarray, table: np.ndarray, composition: Mapping[int, float]) -> np.ndarray | None:

@@ -27,6 +27,8 @@ from nesfgen.estimator import (
     _suppress,
     constrain_species,
     estimate,
+    formula_atoms,
+    whole_formula_units,
 )
 from nesfgen.metrics import mean_over_structures, structure_metrics
 from nesfgen.model import NeSF
@@ -136,10 +138,44 @@ def test_suppression_weights_and_rejects_per_structure() -> None:
     stray = torch.full((9, 3), 3.0)
     points = torch.stack([torch.cat([cluster, stray]), torch.zeros(19, 3)])  # (2, 19, 3)
     score = torch.stack([torch.cat([torch.tensor([0.0] + [1.0] * 9), torch.full((9,), 0.5)]), torch.full((19,), 2.0)])
-    atoms, found = _suppress(points, score, EstimatorConfig(score_threshold=1.5))
-    assert found.tolist() == [[True], [False]]
+    atoms, found, support = _suppress(points, score, EstimatorConfig(score_threshold=1.5))
+    assert found.tolist() == [[True, False], [False, False]] and support.tolist() == [[10, 9], [0, 0]]
     expected = 0.2 * 9 * math.exp(-1) / (1 + 9 * math.exp(-1))  # softmax(-score)-weighted mean
     np.testing.assert_allclose(atoms[0, 0].numpy(), [expected, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(atoms[0, 1].numpy(), [3.0, 3.0, 3.0])  # the rejected cluster is kept, after
+
+
+def _decoded(support, spares, spare_support):
+    """Atoms along x every 1.5 Å in a 12 Å cube, with their cluster support, and rejected clusters."""
+    count = len(support)
+    coords = np.stack([np.arange(count) * 1.5, np.zeros(count), np.zeros(count)], 1)
+    kinds = np.zeros(count, dtype=np.int64)
+    return Decoded(
+        np.full(3, 12.0),
+        np.full(3, 90.0),
+        coords,
+        kinds,
+        kinds + 30,
+        support=np.asarray(support),
+        spares=np.asarray(spares, dtype=float).reshape(-1, 3),
+        spare_support=np.asarray(spare_support),
+    )
+
+
+def test_a_formula_count_is_reached_by_the_smaller_change() -> None:
+    """3 atoms of ZnS (2 a unit): drop the weakest, or add the best spare, whichever is closer to the threshold."""
+    far = [[0.0, 6.0, 6.0]]
+    weak_atom = whole_formula_units(_decoded([40, 11, 40], far, [3]), 2, 10)  # 11 is 2 above, 3 is 7 below
+    assert weak_atom.num_atoms == 2 and weak_atom.support.tolist() == [40, 40]
+    near_miss = whole_formula_units(_decoded([40, 30, 40], far, [9]), 2, 10)  # the spare missed by one particle
+    assert near_miss.num_atoms == 4 and near_miss.cart_coords[-1].tolist() == far[0]
+    crowded = whole_formula_units(_decoded([40, 30, 40], [[0.5, 0.0, 0.0]], [9]), 2, 10)  # a satellite of atom 0
+    assert crowded.num_atoms == 2
+    wrapped = whole_formula_units(_decoded([40, 30, 40], [[11.8, 0.0, 0.0]], [9]), 2, 10)  # 0.2 Å from atom 0's image
+    assert wrapped.num_atoms == 2
+    whole = _decoded([40, 40], far, [9])
+    assert whole_formula_units(whole, 2, 10) is whole
+    assert formula_atoms({30: 2.0, 16: 2.0}) == 2 and formula_atoms({30: 1.5}) is None
 
 
 def test_module_field_is_decoded_in_eval_mode(tiny: tuple) -> None:
@@ -382,7 +418,9 @@ def test_constrained_species_keep_positions_and_hold_the_asked_elements_and_form
     assert sorted(zn3s.atomic_numbers.tolist()) == [16] * 2 + [30] * 6  # exactly Zn3S on 8 atoms
     assert set(np.flatnonzero(zn3s.atomic_numbers == 16)) <= set(np.flatnonzero(decoded[0].atomic_numbers == 16))
     thirds = constrain_species(field, z, decoded, table, (30, 16), {30: 1.0, 16: 2.0}, FAST)[0]
-    np.testing.assert_array_equal(thirds.atomic_numbers, decoded[0].atomic_numbers)  # 8 atoms: no ZnS2 possible
+    assert sorted(thirds.atomic_numbers.tolist()) == [16] * 4 + [30] * 2  # 8 atoms are no ZnS2: two dropped
+    kept = {tuple(row) for row in decoded[0].cart_coords.round(6)}
+    assert {tuple(row) for row in thirds.cart_coords.round(6)} <= kept
 
 
 def test_every_asked_element_gets_the_atom_that_costs_the_fewest_votes():
