@@ -41,3 +41,12 @@ def test_the_standin_is_built_once_from_the_imported_icsg3d():
 def test_the_standin_needs_icsg3d_imported():
     with pytest.raises(UserError, match="dataset 'icsg3d' not found.*nesfgen data import"):
         resolve_dataset("icsg3d-standin")
+
+
+def test_a_folder_named_like_a_dataset_does_not_hide_it(tmp_path, monkeypatch):
+    _released(data_dir())
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "icsg3d" / "seed-0").mkdir(parents=True)  # a runs folder, as `nesfgen results` makes
+    assert resolve_dataset("icsg3d").path == data_dir() / "icsg3d"
+    with pytest.raises(UserError, match="not a nesfgen dataset folder"):
+        resolve_dataset("./icsg3d")  # a path is taken as a path

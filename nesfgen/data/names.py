@@ -28,12 +28,17 @@ def resolve_dataset(name_or_path: str) -> Dataset:
 
         return standin_dataset()
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
+    plain_name = re.fullmatch(r"[A-Za-z0-9_.-]+", name_or_path) is not None
+    # A folder of the same name in the working directory (a runs folder called lcs6/) does not hide the
+    # named dataset unless it is a dataset itself.
+    if path.is_dir() and (not plain_name or (path / "manifest.json").is_file()):
         return open_dataset(path)
-    if re.fullmatch(r"[A-Za-z0-9_.-]+", name_or_path):
+    if plain_name:
         named = data_dir() / name_or_path
         if named.is_dir():
             return open_dataset(named)
+        if path.is_dir():
+            return open_dataset(path)
         how = (
             "import the paper's released files once with `nesfgen data import PATH/nesf-paper --format paper` "
             "(PATH/nesf-paper holds the dataset_* folders)"
