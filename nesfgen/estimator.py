@@ -554,17 +554,12 @@ def _assign_composition(votes: np.ndarray, table: np.ndarray, composition: Mappi
     not a whole number of formula units (or the amounts are not whole numbers)."""
     from scipy.optimize import linear_sum_assignment
 
-    amounts = {int(z): float(a) for z, a in composition.items()}
-    if any(not float(a).is_integer() or a <= 0 for a in amounts.values()):
+    units = formula_atoms(composition)
+    if units is None or len(votes) % units:
         return None
-    unit = math.gcd(*(int(a) for a in amounts.values()))
-    per_unit = {z: int(a) // unit for z, a in amounts.items()}
-    formula_atoms = sum(per_unit.values())
-    if len(votes) % formula_atoms:
-        return None
-    slots = [
-        int(np.flatnonzero(table == z)[0]) for z, n in per_unit.items() for _ in range(n * len(votes) // formula_atoms)
-    ]
+    unit = math.gcd(*(int(a) for a in composition.values()))
+    per_unit = {int(z): int(a) // unit for z, a in composition.items()}
+    slots = [int(np.flatnonzero(table == z)[0]) for z, n in per_unit.items() for _ in range(n * len(votes) // units)]
     rows, columns = linear_sum_assignment(-votes[:, slots])
     kinds = np.empty(len(votes), dtype=np.int64)
     kinds[rows] = np.asarray(slots)[columns]
