@@ -24,24 +24,17 @@ HOLDOUT_FRACTION = 0.1
 SEED = 0
 
 
-def _reduced_formula(crystal: Crystal) -> str:
-    from pymatgen.core import Composition
-
-    numbers, counts = np.unique(crystal.atomic_numbers, return_counts=True)
-    return Composition({int(z): int(n) for z, n in zip(numbers, counts)}).reduced_formula
-
-
 def build_standin(icsg3d: Dataset, builtin: Dataset) -> dict[str, list[Crystal]]:
     """The stand-in's splits from the released ICSG3D splits and the built-in dataset."""
     released_val, test = icsg3d.load("val"), icsg3d.load("test")
     order = np.random.default_rng(SEED).permutation(len(released_val))
     held = set(order[: round(HOLDOUT_FRACTION * len(released_val))].tolist())
-    test_formulas = {_reduced_formula(crystal) for crystal in test}
+    test_formulas = {crystal.reduced_formula for crystal in test}
     generated = [
         crystal
         for split in builtin.split_names
         for crystal in builtin.load(split)
-        if _reduced_formula(crystal) not in test_formulas
+        if crystal.reduced_formula not in test_formulas
     ]
     return {
         "train": generated + [released_val[i] for i in range(len(released_val)) if i not in held],
