@@ -11,14 +11,17 @@ tells apart the atoms it missed.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import math
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from pymatgen.core import Element
 
 from nesfgen.checkpoint import TrainedModel, load_model
+from nesfgen.crystal import Crystal
 from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet
 from nesfgen.decoder import encode
@@ -187,4 +190,66 @@ def measure_crowding(
         "training_signal": signal,
         "decoded_structures": len(chosen),
         "field_errors": summarise_field_errors(rows),
+    }
+
+
+#: upper edges (Å) of the nearest-neighbour distance bands of :func:`missed_by_neighbour_distance`
+NEIGHBOUR_BANDS = (1.3, 1.5, 1.8, 2.1, 2.5, math.inf)
+
+
+def nearest_neighbour_distances(crystal: Crystal) -> np.ndarray:
+    """(N,) each atom's distance (Å) to its nearest other atom, periodic images included."""
+    structure = crystal.to_structure()
+    if len(structure) == 1:
+        return np.array([min(structure.lattice.abc)])
+    distances = structure.distance_matrix + np.diag(np.full(len(structure), np.inf))
+    return distances.min(axis=1)
+
+
+def missed_by_neighbour_distance(
+    checkpoint: str, data: str, split: str = "val", min_atoms: int = 8, missed_within: float = 0.5
+) -> dict[str, Any]:
+    """Which atoms the model's estimator misses, by how close their nearest neighbour is.
+
+    Decodes the cells of at least ``min_atoms`` atoms of a split with the model's own estimator; an atom
+    is missed when no decoded atom lies within ``missed_within`` Å. Returns per nearest-neighbour band
+    (upper edges NEIGHBOUR_BANDS) the atoms and the share missed, and the elements of the missed atoms.
+    """
+    trained = load_model(checkpoint)
+    crystals = resolve_dataset(data).load(split)
+    chosen = [i for i, size in enumerate(np.diff(crystals.offsets)) if size >= min_atoms]
+    decoded = (
+        estimate(
+            trained.model,
+            encode(trained, crystals)[chosen],
+            trained.box,
+            trained.species_table,
+            trained.recipe.estimator,
+        )
+        if chosen
+        else []
+    )
+    neighbour, missed, elements = [], [], []
+    for index, found in zip(chosen, decoded):
+        crystal = crystals[index]
+        neighbour.append(nearest_neighbour_distances(crystal))
+        missed.append(_missed(np.asarray(crystal.cart_coords), found, missed_within))
+        elements.extend(Element.from_Z(int(z)).symbol for z in crystal.atomic_numbers)
+    distance = np.concatenate(neighbour) if neighbour else np.zeros(0)
+    miss = np.concatenate(missed) if missed else np.zeros(0, dtype=bool)
+    bands, low = [], 0.0
+    for high in NEIGHBOUR_BANDS:
+        inside = (distance >= low) & (distance < high)
+        share = 100.0 * float(miss[inside].mean()) if inside.any() else None
+        bands.append({"from": low, "to": high, "atoms": int(inside.sum()), "missed_pct": share})
+        low = high
+    return {
+        "checkpoint": checkpoint,
+        "data": data,
+        "split": split,
+        "structures": len(chosen),
+        "atoms": int(miss.size),
+        "missed_pct": 100.0 * float(miss.mean()) if miss.size else None,
+        "bands": bands,
+        "missed_elements": Counter(e for e, m in zip(elements, miss) if m).most_common(),
     }

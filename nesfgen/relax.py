@@ -12,6 +12,8 @@ import io
 import json
 import logging
 import math
+import os
+import queue
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -45,22 +47,28 @@ MAX_VOLUME_FACTOR = 4.0
 ENERGY_RANGE = (-30.0, 10.0)
 #: structures relaxed in lockstep, one potential call a step for all of them
 DEFAULT_BATCH = 32
+#: most worker processes ``workers=0`` (automatic) starts: each holds its own CHGNet (about 1 GB resident)
+MAX_AUTO_WORKERS = 8
 RECORD_SUFFIX = ".relax.json"
 RELAXED_SUFFIX = ".relaxed.cif"
 
 
 @dataclass(frozen=True)
 class RelaxOptions:
-    """How hard to relax: forces below ``fmax`` (eV/Å) within ``steps`` FIRE steps; ``batch`` structures in
-    lockstep (speed only: the result of each structure does not depend on it)."""
+    """How hard to relax: forces below ``fmax`` (eV/Å) within ``steps`` FIRE steps. Speed only (the result of
+    each structure depends on neither): ``batch`` structures in lockstep in each of ``workers`` processes
+    with one thread each (0: one per core on a CPU, one on a GPU)."""
 
     fmax: float = DEFAULT_FMAX
     steps: int = DEFAULT_STEPS
     batch: int = DEFAULT_BATCH
+    workers: int = 0
 
     def __post_init__(self) -> None:
         if self.batch < 1:
             raise UserError(f"batch={self.batch} must be at least 1")
+        if self.workers < 0:
+            raise UserError(f"workers={self.workers} must be 0 (one per core) or a number of processes")
         if not (math.isfinite(self.fmax) and self.fmax > 0):
             raise UserError(f"fmax={self.fmax} must be a positive force in eV/Å (e.g. 0.1)")
         if self.steps < 1:
@@ -351,6 +359,79 @@ def relax_many(
         running = still
 
 
+def worker_count(options: RelaxOptions, structures: int) -> int:
+    """How many processes relax ``structures`` structures: ``options.workers``, or with 0 one per core (at most
+    MAX_AUTO_WORKERS, and no more than there are batches to fill); one when CHGNet runs on a GPU."""
+    if options.workers:
+        return min(options.workers, max(structures, 1))
+    if torch.cuda.is_available():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, MAX_AUTO_WORKERS, math.ceil(structures / options.batch)))
+
+
+def _relax_in_worker(tasks: Any, results: Any, options: RelaxOptions) -> None:
+    """A worker process: one torch thread, its own CHGNet; relaxes what it takes from ``tasks`` (index,
+    Structure) until a None, and puts each finished ``(index, record, relaxed)`` on ``results``."""
+    torch.set_num_threads(1)
+    taken: list[int] = []
+
+    def pulled() -> Iterator[Any]:
+        while (task := tasks.get()) is not None:
+            taken.append(task[0])
+            yield task[1]
+
+    try:
+        for position, record, relaxed in relax_many(pulled(), options):
+            results.put((taken[position], record, relaxed))
+    except BaseException as error:  # noqa: BLE001  # reported to the parent, which raises it
+        results.put(("error", f"{type(error).__name__}: {error}", None))
+    results.put(None)
+
+
+def relax_in_workers(
+    structures: Sequence[Any], options: RelaxOptions, workers: int
+) -> Iterator[tuple[int, dict[str, Any], Any]]:
+    """:func:`relax_many` spread over ``workers`` processes of one thread each, as each finishes.
+
+    A batched CHGNet step on one core spends a third of its time in single-threaded Python (ASE's FIRE and
+    cell filter, building graphs), so processes of one thread keep both cores busy where one process of two
+    threads does not (docs/relax.md). Each worker takes the next structure when one of its own finishes, so
+    the slow ones do not leave a core idle at the end.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # a forked torch can deadlock in its thread pools
+    tasks, results = context.Queue(), context.Queue()
+    for task in enumerate(structures):
+        tasks.put(task)
+    for _ in range(workers):
+        tasks.put(None)
+    processes = [context.Process(target=_relax_in_worker, args=(tasks, results, options)) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    try:
+        running = workers
+        while running:
+            try:
+                result = results.get(timeout=30)
+            except queue.Empty:
+                if not any(process.is_alive() for process in processes):
+                    raise RuntimeError("the relaxation workers ended without finishing (out of memory?)") from None
+                continue
+            if result is None:
+                running -= 1
+            elif result[0] == "error":
+                raise RuntimeError(f"a relaxation worker stopped: {result[1]}")
+            else:
+                yield result
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join()
+
+
 def relax_structure(structure: Any, options: RelaxOptions, model: Any | None = None) -> tuple[dict[str, Any], Any]:
     """Relax one pymatgen Structure; returns its record and the relaxed Structure (None when it failed)."""
     _, record, relaxed = next(relax_many([structure], options, model, batch_size=1))
@@ -433,7 +514,7 @@ def relax_all(
     """Relax every input into ``out``: ID.relaxed.cif and ID.relax.json each, written as it finishes.
 
     A record already in ``out`` for the same fmax and steps is reused (resume); the others are relaxed
-    ``options.batch`` at a time in lockstep (:func:`relax_many`). Returns the records in input order.
+    ``options.batch`` at a time in lockstep in each of the worker processes (:func:`worker_count`). Returns the records in input order.
     """
     out = output_folder(out, "relaxation folder")
     records: list[dict[str, Any] | None] = [None] * len(items)
@@ -454,8 +535,10 @@ def relax_all(
         progress(done, len(items))
     if not todo:
         return records  # type: ignore[return-value]  # every input has its record
-    structures = (items[k].structure for k in todo)
-    for position, record, relaxed in relax_many(structures, options):
+    structures = [items[k].structure for k in todo]
+    workers = worker_count(options, len(structures))
+    finished = relax_in_workers(structures, options, workers) if workers > 1 else relax_many(structures, options)
+    for position, record, relaxed in finished:
         k = todo[position]
         records[k] = _save(out, items[k], record, relaxed)
         done += 1

@@ -493,12 +493,13 @@ class ScreenOptions:
     fmax: float = DEFAULT_FMAX
     steps: int = DEFAULT_STEPS
     batch: int = DEFAULT_BATCH
+    workers: int = 0
     hull: str | None = None
     data: str | None = None
 
     @property
     def relaxation(self) -> RelaxOptions:
-        return RelaxOptions(self.fmax, self.steps, self.batch)
+        return RelaxOptions(self.fmax, self.steps, self.batch, self.workers)
 
 
 def relax_and_screen(options: ScreenOptions, progress: Progress | None = None) -> dict[str, Any]:

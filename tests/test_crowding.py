@@ -2,10 +2,16 @@
 
 import numpy as np
 import pytest
-from conftest import tiny_recipe
+from conftest import rock_salt, tiny_recipe
 
 from nesfgen.checkpoint import load_model
-from nesfgen.crowding import field_error_near_atoms, summarise_field_errors, training_signal
+from nesfgen.crowding import (
+    field_error_near_atoms,
+    missed_by_neighbour_distance,
+    nearest_neighbour_distances,
+    summarise_field_errors,
+    training_signal,
+)
 from nesfgen.estimator import Decoded
 from nesfgen.train import train
 
@@ -31,3 +37,14 @@ def test_training_signal_shares_add_up_and_fields_errors_tell_missed_atoms(tiny_
     assert all(row["error_max"] >= row["error_mean"] >= 0 for row in rows)
     summary = summarise_field_errors(rows)
     assert sum(group["atoms"] for group in summary) == len(rows)
+
+
+def test_nearest_neighbour_distances_see_periodic_images():
+    assert nearest_neighbour_distances(rock_salt(a=5.64)) == pytest.approx([2.82] * 8)
+
+
+def test_missed_atoms_by_neighbour_distance_cover_every_decoded_atom(tiny_dataset, tmp_path):
+    train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "run")
+    found = missed_by_neighbour_distance(str(tmp_path / "run"), str(tiny_dataset.path), "test", min_atoms=1)
+    assert found["structures"] == 6 and sum(band["atoms"] for band in found["bands"]) == found["atoms"] > 0
+    assert sum(count for _, count in found["missed_elements"]) == round(found["missed_pct"] * found["atoms"] / 100)

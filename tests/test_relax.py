@@ -203,3 +203,30 @@ def test_cli_json_stdout_is_pure_json(cli, tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["relaxed"] == 1 and summary["hull_source"] is None
+
+
+def test_worker_processes_give_the_same_relaxations(tmp_path):
+    """Two single-threaded worker processes relax each structure as one process does: same steps, same energy."""
+    items = [
+        RelaxInput("nacl", "test", strained_nacl()),
+        RelaxInput("zns", "test", strained(zinc_blende().to_structure().get_primitive_structure(), 1.08)),
+        RelaxInput("bad", "test", None, "unreadable: x"),
+        RelaxInput("perovskite", "test", strained(perovskite().to_structure(), 0.95)),
+    ]
+    alone = relax_all(items, tmp_path / "one", RelaxOptions(fmax=0.1, steps=40, batch=2, workers=1))
+    spread = relax_all(items, tmp_path / "two", RelaxOptions(fmax=0.1, steps=40, batch=2, workers=2))
+    assert [r["id"] for r in spread] == ["nacl", "zns", "bad", "perovskite"]
+    for one, two in zip(alone, spread):
+        assert one["status"] == two["status"] and one.get("steps") == two.get("steps")
+        assert one.get("energy_after", 0) == pytest.approx(two.get("energy_after", 0), abs=1e-5)
+    assert (tmp_path / "two" / "zns.relaxed.cif").is_file()
+
+
+@pytest.mark.parametrize(
+    "workers, structures, cores, expected",
+    [(0, 1000, 2, 2), (0, 20, 2, 1), (0, 1000, 64, relax.MAX_AUTO_WORKERS), (3, 1000, 2, 3), (3, 2, 2, 2)],
+)
+def test_worker_count(monkeypatch, workers, structures, cores, expected):
+    monkeypatch.setattr(relax.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(relax.torch.cuda, "is_available", lambda: False)
+    assert relax.worker_count(RelaxOptions(workers=workers), structures) == expected
