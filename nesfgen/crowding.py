@@ -207,17 +207,23 @@ def nearest_neighbour_distances(crystal: Crystal) -> np.ndarray:
 
 
 def missed_by_neighbour_distance(
-    checkpoint: str, data: str, split: str = "val", min_atoms: int = 8, missed_within: float = 0.5
+    checkpoint: str,
+    data: str,
+    split: str = "val",
+    min_atoms: int = 8,
+    missed_within: float = 0.5,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """Which atoms the model's estimator misses, by how close their nearest neighbour is.
 
-    Decodes the cells of at least ``min_atoms`` atoms of a split with the model's own estimator; an atom
-    is missed when no decoded atom lies within ``missed_within`` Å. Returns per nearest-neighbour band
-    (upper edges NEIGHBOUR_BANDS) the atoms and the share missed, and the elements of the missed atoms.
+    Decodes the cells of at least ``min_atoms`` atoms of a split (the first ``limit`` of them) with the
+    model's own estimator; an atom is missed when no decoded atom lies within ``missed_within`` Å. Returns
+    per nearest-neighbour band (upper edges NEIGHBOUR_BANDS) the atoms and the share missed, the elements
+    of the missed atoms, and the share of cells decoded with a wrong atom count.
     """
     trained = load_model(checkpoint)
     crystals = resolve_dataset(data).load(split)
-    chosen = [i for i, size in enumerate(np.diff(crystals.offsets)) if size >= min_atoms]
+    chosen = [i for i, size in enumerate(np.diff(crystals.offsets)) if size >= min_atoms][:limit]
     decoded = (
         estimate(
             trained.model,
@@ -235,6 +241,7 @@ def missed_by_neighbour_distance(
         neighbour.append(nearest_neighbour_distances(crystal))
         missed.append(_missed(np.asarray(crystal.cart_coords), found, missed_within))
         elements.extend(Element.from_Z(int(z)).symbol for z in crystal.atomic_numbers)
+    wrong = [found.num_atoms != crystals[index].num_atoms for index, found in zip(chosen, decoded)]
     distance = np.concatenate(neighbour) if neighbour else np.zeros(0)
     miss = np.concatenate(missed) if missed else np.zeros(0, dtype=bool)
     bands, low = [], 0.0
@@ -250,6 +257,7 @@ def missed_by_neighbour_distance(
         "structures": len(chosen),
         "atoms": int(miss.size),
         "missed_pct": 100.0 * float(miss.mean()) if miss.size else None,
+        "wrong_count_pct": 100.0 * float(np.mean(wrong)) if wrong else None,
         "bands": bands,
         "missed_elements": Counter(e for e, m in zip(elements, miss) if m).most_common(),
     }

@@ -493,7 +493,7 @@ class ScreenOptions:
     fmax: float = DEFAULT_FMAX
     steps: int = DEFAULT_STEPS
     batch: int = DEFAULT_BATCH
-    workers: int = 0
+    workers: int = 1
     hull: str | None = None
     data: str | None = None
 
