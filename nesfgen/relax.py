@@ -395,10 +395,9 @@ def relax_in_workers(
 ) -> Iterator[tuple[int, dict[str, Any], Any]]:
     """:func:`relax_many` spread over ``workers`` processes of one thread each, as each finishes.
 
-    A batched CHGNet step on one core spends a third of its time in single-threaded Python (ASE's FIRE and
-    cell filter, building graphs), so processes of one thread keep both cores busy where one process of two
-    threads does not (docs/relax.md). Each worker takes the next structure when one of its own finishes, so
-    the slow ones do not leave a core idle at the end.
+    Meant for machines with many cores, where one process leaves most idle; on 2 cores two workers were
+    slower than one process of two threads (docs/relax.md). Each worker takes the next structure when one
+    of its own finishes, so the slow ones do not leave a worker idle at the end.
     """
     import multiprocessing
 
@@ -515,7 +514,8 @@ def relax_all(
     """Relax every input into ``out``: ID.relaxed.cif and ID.relax.json each, written as it finishes.
 
     A record already in ``out`` for the same fmax and steps is reused (resume); the others are relaxed
-    ``options.batch`` at a time in lockstep in each of the worker processes (:func:`worker_count`). Returns the records in input order.
+    ``options.batch`` at a time in lockstep, in :func:`worker_count` processes. Returns the records in input
+    order.
     """
     out = output_folder(out, "relaxation folder")
     records: list[dict[str, Any] | None] = [None] * len(items)
