@@ -708,8 +708,6 @@ def refit_best(run_dir: Path, epochs: int, lr: float, again: bool = True, init: 
     if epochs < 1:
         raise UserError(f"the lattice refit needs at least 1 epoch, got epochs={epochs}")
     recipe = from_dict(Recipe, state["recipe"], where=str(path))
-    if recipe.model.variational:
-        raise UserError(f"{path} is a variational model; the lattice refit is for autoencoders")
     dataset = resolve_dataset(recipe.data.dataset_name)
     if state["dataset_hash"] != dataset.content_hash:
         raise UserError(

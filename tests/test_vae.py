@@ -156,10 +156,22 @@ def test_each_run_starts_from_an_empty_param_store(tiny_dataset, tmp_path):
     assert len(pyro.get_param_store()) == len(list(trainer.model.parameters()))
 
 
+def test_a_vae_refits_its_lattice_heads_on_posterior_means(tiny_dataset, tmp_path):
+    result = train(vae_recipe(tiny_dataset, **{"train.epochs": 1, "train.lattice_refit_epochs": 3}), tmp_path / "run")
+    assert result.lattice_refit is not None and result.lattice_refit["epochs"] == 3
+    refit, trained = (
+        read_checkpoint(tmp_path / "run" / "best.pt"),
+        read_checkpoint(tmp_path / "run" / "best.before-refit.pt"),
+    )
+    changed = [key for key, value in trained["model"].items() if not torch.equal(refit["model"][key], value)]
+    assert changed and all(key.startswith("lattice_head.") for key in changed)
+
+
 def test_shipped_vae_recipes():
     quick, lcs6 = load_recipe("vae-quickstart"), load_recipe("vae-lcs6")
     assert quick.model.variational and quick.data.name == "builtin"
-    assert lcs6.model.variational and lcs6.data.name == "lcs6" and lcs6.loss.kl == 0.001
+    assert lcs6.model.variational and lcs6.data.name == "lcs6" and lcs6.loss.kl == 1e-4
+    assert lcs6.train.lattice_refit_epochs > 0  # heads refit on posterior means
     assert lcs6.train.precision == "bf16" and lcs6.sampling.query_fraction == 0.25
     assert 0 < lcs6.train.time_limit_minutes <= 120
     assert not load_recipe("quickstart", TINY_MODEL).model.variational
