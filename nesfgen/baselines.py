@@ -63,14 +63,23 @@ def random_symmetric_crystals(
 
 
 def reference_rows(
-    reference: Reference, n: int, seed: int, progress: Progress | None = None, held_out: str = "test"
+    reference: Reference,
+    n: int,
+    seed: int,
+    progress: Progress | None = None,
+    held_out: str = "test",
+    reconstructed: list[Crystal | None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[Crystal | None]]]:
     """The ceiling (the held-out split, named ``held_out``, as samples; its coverage is 100 % by
     construction, being its own reference) and the floor (n random symmetric crystals), scored like any
-    generator. Returns the rows and the crystals of each (to be written, relaxed, screened like samples)."""
+    generator. ``reconstructed``: the held-out split encoded and decoded by the sampling model, a row
+    that shows what decoding alone costs, so a generator's gap to it is the prior's.
+    Returns the rows and the crystals of each (to be written, relaxed, screened like samples)."""
     crystals: dict[str, list[Crystal | None]] = {}
     if reference.test is not None:
         crystals[f"{held_out}_split"] = [reference.test[i] for i in range(len(reference.test))]
+        if reconstructed is not None:
+            crystals[f"{held_out}_split_reconstructed"] = reconstructed
     crystals["random_symmetric"] = random_symmetric_crystals(reference.train, n, seed, progress)
     rows = {name: score(members, reference)[1] for name, members in crystals.items()}
     return rows, crystals

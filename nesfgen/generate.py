@@ -284,6 +284,17 @@ def check_prior(options: PriorCheckOptions) -> dict[str, Any]:
     return check_model_prior(learned, checkpoint, options.split, options.n, options.seed, options.data)
 
 
+def _reconstruct(
+    decoder: Decoder, crystals: CrystalSet, species: SpeciesConstraint | None
+) -> list[Crystal | None] | None:
+    """The held-out crystals through the model's encoder and the samples' decoding; None where the model
+    cannot encode them (elements outside its species table)."""
+    if not set(np.unique(crystals.atomic_numbers).tolist()) <= set(decoder.species_table):
+        return None
+    z = decoder.encode(crystals)
+    return decoder.decode(z, [f"{id}-decoded" for id in crystals.ids], species=species).crystals
+
+
 def sample_structures(options: SampleOptions, progress: Progress | None = None) -> Generation:
     """Decode ``options.n`` latents into structures and measure them."""
     started = time.perf_counter()
@@ -308,7 +319,10 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
     rows, summary = score(crystals, reference)
     baseline_rows, baseline_crystals = {}, {}
     if options.baselines and reference is not None:
-        baseline_rows, baseline_crystals = reference_rows(reference, n, seed, held_out=options.coverage_split)
+        reconstructed = _reconstruct(decoder, splits[1], species_constraint) if splits[1] is not None else None
+        baseline_rows, baseline_crystals = reference_rows(
+            reference, n, seed, held_out=options.coverage_split, reconstructed=reconstructed
+        )
     source = "near" if near is not None else "vae" if learned is None else f"prior-{learned.config.kind}"
     summary = {
         "checkpoint": trained.path,
