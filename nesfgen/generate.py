@@ -284,15 +284,13 @@ def check_prior(options: PriorCheckOptions) -> dict[str, Any]:
     return check_model_prior(learned, checkpoint, options.split, options.n, options.seed, options.data)
 
 
-def _reconstruct(
-    decoder: Decoder, crystals: CrystalSet, species: SpeciesConstraint | None
-) -> list[Crystal | None] | None:
-    """The held-out crystals through the model's encoder and the samples' decoding; None where the model
-    cannot encode them (elements outside its species table)."""
+def _reconstruct(decoder: Decoder, crystals: CrystalSet) -> list[Crystal | None] | None:
+    """The held-out crystals through the model's encoder and the samples' decoder (its estimator settings
+    and symmetrisation; no condition's species constraint, which is about the samples); None where the
+    model cannot encode them (elements outside its species table)."""
     if not set(np.unique(crystals.atomic_numbers).tolist()) <= set(decoder.species_table):
         return None
-    z = decoder.encode(crystals)
-    return decoder.decode(z, [f"{id}-decoded" for id in crystals.ids], species=species).crystals
+    return decoder.decode(decoder.encode(crystals), [f"{id}-decoded" for id in crystals.ids]).crystals
 
 
 def sample_structures(options: SampleOptions, progress: Progress | None = None) -> Generation:
@@ -319,7 +317,7 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
     rows, summary = score(crystals, reference)
     baseline_rows, baseline_crystals = {}, {}
     if options.baselines and reference is not None:
-        reconstructed = _reconstruct(decoder, splits[1], species_constraint) if splits[1] is not None else None
+        reconstructed = _reconstruct(decoder, splits[1]) if splits[1] is not None else None
         baseline_rows, baseline_crystals = reference_rows(
             reference, n, seed, held_out=options.coverage_split, reconstructed=reconstructed
         )
