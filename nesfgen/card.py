@@ -91,6 +91,10 @@ def package_model(
     else:  # a packaged checkpoint says where it was trained; otherwise this machine
         machine = state.get("machine") or machine_description()
     training = training_summary(state)
+    last = run_dir / "last.pt"
+    if run_dir.is_dir() and last.is_file():  # best.pt stops at the kept epoch; the run itself went on to last.pt
+        run = read_checkpoint(last)
+        training |= {"epochs_run": int(run["epoch"]), "training_minutes": round(float(run["seconds"]) / 60.0, 1)}
     shipped = {key: state[key] for key in SHIPPED_KEYS if key in state}
     shipped.update({"training": training, "machine": machine})
     checkpoint = Path(out_dir) / f"{name}.pt"

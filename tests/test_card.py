@@ -4,7 +4,7 @@ import shutil
 from conftest import tiny_recipe
 
 from nesfgen.card import package_model
-from nesfgen.checkpoint import load_model, read_checkpoint
+from nesfgen.checkpoint import load_model, read_checkpoint, save_checkpoint
 from nesfgen.evaluate import EvaluateOptions, evaluate, markdown_table
 from nesfgen.train import refit_best, train
 
@@ -49,3 +49,14 @@ def test_a_shipped_model_refit_again_is_repackaged_with_its_training_kept(tiny_d
     assert (
         "refit (freshly initialised) on the frozen encoder's eval-mode latents: 5 epochs" in packaged.card.read_text()
     )
+
+
+def test_the_card_gives_the_whole_run_not_only_the_kept_epoch(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_recipe(tiny_dataset, **{"train.epochs": 2, "estimator.steps": 3}), run)
+    kept = read_checkpoint(run / "best.pt")
+    kept.pop("path")
+    save_checkpoint(run / "best.pt", {**kept, "epoch": 1, "seconds": 0.0})  # as if epoch 1 had been kept
+    packaged = package_model(run, "tiny", split="test", out_dir=tmp_path / "models")
+    assert read_checkpoint(packaged.checkpoint)["training"]["epochs_run"] == 2
+    assert " for 2 epochs (" in packaged.card.read_text()
