@@ -40,8 +40,10 @@ SHIPPED_KEYS = (
 )
 
 
-def training_summary(state: dict[str, Any]) -> dict[str, Any]:
+def training_summary(state: dict[str, Any], run: dict[str, Any] | None = None) -> dict[str, Any]:
     """Epochs, best epoch and wall time of the run a checkpoint comes from (from its saved history).
+
+    ``run``: the run's last.pt, whose epoch count and clock are the whole run's (best.pt stops at the kept epoch).
 
     A packaged checkpoint has no history but carries this summary; its lattice refit is read from the
     checkpoint itself, so that a shipped model whose heads were refit again is described as it is now.
@@ -52,11 +54,12 @@ def training_summary(state: dict[str, Any]) -> dict[str, Any]:
             "lattice_refit": state.get("lattice_refit", state["training"].get("lattice_refit")),
         }
     history = state.get("history") or []
+    clock = run or state
     return {
-        "epochs_run": int(state.get("epoch", len(history))),
+        "epochs_run": int(clock.get("epoch", len(history))),
         "best_epoch": int(state.get("best_epoch", -1)) + 1,  # stored from 0, shown from 1 as in the training log
         "best_val_loss": float(state.get("best_val_loss", float("nan"))),
-        "training_minutes": round(float(state.get("seconds", 0.0)) / 60.0, 1),
+        "training_minutes": round(float(clock.get("seconds", 0.0)) / 60.0, 1),
         "final_lr": history[-1]["lr"] if history else None,
         "parameters": state.get("parameters"),
         "lattice_refit": state.get("lattice_refit"),
@@ -90,11 +93,8 @@ def package_model(
         machine = json.loads(trained_on.read_text())
     else:  # a packaged checkpoint says where it was trained; otherwise this machine
         machine = state.get("machine") or machine_description()
-    training = training_summary(state)
     last = run_dir / "last.pt"
-    if run_dir.is_dir() and last.is_file():  # best.pt stops at the kept epoch; the run itself went on to last.pt
-        run = read_checkpoint(last)
-        training |= {"epochs_run": int(run["epoch"]), "training_minutes": round(float(run["seconds"]) / 60.0, 1)}
+    training = training_summary(state, read_checkpoint(last) if run_dir.is_dir() and last.is_file() else None)
     shipped = {key: state[key] for key in SHIPPED_KEYS if key in state}
     shipped.update({"training": training, "machine": machine})
     checkpoint = Path(out_dir) / f"{name}.pt"
