@@ -168,15 +168,99 @@ class _GivenResults(Calculator):
         self.results = {"energy": energy, "free_energy": energy, "forces": forces, "stress": stress}
 
 
+def _expm(matrix: np.ndarray) -> np.ndarray:
+    """exp of a small matrix: Taylor series after halving it to norm ≤ 1/4, then squaring back.
+
+    scipy's expm costs about a millisecond for a 3×3 matrix (argument checks, norm estimates); this costs
+    microseconds. Twenty terms at norm 1/4 leave a truncation error far below double precision.
+    """
+    norm = float(np.abs(matrix).sum(axis=0).max())
+    squarings = max(0, math.ceil(math.log2(norm / 0.25))) if norm > 0.25 else 0
+    scaled = matrix / 2.0**squarings
+    term = total = np.eye(len(matrix))
+    for k in range(1, 21):
+        term = term @ scaled / k
+        total = total + term
+    for _ in range(squarings):
+        total = total @ total
+    return total
+
+
+def _expm_derivative(matrix: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """The Fréchet derivative of exp at ``matrix`` in ``direction``: the upper right block of exp of the block
+    matrix [[A, E], [0, A]] (Higham 2008, Functions of Matrices, Thm 3.6), E scaled to unit norm first."""
+    size = float(np.abs(direction).max())
+    if size == 0.0:
+        return np.zeros_like(direction)
+    n = len(matrix)
+    block = np.zeros((2 * n, 2 * n))
+    block[:n, :n] = block[n:, n:] = matrix
+    block[:n, n:] = direction / size
+    return _expm(block)[:n, n:] * size
+
+
 class _RememberingCellFilter(FrechetCellFilter):
-    """ASE's FrechetCellFilter (what chgnet's relaxer uses), remembering its forces for the current atoms:
-    FIRE asks for them twice a step (convergence, then the step), and each costs a matrix logarithm."""
+    """ASE's FrechetCellFilter (what chgnet's relaxer uses) with its matrix functions done once a step.
+
+    ASE's filter takes a matrix logarithm each time it reads its positions or forces, and nine Fréchet
+    derivatives of the exponential for the cell forces: about a third of a relaxation's time (docs/relax.md).
+    The same quantities cost one exponential and one derivative here: the logarithm of the deformation
+    it has just set is the matrix it exponentiated, and the nine derivatives, each contracted with the cell
+    gradient, are the entries of one derivative of exp at the transposed logarithm in the gradient's direction.
+    FIRE asks for the forces twice a step (convergence, then the step); they are remembered for the same atoms.
+    """
+
+    def __init__(self, atoms: Any) -> None:
+        super().__init__(atoms)
+        self._log_of: tuple[np.ndarray, np.ndarray] = (np.eye(3), np.zeros((3, 3)))
+
+    def _log_deformation(self, deformation: np.ndarray) -> np.ndarray:
+        known, log_known = self._log_of
+        if float(np.abs(deformation - known).max()) <= 1e-12:  # the rounding of setting the cell from it
+            return log_known
+        from scipy.linalg import logm
+
+        self._log_of = (deformation.copy(), np.real(logm(deformation)))
+        return self._log_of[1]
+
+    def get_positions(self) -> np.ndarray:
+        """ASE's: the positions undeformed, then the log of (number of atoms × the deformation), scaled."""
+        count = len(self.atoms)
+        deformation = self._utility.deform_grad(self.atoms.get_cell())
+        positions = np.zeros((count + 3, 3))
+        positions[:count] = np.linalg.solve(deformation, self.atoms.get_positions().T).T
+        positions[count:] = (self._log_deformation(deformation) + math.log(count) * np.eye(3)) * self.exp_cell_factor
+        return positions
+
+    def set_positions(self, new: np.ndarray, **kwargs: Any) -> None:
+        """ASE's: the deformation is exp of the cell coordinates (÷ the scale, less the log of the atom count)."""
+        count = len(self.atoms)
+        log_deformation = new[count:] / self.exp_cell_factor - math.log(count) * np.eye(3)
+        transform = _expm(log_deformation).T
+        self.atoms.set_cell(self._utility.orig_cell @ transform, scale_atoms=True)
+        self.atoms.set_positions(new[:count] @ transform, **kwargs)
+        self._log_of = (self._utility.deform_grad(self.atoms.get_cell()), log_deformation)
 
     def get_forces(self, *args: Any, **kwargs: Any) -> np.ndarray:
         key = (self.atoms.positions.tobytes(), self.atoms.cell.array.tobytes())
         if getattr(self, "_key", None) != key:
-            self._key, self._forces = key, super().get_forces(*args, **kwargs)
+            self._key, self._forces = key, self._frechet_forces(**kwargs)
         return self._forces.copy()
+
+    def _frechet_forces(self, **kwargs: Any) -> np.ndarray:
+        """ASE's FrechetCellFilter.get_forces for its defaults (no mask, pressure or constraint on the cell)."""
+        from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
+        cell = self.atoms.get_cell()
+        virial = -cell.volume * voigt_6_to_full_3x3_stress(self.atoms.get_stress(**kwargs))
+        deformation = self._utility.deform_grad(cell)
+        cell_gradient = virial @ np.linalg.inv(deformation.T)
+        log_deformation = self._log_deformation(deformation)
+        log_force = _expm_derivative(log_deformation.T, cell_gradient)
+        self.stress = full_3x3_to_voigt_6_stress(-virial / cell.volume)
+        forces = np.zeros((len(self.atoms) + 3, 3))
+        forces[: len(self.atoms)] = self.atoms.get_forces(**kwargs) @ deformation
+        forces[len(self.atoms) :] = log_force / self.exp_cell_factor
+        return forces
 
 
 @dataclass
@@ -224,7 +308,8 @@ def energies_forces_stresses(model: Any, structures: Sequence[Any]) -> list[tupl
 
     device = next(model.parameters()).device
     graphs = [model.graph_converter(structure).to(device) for structure in structures]
-    model.eval()
+    if model.training:
+        model.eval()
     batch = BatchedGraph.from_graphs(
         graphs,
         bond_basis_expansion=model.bond_basis_expansion,

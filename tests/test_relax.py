@@ -69,6 +69,35 @@ def test_one_backward_pass_gives_chgnets_own_energies_forces_and_stresses(potent
         assert forces == pytest.approx(reference["f"], abs=1e-5) and stress == pytest.approx(reference["s"], abs=1e-4)
 
 
+def test_the_cell_filter_gives_ases_positions_and_forces_along_a_path():
+    """One exponential and one Fréchet derivative a step give what ASE's filter gets from its logarithms."""
+    import numpy as np
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.filters import FrechetCellFilter
+    from scipy.linalg import expm, expm_frechet
+
+    rng = np.random.default_rng(0)
+    for repeats in (1, 2, 3):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((1, 1, repeats))
+        atoms.rattle(0.05, seed=repeats)
+        atoms.set_cell(atoms.cell @ (np.eye(3) + 0.05 * rng.normal(size=(3, 3))), scale_atoms=True)
+        theirs_atoms, ours_atoms = atoms.copy(), atoms.copy()
+        theirs_atoms.calc, ours_atoms.calc = EMT(), EMT()
+        theirs, ours = FrechetCellFilter(theirs_atoms), relax._RememberingCellFilter(ours_atoms)
+        for _ in range(4):
+            step = 0.03 * rng.normal(size=theirs.get_positions().shape)
+            theirs.set_positions(theirs.get_positions() + step)
+            ours.set_positions(ours.get_positions() + step)
+            assert np.abs(ours.get_positions() - theirs.get_positions()).max() < 1e-9
+            assert np.abs(ours.get_forces() - theirs.get_forces()).max() < 1e-9
+    matrix, direction = 0.3 * rng.normal(size=(3, 3)), 5 * rng.normal(size=(3, 3))
+    assert relax._expm(matrix) == pytest.approx(expm(matrix), abs=1e-12)
+    assert relax._expm_derivative(matrix, direction) == pytest.approx(
+        expm_frechet(matrix, direction, compute_expm=False), abs=1e-11
+    )
+
+
 def strained(structure, factor):
     structure = structure.copy()
     structure.scale_lattice(structure.volume * factor)
