@@ -250,6 +250,7 @@ class _RememberingCellFilter(FrechetCellFilter):
     def _frechet_forces(self, **kwargs: Any) -> np.ndarray:
         """ASE's FrechetCellFilter.get_forces for its defaults (no mask, pressure or constraint on the cell)."""
         from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
+
         cell = self.atoms.get_cell()
         virial = -cell.volume * voigt_6_to_full_3x3_stress(self.atoms.get_stress(**kwargs))
         deformation = self._utility.deform_grad(cell)
