@@ -103,16 +103,24 @@ class Decoder:
         z: Tensor,
         ids: Sequence[str],
         progress: Progress | None = None,
-        species: SpeciesConstraint | None = None,
+        species: SpeciesConstraint | Sequence[SpeciesConstraint | None] | None = None,
     ) -> Decoding:
-        """Decode latents z (B, D) into crystals named ``ids``."""
+        """Decode latents z (B, D) into crystals named ``ids``, under one species constraint for all or one each."""
         if isinstance(self.field, torch.nn.Module):
             z = z.to(next(self.field.parameters()).device)
         raw = estimate(self.field, z, self.box, self.species_table, self.config, progress)
-        if species is not None:
-            raw = constrain_species(
-                self.field, z, raw, self.species_table, species.allowed, species.composition, self.config
-            )
+        each = [species] * len(raw) if species is None or isinstance(species, SpeciesConstraint) else list(species)
+        for b, constraint in enumerate(each):
+            if constraint is not None:
+                raw[b] = constrain_species(
+                    self.field,
+                    z[b : b + 1],
+                    raw[b : b + 1],
+                    self.species_table,
+                    constraint.allowed,
+                    constraint.composition,
+                    self.config,
+                )[0]
         crystals = [result.to_crystal(id) for id, result in zip(ids, raw)]
         failed = 0
         if self.symmetrize:

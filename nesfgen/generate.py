@@ -31,7 +31,15 @@ from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text, output_folder, safe_file_stems
 from nesfgen.generative_metrics import Reference, build_reference, reduced_formula, score
 from nesfgen.options import DecodeOptions
-from nesfgen.prior import Condition, LatentPrior, condition_holds, load_prior, parse_condition
+from nesfgen.prior import (
+    Condition,
+    LatentPrior,
+    condition_holds,
+    draw_conditions,
+    load_prior,
+    parse_condition,
+    parse_draw,
+)
 from nesfgen.progress import Progress
 from nesfgen.sampling import TensorSet
 from nesfgen.stream import SAMPLE_CIFS, SampleStream
@@ -212,7 +220,9 @@ class SampleOptions(DecodeOptions):
     held-out split for COV-R / COV-P ("test" as CDVAE; "val" when choosing settings). ``prior``:
     "flowmatch" / "flow" (shipped learned priors), "vae", or a prior .pt file (see resolve_prior).
     ``elements``, ``formula``, ``num_atoms``, ``crystal_system``, ``spacegroup``: what the samples should
-    hold (flow-matching prior only); ``guidance``: its classifier-free guidance scale (1: plain conditional
+    hold (flow-matching prior only); ``draw``: instead, these parts of the condition (e.g.
+    "composition,num_atoms") taken for each sample from a random structure of the training split
+    (``prior.draw_conditions``); ``guidance``: its classifier-free guidance scale (1: plain conditional
     sampling); ``constrain``: with elements= or formula=, also restrict the decoded species to those
     elements and, where the atom count allows, to the formula's exact amounts. ``baselines``: also score the
     ceiling and floor rows (``nesfgen.baselines``). ``out``: write each decoded chunk's CIFs there as it is
@@ -233,6 +243,7 @@ class SampleOptions(DecodeOptions):
     num_atoms: int | None = None
     crystal_system: str | None = None
     spacegroup: int | None = None
+    draw: str | None = None
     guidance: float = 1.0
     constrain: bool = True
     baselines: bool = False
@@ -254,6 +265,16 @@ class SampleOptions(DecodeOptions):
             )
         if not self.relax and (self.fmax, self.steps, self.hull) != (None, None, None):
             raise UserError("fmax=, steps= and hull= go with relax=true")
+        if self.drawn_parts and not self.condition.is_empty():
+            raise UserError(
+                "draw= takes each sample's condition from the training split; give it without elements=, formula=, ..."
+            )
+        if self.drawn_parts and self.near is not None:
+            raise UserError("draw= conditions a learned prior's samples; near= samples around one structure instead")
+
+    @property
+    def drawn_parts(self) -> tuple[str, ...]:
+        return parse_draw(self.draw)
 
     @property
     def condition(self) -> Condition:
@@ -302,14 +323,22 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
     trained = decoder.trained
     splits, reference_note = reference_splits(trained, options.data, options.coverage_split)
     anchor = find_structure(near, splits[0] if splits else None) if near is not None else None
+    conditions: Condition | list[Condition] = condition
+    if options.drawn_parts:
+        if splits is None or learned is None:
+            raise UserError(f"draw= needs a learned prior and the training split ({reference_note.get('skipped', '')})")
+        conditions = draw_conditions(splits[0], options.drawn_parts, n, seed)
     if anchor is not None:
         z = sample_latents(n, trained.recipe.model.latent_size, seed, 1.0, _encode_one(trained, anchor), radius)
     elif learned is not None:
-        z = learned.sample(n, seed, condition, options.guidance, temperature)
+        z = learned.sample(n, seed, conditions, options.guidance, temperature)
     else:
         z = sample_latents(n, trained.recipe.model.latent_size, seed, temperature)
-    species_constraint = _species_constraint(condition) if options.constrain else None
-    crystals, failed = _decode_latents(options, decoder, z, species_constraint, progress)
+    each = [conditions] if isinstance(conditions, Condition) else conditions
+    constraints = [_species_constraint(c) for c in each] if options.constrain else [None]
+    species_constraint = constraints[0] if len(constraints) == 1 else constraints
+    constrained = any(c is not None for c in constraints)
+    crystals, failed = _decode_latents(options, decoder, z, species_constraint, constrained, progress)
     symmetrized: dict[str, Any] = {"symmetrize": symmetrize}
     if symmetrize:
         symmetrized |= {"symmetrize_symprec": decoder.symprec, "symmetrize_failed": failed}
@@ -335,9 +364,10 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
         "radius": radius if near is not None else None,
         **symmetrized,
         **summary,
-        "conditions": condition_rates(condition, rows, crystals) if not condition.is_empty() else None,
-        "guidance": options.guidance if not condition.is_empty() else None,
-        "species_constrained": species_constraint is not None,
+        "drawn": list(options.drawn_parts) or None,
+        "conditions": condition_rates(conditions, rows, crystals) if any(not c.is_empty() for c in each) else None,
+        "guidance": options.guidance if any(not c.is_empty() for c in each) else None,
+        "species_constrained": constrained,
         "baselines": baseline_rows or None,
         "reference": reference_note,
         "estimator": decoder.settings,
@@ -374,7 +404,8 @@ def _decode_latents(
     options: SampleOptions,
     decoder: Decoder,
     z: torch.Tensor,
-    species_constraint: SpeciesConstraint | None,
+    species_constraint: SpeciesConstraint | list[SpeciesConstraint | None] | None,
+    constrained: bool,
     progress: Progress | None,
 ) -> tuple[list[Crystal | None], list[str]]:
     """Decode chunk by chunk, streaming each chunk to ``options.out`` so that a stopped run resumes there."""
@@ -382,7 +413,7 @@ def _decode_latents(
     settings = {"checkpoint": decoder.trained.path, "n": n, "seed": options.seed, "temperature": options.temperature}
     settings |= {"near": options.near, "radius": options.radius, "symmetrize": options.symmetrize}
     settings |= {"symprec": decoder.symprec, "prior": options.prior, "condition": asdict(options.condition)}
-    settings |= {"guidance": options.guidance, "constrain": species_constraint is not None}
+    settings |= {"guidance": options.guidance, "constrain": constrained, "draw": list(options.drawn_parts)}
     settings["estimator"] = decoder.settings
     out = Path(options.out) if options.out else None
     stream = SampleStream(out, settings)
@@ -394,7 +425,10 @@ def _decode_latents(
     for start in range(len(crystals), n, chunk_size):
         chunk_z = z[start : start + chunk_size]
         ids = [f"sample-{start + k:04d}" for k in range(len(chunk_z))]
-        decoding = decoder.decode(chunk_z, ids, species=species_constraint)
+        chunk_species = species_constraint
+        if isinstance(species_constraint, list):
+            chunk_species = species_constraint[start : start + chunk_size]
+        decoding = decoder.decode(chunk_z, ids, species=chunk_species)
         chunk, chunk_failed = decoding.crystals, decoding.symmetrize_failed
         stream.add(start, chunk, chunk_failed)
         crystals, failed = crystals + chunk, failed + chunk_failed
@@ -459,13 +493,17 @@ def _refuse_long_run(n: int, timed: int, seconds: float, out: Path | None) -> No
     )
 
 
-def condition_rates(condition: Condition, rows: list[dict], crystals: list[Crystal | None]) -> dict[str, Any]:
-    """How often each asked-for part of the condition holds in the decoded structures, in % of all samples."""
+def condition_rates(
+    condition: Condition | list[Condition], rows: list[dict], crystals: list[Crystal | None]
+) -> dict[str, Any]:
+    """How often each asked-for part of the condition (one for all, or each sample's own) holds in the decoded
+    structures, in % of all samples."""
+    each = [condition] * len(rows) if isinstance(condition, Condition) else condition
     held = [
-        condition_holds(condition, crystal.atomic_numbers, row["space_group_number"]) if crystal is not None else {}
-        for row, crystal in zip(rows, crystals)
+        condition_holds(wanted, crystal.atomic_numbers, row["space_group_number"]) if crystal is not None else {}
+        for wanted, row, crystal in zip(each, rows, crystals)
     ]
-    parts = list(condition_holds(condition, np.array([1]), 0))
+    parts = list(condition_holds(each[0], np.array([1]), 0))
     rates = {f"{part}_pct": 100.0 * sum(h.get(part, False) for h in held) / len(held) for part in parts}
     rates["all_pct"] = 100.0 * sum(bool(h) and all(h.values()) for h in held) / len(held)
     return rates

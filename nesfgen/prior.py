@@ -213,6 +213,38 @@ def condition_holds(condition: Condition, atomic_numbers: np.ndarray, space_grou
     return held
 
 
+#: the parts of a condition ``draw_conditions`` can take from a structure
+DRAWABLE_PARTS = ("elements", "composition", "num_atoms", "crystal_system", "spacegroup")
+
+
+def parse_draw(text: str | None) -> tuple[str, ...]:
+    """``draw=composition,num_atoms`` -> ("composition", "num_atoms"); "" or None -> ()."""
+    parts = tuple(part.strip() for part in (text or "").split(",") if part.strip())
+    unknown = [part for part in parts if part not in DRAWABLE_PARTS]
+    if unknown:
+        raise UserError(
+            f"draw={text}: {unknown[0]} is not a condition part; expected some of {', '.join(DRAWABLE_PARTS)}"
+        )
+    return parts
+
+
+def draw_conditions(crystals: Any, parts: Sequence[str], count: int, seed: int) -> list[Condition]:
+    """One condition per sample: ``parts`` of a structure of ``crystals`` (a CrystalSet) drawn at random, with
+    replacement. Sampling under them is ancestral sampling, p(condition) × p(latent | condition), with the
+    training split's empirical distribution of, say, compositions as p(condition)."""
+    from nesfgen.symmetry import space_group_number
+
+    picks = np.random.default_rng(seed).integers(len(crystals), size=count)
+    needs_group = "crystal_system" in parts or "spacegroup" in parts
+    drawn = []
+    for index in picks.tolist():
+        crystal = crystals[index]
+        group = space_group_number(crystal) if needs_group else 0
+        described = ConditionEncoder(()).describe(crystal.atomic_numbers, group)
+        drawn.append(Condition(**{part: getattr(described, part) for part in parts}))
+    return drawn
+
+
 # --- the two models ------------------------------------------------------------------------------
 
 
@@ -335,16 +367,26 @@ class LatentPrior:
     history: dict[str, Any] = field(default_factory=dict)
 
     def sample(
-        self, count: int, seed: int, condition: Condition | None = None, guidance: float = 1.0, temperature: float = 1.0
+        self,
+        count: int,
+        seed: int,
+        condition: Condition | Sequence[Condition] | None = None,
+        guidance: float = 1.0,
+        temperature: float = 1.0,
     ) -> Tensor:
-        """(count, D) latents, deterministic for a seed. A temperature below 1 starts from narrower noise:
-        samples nearer the data's typical latents, at some cost in diversity."""
-        condition = condition or Condition()
-        if not condition.is_empty():
+        """(count, D) latents, deterministic for a seed, under one condition for all or one per sample. A
+        temperature below 1 starts from narrower noise: samples nearer the data's typical latents, at some
+        cost in diversity."""
+        each = [condition or Condition()] if condition is None or isinstance(condition, Condition) else condition
+        if len(each) not in (1, count):
+            raise ValueError(f"{len(each)} conditions for {count} samples")
+        vector = None
+        if any(not c.is_empty() for c in each):
             if self.config.kind != "flowmatch":
                 raise UserError(f"conditions need prior=flowmatch; the {self.config.kind} prior is unconditional")
-            self.conditions.check(condition)
-        vector = self.conditions.encode(condition)[None] if not condition.is_empty() else None
+            for c in each:
+                self.conditions.check(c)
+            vector = torch.stack([self.conditions.encode(c) for c in each])
         self.model.eval()
         generator = torch.Generator().manual_seed(seed)
         z = self.model.sample(count, generator, vector, guidance=guidance, temperature=temperature)

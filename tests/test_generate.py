@@ -9,7 +9,7 @@ from nesfgen import generate
 from nesfgen.crystal import Crystal
 from nesfgen.errors import UserError
 from nesfgen.generate import DEFAULT_VAE_MODEL, SampleOptions, sample_latents, sample_structures, write_samples
-from nesfgen.prior import PriorConfig, check_model_prior, fit_prior, load_prior, save_prior
+from nesfgen.prior import PriorConfig, check_model_prior, draw_conditions, fit_prior, load_prior, save_prior
 from nesfgen.train import train
 
 
@@ -122,6 +122,27 @@ def test_autoencoder_with_a_learned_prior_and_a_condition(autoencoder_prior, tmp
     assert (tmp_path / "out" / "samples.extxyz").read_text().count("Lattice=") == conditioned.summary["decoded"]
     with pytest.raises(UserError, match="need a learned prior"):
         sample_structures(SampleOptions(checkpoint=str(run), n=1, near="NaCl", **asked))
+
+
+def test_each_sample_can_draw_its_condition_from_the_training_split(autoencoder_prior, tiny_dataset):
+    run, prior = autoencoder_prior
+    options = SampleOptions(checkpoint=str(run), n=4, seed=2, prior=str(prior), draw="elements", estimator=FAST_DECODE)
+    drawn = sample_structures(options)
+    assert drawn.summary["drawn"] == ["elements"] and drawn.summary["species_constrained"]
+    assert set(drawn.summary["conditions"]) == {"elements_pct", "all_pct"}
+    train = tiny_dataset.load("train")
+    systems = {frozenset(train[i].atomic_numbers.tolist()) for i in range(len(train))}
+    wanted = draw_conditions(train, ("elements",), 4, 2)  # the same draw as the sampling's
+    for condition, crystal in zip(wanted, drawn.crystals):
+        assert frozenset(condition.elements) in systems
+        if crystal is not None:  # voted among that training structure's own elements only
+            assert set(crystal.atomic_numbers.tolist()) <= set(condition.elements)
+    again = sample_structures(options)
+    assert [c.formula if c else None for c in again.crystals] == [c.formula if c else None for c in drawn.crystals]
+    with pytest.raises(UserError, match="not a condition part"):
+        SampleOptions(draw="colour")
+    with pytest.raises(UserError, match="without elements="):
+        SampleOptions(draw="elements", elements="Zn,S")
 
 
 def test_a_prior_is_checked_and_scored_against_the_validation_split(autoencoder_prior, tmp_path):

@@ -12,6 +12,7 @@ from nesfgen.prior import (
     latent_check,
     load_prior,
     parse_condition,
+    parse_draw,
     save_prior,
 )
 
@@ -42,6 +43,18 @@ def test_conditions_need_the_flow_matching_prior_and_known_elements():
     with pytest.raises(UserError, match="Fe not among"):
         flowmatch.sample(2, seed=0, condition=Condition(elements=(26,)))
     assert flowmatch.sample(2, seed=0, condition=Condition(elements=(30, 16)), guidance=2.0).shape == (2, 6)
+
+
+def test_each_sample_its_own_condition():
+    prior = fit_prior(random_latents(), PriorConfig(hidden=8, layers=1, steps=1, ode_steps=2), SPECIES)
+    each = [Condition(elements=(30, 16)), Condition(num_atoms=4), Condition()]
+    z = prior.sample(3, seed=0, condition=each)
+    assert z.shape == (3, 6)
+    alone = [prior.sample(3, seed=0, condition=c)[k] for k, c in enumerate(each)]  # same noise, one condition each
+    assert torch.allclose(z, torch.stack(alone), atol=1e-5)
+    with pytest.raises(ValueError, match="2 conditions for 3 samples"):
+        prior.sample(3, seed=0, condition=each[:2])
+    assert parse_draw("composition, num_atoms") == ("composition", "num_atoms") and parse_draw(None) == ()
 
 
 @pytest.mark.parametrize("kind", ["flow", "flowmatch"])
