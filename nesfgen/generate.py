@@ -57,6 +57,9 @@ PRIOR_CHOICES = ("flowmatch", "flow", "vae")
 DEFAULT_FOLDER = "samples"
 #: under a sample folder: one folder of CIFs per baseline row (the ceiling, the floor)
 BASELINES_FOLDER = "baselines"
+#: the condition parts each unconditional sample of a flow-matching prior takes from a random training structure
+#: (``draw=``); chosen on the validation split over the prior's own compositions (docs/decoding.md)
+DEFAULT_DRAW = ("composition", "num_atoms")
 #: Samples past which ``sample`` needs force=true: at seconds per sample on a CPU, more is a run of days.
 MAX_SAMPLES = 10_000
 
@@ -222,7 +225,8 @@ class SampleOptions(DecodeOptions):
     ``elements``, ``formula``, ``num_atoms``, ``crystal_system``, ``spacegroup``: what the samples should
     hold (flow-matching prior only); ``draw``: instead, these parts of the condition (e.g.
     "composition,num_atoms") taken for each sample from a random structure of the training split
-    (``prior.draw_conditions``); ``guidance``: its classifier-free guidance scale (1: plain conditional
+    (``prior.draw_conditions``); None: DEFAULT_DRAW for a flow-matching prior without conditions when
+    its model's training split is here, else nothing; "none": the prior's own compositions; ``guidance``: its classifier-free guidance scale (1: plain conditional
     sampling); ``constrain``: with elements= or formula=, also restrict the decoded species to those
     elements and, where the atom count allows, to the formula's exact amounts. ``baselines``: also score the
     ceiling and floor rows (``nesfgen.baselines``). ``out``: write each decoded chunk's CIFs there as it is
@@ -265,7 +269,7 @@ class SampleOptions(DecodeOptions):
             )
         if not self.relax and (self.fmax, self.steps, self.hull) != (None, None, None):
             raise UserError("fmax=, steps= and hull= go with relax=true")
-        if self.drawn_parts and not self.condition.is_empty():
+        if self.drawn_parts and not self.condition.is_empty():  # an explicit draw= only: None defers to conditions
             raise UserError(
                 "draw= takes each sample's condition from the training split; give it without elements=, formula=, ..."
             )
@@ -323,11 +327,12 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
     trained = decoder.trained
     splits, reference_note = reference_splits(trained, options.data, options.coverage_split)
     anchor = find_structure(near, splits[0] if splits else None) if near is not None else None
+    drawn = _drawn_parts(options, learned, splits is not None and bool(reference_note.get("is_training_data")))
     conditions: Condition | list[Condition] = condition
-    if options.drawn_parts:
+    if drawn:
         if splits is None or learned is None:
             raise UserError(f"draw= needs a learned prior and the training split ({reference_note.get('skipped', '')})")
-        conditions = draw_conditions(splits[0], options.drawn_parts, n, seed)
+        conditions = draw_conditions(splits[0], drawn, n, seed)
     if anchor is not None:
         z = sample_latents(n, trained.recipe.model.latent_size, seed, 1.0, _encode_one(trained, anchor), radius)
     elif learned is not None:
@@ -338,7 +343,7 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
     constraints = [_species_constraint(c) for c in each] if options.constrain else [None]
     species_constraint = constraints[0] if len(constraints) == 1 else constraints
     constrained = any(c is not None for c in constraints)
-    crystals, failed = _decode_latents(options, decoder, z, species_constraint, constrained, progress)
+    crystals, failed = _decode_latents(options, decoder, z, species_constraint, constrained, drawn, progress)
     symmetrized: dict[str, Any] = {"symmetrize": symmetrize}
     if symmetrize:
         symmetrized |= {"symmetrize_symprec": decoder.symprec, "symmetrize_failed": failed}
@@ -364,7 +369,7 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
         "radius": radius if near is not None else None,
         **symmetrized,
         **summary,
-        "drawn": list(options.drawn_parts) or None,
+        "drawn": list(drawn) or None,
         "conditions": condition_rates(conditions, rows, crystals) if any(not c.is_empty() for c in each) else None,
         "guidance": options.guidance if any(not c.is_empty() for c in each) else None,
         "species_constrained": constrained,
@@ -374,6 +379,17 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
         "seconds": time.perf_counter() - started,
     }
     return Generation(summary, rows, crystals, reference, baseline_crystals)
+
+
+def _drawn_parts(options: SampleOptions, learned: LatentPrior | None, have_training_split: bool) -> tuple[str, ...]:
+    """The condition parts each sample takes from a training structure: draw= as given, else DEFAULT_DRAW when
+    a flow-matching prior samples without conditions and the model's own training split is here."""
+    if options.draw is not None:
+        return options.drawn_parts
+    automatic = learned is not None and learned.config.kind == "flowmatch" and options.near is None
+    if automatic and options.condition.is_empty() and not have_training_split:
+        log.info("the model's training split is not here: samples take the prior's own compositions (draw=none)")
+    return DEFAULT_DRAW if automatic and options.condition.is_empty() and have_training_split else ()
 
 
 def _load_generator(options: SampleOptions) -> tuple[Decoder, LatentPrior | None]:
@@ -406,6 +422,7 @@ def _decode_latents(
     z: torch.Tensor,
     species_constraint: SpeciesConstraint | list[SpeciesConstraint | None] | None,
     constrained: bool,
+    drawn: tuple[str, ...],
     progress: Progress | None,
 ) -> tuple[list[Crystal | None], list[str]]:
     """Decode chunk by chunk, streaming each chunk to ``options.out`` so that a stopped run resumes there."""
@@ -413,7 +430,7 @@ def _decode_latents(
     settings = {"checkpoint": decoder.trained.path, "n": n, "seed": options.seed, "temperature": options.temperature}
     settings |= {"near": options.near, "radius": options.radius, "symmetrize": options.symmetrize}
     settings |= {"symprec": decoder.symprec, "prior": options.prior, "condition": asdict(options.condition)}
-    settings |= {"guidance": options.guidance, "constrain": constrained, "draw": list(options.drawn_parts)}
+    settings |= {"guidance": options.guidance, "constrain": constrained, "draw": list(drawn)}
     settings["estimator"] = decoder.settings
     out = Path(options.out) if options.out else None
     stream = SampleStream(out, settings)

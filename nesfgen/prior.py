@@ -218,7 +218,9 @@ DRAWABLE_PARTS = ("elements", "composition", "num_atoms", "crystal_system", "spa
 
 
 def parse_draw(text: str | None) -> tuple[str, ...]:
-    """``draw=composition,num_atoms`` -> ("composition", "num_atoms"); "" or None -> ()."""
+    """``draw=composition,num_atoms`` -> ("composition", "num_atoms"); "none", "" or None -> ()."""
+    if (text or "").strip().lower() == "none":
+        return ()
     parts = tuple(part.strip() for part in (text or "").split(",") if part.strip())
     unknown = [part for part in parts if part not in DRAWABLE_PARTS]
     if unknown:

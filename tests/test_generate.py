@@ -102,7 +102,12 @@ def autoencoder_prior(tiny_dataset, tmp_path):
 def test_autoencoder_with_a_learned_prior_and_a_condition(autoencoder_prior, tmp_path):
     run, prior = autoencoder_prior
     plain = sample_structures(SampleOptions(checkpoint=str(run), n=3, seed=1, prior=str(prior), estimator=FAST_DECODE))
-    assert plain.summary["generator"] == "prior-flowmatch" and plain.summary["conditions"] is None
+    assert plain.summary["generator"] == "prior-flowmatch"  # the model's training split is here: drawn from it
+    assert plain.summary["drawn"] == ["composition", "num_atoms"] and "composition_pct" in plain.summary["conditions"]
+    own = sample_structures(
+        SampleOptions(checkpoint=str(run), n=3, seed=1, prior=str(prior), draw="none", estimator=FAST_DECODE)
+    )
+    assert own.summary["drawn"] is None and own.summary["conditions"] is None
     assert {"cov_recall_pct", "w1_density", "p1_pct", "test_split_p1_pct", "seconds"} <= set(plain.summary)
     asked = {"elements": "Zn,S", "num_atoms": 8}  # Condition(elements=(30, 16), num_atoms=8)
     conditioned = sample_structures(
