@@ -34,10 +34,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SpeciesConstraint:
-    """Decoded species restricted to ``allowed`` atomic numbers, with an exact ``composition`` where given."""
+    """Decoded species restricted to ``allowed`` atomic numbers (empty: any), with an exact ``composition``
+    and atom count (``num_atoms``) where given."""
 
     allowed: tuple[int, ...]
     composition: Mapping[int, float] | None = None
+    num_atoms: int | None = None
 
 
 @dataclass
@@ -120,6 +122,7 @@ class Decoder:
                     constraint.allowed,
                     constraint.composition,
                     self.config,
+                    constraint.num_atoms,
                 )[0]
         crystals = [result.to_crystal(id) for id, result in zip(ids, raw)]
         failed = 0

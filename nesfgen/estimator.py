@@ -438,21 +438,25 @@ def constrain_species(
     allowed: Sequence[int],
     composition: Mapping[int, float] | None = None,
     config: EstimatorConfig = EstimatorConfig(),
+    num_atoms: int | None = None,
 ) -> list[Decoded]:
-    """Vote the decoded atoms' species again, choosing only among ``allowed`` atomic numbers.
+    """Vote the decoded atoms' species again, choosing only among ``allowed`` atomic numbers (empty: any).
 
     The positions and the lattice stay as decoded; only the species vote is restricted, so a sample asked
-    for ``elements=Zn,S`` cannot hold a third element. With ``composition`` (atomic number -> amount) and
-    an atom count that is a whole number of formula units, the species are assigned to match it exactly,
-    maximising the field's votes (an assignment problem). A count that is not is first brought to the
-    nearest whole number of units the estimator's evidence allows (:func:`whole_formula_units`).
+    for ``elements=Zn,S`` cannot hold a third element. With ``num_atoms``, the decoded count is first brought
+    to it where the estimator's evidence allows (:func:`exact_atom_count`). With ``composition`` (atomic
+    number -> amount) and an atom count that is a whole number of formula units, the species are assigned
+    to match it exactly, maximising the field's votes (an assignment problem). A count that is not is first
+    brought to the nearest whole number of units the estimator's evidence allows (:func:`whole_formula_units`).
     Otherwise every allowed element is given at least one atom where there are enough atoms ("exactly
     these elements"), again with the most votes.
     """
     table = np.asarray(species_table, dtype=np.int64)
+    allowed = tuple(allowed) or tuple(int(number) for number in table)
     allowed_index = [int(np.flatnonzero(table == number)[0]) for number in allowed if number in table]
     if len(allowed_index) != len(set(allowed)):
         raise UserError("constrain_species: an allowed element is not in the model's species table")
+    cover = len(allowed_index) < len(table)  # "exactly these elements" means nothing when any may be chosen
     offsets = local_offsets(config.species_interval, config.species_range).to(z.device, torch.float32)
     blocked = torch.full((len(table),), -math.inf, device=z.device)
     blocked[allowed_index] = 0.0
@@ -464,6 +468,8 @@ def constrain_species(
         with torch.inference_mode():
             units = formula_atoms(composition) if composition else None
             for b, structure in enumerate(decoded):
+                if num_atoms is not None and (units is None or num_atoms % units == 0):
+                    structure = exact_atom_count(structure, num_atoms, config.nms_min_particles)
                 if units is not None:
                     structure = whole_formula_units(structure, units, config.nms_min_particles)
                 if structure.num_atoms == 0:
@@ -476,7 +482,7 @@ def constrain_species(
                 votes = votes.scatter_add_(1, choice, torch.ones_like(choice)).cpu().numpy()  # (M, K)
                 kinds = _assign_composition(votes, table, composition) if composition else None
                 if kinds is None:
-                    kinds = _cover_elements(votes, allowed_index)
+                    kinds = _cover_elements(votes, allowed_index) if cover else votes.argmax(1)
                 out.append(Decoded(structure.lengths, structure.angles, structure.cart_coords, kinds, table[kinds]))
         return out
     finally:
@@ -505,27 +511,47 @@ def whole_formula_units(structure: Decoded, units: int, threshold: int) -> Decod
     clusters less far across the estimator's ``threshold`` (nms_min_particles) in total. A structure
     without the estimator's cluster record, or already whole, is returned as it is.
     """
-    count = structure.num_atoms
-    short = -count % units
-    if short == 0 or structure.support is None or structure.spares is None or structure.spare_support is None:
+    below = structure.num_atoms - structure.num_atoms % units
+    if below == structure.num_atoms or not _has_cluster_record(structure):
         return structure
-    surplus = units - short
-    weakest = np.argsort(structure.support, kind="stable")[:surplus]
-    drop_cost = float(np.sum(structure.support[weakest] - threshold + 1)) if surplus < count else math.inf
-    added = _spares_to_add(structure, short)
-    add_cost = float(np.sum(threshold - structure.spare_support[added])) if len(added) == short else math.inf
-    if math.isinf(drop_cost) and math.isinf(add_cost):
+    changes = [_to_count(structure, below, threshold), _to_count(structure, below + units, threshold)]
+    reachable = [change for change in changes if change is not None]  # on a tie, dropping wins
+    return min(reachable, key=lambda change: change[1])[0] if reachable else structure
+
+
+def exact_atom_count(structure: Decoded, target: int, threshold: int) -> Decoded:
+    """The decoded atoms brought to ``target``: the weakest dropped or the strongest rejected clusters added
+    (as :func:`whole_formula_units`); returned as it is where the estimator found too few clusters to add."""
+    if structure.num_atoms == target or not _has_cluster_record(structure):
         return structure
-    if add_cost < drop_cost:
+    change = _to_count(structure, target, threshold)
+    return structure if change is None else change[0]
+
+
+def _has_cluster_record(structure: Decoded) -> bool:
+    return structure.support is not None and structure.spares is not None and structure.spare_support is not None
+
+
+def _to_count(structure: Decoded, target: int, threshold: int) -> tuple[Decoded, float] | None:
+    """``structure`` with ``target`` atoms and the change's cost (how far the dropped or added clusters
+    were across ``threshold``, summed), or None where no such change exists."""
+    count, support, spare_support = structure.num_atoms, structure.support, structure.spare_support
+    assert support is not None and structure.spares is not None and spare_support is not None
+    if 0 < target < count:
+        weakest = np.argsort(support, kind="stable")[: count - target]
+        keep = np.setdiff1d(np.arange(count), weakest)
+        coords, kinds, numbers = structure.cart_coords[keep], structure.species[keep], structure.atomic_numbers[keep]
+        support, cost = support[keep], float(np.sum(support[weakest] - threshold + 1))
+    else:
+        short = target - count
+        added = _spares_to_add(structure, short) if short > 0 else []
+        if short <= 0 or len(added) < short:
+            return None
         coords = np.concatenate([structure.cart_coords, structure.spares[added]])
-        support = np.concatenate([structure.support, structure.spare_support[added]])
         kinds = np.concatenate([structure.species, np.zeros(short, dtype=structure.species.dtype)])
         numbers = np.concatenate([structure.atomic_numbers, np.zeros(short, dtype=structure.atomic_numbers.dtype)])
-    else:
-        keep = np.setdiff1d(np.arange(count), weakest)
-        coords, support = structure.cart_coords[keep], structure.support[keep]
-        kinds, numbers = structure.species[keep], structure.atomic_numbers[keep]
-    return Decoded(structure.lengths, structure.angles, coords, kinds, numbers, support=support)
+        support, cost = np.concatenate([support, spare_support[added]]), float(np.sum(threshold - spare_support[added]))
+    return Decoded(structure.lengths, structure.angles, coords, kinds, numbers, support=support), cost
 
 
 def _spares_to_add(structure: Decoded, wanted: int) -> list[int]:

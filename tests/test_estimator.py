@@ -26,6 +26,7 @@ from nesfgen.estimator import (
     ExactField,
     _suppress,
     constrain_species,
+    exact_atom_count,
     estimate,
     formula_atoms,
     whole_formula_units,
@@ -176,6 +177,18 @@ def test_a_formula_count_is_reached_by_the_smaller_change() -> None:
     whole = _decoded([40, 40], far, [9])
     assert whole_formula_units(whole, 2, 10) is whole
     assert formula_atoms({30: 2.0, 16: 2.0}) == 2 and formula_atoms({30: 1.5}) is None
+
+
+def test_an_asked_atom_count_drops_the_weakest_or_adds_the_strongest_spares():
+    spares = [[0.0, 6.0, 6.0], [6.0, 6.0, 0.0], [0.5, 0.0, 0.0]]  # the third a satellite of atom 0
+    decoded = _decoded([40, 11, 30], spares, [3, 9, 9])
+    assert exact_atom_count(decoded, 2, 10).support.tolist() == [40, 30]
+    four = exact_atom_count(decoded, 4, 10)
+    assert four.num_atoms == 4 and four.cart_coords[-1].tolist() == spares[1]  # 9 particles before 3
+    five = exact_atom_count(decoded, 5, 10)
+    assert five.num_atoms == 5 and five.support.tolist() == [40, 11, 30, 9, 3]
+    assert exact_atom_count(decoded, 6, 10) is decoded  # only two spares are atoms apart: left as found
+    assert exact_atom_count(decoded, 3, 10) is decoded
 
 
 def test_module_field_is_decoded_in_eval_mode(tiny: tuple) -> None:
@@ -421,6 +434,9 @@ def test_constrained_species_keep_positions_and_hold_the_asked_elements_and_form
     assert sorted(thirds.atomic_numbers.tolist()) == [16] * 4 + [30] * 2  # 8 atoms are no ZnS2: two dropped
     kept = {tuple(row) for row in decoded[0].cart_coords.round(6)}
     assert {tuple(row) for row in thirds.cart_coords.round(6)} <= kept
+    six = constrain_species(field, z, decoded, table, (), None, FAST, num_atoms=6)[0]  # any species, 6 atoms
+    assert six.num_atoms == 6 and {tuple(row) for row in six.cart_coords.round(6)} <= kept
+    assert set(six.atomic_numbers.tolist()) <= {16, 30}  # the field's own votes, no element forced in
 
 
 def test_every_asked_element_gets_the_atom_that_costs_the_fewest_votes():
