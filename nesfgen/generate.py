@@ -60,6 +60,9 @@ BASELINES_FOLDER = "baselines"
 #: the condition parts each unconditional sample of a flow-matching prior takes from a random training structure
 #: (``draw=``); chosen on the validation split over the prior's own compositions (docs/decoding.md)
 DEFAULT_DRAW = ("composition", "num_atoms")
+#: the prior's noise scale when conditions are drawn and no temperature= is given: chosen on the validation
+#: split among 1.0, 0.9 and 0.8 (0.8 took novelty below 50 %; docs/decoding.md)
+DRAWN_TEMPERATURE = 0.9
 #: Samples past which ``sample`` needs force=true: at seconds per sample on a CPU, more is a run of days.
 MAX_SAMPLES = 10_000
 
@@ -217,7 +220,8 @@ class SampleOptions(DecodeOptions):
 
     ``checkpoint``: the model to decode with (run folder, .pt file or shipped name); None: the shipped
     autoencoder with its learned prior, or the shipped VAE with prior="vae". ``temperature``: scale of the
-    N(0, I) noise a VAE's latents or a learned prior's ODE start from. ``near``: sample around this
+    N(0, I) noise a VAE's latents or a learned prior's ODE start from (None: DRAWN_TEMPERATURE when the
+    conditions are drawn, else 1). ``near``: sample around this
     structure (a CIF/POSCAR path or a formula) instead of a prior: z = its latent + radius × N(0, I).
     ``data``: the dataset to measure against (default: the model's training data); ``coverage_split``: its
     held-out split for COV-R / COV-P ("test" as CDVAE; "val" when choosing settings). ``prior``:
@@ -238,7 +242,7 @@ class SampleOptions(DecodeOptions):
 
     n: int = 100
     seed: int = 0
-    temperature: float = 1.0
+    temperature: float | None = None
     near: str | None = None
     radius: float = 0.5
     data: str | None = None
@@ -264,7 +268,7 @@ class SampleOptions(DecodeOptions):
         super().__post_init__()
         if self.n < 1:
             raise UserError(f"n must be at least 1, got {self.n}")
-        if not self.temperature > 0 or not self.radius > 0:
+        if (self.temperature is not None and not self.temperature > 0) or not self.radius > 0:
             raise UserError(
                 f"temperature and radius must be positive, got temperature={self.temperature} radius={self.radius}"
             )
@@ -322,7 +326,7 @@ def _reconstruct(decoder: Decoder, crystals: CrystalSet) -> list[Crystal | None]
 def sample_structures(options: SampleOptions, progress: Progress | None = None) -> Generation:
     """Decode ``options.n`` latents into structures and measure them."""
     started = time.perf_counter()
-    n, seed, temperature, near, radius = options.n, options.seed, options.temperature, options.near, options.radius
+    n, seed, near, radius = options.n, options.seed, options.near, options.radius
     symmetrize, condition = options.symmetrize, options.condition
     decoder, learned = _load_generator(options)
     trained = decoder.trained
@@ -334,6 +338,7 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
         if splits is None or learned is None:
             raise UserError(f"draw= needs a learned prior and the training split ({reference_note.get('skipped', '')})")
         conditions = draw_conditions(splits[0], drawn, n, seed)
+    temperature = options.temperature or (DRAWN_TEMPERATURE if drawn else 1.0)
     if anchor is not None:
         z = sample_latents(n, trained.recipe.model.latent_size, seed, 1.0, _encode_one(trained, anchor), radius)
     elif learned is not None:

@@ -26,8 +26,8 @@ from nesfgen.estimator import (
     ExactField,
     _suppress,
     constrain_species,
-    exact_atom_count,
     estimate,
+    exact_atom_count,
     formula_atoms,
     whole_formula_units,
 )
