@@ -249,14 +249,14 @@ def symmetry_command(ctx: typer.Context, as_json: bool = JSON) -> None:
 
 @app.command("sample", context_settings=KEY_VALUES)
 def sample_command(ctx: typer.Context, as_json: bool = JSON) -> None:
-    """Generate structures: nesfgen sample [prior=flowmatch|flow|vae|FILE.pt] [checkpoint=RUN] [n=100] [seed=0] [elements=Zn,S] [formula=ZnS] [num_atoms=8] [crystal_system=cubic] [spacegroup=216] [draw=composition,num_atoms|none] [guidance=1] [constrain=false] [baselines=true] [coverage_split=test|val] [temperature=T] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=true] [force=true] [relax=true fmax= steps= hull=].
+    """Generate structures: nesfgen sample [prior=flowmatch|flow|vae|FILE.pt] [checkpoint=RUN] [n=100] [seed=0] [elements=Zn,S] [formula=ZnS] [num_atoms=8] [crystal_system=cubic] [spacegroup=216] [draw=composition,num_atoms|none] [guidance=1] [constrain=false] [baselines=true] [coverage_split=test|val] [temperature=T] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=false] [symprec=0.3] [force=true] [relax=true fmax= steps= hull=].
 
     Without prior= and checkpoint= the shipped autoencoder (nesf-lcs6) decodes latents of its learned
     prior; prior=vae samples the shipped VAE. Conditions need the flow-matching prior; with elements=, formula=
     or num_atoms= the decoded species and count are also held to them (constrain=false: the prior alone). Writes one CIF
     per decoded structure as it is decoded, then samples.extxyz, samples.csv and summary.json (the
     field's metrics). An interrupted sampling continues when the same command is run again. More than
-    10,000 samples need force=true; relax=true relaxes the samples into OUT/relaxed.
+    10,000 samples need force=true; relax=true relaxes them into OUT/relaxed; symmetrize=false: raw decodes.
     """
     from nesfgen.generate import DEFAULT_FOLDER, SampleOptions, sample
 

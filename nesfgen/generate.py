@@ -63,6 +63,9 @@ DEFAULT_DRAW = ("composition", "num_atoms")
 #: the prior's noise scale when conditions are drawn and no temperature= is given: chosen on the validation
 #: split among 1.0, 0.9 and 0.8 (0.8 took novelty below 50 %; docs/decoding.md)
 DRAWN_TEMPERATURE = 0.9
+#: Å: samples are snapped to the highest space group spglib finds within this (symmetrize=true by default for
+#: sample): about the decoder's own position error; chosen on the validation split (docs/decoding.md)
+SAMPLE_SYMPREC = 0.3
 #: Samples past which ``sample`` needs force=true: at seconds per sample on a CPU, more is a run of days.
 MAX_SAMPLES = 10_000
 
@@ -221,7 +224,8 @@ class SampleOptions(DecodeOptions):
     ``checkpoint``: the model to decode with (run folder, .pt file or shipped name); None: the shipped
     autoencoder with its learned prior, or the shipped VAE with prior="vae". ``temperature``: scale of the
     N(0, I) noise a VAE's latents or a learned prior's ODE start from (None: DRAWN_TEMPERATURE when the
-    conditions are drawn, else 1). ``near``: sample around this
+    conditions are drawn, else 1). ``symmetrize``: snap each sample to its space group within ``tolerance``
+    (on by default here; false: the raw decodes). ``near``: sample around this
     structure (a CIF/POSCAR path or a formula) instead of a prior: z = its latent + radius × N(0, I).
     ``data``: the dataset to measure against (default: the model's training data); ``coverage_split``: its
     held-out split for COV-R / COV-P ("test" as CDVAE; "val" when choosing settings). ``prior``:
@@ -240,6 +244,7 @@ class SampleOptions(DecodeOptions):
     (and baselines) with CHGNet into OUT/relaxed with ``fmax``, ``steps`` and ``hull``.
     """
 
+    symmetrize: bool = True
     n: int = 100
     seed: int = 0
     temperature: float | None = None
@@ -263,6 +268,11 @@ class SampleOptions(DecodeOptions):
     fmax: float | None = None
     steps: int | None = None
     hull: str | None = None
+
+    @property
+    def tolerance(self) -> float:
+        """The snapping tolerance in Å: symprec=, or SAMPLE_SYMPREC (looser than evaluate's stated 0.1 Å)."""
+        return SAMPLE_SYMPREC if self.symprec is None else self.symprec
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -435,6 +445,7 @@ def _decode_latents(
     n = options.n
     settings = {"checkpoint": decoder.trained.path, "n": n, "seed": options.seed, "temperature": options.temperature}
     settings |= {"near": options.near, "radius": options.radius, "symmetrize": options.symmetrize}
+    settings |= {"symprec": options.tolerance} if options.symmetrize else {}
     settings |= {"symprec": decoder.symprec, "prior": options.prior, "condition": asdict(options.condition)}
     settings |= {"guidance": options.guidance, "constrain": constrained, "draw": list(drawn)}
     settings["estimator"] = decoder.settings
