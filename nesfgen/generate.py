@@ -348,7 +348,7 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
         if splits is None or learned is None:
             raise UserError(f"draw= needs a learned prior and the training split ({reference_note.get('skipped', '')})")
         conditions = draw_conditions(splits[0], drawn, n, seed)
-    temperature = options.temperature or (DRAWN_TEMPERATURE if drawn else 1.0)
+    temperature = _temperature(options, drawn)
     if anchor is not None:
         z = sample_latents(n, trained.recipe.model.latent_size, seed, 1.0, _encode_one(trained, anchor), radius)
     elif learned is not None:
@@ -443,9 +443,13 @@ def _decode_latents(
 ) -> tuple[list[Crystal | None], list[str]]:
     """Decode chunk by chunk, streaming each chunk to ``options.out`` so that a stopped run resumes there."""
     n = options.n
-    settings = {"checkpoint": decoder.trained.path, "n": n, "seed": options.seed, "temperature": options.temperature}
+    settings = {
+        "checkpoint": decoder.trained.path,
+        "n": n,
+        "seed": options.seed,
+        "temperature": _temperature(options, drawn),
+    }
     settings |= {"near": options.near, "radius": options.radius, "symmetrize": options.symmetrize}
-    settings |= {"symprec": options.tolerance} if options.symmetrize else {}
     settings |= {"symprec": decoder.symprec, "prior": options.prior, "condition": asdict(options.condition)}
     settings |= {"guidance": options.guidance, "constrain": constrained, "draw": list(drawn)}
     settings["estimator"] = decoder.settings
@@ -506,6 +510,11 @@ def _relax_folder(folder: Path, options: SampleOptions, progress: Callable[[str]
         data=options.data,
     )
     return relax_and_screen(screen, progress("relaxing with CHGNet") if progress else None)
+
+
+def _temperature(options: SampleOptions, drawn: tuple[str, ...]) -> float:
+    """temperature=, else DRAWN_TEMPERATURE when the conditions are drawn, else 1."""
+    return options.temperature or (DRAWN_TEMPERATURE if drawn else 1.0)
 
 
 def _species_constraint(condition: Condition, hold_count: bool) -> SpeciesConstraint | None:

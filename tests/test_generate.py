@@ -35,6 +35,12 @@ def vae_run(tiny_dataset, tmp_path):
 FAST_DECODE = {"estimator.steps": "8"}
 
 
+def test_samples_are_snapped_at_the_sampling_tolerance_unless_asked_otherwise():
+    assert SampleOptions().symmetrize and SampleOptions().tolerance == 0.3
+    assert SampleOptions(symmetrize=True, symprec=0.05).tolerance == 0.05
+    assert not SampleOptions(symmetrize=False).symmetrize
+
+
 def test_sampling_is_reproducible_for_a_seed(vae_run, tmp_path):
     first = sample_structures(SampleOptions(checkpoint=str(vae_run), n=4, seed=3, estimator=FAST_DECODE))
     again = sample_structures(SampleOptions(checkpoint=str(vae_run), n=4, seed=3, estimator=FAST_DECODE))
