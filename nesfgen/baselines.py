@@ -1,6 +1,7 @@
-"""The two rows every generator is read against: the held-out test split scored as if it were samples
-(the ceiling: what real crystals score) and random symmetric crystals with training-set compositions
-built by pyxtal (the floor: what symmetry and chemistry alone score)."""
+"""The rows every generator is read against: the held-out test split scored as if it were samples
+(the ceiling: what real crystals score), training structures drawn as if they were samples (what a
+generator that reproduced the training distribution exactly would score), and random symmetric crystals
+with training-set compositions built by pyxtal (the floor: what symmetry and chemistry alone score)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,12 @@ def random_symmetric_crystals(
     return crystals
 
 
+def training_draws(train: CrystalSet, n: int, seed: int) -> list[Crystal]:
+    """``n`` training structures drawn with replacement (seeded), as the default sampler draws its conditions."""
+    picks = np.random.default_rng(seed).integers(len(train), size=n)
+    return [train[int(pick)] for pick in picks]
+
+
 def reference_rows(
     reference: Reference,
     n: int,
@@ -73,8 +80,11 @@ def reference_rows(
     """The ceiling (the held-out split, named ``held_out``, as samples; its coverage is 100 % by
     construction, being its own reference) and the floor (n random symmetric crystals), scored like any
     generator. ``reconstructed``: the held-out split encoded and decoded by the sampling model, a row
-    that shows what decoding alone costs, so a generator's gap to it is the prior's.
-    Returns the rows and the crystals of each (to be written, relaxed, screened like samples)."""
+    that shows what decoding alone costs, so a generator's gap to it is the prior's. ``train_split_draws``
+    (n training structures) bounds what any generator of the training distribution can reach: its coverage
+    of the held-out split (novelty 0 by construction).
+    Returns the rows and the crystals of each row but the training draws (to be written, relaxed, screened
+    like samples; training structures are not new candidates)."""
     crystals: dict[str, list[Crystal | None]] = {}
     if reference.test is not None:
         crystals[f"{held_out}_split"] = [reference.test[i] for i in range(len(reference.test))]
@@ -82,4 +92,5 @@ def reference_rows(
             crystals[f"{held_out}_split_reconstructed"] = reconstructed
     crystals["random_symmetric"] = random_symmetric_crystals(reference.train, n, seed, progress)
     rows = {name: score(members, reference)[1] for name, members in crystals.items()}
+    rows["train_split_draws"] = score(training_draws(reference.train, n, seed), reference)[1]
     return rows, crystals

@@ -21,7 +21,7 @@ from nesfgen.evaluate import (
 )
 from nesfgen.files import atomic_write_text
 from nesfgen.metrics import mean_over_structures, pool_over_atoms
-from nesfgen.train import TrainProgress, train_or_resume
+from nesfgen.train import TrainProgress, check_same_recipe, train_or_resume
 
 
 def parse_folds(text: str) -> list[int]:
@@ -61,6 +61,7 @@ def cross_validate(
     for fold in folds:
         fold_recipe = replace(recipe, data=replace(recipe.data, fold=fold))
         run_dir = out / f"fold-{fold}"
+        check_same_recipe(run_dir, fold_recipe)  # a run of another recipe is neither resumed nor reported as this one
         if train_folds:
             train_or_resume(fold_recipe, run_dir, progress)
         options = EvaluateOptions(

@@ -35,7 +35,7 @@ from nesfgen.files import atomic_write_text, output_folder
 from nesfgen.metrics import PAPER_METRICS
 from nesfgen.options import comma_list
 from nesfgen.progress import Progress
-from nesfgen.train import RunStatus, TrainProgress, run_status, train_or_resume
+from nesfgen.train import RunStatus, TrainProgress, check_same_recipe, run_status, train_or_resume
 
 TABLES = ("lcs6", "ybco", "icsg3d")
 #: tables of seeded runs of one recipe, reported as mean ± std over seeds
@@ -121,6 +121,7 @@ def seed_table(
     seeds, missing = [], []
     for seed in range(num_seeds):
         name, run_dir = f"seed-{seed}", folder / f"seed-{seed}"
+        check_same_recipe(run_dir, base)
         status = run_status(run_dir, base.train.epochs)
         if not status.finished and seed in recorded:
             run, summary = recorded[seed]
@@ -157,6 +158,8 @@ def fold_table(options: ResultsOptions, progress: TrainProgress | None = None) -
     recipe = load_recipe(options.ybco_recipe)
     folder = Path(options.runs) / "ybco"
     folds = parse_folds(options.folds)
+    for fold in folds:
+        check_same_recipe(folder / f"fold-{fold}", recipe)
     statuses = {fold: run_status(folder / f"fold-{fold}", recipe.train.epochs) for fold in folds}
     ready = folds if options.train else [fold for fold in folds if statuses[fold].finished]
     missing = [

@@ -783,8 +783,37 @@ def run_status(run_dir: Path, epochs: int | None = None) -> RunStatus:
     return RunStatus(run_dir, done and (run_dir / "best.pt").is_file(), int(state["epoch"]), seconds / 60)
 
 
+#: settings that say how or where a run was carried out, not what it trained: runs of one recipe may differ in them
+HOW_IT_RAN = {"train": ("seed", "threads", "device", "time_limit_minutes", "snapshot_every_minutes"), "data": ("fold",)}
+
+
+def foreign_settings(run_dir: Path, recipe: Recipe) -> list[str]:
+    """The settings in which the run in ``run_dir`` differs from ``recipe`` (none for a run of it or no run yet)."""
+    if not (run_dir / "last.pt").is_file():
+        return []
+    theirs = to_dict(from_dict(Recipe, read_checkpoint(run_dir / "last.pt")["recipe"], where=str(run_dir)))
+    mine = to_dict(recipe)
+    return [
+        f"{section}.{key} = {value!r} there, {mine[section][key]!r} here"
+        for section, settings in theirs.items()
+        if isinstance(settings, dict)
+        for key, value in settings.items()
+        if key not in HOW_IT_RAN.get(section, ()) and value != mine[section][key]
+    ]
+
+
+def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
+    """Refuse a folder that holds a run of another recipe, which resuming or evaluating would pass off as this one."""
+    if differing := foreign_settings(run_dir, recipe):
+        raise UserError(
+            f"{run_dir} holds a run of another recipe than {recipe.name!r} ({'; '.join(differing[:4])}"
+            f"{'; ...' if len(differing) > 4 else ''}); move it away or give another runs folder"
+        )
+
+
 def train_or_resume(recipe: Recipe, run_dir: Path, progress: TrainProgress | None = None) -> None:
     """Bring a run of ``recipe`` in ``run_dir`` to the recipe's epochs: nothing if there, resume if started, else train."""
+    check_same_recipe(run_dir, recipe)
     if run_status(run_dir, recipe.train.epochs).finished:
         return
     if (run_dir / "last.pt").is_file():

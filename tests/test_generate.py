@@ -276,11 +276,12 @@ def test_baselines_are_scored_written_and_relaxed_beside_the_samples(cli, autoen
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout)
     assert summary["relax"] is None or summary["relax"]["n"] == summary["decoded"]  # a 1-epoch model may decode none
-    assert set(summary["baselines"]) == {"test_split", "test_split_reconstructed", "random_symmetric"}
+    rows = {"test_split", "test_split_reconstructed", "random_symmetric"}
+    assert set(summary["baselines"]) == rows | {"train_split_draws"}
     assert summary["baselines"]["test_split"]["cov_recall_pct"] == 100.0
     assert len(list((out / "baselines" / "test_split_reconstructed").glob("*.cif"))) <= 6  # as many as decode
     assert len(list((out / "baselines" / "test_split").glob("*.cif"))) == 6  # the tiny dataset's test split
-    assert set(summary["relax_baselines"]) == {"test_split", "test_split_reconstructed", "random_symmetric"}
+    assert set(summary["relax_baselines"]) == rows  # training structures are not candidates: not relaxed
     assert summary["relax_baselines"]["test_split"]["n"] == 6
     assert (out / "baselines" / "test_split" / "relaxed" / "relax.csv").is_file()
     shown = cli("sample", *args, "estimator.steps=8")  # the same again: resumed, and the table has both rows

@@ -78,6 +78,12 @@ def test_fold_table_evaluates_the_finished_folds_only(tiny_dataset, recipe_file,
     table = build_results(options)["tables"][0]
     assert table["folds"] == [0] and table["pooled"]["num_structures"] == 3
     assert table["missing"] == [f"nesfgen train recipe={fold_recipe} data.fold=1 out={tmp_path / 'runs/ybco/fold-1'}"]
+    # a fold folder holding a run of another recipe (here another learning rate) is refused, not resumed or reported
+    train_or_resume(replace(recipe, train=replace(recipe.train, lr=3e-4)), tmp_path / "runs" / "ybco" / "fold-1")
+    with pytest.raises(UserError, match=r"fold-1 holds a run of another recipe .*train.lr = 0.0003 there"):
+        build_results(options)
+    with pytest.raises(UserError, match="holds a run of another recipe"):
+        train_or_resume(replace(recipe, data=replace(recipe.data, fold=1)), tmp_path / "runs" / "ybco" / "fold-1")
 
 
 def test_a_run_stopped_by_its_time_limit_counts_as_finished(tiny_dataset, tmp_path):
