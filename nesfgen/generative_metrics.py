@@ -274,19 +274,32 @@ def fingerprints(crystals: Sequence[Crystal | None], progress: Progress | None =
     return Fingerprints(np.array(structures), np.array(compositions))
 
 
+#: COV-P's two halves: the share of samples with a held-out structure near in structure, and near in composition
+PRECISION_PARTS = ("cov_precision_structure_pct", "cov_precision_composition_pct")
+
+
 def coverage(samples: Fingerprints, reference: Fingerprints, num_samples: int) -> dict[str, float | None]:
     """COV-R (share of the reference covered by some sample) and COV-P (share of the ``num_samples``
     samples near some reference structure), in %, as CDVAE's ``compute_cov``."""
     from scipy.spatial.distance import cdist
 
     if not len(samples.structure) or not len(reference.structure):
-        return {"cov_recall_pct": 0.0 if len(reference.structure) else None, "cov_precision_pct": 0.0}
+        empty = 0.0 if len(reference.structure) else None
+        return {"cov_recall_pct": empty, "cov_precision_pct": 0.0} | dict.fromkeys(PRECISION_PARTS, 0.0)
     structure = cdist(samples.structure, reference.structure)  # (N, R)
     composition = cdist(samples.composition, reference.composition)
     close_structure, close_composition = COVERAGE_CUTOFFS["structure"], COVERAGE_CUTOFFS["composition"]
     recall = (structure.min(axis=0) <= close_structure) & (composition.min(axis=0) <= close_composition)
-    precision = (structure.min(axis=1) <= close_structure) & (composition.min(axis=1) <= close_composition)
-    return {"cov_recall_pct": 100.0 * recall.mean(), "cov_precision_pct": 100.0 * precision.sum() / num_samples}
+    near_structure = structure.min(axis=1) <= close_structure
+    near_composition = composition.min(axis=1) <= close_composition
+    precision = near_structure & near_composition
+    return {
+        "cov_recall_pct": 100.0 * recall.mean(),
+        "cov_precision_pct": 100.0 * precision.sum() / num_samples,
+        # which half of COV-P a sample misses: its structure, its composition, or both
+        "cov_precision_structure_pct": 100.0 * near_structure.sum() / num_samples,
+        "cov_precision_composition_pct": 100.0 * near_composition.sum() / num_samples,
+    }
 
 
 # --- the reference and the score -----------------------------------------------------------------
@@ -408,6 +421,7 @@ def score(
         "train_compositional_validity_pct": None,
         "cov_recall_pct": None,
         "cov_precision_pct": None,
+        **dict.fromkeys(PRECISION_PARTS),
         **{f"w1_{name}": None for name in DISTRIBUTIONS},
         "unique": len(unique),
         "uniqueness_pct": 100.0 * len(unique) / len(present) if present else None,

@@ -482,6 +482,10 @@ def samples(r: dict) -> None:
             f"COV-R / COV-P (vs {held_out} split)",
             lambda c: f"{pct(c['cov_recall_pct'])} / {pct(c['cov_precision_pct'])}",
         ),
+        (
+            "  COV-P's halves: near in structure / in composition",
+            lambda c: f"{pct(c.get('cov_precision_structure_pct'))} / {pct(c.get('cov_precision_composition_pct'))}",
+        ),
         ("uniqueness (of the decoded)", lambda c: pct(c["uniqueness_pct"])),
         ("novelty (of the unique, vs training)", lambda c: pct(c["novelty_pct"])),
         (f"P1 share ({held_out} split's)", lambda c: f"{pct(c['p1_pct'])} ({pct(c['test_split_p1_pct'])})"),

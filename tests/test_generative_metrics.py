@@ -80,11 +80,16 @@ def test_coverage_needs_both_fingerprints_close():
     # as covered (structure by sample 1, composition by sample 0); reference 2 is 4 away in structure
     assert result["cov_recall_pct"] == pytest.approx(200 / 3)
     assert result["cov_precision_pct"] == pytest.approx(25.0)
+    # its two halves: both samples are near in structure, only sample 0 in composition
+    assert result["cov_precision_structure_pct"] == pytest.approx(50.0)
+    assert result["cov_precision_composition_pct"] == pytest.approx(25.0)
     assert s == 0.4 and c == 10.0
     nothing = fingerprints([None, None])
     assert len(nothing.structure) == 0 and coverage(nothing, reference, 2) == {
         "cov_recall_pct": 0.0,
         "cov_precision_pct": 0.0,
+        "cov_precision_structure_pct": 0.0,
+        "cov_precision_composition_pct": 0.0,
     }
 
 
