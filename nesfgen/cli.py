@@ -249,7 +249,7 @@ def symmetry_command(ctx: typer.Context, as_json: bool = JSON) -> None:
 
 @app.command("sample", context_settings=KEY_VALUES)
 def sample_command(ctx: typer.Context, as_json: bool = JSON) -> None:
-    """Generate structures: nesfgen sample [prior=flowmatch|flow|vae|FILE.pt] [checkpoint=RUN] [n=100] [seed=0] [elements=Zn,S] [formula=ZnS] [num_atoms=8] [crystal_system=cubic] [spacegroup=216] [draw=composition,num_atoms|none] [guidance=1] [constrain=false] [baselines=true] [coverage_split=test|val] [temperature=T] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=false] [symprec=0.3] [force=true] [relax=true fmax= steps= hull=].
+    """Generate structures: nesfgen sample [prior=flowmatch|flow|vae|FILE.pt] [checkpoint=RUN] [n=100] [seed=0] [elements=Zn,S] [formula=ZnS] [num_atoms=8] [crystal_system=cubic] [spacegroup=216] [draw=composition,num_atoms|none] [guidance=1] [constrain=false] [redraws=N] [baselines=true] [coverage_split=test|val] [temperature=T] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=false] [symprec=0.3] [force=true] [relax=true fmax= steps= hull=].
 
     Without prior= and checkpoint= the shipped autoencoder (nesf-lcs6) decodes latents of its learned
     prior; prior=vae samples the shipped VAE. Conditions need the flow-matching prior; with elements=, formula=

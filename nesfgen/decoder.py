@@ -47,12 +47,16 @@ class Decoding:
     """One batch of latents decoded: the estimator's structures and the crystals made of them.
 
     ``crystals`` are symmetrised when the decoder symmetrises (those where that fails are kept as
-    decoded and counted in ``symmetrize_failed``); None where nothing valid was decoded.
+    decoded, marked in ``unsymmetrized``); None where nothing valid was decoded.
     """
 
     raw: list[Decoded]
     crystals: list[Crystal | None]
-    symmetrize_failed: int
+    unsymmetrized: list[bool]
+
+    @property
+    def symmetrize_failed(self) -> int:
+        return sum(self.unsymmetrized)
 
 
 class Decoder:
@@ -125,7 +129,7 @@ class Decoder:
                     constraint.num_atoms,
                 )[0]
         crystals = [result.to_crystal(id) for id, result in zip(ids, raw)]
-        failed = 0
+        failed = [False] * len(crystals)
         if self.symmetrize:
             crystals, failed = symmetrize_decoded(crystals, self.symprec)
         return Decoding(raw, crystals, failed)

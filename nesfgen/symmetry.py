@@ -264,24 +264,22 @@ def _match_atoms(crystal: Crystal, frac: np.ndarray, numbers: np.ndarray) -> np.
 
 def symmetrize_decoded(
     crystals: Sequence[Crystal | None], symprec: float = STATED_SYMPREC
-) -> tuple[list[Crystal | None], int]:
+) -> tuple[list[Crystal | None], list[bool]]:
     """Symmetrise decoded structures, keeping one as decoded where that fails (None stays None).
 
     Returns:
-        the structures and how many could not be symmetrised.
+        the structures, and for each whether it could not be symmetrised (kept as decoded).
     """
     check_symprec(symprec)
-    result, failed = [], 0
+    result, failed = [], []
     for crystal in crystals:
-        if crystal is None:
-            result.append(None)
-            continue
         try:
-            result.append(symmetrize(crystal, symprec))
+            result.append(None if crystal is None else symmetrize(crystal, symprec))
+            failed.append(False)
         except UserError as error:
             log.debug("kept %r unsymmetrised: %s", crystal.id, error)
             result.append(crystal)
-            failed += 1
+            failed.append(True)
     return result, failed
 
 

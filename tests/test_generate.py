@@ -286,3 +286,36 @@ def test_baselines_are_scored_written_and_relaxed_beside_the_samples(cli, autoen
     assert (out / "baselines" / "test_split" / "relaxed" / "relax.csv").is_file()
     shown = cli("sample", *args, "estimator.steps=8")  # the same again: resumed, and the table has both rows
     assert shown.returncode == 0 and "random symmetric" in shown.stdout and "test split" in shown.stdout, shown.stderr
+
+
+def test_samples_that_miss_their_condition_are_drawn_again():
+    """A decode that misses its sample's condition is replaced by the first redraw that holds it; one that
+    never holds keeps its first decode, and each keeps its id and its symmetrisation flag."""
+    from conftest import rock_salt, zinc_blende
+
+    from nesfgen.decoder import Decoding
+    from nesfgen.prior import Condition
+
+    class Decoder:  # rock salt where the latent is positive, zinc blende elsewhere
+        def decode(self, z, ids, species=None):
+            crystals = [(rock_salt() if value > 0 else zinc_blende()).with_id(id) for value, id in zip(z[:, 0], ids)]
+            return Decoding([None] * len(ids), crystals, [bool(value > 1) for value in z[:, 0]])
+
+    salt = Condition(composition={11: 4.0, 17: 4.0}, num_atoms=8)
+    asked = []
+
+    def latents(indices, round):  # sample 0 holds at the second redraw, sample 2 never
+        asked.append((indices, round))
+        return torch.tensor([[2.0 if i == 0 and round == 2 else -1.0] for i in indices])
+
+    redraw = generate.Redraw([salt, salt, salt], latents, rounds=2)
+    first = Decoder().decode(torch.tensor([[-1.0], [0.5], [-1.0]]), ["sample-0000", "sample-0001", "sample-0002"])
+    chunk, unsymmetrized = generate._redraw_misses(Decoder(), redraw, 0, first, None)
+    assert [c.formula for c in chunk] == ["Na4Cl4", "Na4Cl4", "Zn4S4"] and [c.id for c in chunk][0] == "sample-0000"
+    assert unsymmetrized == [True, False, False]  # the kept redraw's flag
+    assert asked == [([0, 2], 1), ([0, 2], 2)]  # only the misses are drawn again, each round
+    assert generate._redraws(SampleOptions(), ("composition",)) == 0  # drawn conditions: novelty would suffer
+    assert generate._redraws(SampleOptions(), ()) == generate.CONDITION_REDRAWS
+    assert generate._redraws(SampleOptions(redraws=1), ("composition",)) == 1
+    with pytest.raises(UserError, match="redraws must be 0 or more"):
+        SampleOptions(redraws=-1)

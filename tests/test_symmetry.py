@@ -113,7 +113,7 @@ def test_symmetrize_decoded_keeps_failures_as_decoded(monkeypatch):
 
     monkeypatch.setattr("nesfgen.symmetry.symmetrize", fail)
     crystal = rock_salt()
-    assert symmetrize_decoded([None, crystal]) == ([None, crystal], 1)
+    assert symmetrize_decoded([None, crystal]) == ([None, crystal], [False, True])
 
 
 def test_symmetry_cli_on_cif_files_compares_decoded_with_input(cli, tmp_path, rng):
