@@ -292,6 +292,8 @@ class SampleOptions(DecodeOptions):
             )
         if self.redraws is not None and self.redraws < 0:
             raise UserError(f"redraws must be 0 or more, got {self.redraws}")
+        if self.seed < 0:  # numpy's generators, which draw the conditions and the redraws, take none below 0
+            raise UserError(f"seed must be 0 or more, got {self.seed}")
         if not self.relax and (self.fmax, self.steps, self.hull) != (None, None, None):
             raise UserError("fmax=, steps= and hull= go with relax=true")
         if self.drawn_parts and not self.condition.is_empty():  # an explicit draw= only: None defers to conditions

@@ -319,3 +319,5 @@ def test_samples_that_miss_their_condition_are_drawn_again():
     assert generate._redraws(SampleOptions(redraws=1), ("composition",)) == 1
     with pytest.raises(UserError, match="redraws must be 0 or more"):
         SampleOptions(redraws=-1)
+    with pytest.raises(UserError, match="seed must be 0 or more"):
+        SampleOptions(seed=-1)
