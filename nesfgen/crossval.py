@@ -61,9 +61,10 @@ def cross_validate(
     for fold in folds:
         fold_recipe = replace(recipe, data=replace(recipe.data, fold=fold))
         run_dir = out / f"fold-{fold}"
-        check_same_recipe(run_dir, fold_recipe)  # a run of another recipe is neither resumed nor reported as this one
         if train_folds:
-            train_or_resume(fold_recipe, run_dir, progress)
+            train_or_resume(fold_recipe, run_dir, progress)  # refuses a folder holding another recipe's run
+        else:
+            check_same_recipe(run_dir, fold_recipe)  # nor is one evaluated as this recipe's
         options = EvaluateOptions(
             checkpoint=str(run_dir), data=fold_recipe.data.dataset_name, split=recipe.data.test_split
         )

@@ -371,15 +371,15 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
     constraints = [_species_constraint(c, hold_count=not drawn) for c in each] if options.constrain else [None]
     species_constraint = constraints[0] if len(constraints) == 1 else constraints
     constrained = any(c is not None for c in constraints)
-    redraw = None
-    if learned is not None and _redraws(options, drawn) and any(not c.is_empty() for c in each):
+    redraw, rounds = None, _redraws(options, drawn)
+    if learned is not None and rounds and any(not c.is_empty() for c in each):
         wanted = each if len(each) == n else each * n
 
         def latents(indices: list[int], round: int) -> torch.Tensor:
             stream = int(np.random.SeedSequence([seed, round, indices[0]]).generate_state(1)[0])
             return learned.sample(len(indices), stream, [wanted[i] for i in indices], options.guidance, temperature)
 
-        redraw = Redraw(wanted, latents, _redraws(options, drawn))
+        redraw = Redraw(wanted, latents, rounds)
     crystals, failed = _decode_latents(options, decoder, z, species_constraint, constrained, drawn, redraw, progress)
     symmetrized: dict[str, Any] = {"symmetrize": symmetrize}
     if symmetrize:
