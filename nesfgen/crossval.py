@@ -48,10 +48,12 @@ def cross_validate(
     progress: TrainProgress | None = None,
     on_fold: Callable[[int, Evaluation], None] | None = None,
     train_folds: bool = True,
+    split: str | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) one run per fold under ``out/fold-K``, evaluate each on its test split, pool them.
 
-    ``train_folds=False`` evaluates the folds' runs as they are (each must hold a best.pt).
+    ``train_folds=False`` evaluates the folds' runs as they are (each must hold a best.pt). ``split``
+    evaluates another split than the recipe's test split, e.g. the validation splits a recipe is chosen on.
 
     Returns ``pooled``: every fold's test structures scored as one set, laid out like an evaluation
     summary (``pooled["reference"]`` pools all folds' atoms, the paper's YBCO-like column); and the
@@ -65,11 +67,10 @@ def cross_validate(
             train_or_resume(fold_recipe, run_dir, progress)  # refuses a folder holding another recipe's run
         else:
             check_same_recipe(run_dir, fold_recipe)  # nor is one evaluated as this recipe's
-        options = EvaluateOptions(
-            checkpoint=str(run_dir), data=fold_recipe.data.dataset_name, split=recipe.data.test_split
-        )
+        scored = split or recipe.data.test_split
+        options = EvaluateOptions(checkpoint=str(run_dir), data=fold_recipe.data.dataset_name, split=scored)
         evaluation = evaluate(options)
-        write_report(evaluation, run_dir / "eval-test")
+        write_report(evaluation, run_dir / f"eval-{scored}")
         evaluations.append(evaluation)
         if on_fold:
             on_fold(fold, evaluation)
@@ -78,15 +79,18 @@ def cross_validate(
     return {"recipe": recipe.name, "folds": folds, "pooled": pooled, **summarise_runs([e.summary for e in evaluations])}
 
 
-def crossval_markdown(result: dict[str, Any], dataset: str) -> str:
-    """cv.md: the pooled table (compare with the paper there) and the fold-to-fold spread."""
+def crossval_markdown(result: dict[str, Any], dataset: str, level: int = 1) -> str:
+    """cv.md: the pooled table (compare with the paper there) and the fold-to-fold spread.
+
+    ``level`` is the Markdown heading level of its title, so a page can hold it as a subsection.
+    """
     folds = result["folds"]
     return (
-        f"# {result['recipe']}: folds {', '.join(str(fold) for fold in folds)} "
+        f"{'#' * level} {result['recipe']}: folds {', '.join(str(fold) for fold in folds)} "
         f"({result['pooled']['num_structures']} test structures pooled)\n\n"
         f"{markdown_table({**result['pooled'], 'dataset': dataset})}\n{AGGREGATION_NOTE}\n"
         f"Empty decodes: {result['pooled']['empty_decodes']}.\n\n"
-        f"## Fold to fold: mean ± std of each fold's own figures ({len(folds)} folds)\n\n"
+        f"{'#' * (level + 1)} Fold to fold: mean ± std of each fold's own figures ({len(folds)} folds)\n\n"
         f"{markdown_table({**result['mean'], 'dataset': dataset}, result['std'])}"
     )
 

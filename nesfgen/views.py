@@ -310,7 +310,7 @@ def imported(result: list[dict]) -> None:
     for entry in result:
         counts = ", ".join(f"{split} {n}" for split, n in entry["imported"].items())
         done = "[green]kept[/] (already imported, identical)" if entry["unchanged"] else "[green]imported[/]"
-        stdout.print(f"{done} {entry['name']} -> {entry['path']} ({counts})", markup=False)
+        stdout.print(f"{done} {escape(entry['name'])} -> {escape(str(entry['path']))} ({counts})")
         for skipped in entry["skipped"]:
             stdout.print(f"  [yellow]skipped[/] {escape(str(skipped['entry']))}: {escape(str(skipped['reason']))}")
 

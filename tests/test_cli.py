@@ -212,3 +212,9 @@ def test_console_lines_print_bracketed_names_as_text(cli, tiny_dataset, tmp_path
     tiny_dataset.path.rename(folder)
     result = cli("data", "info", str(folder))
     assert result.returncode == 0 and "data[old]" in result.stdout, result.stderr
+    cifs = tmp_path / "cifs"
+    cifs.mkdir()
+    (cifs / "nacl.cif").write_text(rock_salt().to_cif())
+    result = cli("data", "import", str(cifs), "--format", "cif", "--out", str(tmp_path / "new[1]"))
+    first_line = result.stdout.splitlines()[0]
+    assert result.returncode == 0 and first_line.startswith("imported ") and "new[1]" in first_line, result.stdout

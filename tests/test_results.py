@@ -1,6 +1,7 @@
 import json
 import shutil
 from dataclasses import replace
+from unittest.mock import ANY
 
 import pytest
 from conftest import tiny_recipe
@@ -75,8 +76,14 @@ def test_fold_table_evaluates_the_finished_folds_only(tiny_dataset, recipe_file,
     options = ResultsOptions(
         runs=str(tmp_path / "runs"), tables="ybco", folds="0-1", ybco_recipe=str(fold_recipe), train=False
     )
-    table = build_results(options)["tables"][0]
+    result = build_results(options)
+    table = result["tables"][0]
     assert table["folds"] == [0] and table["pooled"]["num_structures"] == 3
+    # the page holds the fold table as a subsection, each fold's row, and the validation splits it was chosen on
+    assert table["validation"]["num_structures"] == 3 and table["runs"] == [{"fold": 0, "epochs": 1, "minutes": ANY}]
+    assert "\n# " not in result["report"].split("## YBCO-like")[1] and "\n| 0 | 1 | " in result["report"]
+    assert "validation splits pooled (3 structures)" in result["report"]
+    assert (tmp_path / "runs" / "ybco" / "fold-0" / "eval-val" / "evaluation.json").is_file()
     assert table["missing"] == [f"nesfgen train recipe={fold_recipe} data.fold=1 out={tmp_path / 'runs/ybco/fold-1'}"]
     # a fold folder holding a run of another recipe (here another learning rate) is refused, not resumed or reported
     train_or_resume(replace(recipe, train=replace(recipe.train, lr=3e-4)), tmp_path / "runs" / "ybco" / "fold-1")
