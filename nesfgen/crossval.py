@@ -56,8 +56,9 @@ def cross_validate(
     evaluates another split than the recipe's test split, e.g. the validation splits a recipe is chosen on.
 
     Returns ``pooled``: every fold's test structures scored as one set, laid out like an evaluation
-    summary (``pooled["reference"]`` pools all folds' atoms, the paper's YBCO-like column); and the
-    fold-to-fold mean ± std of each fold's own figures (``mean``, ``std``, ``each``).
+    summary (``pooled["reference"]`` pools all folds' atoms, the paper's YBCO-like column); the
+    fold-to-fold mean ± std of each fold's own figures (``mean``, ``std``, ``each``); and each fold's
+    per-structure ``rows``, from which :func:`pool_folds` pools them again.
     """
     evaluations = []
     for fold in folds:
@@ -74,9 +75,15 @@ def cross_validate(
         evaluations.append(evaluation)
         if on_fold:
             on_fold(fold, evaluation)
-    rows = [row for e in evaluations for row in e.rows]
-    pooled = {**mean_over_structures(rows), "reference": pool_over_atoms(rows)}
-    return {"recipe": recipe.name, "folds": folds, "pooled": pooled, **summarise_runs([e.summary for e in evaluations])}
+    rows = [e.rows for e in evaluations]
+    summary = summarise_runs([e.summary for e in evaluations])
+    return {"recipe": recipe.name, "folds": folds, "rows": rows, "pooled": pool_folds(rows), **summary}
+
+
+def pool_folds(rows: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """Every fold's structures (one list of rows a fold) scored as one set, laid out like an evaluation summary."""
+    together = [row for fold_rows in rows for row in fold_rows]
+    return {**mean_over_structures(together), "reference": pool_over_atoms(together)}
 
 
 def crossval_markdown(result: dict[str, Any], dataset: str, level: int = 1) -> str:

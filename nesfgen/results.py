@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nesfgen.config import Recipe, load_recipe, to_toml
-from nesfgen.crossval import cross_validate, crossval_markdown, parse_folds
+from nesfgen.crossval import cross_validate, crossval_markdown, parse_folds, pool_folds
 from nesfgen.errors import UserError
 from nesfgen.evaluate import (
     AGGREGATION_NOTE,
@@ -47,8 +47,8 @@ class ResultsOptions:
     """``runs``: where every run lives (``RUNS/lcs6/seed-K``, ``RUNS/ybco/fold-K``); ``out``: the page.
 
     ``train=false`` only evaluates the runs that have finished and lists the missing ones with the
-    command that makes them. A seed whose run folder is gone but which the page's JSON (beside ``out``)
-    recorded for the same recipe is carried over, labelled, instead of being trained again.
+    command that makes them. A seed or fold whose run folder is gone but which the page's JSON (beside
+    ``out``) recorded for the same recipe is carried over, labelled, instead of being trained again.
     """
 
     runs: str = "runs/results"
@@ -86,15 +86,16 @@ def recipe_fingerprint(recipe: Recipe) -> str:
     return hashlib.sha256(to_toml(unseeded).encode()).hexdigest()[:16]
 
 
-def recorded_seeds(page: Path, table: str, fingerprint: str) -> dict[int, tuple[dict, dict]]:
-    """Seed -> (run, summary) that an earlier page's JSON recorded for this table and recipe fingerprint."""
+def recorded_runs(page: Path, table: str, fingerprint: str) -> dict[int, tuple[dict, dict]]:
+    """Seed or fold -> (run, summary) that an earlier page's JSON recorded for this table and recipe fingerprint."""
     ledger = page.with_suffix(".json")
     if not ledger.is_file():
         return {}
+    key, runs = ("fold", "fold_runs") if table == "ybco" else ("seed", "seeds")
     try:
         earlier = json.loads(ledger.read_text())
         found = [t for t in earlier["tables"] if t["table"] == table and t.get("fingerprint") == fingerprint]
-        return {int(run["seed"]): (run, summary) for t in found for run, summary in zip(t["seeds"], t["each"])}
+        return {int(run[key]): (run, summary) for t in found for run, summary in zip(t.get(runs, []), t["each"])}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise UserError(
             f"{ledger}: not a results JSON written by nesfgen results ({error}); move it away to start a new page"
@@ -115,7 +116,7 @@ def seed_table(
     recipe_name, num_seeds = options.seeded(table)
     base = load_recipe(recipe_name)
     fingerprint = recipe_fingerprint(base)
-    recorded = recorded_seeds(options.page, table, fingerprint)
+    recorded = recorded_runs(options.page, table, fingerprint)
     folder = Path(options.runs) / table
     summaries: list[dict[str, Any]] = []
     seeds, missing = [], []
@@ -154,25 +155,42 @@ def seed_table(
 
 
 def fold_table(options: ResultsOptions, progress: TrainProgress | None = None) -> dict[str, Any]:
-    """YBCO-like: the cross-validation of every fold (trained or resumed), pooled; or the finished folds only."""
+    """YBCO-like: the cross-validation of every fold (trained or resumed), pooled; or the finished folds only.
+
+    Each fold's test and validation rows are kept in the page's JSON, so a fold whose run folder is gone is
+    carried over from it, labelled, and pooled with the others, as :func:`seed_table` carries seeds.
+    """
     recipe = load_recipe(options.ybco_recipe)
+    fingerprint = recipe_fingerprint(recipe)
+    recorded = recorded_runs(options.page, "ybco", fingerprint)
     folder = Path(options.runs) / "ybco"
     folds = parse_folds(options.folds)
     for fold in folds:
         check_same_recipe(folder / f"fold-{fold}", recipe)
     statuses = {fold: run_status(folder / f"fold-{fold}", recipe.train.epochs) for fold in folds}
-    ready = folds if options.train else [fold for fold in folds if statuses[fold].finished]
+    carried = [fold for fold in folds if not statuses[fold].finished and fold in recorded]
+    ready = [fold for fold in folds if fold not in carried and (options.train or statuses[fold].finished)]
     missing = [
-        _train_command(options.ybco_recipe, statuses[fold], f"data.fold={fold}") for fold in folds if fold not in ready
+        _train_command(options.ybco_recipe, statuses[fold], f"data.fold={fold}")
+        for fold in folds
+        if fold not in ready and fold not in carried
     ]
-    table: dict[str, Any] = {"table": "ybco", "recipe": recipe.name, "missing": missing, "folds": ready}
+    runs = {fold: ({**recorded[fold][0], "recorded": True}, recorded[fold][1]) for fold in carried}
     if ready:
-        table |= cross_validate(recipe, ready, folder, progress, train_folds=options.train)
+        test = cross_validate(recipe, ready, folder, progress, train_folds=options.train)
         validation = cross_validate(recipe, ready, folder, train_folds=False, split=recipe.data.val_split)
-        table["validation"] = validation["pooled"]
-        runs = [run_status(folder / f"fold-{fold}") for fold in ready]
-        table["runs"] = [{"fold": f, "epochs": r.epochs, "minutes": r.minutes} for f, r in zip(ready, runs)]
-        table["minutes"] = sum(run.minutes or 0.0 for run in runs)
+        for k, fold in enumerate(ready):
+            status = run_status(folder / f"fold-{fold}")
+            run = {"fold": fold, "epochs": status.epochs, "minutes": status.minutes}
+            runs[fold] = (run | {"rows": test["rows"][k], "validation_rows": validation["rows"][k]}, test["each"][k])
+    table: dict[str, Any] = {"table": "ybco", "recipe": recipe.name, "fingerprint": fingerprint, "missing": missing}
+    if runs:
+        kept = [runs[fold] for fold in sorted(runs)]
+        fold_runs = [run for run, _ in kept]
+        table |= {"folds": [run["fold"] for run in fold_runs], "fold_runs": fold_runs}
+        table |= {"pooled": pool_folds([run["rows"] for run in fold_runs]), **summarise_runs([s for _, s in kept])}
+        table["validation"] = pool_folds([run["validation_rows"] for run in fold_runs])
+        table["minutes"] = sum(run["minutes"] or 0.0 for run in fold_runs)
     return table
 
 
@@ -253,7 +271,7 @@ def _fold_section(table: dict[str, Any]) -> str:
     lines = [f"## YBCO-like: `{table['recipe']}`, test splits of every fold pooled\n"]
     if table.get("folds"):
         lines.append(crossval_markdown(table, "ybco", level=3))
-        lines.append(_per_run_table(table["runs"], table["each"], "fold"))
+        lines.append(_per_run_table(table["fold_runs"], table["each"], "fold"))
         lines.append(f"Training took {table['minutes']:.1f} minutes over {len(table['folds'])} folds.\n")
         lines.append(
             f"### The folds' validation splits pooled ({table['validation']['num_structures']} structures)\n\n"

@@ -1,7 +1,6 @@
 import json
 import shutil
 from dataclasses import replace
-from unittest.mock import ANY
 
 import pytest
 from conftest import tiny_recipe
@@ -80,10 +79,18 @@ def test_fold_table_evaluates_the_finished_folds_only(tiny_dataset, recipe_file,
     table = result["tables"][0]
     assert table["folds"] == [0] and table["pooled"]["num_structures"] == 3
     # the page holds the fold table as a subsection, each fold's row, and the validation splits it was chosen on
-    assert table["validation"]["num_structures"] == 3 and table["runs"] == [{"fold": 0, "epochs": 1, "minutes": ANY}]
+    assert table["validation"]["num_structures"] == 3 and table["fold_runs"][0]["epochs"] == 1
     assert "\n# " not in result["report"].split("## YBCO-like")[1] and "\n| 0 | 1 | " in result["report"]
     assert "validation splits pooled (3 structures)" in result["report"]
     assert (tmp_path / "runs" / "ybco" / "fold-0" / "eval-val" / "evaluation.json").is_file()
+    # a fold whose run folder is gone is carried over from the page's JSON and pooled as before, labelled
+    shutil.rmtree(tmp_path / "runs" / "ybco" / "fold-0")
+    again = build_results(options)
+    carried = again["tables"][0]
+    assert carried["folds"] == [0] and carried["fold_runs"][0]["recorded"] and len(carried["missing"]) == 1
+    for key in ("pooled", "validation", "mean"):  # through JSON and back, figure for figure (NaN included)
+        assert json.dumps(carried[key], sort_keys=True) == json.dumps(table[key], sort_keys=True)
+    assert "| 0 (recorded) | 1 | " in again["report"]
     assert table["missing"] == [f"nesfgen train recipe={fold_recipe} data.fold=1 out={tmp_path / 'runs/ybco/fold-1'}"]
     # a fold folder holding a run of another recipe (here another learning rate) is refused, not resumed or reported
     train_or_resume(replace(recipe, train=replace(recipe.train, lr=3e-4)), tmp_path / "runs" / "ybco" / "fold-1")
