@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nesfgen.checkpoint import resolve_checkpoint
 from nesfgen.config import Recipe, load_recipe, to_toml
 from nesfgen.crossval import cross_validate, crossval_markdown, parse_folds, pool_folds
 from nesfgen.errors import UserError
@@ -81,9 +82,14 @@ class ResultsOptions:
 
 
 def recipe_fingerprint(recipe: Recipe) -> str:
-    """What makes two seeds runs of the same recipe: every setting but the seed, hashed."""
+    """What makes two seeds runs of the same recipe: every setting but the seed, hashed, and the bytes of the
+    checkpoint it starts from (``train.init_from``), so runs fine-tuned from an older shipped model are not
+    carried over into a column fine-tuned from a newer one of the same name."""
     unseeded = replace(recipe, train=replace(recipe.train, seed=0))
-    return hashlib.sha256(to_toml(unseeded).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(to_toml(unseeded).encode())
+    if recipe.train.init_from:
+        digest.update(resolve_checkpoint(recipe.train.init_from).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def recorded_runs(page: Path, table: str, fingerprint: str) -> dict[int, tuple[dict, dict]]:

@@ -9,7 +9,7 @@ from nesfgen.config import load_recipe, to_toml
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
 from nesfgen.metrics import PAPER_METRICS
-from nesfgen.results import ResultsOptions, build_results
+from nesfgen.results import ResultsOptions, build_results, recipe_fingerprint
 from nesfgen.train import run_status, train_or_resume
 
 
@@ -164,3 +164,14 @@ def test_the_icsg3d_table_names_its_protocol(recipe_file, tmp_path):
     result = build_results(options)
     assert result["tables"][0]["table"] == "icsg3d" and result["tables"][0]["missing"]
     assert "was not released" in (tmp_path / "runs" / "results.md").read_text()
+
+
+def test_a_fine_tuning_recipe_is_another_column_when_its_starting_checkpoint_changes(recipe_file, tmp_path):
+    recipe = load_recipe(str(recipe_file))
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"first")
+    fine_tuned = replace(recipe, train=replace(recipe.train, init_from=str(start)))
+    before = recipe_fingerprint(fine_tuned)
+    assert recipe_fingerprint(replace(fine_tuned, train=replace(fine_tuned.train, seed=4))) == before
+    start.write_bytes(b"second")  # the same name, other weights: e.g. a newly shipped nesf-lcs6
+    assert recipe_fingerprint(fine_tuned) != before != recipe_fingerprint(recipe)
