@@ -281,7 +281,7 @@ def _fold_section(table: dict[str, Any]) -> str:
         lines.append(f"Training took {table['minutes']:.1f} minutes over {len(table['folds'])} folds.\n")
         lines.append(
             f"### The folds' validation splits pooled ({table['validation']['num_structures']} structures)\n\n"
-            "What the recipe was chosen on; the test figures above are for reporting only.\n"
+            "A recipe is chosen on these (docs/reproduction.md); the test figures above are for reporting only.\n"
         )
         lines.append(markdown_table({**table["validation"], "dataset": "ybco"}))
     else:
