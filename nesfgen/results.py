@@ -101,7 +101,9 @@ def recorded_runs(page: Path, table: str, fingerprint: str) -> dict[int, tuple[d
     try:
         earlier = json.loads(ledger.read_text())
         found = [t for t in earlier["tables"] if t["table"] == table and t.get("fingerprint") == fingerprint]
-        return {int(run[key]): (run, summary) for t in found for run, summary in zip(t.get(runs, []), t["each"])}
+        return {
+            int(run[key]): (run, summary) for t in found for run, summary in zip(t.get(runs, []), t.get("each", []))
+        }
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise UserError(
             f"{ledger}: not a results JSON written by nesfgen results ({error}); move it away to start a new page"

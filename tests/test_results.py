@@ -151,6 +151,17 @@ def test_recorded_seeds_are_carried_over_when_their_runs_are_gone(recipe_file, t
     assert build_results(replace(later, lcs6_recipe=str(other)))["tables"][0]["seeds"] == []
 
 
+def test_a_page_written_before_any_run_finished_does_not_block_the_next(recipe_file, tmp_path):
+    options = ResultsOptions(
+        runs=str(tmp_path / "runs"), out=str(tmp_path / "results.md"), tables="lcs6,ybco", train=False
+    )
+    options = replace(options, lcs6_recipe=str(recipe_file), ybco_recipe=str(recipe_file))
+    first = build_results(options)["tables"]
+    assert [table.get("each") for table in first] == [None, None]  # nothing finished: no figures recorded
+    again = build_results(options)["tables"]
+    assert [len(table["missing"]) for table in again] == [len(table["missing"]) for table in first]
+
+
 def test_a_damaged_results_record_is_refused_by_name(recipe_file, tmp_path):
     page = tmp_path / "results.md"
     page.with_suffix(".json").write_text("{not json")
