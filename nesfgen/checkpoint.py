@@ -6,6 +6,7 @@ read with ``weights_only=True``, so loading one cannot run code.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -56,6 +57,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def checkpoint_digest(path_or_run: str | Path) -> str:
+    """SHA-256 of a checkpoint file's bytes: which starting point a fine-tuned run or a recipe fingerprint means."""
+    return hashlib.sha256(resolve_checkpoint(path_or_run).read_bytes()).hexdigest()
 
 
 def resolve_checkpoint(path_or_run: str | Path) -> Path:

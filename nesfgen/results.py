@@ -143,11 +143,15 @@ def seed_table(
         if not status.finished:
             missing.append(_train_command(recipe_name, status, f"train.seed={seed}"))
             continue
-        evaluate_options = EvaluateOptions(checkpoint=str(status.run_dir), split=base.data.test_split)
-        evaluation = evaluate(evaluate_options, decoding(f"{table} {name}") if decoding else None)
-        write_report(evaluation, status.run_dir / f"eval-{evaluation.summary['dataset']}-test")
-        summaries.append(evaluation.summary)
-        seeds.append({"name": name, "seed": seed, "epochs": status.epochs, "minutes": status.minutes})
+        scores = {}
+        for split in (base.data.test_split, base.data.val_split):
+            evaluate_options = EvaluateOptions(checkpoint=str(status.run_dir), split=split)
+            evaluation = evaluate(evaluate_options, decoding(f"{table} {name} {split}") if decoding else None)
+            write_report(evaluation, status.run_dir / f"eval-{evaluation.summary['dataset']}-{split}")
+            scores[split] = evaluation.summary
+        summaries.append(scores[base.data.test_split])
+        run = {"name": name, "seed": seed, "epochs": status.epochs, "minutes": status.minutes}
+        seeds.append(run | {"validation": scores[base.data.val_split]["reference"]})
     result: dict[str, Any] = {
         "table": table,
         "recipe": base.name,
@@ -159,7 +163,27 @@ def seed_table(
     if summaries:
         result |= summarise_runs(summaries)
         result["num_structures"] = summaries[0]["num_structures"]
+        result["chosen_seed"] = chosen_seed(seeds)
     return result
+
+
+def chosen_seed(runs: list[dict[str, Any]]) -> int | None:
+    """The seed to ship: best mean rank over the seven paper figures on the validation split (ties: lower seed).
+
+    Only seeds evaluated on validation take part (seeds carried over from an older page may lack it); the test
+    split plays no part in the choice.
+    """
+    scored = [run for run in runs if run.get("validation")]
+    if not scored:
+        return None
+
+    def mean_rank(run: dict[str, Any]) -> float:
+        return sum(
+            sorted(other["validation"][metric] for other in scored).index(run["validation"][metric])
+            for metric in PAPER_METRICS
+        ) / len(PAPER_METRICS)
+
+    return min(scored, key=lambda run: (mean_rank(run), run["seed"]))["seed"]
 
 
 def fold_table(options: ResultsOptions, progress: TrainProgress | None = None) -> dict[str, Any]:
@@ -269,9 +293,27 @@ def _seed_section(table: dict[str, Any]) -> str:
         lines.append(f"{len(table['seeds'])} seeds ({seeds}), {table['num_structures']} test structures each.\n")
         lines.append(markdown_table({**table["mean"], "dataset": table["dataset"]}, table["std"]))
         lines.append(_per_run_table(table["seeds"], table["each"], "seed"))
+        lines.append(_validation_section(table))
     else:
         lines.append("No seed has finished training yet.\n")
     lines.append(_missing(table["missing"]))
+    return "\n".join(lines)
+
+
+def _validation_section(table: dict[str, Any]) -> str:
+    """Each seed on the validation split, and the seed chosen on it to ship."""
+    scored = [run for run in table["seeds"] if run.get("validation")]
+    if not scored:
+        return ""
+    lines = ["### Validation split: which seed to ship\n"]
+    lines.append(_per_run_table(scored, [{"reference": run["validation"]} for run in scored], "seed"))
+    unscored = len(table["seeds"]) - len(scored)
+    left_out = f" ({unscored} recorded seed(s) without validation figures take no part)" if unscored else ""
+    chosen = table["chosen_seed"]
+    lines.append(
+        f"Best mean rank over the seven figures on validation{left_out}: **seed {chosen}**. "
+        f"Ship it with `nesfgen package run=RUNS/{table['table']}/seed-{chosen} name=NAME`.\n"
+    )
     return "\n".join(lines)
 
 

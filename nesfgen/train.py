@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nesfgen.checkpoint import build_model, load_weights, read_checkpoint, save_checkpoint
+from nesfgen.checkpoint import build_model, checkpoint_digest, load_weights, read_checkpoint, save_checkpoint
 from nesfgen.config import LossConfig, Recipe, TrainConfig, from_dict, to_dict, to_toml
 from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet, Dataset
@@ -300,6 +300,8 @@ class Trainer:
         self._set_up_runtime()
         self.dataset = self._open_dataset(state)
         source = read_checkpoint(t.init_from) if t.init_from and state is None else None
+        # the bytes a fine-tuned run started from, so that a later run of the recipe can tell a newer start
+        self.init_digest = (state or {}).get("init_digest") or (checkpoint_digest(t.init_from) if source else None)
         self._load_data(state or source)
         torch.manual_seed(t.seed)  # the model's initial weights
         self.model = build_model(recipe.model, len(self.species_table)).to(self.device)
@@ -514,7 +516,7 @@ class Trainer:
             "dataset_hash": self.dataset.content_hash,
             "dataset_name": self.dataset.name,
             "parameters": count_parameters(self.model),
-        }
+        } | ({"init_digest": self.init_digest} if self.init_digest else {})
 
     def _agreed_stop(self, stop: bool) -> bool:
         """Rank 0's decision, so that every rank leaves the loop after the same epoch."""
@@ -791,15 +793,21 @@ def foreign_settings(run_dir: Path, recipe: Recipe) -> list[str]:
     """The settings in which the run in ``run_dir`` differs from ``recipe`` (none for a run of it or no run yet)."""
     if not (run_dir / "last.pt").is_file():
         return []
-    theirs = to_dict(from_dict(Recipe, read_checkpoint(run_dir / "last.pt")["recipe"], where=str(run_dir)))
+    state = read_checkpoint(run_dir / "last.pt")
+    theirs = to_dict(from_dict(Recipe, state["recipe"], where=str(run_dir)))
     mine = to_dict(recipe)
-    return [
+    differing = [
         f"{section}.{key} = {value!r} there, {mine[section][key]!r} here"
         for section, settings in theirs.items()
         if isinstance(settings, dict)
         for key, value in settings.items()
         if key not in HOW_IT_RAN.get(section, ()) and value != mine[section][key]
     ]
+    if recipe.train.init_from and state.get("init_digest") != checkpoint_digest(recipe.train.init_from):
+        differing.append(
+            f"train.init_from = {recipe.train.init_from!r} is another checkpoint than the run started from"
+        )
+    return differing
 
 
 def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:

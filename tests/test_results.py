@@ -9,7 +9,7 @@ from nesfgen.config import load_recipe, to_toml
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
 from nesfgen.metrics import PAPER_METRICS
-from nesfgen.results import ResultsOptions, build_results, recipe_fingerprint
+from nesfgen.results import ResultsOptions, build_results, chosen_seed, recipe_fingerprint
 from nesfgen.train import run_status, train_or_resume
 
 
@@ -50,12 +50,25 @@ def test_seeds_are_trained_once_and_reported_as_mean_and_std(recipe_file, tmp_pa
     text = page.read_text()
     assert "mean ± std over seeds" in text and " ± " in text and "Each run, pooled over atoms" in text
     assert "nesfgen results runs=" in text  # the page says how to regenerate it
+    assert all(set(run["validation"]) == set(PAPER_METRICS) for run in table["seeds"])
+    assert table["chosen_seed"] in (0, 1) and f"**seed {table['chosen_seed']}**" in text
     assert json.loads(page.with_suffix(".json").read_text())["tables"][0]["seeds"] == table["seeds"]
     last = tmp_path / "runs" / "lcs6" / "seed-0" / "last.pt"
     written = last.stat().st_mtime_ns
     again = build_results(options)["tables"][0]
     assert last.stat().st_mtime_ns == written  # a finished run is evaluated again, not trained again
     assert again["mean"]["reference"] == pytest.approx(table["mean"]["reference"], nan_ok=True)
+
+
+def test_the_seed_to_ship_is_the_best_mean_rank_on_validation():
+    def run(seed, figure, atoms=None):
+        scores = dict.fromkeys(PAPER_METRICS, figure) | ({"atom_count_error_pct": atoms} if atoms else {})
+        return {"seed": seed, "validation": scores}
+
+    # seed 0 has the best atom count, seed 1 the other six figures; seed 2 was recorded without validation
+    assert chosen_seed([run(0, 2.0, atoms=0.5), run(1, 1.0), {"seed": 2}]) == 1
+    assert chosen_seed([run(3, 1.0), run(1, 1.0)]) == 1  # a tie goes to the lower seed
+    assert chosen_seed([{"seed": 0}]) is None
 
 
 def test_fold_table_evaluates_the_finished_folds_only(tiny_dataset, recipe_file, tmp_path, monkeypatch):

@@ -7,12 +7,12 @@ import pytest
 import torch
 from conftest import tiny_recipe
 
-from nesfgen.checkpoint import load_model, read_checkpoint
+from nesfgen.checkpoint import checkpoint_digest, load_model, read_checkpoint
 from nesfgen.crystal import Crystal
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
 from nesfgen.sampling import atoms_bounding_box
-from nesfgen.train import RUN_HEADER, Trainer, check_new_run_dir, resume, train
+from nesfgen.train import RUN_HEADER, Trainer, check_new_run_dir, foreign_settings, resume, train
 
 
 def test_short_training_lowers_the_loss(tiny_dataset, tmp_path):
@@ -216,6 +216,22 @@ def test_out_folders_a_new_run_may_use(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(UserError, match="afile is a file, not a folder"):
         check_new_run_dir(tmp_path / "afile" / "run")
+
+
+def test_a_fine_tuned_run_knows_which_checkpoint_it_started_from(tiny_dataset, tmp_path):
+    pretrained = train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "pre")
+    start = tmp_path / "start.pt"
+    start.write_bytes((pretrained.run_dir / "last.pt").read_bytes())
+    recipe = tiny_recipe(tiny_dataset, **{"train.epochs": 1, "train.init_from": str(start)})
+    tuned = train(recipe, tmp_path / "tuned")
+    assert read_checkpoint(tuned.run_dir / "last.pt")["init_digest"] == checkpoint_digest(start)
+    assert foreign_settings(tuned.run_dir, recipe) == []
+    state = torch.load(start, weights_only=True)
+    state["epoch"] = 99  # the same name, other bytes: e.g. a newly shipped nesf-lcs6
+    torch.save(state, start)
+    assert foreign_settings(tuned.run_dir, recipe) == [
+        f"train.init_from = {str(start)!r} is another checkpoint than the run started from"
+    ]
 
 
 def test_fine_tuning_keeps_the_species_table_and_widens_the_box(tiny_dataset, tmp_path):
