@@ -804,9 +804,8 @@ def foreign_settings(run_dir: Path, recipe: Recipe) -> list[str]:
         if key not in HOW_IT_RAN.get(section, ()) and value != mine[section][key]
     ]
     if recipe.train.init_from and state.get("init_digest") != checkpoint_digest(recipe.train.init_from):
-        differing.append(
-            f"train.init_from = {recipe.train.init_from!r} is another checkpoint than the run started from"
-        )
+        started = "another checkpoint than" if state.get("init_digest") else "maybe not the checkpoint (unrecorded)"
+        differing.append(f"train.init_from = {recipe.train.init_from!r} is {started} the run started from")
     return differing
 
 

@@ -232,6 +232,10 @@ def test_a_fine_tuned_run_knows_which_checkpoint_it_started_from(tiny_dataset, t
     assert foreign_settings(tuned.run_dir, recipe) == [
         f"train.init_from = {str(start)!r} is another checkpoint than the run started from"
     ]
+    state = torch.load(tuned.run_dir / "last.pt", weights_only=True)
+    del state["init_digest"]  # a run from before the digest was recorded
+    torch.save(state, tuned.run_dir / "last.pt")
+    assert "maybe not the checkpoint (unrecorded)" in foreign_settings(tuned.run_dir, recipe)[0]
 
 
 def test_fine_tuning_keeps_the_species_table_and_widens_the_box(tiny_dataset, tmp_path):
