@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import queue
+import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -297,6 +298,14 @@ def _start(index: int, structure: Any, options: RelaxOptions) -> _Relaxation | t
 EV_PER_CUBIC_ANGSTROM_IN_GPA = 160.21766208
 
 
+@functools.cache
+def _graph_builder_folder() -> tempfile.TemporaryDirectory:
+    """The working folder of chgnet's graph builder, private to this process and removed at its exit: on a
+    structure it cannot build a bond graph for, the builder writes ``bond_graph_error.cif`` into the working
+    folder, which would otherwise be the user's."""
+    return tempfile.TemporaryDirectory(prefix="nesfgen-chgnet-")
+
+
 def energies_forces_stresses(model: Any, structures: Sequence[Any]) -> list[tuple[float, np.ndarray, np.ndarray]]:
     """CHGNet's energy per atom (eV), forces (eV/Å) and stress (GPa) of each structure, in one batch.
 
@@ -308,7 +317,8 @@ def energies_forces_stresses(model: Any, structures: Sequence[Any]) -> list[tupl
     from chgnet.model.model import BatchedGraph
 
     device = next(model.parameters()).device
-    graphs = [model.graph_converter(structure).to(device) for structure in structures]
+    with contextlib.chdir(_graph_builder_folder().name):
+        graphs = [model.graph_converter(structure).to(device) for structure in structures]
     if model.training:
         model.eval()
     batch = BatchedGraph.from_graphs(
@@ -346,7 +356,8 @@ def _evaluate(model: Any, running: Sequence[_Relaxation]) -> list[str]:
             predictions = energies_forces_stresses(model, structures)
     except Exception as error:  # the graph builder refusing one structure: find it, keep the others
         if len(running) == 1:
-            return [f"relaxation failed: {type(error).__name__}: {error}"[:300]]
+            message = str(error).removesuffix(", check bond_graph_error.cif")  # a file in a removed folder
+            return [f"relaxation failed: {type(error).__name__}: {message}"[:300]]
         return [reason for r in running for reason in _evaluate(model, [r])]
     reasons = []
     for relaxation, (per_atom, forces, stress) in zip(running, predictions):

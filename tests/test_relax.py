@@ -152,6 +152,19 @@ def test_one_structure_the_potential_refuses_does_not_stop_the_batch(potential, 
     assert results[1]["status"] == "relaxed"
 
 
+def test_a_failed_bond_graph_leaves_no_file_in_the_working_folder(potential, monkeypatch, tmp_path):
+    def builds_no_bond_graph(structure, graph_id=None, **kwargs):
+        structure.to(filename="bond_graph_error.cif")  # what chgnet's graph builder does, into the working folder
+        raise RuntimeError(f"Failed creating bond graph for {graph_id}, check bond_graph_error.cif")
+
+    monkeypatch.setattr(potential.graph_converter, "forward", builds_no_bond_graph)
+    monkeypatch.chdir(tmp_path)
+    [(_, record, _)] = relax.relax_many([strained_nacl()], RelaxOptions(steps=5), potential)
+    assert record["status"] == "failed" and "Failed creating bond graph" in record["reason"]
+    assert "bond_graph_error.cif" not in record["reason"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_inputs_files_folders_formulas_and_unreadable(tmp_path):
     folder = tmp_path / "samples"
     folder.mkdir()
