@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from nesfgen.checkpoint import resolve_checkpoint
+from nesfgen.checkpoint import checkpoint_digest
 from nesfgen.config import Recipe, load_recipe, to_toml
 from nesfgen.crossval import cross_validate, crossval_markdown, parse_folds, pool_folds
 from nesfgen.errors import UserError
@@ -88,7 +88,7 @@ def recipe_fingerprint(recipe: Recipe) -> str:
     unseeded = replace(recipe, train=replace(recipe.train, seed=0))
     digest = hashlib.sha256(to_toml(unseeded).encode())
     if recipe.train.init_from:
-        digest.update(resolve_checkpoint(recipe.train.init_from).read_bytes())
+        digest.update(checkpoint_digest(recipe.train.init_from).encode())
     return digest.hexdigest()[:16]
 
 
