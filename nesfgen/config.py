@@ -203,6 +203,7 @@ class SamplingConfig(Checked):
         "species_std": number(0.0),
         "query_fraction": FRACTION,
         "global_query_fraction": optional(FRACTION),
+        "close_neighbour_distance": optional(number(0.0, low_open=True)),
     }
 
     global_interval: float = 1.0
@@ -218,6 +219,9 @@ class SamplingConfig(Checked):
     # keep the global grid in proportion to a structure's atoms (the batch's total unchanged), so that an
     # atom's far-field queries do not fall as 1/N in crowded cells (docs/large-cells.md)
     global_per_atom: bool = False
+    # atoms whose nearest neighbour in the cell is closer than this (Å) keep their whole local grid every step,
+    # not query_fraction of it: the atoms of close pairs are those the field misses (docs/large-cells.md)
+    close_neighbour_distance: float | None = None
 
     def check_together(self) -> None:
         check_local_grid(self.SECTION, "local_interval", "local_range", self.local_interval, self.local_range)

@@ -205,7 +205,11 @@ class QuerySampler:
         global_slot = _kept_slots(count * self.global_grid.shape[0], fraction, generator, device)
         global_points = self.global_grid[global_slot % self.global_grid.shape[0]]
         global_structure = global_slot // self.global_grid.shape[0]
-        local_atom, local_offset = _kept_atom_slots(atoms, self.local_grid, c.query_fraction, generator)
+        local_fraction: float | Tensor = c.query_fraction
+        if c.close_neighbour_distance is not None:
+            close = nearest_neighbour_distances(atoms) < c.close_neighbour_distance  # (A,)
+            local_fraction = torch.where(close, 1.0, c.query_fraction).repeat_interleave(self.local_grid.shape[0])
+        local_atom, local_offset = _kept_atom_slots(atoms, self.local_grid, local_fraction, generator)
         local_points = atoms.cart_coords[local_atom] + local_offset
         stds = torch.cat(
             [
@@ -244,8 +248,12 @@ def _kept_slots(total: int, fraction: float | Tensor, generator: torch.Generator
     return torch.nonzero(torch.rand(total, generator=generator, device=device) < fraction).squeeze(1)
 
 
-def _kept_atom_slots(atoms: Atoms, grid: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """The kept points of a local grid around every atom: (atom index, offset from that atom)."""
+def _kept_atom_slots(
+    atoms: Atoms, grid: Tensor, fraction: float | Tensor, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """The kept points of a local grid around every atom: (atom index, offset from that atom).
+
+    ``fraction`` is one for every point or an (A·L,) tensor, atom-major like the slots."""
     slot = _kept_slots(atoms.cart_coords.shape[0] * grid.shape[0], fraction, generator, atoms.cart_coords.device)
     return slot // grid.shape[0], grid[slot % grid.shape[0]]
 
@@ -256,20 +264,36 @@ TEMPORARY_ELEMENTS = 1 << 22
 FAR_AWAY = 1e6
 
 
+def _padded(atoms: Atoms) -> tuple[Tensor, Tensor]:
+    """(B, N) index into the packed atoms of each structure's atoms, padded to the largest, and which are real."""
+    counts = torch.bincount(atoms.structure, minlength=atoms.num_structures)
+    first = torch.cumsum(counts, 0) - counts  # (B,)
+    slot = torch.arange(int(counts.max()), device=atoms.cart_coords.device)  # (N,)
+    padded_index = (first[:, None] + slot).clamp(max=atoms.cart_coords.shape[0] - 1)  # (B, N)
+    return padded_index, slot < counts[:, None]
+
+
+def nearest_neighbour_distances(atoms: Atoms) -> Tensor:
+    """(A,) distance from each atom to the nearest other atom of its structure, without periodic images, as the
+    position targets see them (inf for a structure of one atom)."""
+    padded_index, valid = _padded(atoms)
+    coords = atoms.cart_coords[padded_index]  # (B, N, 3)
+    distances = torch.cdist(coords, coords)
+    others = valid[:, :, None] & valid[:, None, :] & ~torch.eye(valid.shape[1], dtype=torch.bool, device=valid.device)
+    nearest = distances.masked_fill(~others, torch.inf).amin(dim=2)  # (B, N)
+    return nearest[valid]
+
+
 def nearest_atoms(points: Tensor, structure: Tensor, atoms: Atoms) -> Tensor:
     """(Q,) index into the packed atoms of each point's nearest atom in its own structure (no images).
 
     Squared distances to the (B, N) padded atoms of each structure, one coordinate plane at a time:
     (Q, N) temporaries instead of (Q, N, 3), and no square root.
     """
-    counts = torch.bincount(atoms.structure, minlength=atoms.num_structures)
-    first = torch.cumsum(counts, 0) - counts  # (B,)
-    slot = torch.arange(int(counts.max()), device=points.device)  # (N,)
-    padded_index = (first[:, None] + slot).clamp(max=atoms.cart_coords.shape[0] - 1)  # (B, N)
-    valid = slot < counts[:, None]  # (B, N)
+    padded_index, valid = _padded(atoms)
     planes = atoms.cart_coords[padded_index].masked_fill(~valid[..., None], FAR_AWAY).permute(2, 0, 1).contiguous()
     result = torch.empty(points.shape[0], dtype=torch.long, device=points.device)
-    chunk = max(1, TEMPORARY_ELEMENTS // slot.numel())
+    chunk = max(1, TEMPORARY_ELEMENTS // valid.shape[1])
     for start in range(0, points.shape[0], chunk):
         own, part = structure[start : start + chunk], points[start : start + chunk]
         squared = (planes[0].index_select(0, own) - part[:, 0:1]).square()  # (q, N)

@@ -14,6 +14,7 @@ from nesfgen.sampling import (
     cell_grid,
     local_offsets,
     nearest_atoms,
+    nearest_neighbour_distances,
 )
 
 
@@ -127,6 +128,37 @@ def test_global_per_atom_gives_every_atom_the_same_far_field_share(tensors):
     expected = 0.1 * grid * sizes / sizes.mean()  # the batch's total unchanged, shared by atoms
     assert torch.allclose(per_atom, expected.clamp(max=grid), rtol=0.1)
     assert abs(per_atom.sum() / per_structure.sum() - 1) < 0.05
+
+
+def test_nearest_neighbour_distances_are_within_the_cell(tensors):
+    crystals, data = tensors
+    atoms = data.batch(torch.arange(len(data)))
+    distances = nearest_neighbour_distances(atoms)
+    expected = []
+    for crystal in crystals:
+        pairwise = np.linalg.norm(crystal.cart_coords[:, None] - crystal.cart_coords[None], axis=-1)
+        np.fill_diagonal(pairwise, np.inf)
+        expected.extend(pairwise.min(axis=1))
+    assert np.allclose(distances.numpy(), expected, atol=1e-5)
+
+
+def test_atoms_with_a_close_neighbour_keep_their_whole_local_grid(tensors):
+    crystals, data = tensors
+    box = atoms_bounding_box(crystals)
+    atoms = data.batch(torch.arange(len(data)))
+    distances = nearest_neighbour_distances(atoms)
+    threshold = float(distances.median())
+    close = distances < threshold
+    assert 0 < int(close.sum()) < len(close)
+    tiny = 1e-9  # the other atoms and the global grid keep (almost surely) nothing
+    config = SamplingConfig(query_fraction=tiny, local_std=0.0, close_neighbour_distance=threshold)
+    sampler = QuerySampler(config, box)
+    queries = sampler.sample(atoms, torch.Generator().manual_seed(0))
+    grid = sampler.local_grid
+    expected = (atoms.cart_coords[close][:, None] + grid[None]).reshape(-1, 3)
+    assert torch.allclose(queries.position_points, expected)
+    default = QuerySampler(SamplingConfig(query_fraction=tiny, local_std=0.0), box)
+    assert default.sample(atoms, torch.Generator().manual_seed(0)).position_points.shape[0] == 0
 
 
 def test_global_query_fraction_defaults_to_query_fraction(tensors):
