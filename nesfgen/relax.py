@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -46,10 +47,17 @@ OVERLAP_DISTANCE = 0.5
 MAX_VOLUME_FACTOR = 4.0
 #: energies per atom outside this range (eV/atom) are not a physical relaxation
 ENERGY_RANGE = (-30.0, 10.0)
+#: Å, the standard deviation of the displacement each atom gets before relaxing: forces keep a structure's
+#: symmetry, so without it a sample snapped onto a high-symmetry saddle cannot leave it. On 300 snapped samples
+#: 0.02 took the metastable share from 51 to 64 % and M.S.U.N. from 12 to 22 %; 0.05 gained 2 points more but
+#: left rock salt relaxed at fmax 0.1 off its space group (docs/relax.md)
+DEFAULT_RATTLE = 0.02
 #: structures relaxed in lockstep, one potential call a step for all of them
 DEFAULT_BATCH = 32
 #: most worker processes ``workers=0`` (automatic) starts: each holds its own CHGNet (about 1 GB resident)
 MAX_AUTO_WORKERS = 8
+#: Å, the largest rattle accepted: more would move atoms into each other rather than off a saddle
+MAX_RATTLE = 0.3
 RECORD_SUFFIX = ".relax.json"
 RELAXED_SUFFIX = ".relaxed.cif"
 
@@ -59,14 +67,18 @@ class RelaxOptions:
     """How hard to relax: forces below ``fmax`` (eV/Å) within ``steps`` FIRE steps. Speed only (the result of
     each structure depends on neither): ``batch`` structures in lockstep in each of ``workers`` processes
     with one thread each (0: one per core on a CPU, one on a GPU). Default 1: two workers were not faster
-    on 256 samples on 2 cores (docs/relax.md)."""
+    on 256 samples on 2 cores (docs/relax.md). ``rattle`` (Å) displaces the atoms before relaxing, see
+    :func:`rattled`."""
 
     fmax: float = DEFAULT_FMAX
     steps: int = DEFAULT_STEPS
     batch: int = DEFAULT_BATCH
     workers: int = 1
+    rattle: float = DEFAULT_RATTLE
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.rattle) and 0 <= self.rattle <= MAX_RATTLE):
+            raise UserError(f"rattle={self.rattle} must be a displacement from 0 to {MAX_RATTLE} Å (e.g. 0.05)")
         if self.batch < 1:
             raise UserError(f"batch={self.batch} must be at least 1")
         if self.workers < 0:
@@ -153,7 +165,20 @@ def _new_record(structure: Any, options: RelaxOptions) -> dict[str, Any]:
         "space_group_after": "",
         "fmax": options.fmax,
         "max_steps": options.steps,
+        "rattle": options.rattle,
     }
+
+
+def rattled(atoms: Any, stdev: float) -> None:
+    """Displace every atom by N(0, stdev²) per axis, seeded by the structure itself: the same input moves the
+    same way whatever its place in a batch or a resumed run."""
+    if stdev == 0:
+        return
+    digest = hashlib.sha256(
+        np.round(atoms.cell.array, 6).tobytes() + np.round(atoms.positions, 6).tobytes() + atoms.numbers.tobytes()
+    ).digest()
+    generator = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    atoms.positions = atoms.positions + generator.normal(0.0, stdev, atoms.positions.shape)
 
 
 class _GivenResults(Calculator):
@@ -288,6 +313,7 @@ def _start(index: int, structure: Any, options: RelaxOptions) -> _Relaxation | t
         record["reason"] = problem
         return index, record, None
     atoms = AseAtomsAdaptor.get_atoms(structure)
+    rattled(atoms, options.rattle)
     atoms.calc = _GivenResults()
     optimizer = FIRE(_RememberingCellFilter(atoms), logfile=None)
     optimizer.fmax = options.fmax  # what run(fmax=) would set; converged() reads it
@@ -619,13 +645,18 @@ def relax_all(
     todo = []
     for k, item in enumerate(items):
         record = _read_record(out / f"{item.id}{RECORD_SUFFIX}")
-        if record is not None and record.get("fmax") == options.fmax and record.get("max_steps") == options.steps:
+        if record is not None and (record.get("fmax"), record.get("max_steps"), record.get("rattle", 0.0)) == (
+            options.fmax,
+            options.steps,
+            options.rattle,
+        ):
             records[k] = record
         elif item.structure is None or item.problem:
             record = {"formula": "", "num_atoms": 0, "status": "failed", "reason": item.problem}
             if item.structure is not None:
                 record.update(formula=item.structure.composition.reduced_formula, num_atoms=len(item.structure))
-            records[k] = _save(out, item, {**record, "fmax": options.fmax, "max_steps": options.steps}, None)
+            settings = {"fmax": options.fmax, "max_steps": options.steps, "rattle": options.rattle}
+            records[k] = _save(out, item, {**record, **settings}, None)
         else:
             todo.append(k)
     done = len(items) - len(todo)

@@ -8,6 +8,7 @@ mp-api), or a local hull of CHGNet energies of a dataset's own structures (``loc
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text
 from nesfgen.options import required
 from nesfgen.progress import Progress
-from nesfgen.relax import DEFAULT_BATCH, DEFAULT_FMAX, DEFAULT_STEPS, RelaxOptions
+from nesfgen.relax import DEFAULT_BATCH, DEFAULT_FMAX, DEFAULT_RATTLE, DEFAULT_STEPS, RelaxOptions
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ STABLE = 1e-3
 METASTABLE = 0.1
 #: structures evaluated per call of the potential while building a hull
 BATCH = 16
+#: how a hull's own structures and elemental references relax: no rattle, as hulls cached before it was added
+#: were built, since the dataset's structures already sit at their minima (a prototype may not: docs/relax.md)
+HULL_RELAXATION = functools.partial(RelaxOptions, rattle=0.0)
 #: elemental prototypes relaxed for each element's reference: (name, nearest-neighbour distance in units of 2r)
 PROTOTYPES = ("fcc", "bcc", "hcp", "diamond", "dimer")
 #: Å: the shortest nearest-neighbour distance of a prototype (denser cells blow up the potential's angle graph)
@@ -206,7 +210,7 @@ def elemental_references(
     otherwise (alpha-B, Ga, black P, S8, ...), which makes compounds of those elements look a little more
     stable than they are.
     """
-    from nesfgen.relax import RelaxOptions, relax_structure
+    from nesfgen.relax import relax_structure
 
     symbols = sorted(set(symbols))
     references = []
@@ -225,7 +229,7 @@ def elemental_references(
         name, scale = candidates[best]
         energy = energies[best]
         if name in FREE_PROTOTYPES:
-            record, relaxed = relax_structure(_scaled(cells[name], scale), RelaxOptions(fmax=0.05, steps=steps))
+            record, relaxed = relax_structure(_scaled(cells[name], scale), HULL_RELAXATION(fmax=0.05, steps=steps))
             if relaxed is not None:
                 energy = min(energy, record["energy_after"])
         references.append({"element": symbol, "prototype": name, "scale": scale, "energy_per_atom": energy})
@@ -286,7 +290,7 @@ def build_local_hull(
         The cache's contents (entries, elements, provenance).
     """
     from nesfgen.data.names import resolve_dataset
-    from nesfgen.relax import RelaxOptions, relax_many
+    from nesfgen.relax import relax_many
 
     allowed = _element_numbers(elements)  # a typo fails before the dataset is opened
     dataset = resolve_dataset(name)
@@ -311,7 +315,7 @@ def build_local_hull(
         structures = [c.to_structure() for c in chunk]
         if relax:
             energies = [math.nan] * len(structures)
-            for k, record, _ in relax_many(structures, RelaxOptions()):
+            for k, record, _ in relax_many(structures, HULL_RELAXATION()):
                 energies[k] = record["energy_after"]
         else:
             energies = _single_point_energies(structures)
@@ -494,12 +498,13 @@ class ScreenOptions:
     steps: int = DEFAULT_STEPS
     batch: int = DEFAULT_BATCH
     workers: int = 1
+    rattle: float = DEFAULT_RATTLE
     hull: str | None = None
     data: str | None = None
 
     @property
     def relaxation(self) -> RelaxOptions:
-        return RelaxOptions(self.fmax, self.steps, self.batch, self.workers)
+        return RelaxOptions(self.fmax, self.steps, self.batch, self.workers, self.rattle)
 
 
 def relax_and_screen(options: ScreenOptions, progress: Progress | None = None) -> dict[str, Any]:
@@ -533,6 +538,7 @@ def relax_and_screen(options: ScreenOptions, progress: Progress | None = None) -
         novelty_reference=f"{reference_name}:train" if reference_name else None,
         fmax=options.fmax,
         steps=options.steps,
+        rattle=options.rattle,
         potential=_potential_version(),
         seconds=time.perf_counter() - started,
         out=str(out),

@@ -117,7 +117,7 @@ def test_lockstep_relaxation_matches_chgnets_own_relaxer_and_one_at_a_time(poten
         strained(zinc_blende().to_structure().get_primitive_structure(), 1.08),
         strained(perovskite().to_structure(), 0.95),
     ]
-    options = RelaxOptions(fmax=0.05, steps=100)
+    options = RelaxOptions(fmax=0.05, steps=100, rattle=0.0)  # chgnet's relaxer starts from the input as given
     together = {k: (record, s) for k, record, s in relax.relax_many(structures, options, potential, batch_size=3)}
     for k, structure in enumerate(structures):
         alone, _ = relax.relax_structure(structure, options, potential)
@@ -192,6 +192,30 @@ def test_interrupted_run_resumes(tmp_path, potential, monkeypatch):
     assert again == first
     with pytest.raises(AssertionError):  # other options: computed again
         relax_all(items, tmp_path, RelaxOptions(fmax=0.1, steps=20))
+    with pytest.raises(AssertionError):
+        relax_all(items, tmp_path, RelaxOptions(fmax=0.2, steps=20, rattle=0.05))
+
+
+def test_rattle_is_seeded_by_the_structure_and_zero_leaves_it():
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    original = AseAtomsAdaptor.get_atoms(rock_salt(a=5.7).to_structure())
+    first, second, still = original.copy(), original.copy(), original.copy()
+    relax.rattled(first, 0.05)
+    relax.rattled(second, 0.05)
+    relax.rattled(still, 0.0)
+    moved = first.positions - original.positions
+    assert (first.positions == second.positions).all() and (still.positions == original.positions).all()
+    assert 0.01 < moved.std() < 0.1
+
+
+def test_rattled_rock_salt_relaxes_back_to_its_minimum(potential):
+    options = RelaxOptions(fmax=0.02, steps=200)
+    plain, _ = relax.relax_structure(strained_nacl(), options, potential)
+    shaken, _ = relax.relax_structure(strained_nacl(), RelaxOptions(fmax=0.02, steps=200, rattle=0.05), potential)
+    assert shaken["converged"] and shaken["rattle"] == 0.05
+    assert abs(shaken["energy_after"] - plain["energy_after"]) < 2e-3
+    assert shaken["space_group_after"] == plain["space_group_after"] == "Fm-3m (225)"
 
 
 def test_run_writes_csv_and_summary_keys(tmp_path, potential, monkeypatch):
@@ -230,6 +254,7 @@ def test_run_writes_csv_and_summary_keys(tmp_path, potential, monkeypatch):
         (["relax", "NaCl"], "out=DIR is required"),
         (["relax", "missing.cif", "out=x"], "does not exist"),
         (["relax", "NaCl", "out=x", "fmax=-1"], "fmax=-1.0 must be a positive force"),
+        (["relax", "NaCl", "out=x", "rattle=-1"], "rattle=-1.0 must be a displacement"),
         (["relax", "NaCl", "out=x", "temperature=3"], "unknown option temperature"),
         (["data", "hull", "builtin", "elements=Xx"], "elements="),
     ],
