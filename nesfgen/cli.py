@@ -294,7 +294,7 @@ def prior_check_command(ctx: typer.Context, as_json: bool = JSON) -> None:
 
 @app.command("relax", context_settings=KEY_VALUES)
 def relax_command(ctx: typer.Context, as_json: bool = JSON) -> None:
-    """Relax structures with CHGNet and screen their stability: nesfgen relax INPUT... out=DIR [fmax=0.1] [steps=500] [batch=32] [workers=1] [hull=mp|NAME] [data=NAME].
+    """Relax structures with CHGNet and screen their stability: nesfgen relax INPUT... out=DIR [fmax=0.1] [steps=500] [rattle=0.02] [batch=32] [workers=1] [hull=mp|NAME] [data=NAME].
 
     INPUT is a CIF/POSCAR file, a folder of them (a nesfgen sample folder) or a formula of the built-in
     table (NaCl, ZnS, Si, ...). A rerun into the same out= skips the structures already relaxed. hull=mp
