@@ -238,8 +238,9 @@ class SampleOptions(DecodeOptions):
     ``elements``, ``formula``, ``num_atoms``, ``crystal_system``, ``spacegroup``: what the samples should
     hold (flow-matching prior only); ``draw``: instead, these parts of the condition (e.g.
     "composition,num_atoms") taken for each sample from a random structure of the training split
-    (``prior.draw_conditions``); None: DEFAULT_DRAW for a flow-matching prior without conditions when
-    its model's training split is here, else nothing; "none": the prior's own compositions; ``guidance``: its classifier-free guidance scale (1: plain conditional
+    (``prior.draw_conditions``); "" (automatic): DEFAULT_DRAW for a flow-matching prior without conditions when
+    its model's training split is here, else nothing; "none": the prior's own compositions (a string, not None,
+    so that the command line's draw=none is not read as "not given"); ``guidance``: its classifier-free guidance scale (1: plain conditional
     sampling); ``constrain``: with elements= or formula=, also restrict the decoded species to those
     elements and, where the atom count allows, to the formula's exact amounts; with num_atoms=, bring the
     decoded count to it where the estimator found the clusters. ``redraws``: draw a sample whose decode misses
@@ -264,7 +265,7 @@ class SampleOptions(DecodeOptions):
     num_atoms: int | None = None
     crystal_system: str | None = None
     spacegroup: int | None = None
-    draw: str | None = None
+    draw: str = ""
     guidance: float = 1.0
     constrain: bool = True
     redraws: int | None = None
@@ -296,7 +297,7 @@ class SampleOptions(DecodeOptions):
             raise UserError(f"seed must be 0 or more, got {self.seed}")
         if not self.relax and (self.fmax, self.steps, self.hull) != (None, None, None):
             raise UserError("fmax=, steps= and hull= go with relax=true")
-        if self.drawn_parts and not self.condition.is_empty():  # an explicit draw= only: None defers to conditions
+        if self.drawn_parts and not self.condition.is_empty():  # an explicit draw= only: "" defers to conditions
             raise UserError(
                 "draw= takes each sample's condition from the training split; give it without elements=, formula=, ..."
             )
@@ -422,7 +423,7 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
 def _drawn_parts(options: SampleOptions, learned: LatentPrior | None, have_training_split: bool) -> tuple[str, ...]:
     """The condition parts each sample takes from a training structure: draw= as given, else DEFAULT_DRAW when
     a flow-matching prior samples without conditions and the model's own training split is here."""
-    if options.draw is not None:
+    if options.draw:
         return options.drawn_parts
     automatic = learned is not None and learned.config.kind == "flowmatch" and options.near is None
     if automatic and options.condition.is_empty() and not have_training_split:

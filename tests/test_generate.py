@@ -156,6 +156,15 @@ def test_each_sample_can_draw_its_condition_from_the_training_split(autoencoder_
         SampleOptions(draw="elements", elements="Zn,S")
 
 
+def test_draw_none_on_the_command_line_is_the_priors_own_compositions():
+    from nesfgen.generate import _drawn_parts
+    from nesfgen.options import parse_options
+
+    given = parse_options(SampleOptions, ["draw=none"], "sample")
+    assert given.draw == "none" and _drawn_parts(given, None, have_training_split=True) == ()
+    assert parse_options(SampleOptions, [], "sample").draw == ""  # automatic
+
+
 def test_a_prior_is_checked_and_scored_against_the_validation_split(autoencoder_prior, tmp_path):
     run, prior = autoencoder_prior
     check = check_model_prior(load_prior(prior), str(run), split="val", n=5)
