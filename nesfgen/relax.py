@@ -68,7 +68,7 @@ class RelaxOptions:
     each structure depends on neither): ``batch`` structures in lockstep in each of ``workers`` processes
     with one thread each (0: one per core on a CPU, one on a GPU). Default 1: two workers were not faster
     on 256 samples on 2 cores (docs/relax.md). ``rattle`` (Å) displaces the atoms before relaxing, see
-    :func:`rattled`."""
+    :func:`rattle_atoms`."""
 
     fmax: float = DEFAULT_FMAX
     steps: int = DEFAULT_STEPS
@@ -169,7 +169,7 @@ def _new_record(structure: Any, options: RelaxOptions) -> dict[str, Any]:
     }
 
 
-def rattled(atoms: Any, stdev: float) -> None:
+def rattle_atoms(atoms: Any, stdev: float) -> None:
     """Displace every atom by N(0, stdev²) per axis, seeded by the structure itself: the same input moves the
     same way whatever its place in a batch or a resumed run."""
     if stdev == 0:
@@ -313,7 +313,7 @@ def _start(index: int, structure: Any, options: RelaxOptions) -> _Relaxation | t
         record["reason"] = problem
         return index, record, None
     atoms = AseAtomsAdaptor.get_atoms(structure)
-    rattled(atoms, options.rattle)
+    rattle_atoms(atoms, options.rattle)
     atoms.calc = _GivenResults()
     optimizer = FIRE(_RememberingCellFilter(atoms), logfile=None)
     optimizer.fmax = options.fmax  # what run(fmax=) would set; converged() reads it
@@ -643,19 +643,16 @@ def relax_all(
     out = output_folder(out, "relaxation folder")
     records: list[dict[str, Any] | None] = [None] * len(items)
     todo = []
+    settings = {"fmax": options.fmax, "max_steps": options.steps, "rattle": options.rattle}
     for k, item in enumerate(items):
         record = _read_record(out / f"{item.id}{RECORD_SUFFIX}")
-        if record is not None and (record.get("fmax"), record.get("max_steps"), record.get("rattle", 0.0)) == (
-            options.fmax,
-            options.steps,
-            options.rattle,
-        ):
+        # records written before the rattle existed were relaxed without one
+        if record is not None and {**{"rattle": 0.0}, **record}.items() >= settings.items():
             records[k] = record
         elif item.structure is None or item.problem:
             record = {"formula": "", "num_atoms": 0, "status": "failed", "reason": item.problem}
             if item.structure is not None:
                 record.update(formula=item.structure.composition.reduced_formula, num_atoms=len(item.structure))
-            settings = {"fmax": options.fmax, "max_steps": options.steps, "rattle": options.rattle}
             records[k] = _save(out, item, {**record, **settings}, None)
         else:
             todo.append(k)

@@ -201,9 +201,9 @@ def test_rattle_is_seeded_by_the_structure_and_zero_leaves_it():
 
     original = AseAtomsAdaptor.get_atoms(rock_salt(a=5.7).to_structure())
     first, second, still = original.copy(), original.copy(), original.copy()
-    relax.rattled(first, 0.05)
-    relax.rattled(second, 0.05)
-    relax.rattled(still, 0.0)
+    relax.rattle_atoms(first, 0.05)
+    relax.rattle_atoms(second, 0.05)
+    relax.rattle_atoms(still, 0.0)
     moved = first.positions - original.positions
     assert (first.positions == second.positions).all() and (still.positions == original.positions).all()
     assert 0.01 < moved.std() < 0.1
