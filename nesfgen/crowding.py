@@ -6,7 +6,9 @@ them with one. These measurements put numbers on that, on a trained model and a 
 changing either: ``training_signal`` draws training steps as training does and splits each step's
 position loss and gradient by the cell size of each query's target atom; ``field_error_near_atoms``
 probes the decoded field on the local grid around every atom and, given the estimator's decodes,
-tells apart the atoms it missed.
+tells apart the atoms it missed. ``missed_by_neighbour_distance`` sorts the misses by how close each atom's
+nearest neighbour is; ``refine_latents`` and ``field_across_closest_pair`` tell whether the encoder or the
+field is what loses the atoms of close pairs.
 """
 
 from __future__ import annotations
@@ -213,28 +215,27 @@ def missed_by_neighbour_distance(
     min_atoms: int = 8,
     missed_within: float = 0.5,
     limit: int | None = None,
+    refine_steps: int = 0,
+    refine_lr: float = 0.02,
 ) -> dict[str, Any]:
     """Which atoms the model's estimator misses, by how close their nearest neighbour is.
 
     Decodes the cells of at least ``min_atoms`` atoms of a split (the first ``limit`` of them) with the
-    model's own estimator; an atom is missed when no decoded atom lies within ``missed_within`` Å. Returns
+    model's own estimator; an atom is missed when no decoded atom lies within ``missed_within`` Å. With
+    ``refine_steps``, the decoded latents are first fitted to each cell's own targets (:func:`refine_latents`),
+    which tells misses the encoder causes from those the field cannot draw. Returns
     per nearest-neighbour band (upper edges NEIGHBOUR_BANDS) the atoms and the share missed, the elements
     of the missed atoms, and the share of cells decoded with a wrong atom count.
     """
     trained = load_model(checkpoint)
     crystals = resolve_dataset(data).load(split)
     chosen = [i for i, size in enumerate(np.diff(crystals.offsets)) if size >= min_atoms][:limit]
-    decoded = (
-        estimate(
-            trained.model,
-            encode(trained, crystals)[chosen],
-            trained.box,
-            trained.species_table,
-            trained.recipe.estimator,
-        )
-        if chosen
-        else []
-    )
+    decoded = []
+    if chosen:
+        z = encode(trained, crystals)[chosen]
+        if refine_steps:
+            z = refine_latents(trained, crystals.subset(chosen), z, refine_steps, refine_lr)
+        decoded = estimate(trained.model, z, trained.box, trained.species_table, trained.recipe.estimator)
     neighbour, missed, elements = [], [], []
     for index, found in zip(chosen, decoded):
         crystal = crystals[index]
@@ -254,10 +255,81 @@ def missed_by_neighbour_distance(
         "checkpoint": checkpoint,
         "data": data,
         "split": split,
+        "refine_steps": refine_steps,
         "structures": len(chosen),
         "atoms": int(miss.size),
         "missed_pct": 100.0 * float(miss.mean()) if miss.size else None,
         "wrong_count_pct": 100.0 * float(np.mean(wrong)) if wrong else None,
         "bands": bands,
         "missed_elements": Counter(e for e, m in zip(elements, miss) if m).most_common(),
+    }
+
+
+def refine_latents(
+    trained: TrainedModel, crystals: CrystalSet, latents: torch.Tensor, steps: int, lr: float, seed: int = 0
+) -> torch.Tensor:
+    """(S, D) latents fitted to each structure's own field targets, the decoder frozen: the amortisation gap.
+
+    Starting from ``latents`` (the encoder's), Adam at ``lr`` takes ``steps`` steps on the recipe's position
+    and species loss terms over queries drawn as training draws them (eval mode, nothing but the latents
+    updated). If the refined latents decode an atom the encoder's missed, the encoder lost it; if not, no
+    latent makes the field draw it.
+    """
+    model, recipe = trained.model, trained.recipe
+    device = latents.device
+    atoms = TensorSet(crystals, trained.species_table, device).batch(torch.arange(len(crystals), device=device))
+    sampler = QuerySampler(recipe.sampling, trained.box, device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    z = latents.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([z], lr=lr)
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        for _ in range(steps):
+            queries = sampler.sample(atoms, generator)
+            position, species, _, _ = model.decode(z, queries)
+            loss = recipe.loss.position * (position.float() - queries.position_targets).square().mean()
+            loss = loss + recipe.loss.species * torch.nn.functional.cross_entropy(
+                species.float(), queries.species_targets
+            )
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return z.detach()
+
+
+@torch.no_grad()
+def field_across_closest_pair(
+    trained: TrainedModel, crystal: Crystal, latent: torch.Tensor, points: int = 15, margin: float = 0.4
+) -> dict[str, Any]:
+    """The position field along the line through a cell's two closest atoms (no periodic images).
+
+    Points run from ``margin`` Å before the first atom to ``margin`` Å past the second; at each, the component
+    along the line (from the first atom to the second) of the true vector to the nearest atom and of the
+    predicted one. A field that draws both atoms crosses zero downwards at each of them; one that merges
+    them crosses once, between them.
+    """
+    cart = np.asarray(crystal.cart_coords, dtype=np.float64)
+    if len(cart) < 2:
+        raise ValueError("a closest pair needs at least two atoms")
+    gaps = np.linalg.norm(cart[:, None] - cart[None], axis=-1) + np.diag(np.full(len(cart), np.inf))
+    first, second = np.unravel_index(gaps.argmin(), gaps.shape)
+    distance = float(gaps[first, second])
+    direction = (cart[second] - cart[first]) / distance
+    along = np.linspace(-margin, distance + margin, points)
+    line = cart[first] + along[:, None] * direction  # (P, 3)
+    nearest = np.linalg.norm(line[:, None] - cart[None], axis=-1).argmin(axis=1)
+    device = latent.device
+    predicted = trained.model.position(torch.as_tensor(line, dtype=torch.float32, device=device)[None], latent[None])
+    return {
+        "pair": [int(crystal.atomic_numbers[first]), int(crystal.atomic_numbers[second])],
+        "distance": distance,
+        "along": along.tolist(),
+        "true": ((cart[nearest] - line) @ direction).tolist(),
+        "predicted": (predicted[0].double().cpu().numpy() @ direction).tolist(),
     }

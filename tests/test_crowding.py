@@ -2,17 +2,24 @@
 
 import numpy as np
 import pytest
+import torch
 from conftest import rock_salt, tiny_recipe
 
 from nesfgen.checkpoint import load_model
 from nesfgen.crowding import (
+    field_across_closest_pair,
     field_error_near_atoms,
     missed_by_neighbour_distance,
     nearest_neighbour_distances,
+    refine_latents,
     summarise_field_errors,
     training_signal,
 )
+from nesfgen.crystal import Crystal
+from nesfgen.data.store import CrystalSet
+from nesfgen.decoder import encode
 from nesfgen.estimator import Decoded
+from nesfgen.sampling import QuerySampler, TensorSet
 from nesfgen.train import train
 
 
@@ -52,3 +59,44 @@ def test_missed_atoms_by_neighbour_distance_cover_every_decoded_atom(tiny_datase
         and sum(band["atoms"] for band in found["bands"]) == found["atoms"] > 0
     )
     assert sum(count for _, count in found["missed_elements"]) == round(found["missed_pct"] * found["atoms"] / 100)
+
+
+def test_refined_latents_fit_their_structures_better_and_leave_the_model_alone(tiny_dataset, tmp_path):
+    train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "run")
+    trained = load_model(tmp_path / "run")
+    crystals = tiny_dataset.load("test")
+    before = {k: v.clone() for k, v in trained.model.state_dict().items()}
+    z = encode(trained, crystals)
+    refined = refine_latents(trained, crystals, z, steps=30, lr=0.05)
+    atoms = TensorSet(crystals, trained.species_table).batch(torch.arange(len(crystals)))
+    queries = QuerySampler(trained.recipe.sampling, trained.box).sample(atoms, torch.Generator().manual_seed(7))
+
+    def position_loss(latents):
+        with torch.no_grad():
+            return float((trained.model.decode(latents, queries)[0] - queries.position_targets).square().mean())
+
+    assert refined.shape == z.shape and not refined.requires_grad
+    assert position_loss(refined) < position_loss(z)
+    assert all(torch.equal(before[k], v) for k, v in trained.model.state_dict().items())
+    assert all(p.requires_grad for p in trained.model.parameters())
+    found = missed_by_neighbour_distance(
+        str(tmp_path / "run"), str(tiny_dataset.path), "test", min_atoms=1, refine_steps=2
+    )
+    assert found["refine_steps"] == 2 and found["structures"] == 6
+
+
+def test_field_across_the_closest_pair_gives_the_true_component_along_it(tiny_dataset, tmp_path):
+    train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "run")
+    trained = load_model(tmp_path / "run")
+    salt = rock_salt(a=5.64)
+    latent = encode(trained, CrystalSet.from_crystals([salt]))[0]
+    line = field_across_closest_pair(trained, salt, latent, points=4, margin=0.4)
+    assert line["distance"] == pytest.approx(2.82) and line["pair"] == [11, 17]
+    step = (2.82 + 0.8) / 3
+    assert line["along"] == pytest.approx([-0.4, step - 0.4, 2 * step - 0.4, 3.22])
+    # before the first atom the nearest atom lies ahead; past the midpoint the second atom is the target
+    assert line["true"] == pytest.approx([0.4, 0.4 - step, 3.22 - 2 * step, -0.4], abs=1e-9)
+    assert len(line["predicted"]) == 4 and all(np.isfinite(line["predicted"]))
+    single = Crystal.create([3.0] * 3, [90] * 3, atomic_numbers=[11], frac_coords=[[0, 0, 0]])
+    with pytest.raises(ValueError, match="two atoms"):
+        field_across_closest_pair(trained, single, latent)
