@@ -387,14 +387,35 @@ def recipe_path(name_or_path: str) -> Path:
 def load_recipe(name_or_path: str = "quickstart", overrides: dict[str, str] | None = None) -> Recipe:
     """Load a recipe file and apply dotted overrides such as ``{"train.lr": "3e-4"}``."""
     path = recipe_path(name_or_path)
-    try:
-        document = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"recipe file {path} is not valid TOML: {error}") from None
+    document = _recipe_document(path, ())
     recipe = from_dict(Recipe, document, where=str(path))
     if "name" not in document:
         recipe = replace(recipe, name=path.stem)
     return apply_overrides(recipe, overrides or {})
+
+
+def _recipe_document(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """A recipe file's settings, on top of those of the recipe it names in ``extends`` (if any), section by
+    section, so a recipe that changes one setting of another says only that. The base's name is not inherited."""
+    try:
+        document = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"recipe file {path} is not valid TOML: {error}") from None
+    base = document.pop("extends", None)
+    if base is None:
+        return document
+    if not isinstance(base, str):
+        raise UserError(f"{path}: extends must be the name or path of another recipe, got {base!r}")
+    base_path = recipe_path(base)
+    if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
+        raise UserError(f"{path}: extends {base!r} leads back to itself")
+    merged = _recipe_document(base_path, (*chain, path))
+    merged.pop("name", None)
+    for key, value in document.items():
+        merged[key] = (
+            {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
+    return merged
 
 
 def apply_overrides(recipe: Any, overrides: dict[str, str]) -> Any:

@@ -102,6 +102,34 @@ def test_recipe_file_errors(tmp_path):
         load_recipe(str(bad))
 
 
+def test_a_recipe_extends_another_section_by_section(tmp_path):
+    child = tmp_path / "longer.toml"
+    child.write_text('extends = "fast-lcs6"\n[train]\nepochs = 800\n')
+    base, longer = load_recipe("fast-lcs6"), load_recipe(str(child))
+    assert longer.name == "longer" and longer.train.epochs == 800
+    assert to_dict(longer)["train"] | {"epochs": 450} == to_dict(base)["train"]
+    assert {k: v for k, v in to_dict(longer).items() if k not in ("name", "train")} == {
+        k: v for k, v in to_dict(base).items() if k not in ("name", "train")
+    }
+    grandchild = tmp_path / "grand.toml"
+    grandchild.write_text(f'extends = "{child}"\nname = "grand"\n[model]\ndropout = 0.2\n')
+    grand = load_recipe(str(grandchild))
+    assert (grand.name, grand.train.epochs, grand.model.dropout, grand.data.name) == ("grand", 800, 0.2, "lcs6")
+
+
+def test_recipe_extends_errors(tmp_path):
+    loop = tmp_path / "loop.toml"
+    loop.write_text(f'extends = "{loop}"\n')
+    with pytest.raises(UserError, match="leads back to itself"):
+        load_recipe(str(loop))
+    loop.write_text("extends = 3\n")
+    with pytest.raises(UserError, match="extends must be the name or path"):
+        load_recipe(str(loop))
+    loop.write_text('extends = "no-such-recipe"\n')
+    with pytest.raises(UserError, match="unknown recipe 'no-such-recipe'"):
+        load_recipe(str(loop))
+
+
 def test_parse_overrides_splits_words():
     overrides, words = parse_overrides(["a.b=1", "ZnS", "c=x=y"])
     assert overrides == {"a.b": "1", "c": "x=y"} and words == ["ZnS"]
