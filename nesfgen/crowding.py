@@ -272,8 +272,8 @@ def refine_latents(
 
     Starting from ``latents`` (the encoder's), Adam at ``lr`` takes ``steps`` steps on the recipe's position
     and species loss terms over queries drawn as training draws them (eval mode, nothing but the latents
-    updated). If the refined latents decode an atom the encoder's missed, the encoder lost it; if not, no
-    latent makes the field draw it.
+    updated). If the refined latents decode an atom the encoder's missed, the encoder lost it; if not, the
+    field does not draw it from any latent the fitting reaches.
     """
     model, recipe = trained.model, trained.recipe
     device = latents.device
