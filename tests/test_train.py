@@ -63,7 +63,8 @@ def test_killed_run_loses_at_most_the_epoch_in_progress(tiny_dataset, tmp_path):
     from conftest import TINY_MODEL
 
     run_dir = tmp_path / "killed"
-    args = [f"{k}={v}" for k, v in TINY_MODEL.items()]
+    threads = torch.get_num_threads()  # the same in both runs: training is deterministic given seed and threads
+    args = [f"{k}={v}" for k, v in TINY_MODEL.items()] + [f"train.threads={threads}"]
     command = [sys.executable, "-m", "nesfgen", "train", f"data.name={tiny_dataset.path}", "train.batch_size=8"]
     process = subprocess.Popen(
         [*command, "train.epochs=40", *args, f"out={run_dir}", "--json"],
@@ -79,7 +80,9 @@ def test_killed_run_loses_at_most_the_epoch_in_progress(tiny_dataset, tmp_path):
     done = read_checkpoint(run_dir / "last.pt")["epoch"]
     assert 1 <= done < 40
     resume(run_dir, {"train.epochs": str(done + 1)})
-    straight = train(tiny_recipe(tiny_dataset, **{"train.epochs": done + 1}), tmp_path / "straight")
+    straight = train(
+        tiny_recipe(tiny_dataset, **{"train.epochs": done + 1, "train.threads": threads}), tmp_path / "straight"
+    )
     assert straight.epochs_done == done + 1
     a = read_checkpoint(run_dir / "last.pt")["model"]
     b = read_checkpoint(tmp_path / "straight" / "last.pt")["model"]
