@@ -76,6 +76,11 @@ class RelaxOptions:
     workers: int = 1
     rattle: float = DEFAULT_RATTLE
 
+    @property
+    def record_settings(self) -> dict[str, float]:
+        """What each relaxation record keeps of these options: a resumed run reuses only records that match."""
+        return {"fmax": self.fmax, "max_steps": self.steps, "rattle": self.rattle}
+
     def __post_init__(self) -> None:
         if not (math.isfinite(self.rattle) and 0 <= self.rattle <= MAX_RATTLE):
             raise UserError(f"rattle={self.rattle} must be a displacement from 0 to {MAX_RATTLE} Å (e.g. 0.05)")
@@ -163,9 +168,7 @@ def _new_record(structure: Any, options: RelaxOptions) -> dict[str, Any]:
         "volume_change_pct": math.nan,
         "space_group_before": _space_group(structure),
         "space_group_after": "",
-        "fmax": options.fmax,
-        "max_steps": options.steps,
-        "rattle": options.rattle,
+        **options.record_settings,
     }
 
 
@@ -643,11 +646,11 @@ def relax_all(
     out = output_folder(out, "relaxation folder")
     records: list[dict[str, Any] | None] = [None] * len(items)
     todo = []
-    settings = {"fmax": options.fmax, "max_steps": options.steps, "rattle": options.rattle}
+    settings = options.record_settings
     for k, item in enumerate(items):
         record = _read_record(out / f"{item.id}{RECORD_SUFFIX}")
         # records written before the rattle existed were relaxed without one
-        if record is not None and {**{"rattle": 0.0}, **record}.items() >= settings.items():
+        if record is not None and {"rattle": 0.0, **record}.items() >= settings.items():
             records[k] = record
         elif item.structure is None or item.problem:
             record = {"formula": "", "num_atoms": 0, "status": "failed", "reason": item.problem}
