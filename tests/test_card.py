@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import torch
 from conftest import tiny_recipe
 
 from nesfgen.card import package_model
@@ -19,7 +20,11 @@ def test_package_writes_a_slim_checkpoint_and_a_card_that_evaluate_reproduces(ti
     assert "optimizer" not in state and "history" not in state
     assert state["training"]["epochs_run"] == 1 and state["machine"]["torch"]
     assert packaged.checkpoint.stat().st_size < (run / "best.pt").stat().st_size
-    load_model(packaged.checkpoint)  # rebuilds from the slim file alone
+    matrices = {name: w.dtype for name, w in state["model"].items() if w.ndim >= 2}
+    assert {dtype for name, dtype in matrices.items() if not name.startswith("lattice_head.")} == {torch.float16}
+    assert {dtype for name, dtype in matrices.items() if name.startswith("lattice_head.")} == {torch.float32}
+    rebuilt = load_model(packaged.checkpoint).model  # rebuilds from the slim file alone, in float32
+    assert {p.dtype for p in rebuilt.parameters()} == {torch.float32}
     card = packaged.card.read_text()
     assert "nesfgen package run=" in card and "| error in number of atoms [%] |" in card
     assert "Lattice heads refit (freshly initialised) on the frozen encoder's eval-mode latents: 2 epochs" in card
