@@ -46,6 +46,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     torch.save({"format_version": FORMAT_VERSION, "nesfgen_version": __version__, **state}, payload)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide shipped models from other users
         with os.fdopen(handle, "wb") as file:
             file.write(payload.getbuffer())
         os.replace(temporary, path)
@@ -57,6 +58,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's file-creation mask (reading it means setting it, so it is put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def checkpoint_digest(path_or_run: str | Path) -> str:

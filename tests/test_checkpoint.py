@@ -56,6 +56,18 @@ def test_a_foreign_file_is_refused_with_a_message(tmp_path):
         read_checkpoint(path)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_a_checkpoint_gets_the_mode_the_umask_gives_any_new_file(state, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "best.pt", state)
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "best.pt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "best.pt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+
+
 def test_a_failed_write_keeps_the_previous_checkpoint_and_no_temporary(state, tmp_path, monkeypatch):
     path = tmp_path / "run" / "last.pt"
     save_checkpoint(path, state)
