@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from nesfgen.checkpoint import PACKAGED_MODELS, read_checkpoint, save_checkpoint
-from nesfgen.config import Recipe, from_dict, to_toml
+from nesfgen.config import Recipe, TrainConfig, from_dict, to_toml
 from nesfgen.evaluate import (
     AGGREGATION_NOTE,
     EvaluateOptions,
@@ -125,6 +125,12 @@ def package_model(
     return PackagedModel(checkpoint, card, evaluation)
 
 
+def train_command(recipe: Recipe, run_dir: Path) -> str:
+    """The command that trains the run again: recipe files leave the seed at its default, so another seed is given."""
+    seed = f" train.seed={recipe.train.seed}" if recipe.train.seed != TrainConfig.seed else ""
+    return f"nesfgen train recipe={recipe.name}{seed} out={run_dir}"
+
+
 def model_card(
     name: str,
     recipe: Recipe,
@@ -148,7 +154,7 @@ def model_card(
         "",
         "## Training",
         "",
-        f"- Command: `nesfgen train recipe={recipe.name} out={run_dir}`",
+        f"- Command: `{train_command(recipe, run_dir)}`",
         f"- Machine: {hardware}; torch {machine['torch']}, Python {machine['python']}",
         f"- Wall time: {training['training_minutes']} min for {training['epochs_run']} epochs "
         f"(time limit {recipe.train.time_limit_minutes:g} min, epochs planned {recipe.train.epochs})",

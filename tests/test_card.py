@@ -1,11 +1,14 @@
 import json
 import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 from conftest import tiny_recipe
 
-from nesfgen.card import package_model
+from nesfgen.card import package_model, train_command
 from nesfgen.checkpoint import load_model, read_checkpoint, save_checkpoint
+from nesfgen.config import load_recipe
 from nesfgen.evaluate import EvaluateOptions, evaluate, markdown_table
 from nesfgen.train import refit_best, train
 
@@ -65,3 +68,10 @@ def test_the_card_gives_the_whole_run_not_only_the_kept_epoch(tiny_dataset, tmp_
     packaged = package_model(run, "tiny", split="test", out_dir=tmp_path / "models")
     assert read_checkpoint(packaged.checkpoint)["training"]["epochs_run"] == 2
     assert " for 2 epochs (" in packaged.card.read_text()
+
+
+def test_the_cards_command_names_a_seed_other_than_the_default():
+    recipe = load_recipe("fast-lcs6")
+    assert train_command(recipe, Path("runs/a")) == "nesfgen train recipe=fast-lcs6 out=runs/a"
+    seeded = replace(recipe, train=replace(recipe.train, seed=1))
+    assert train_command(seeded, Path("runs/b")) == "nesfgen train recipe=fast-lcs6 train.seed=1 out=runs/b"
