@@ -91,6 +91,33 @@ def resolve_checkpoint(path_or_run: str | Path) -> Path:
     )
 
 
+def load_weights_only(path: Path, what: str) -> Any:
+    """``torch.load(weights_only=True)`` of a file nesfgen wrote, every way the file can be wrong a UserError.
+
+    ``what`` names the kind of file in the messages ("checkpoint", "latent prior").
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise UserError(f"{what} {path} is empty (0 bytes); it was not written completely")
+        if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive
+            raise UserError(f"{what} {path} is not a PyTorch {what} file (it is cut short or something else)")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        raise UserError(f"{what} {path} cannot be read: {os_error_reason(error)}") from None
+    except pickle.UnpicklingError:
+        # torch's own message advises weights_only=False, which would run whatever code the file holds
+        raise UserError(
+            f"{what} {path} holds objects other than tensors and plain values; nesfgen's files never do, "
+            "so it is not loaded"
+        ) from None
+    except UserError:
+        raise
+    except Exception as error:  # torch raises many types for corrupt or foreign files
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise UserError(f"{what} {path} is not a readable nesfgen {what}: {reason}") from None
+
+
 def read_checkpoint(path_or_run: str | Path) -> dict[str, Any]:
     """Load a checkpoint dict safely and check that it holds what a model is rebuilt from.
 
@@ -99,21 +126,7 @@ def read_checkpoint(path_or_run: str | Path) -> dict[str, Any]:
             nesfgen, or missing (or holding a malformed) species table, box or dataset hash.
     """
     path = resolve_checkpoint(path_or_run)
-    if path.stat().st_size == 0:
-        raise UserError(f"checkpoint {path} is empty (0 bytes); it was not written completely: train it again")
-    if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive
-        raise UserError(f"checkpoint {path} is not a PyTorch checkpoint file (it is cut short or something else)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's own message advises weights_only=False, which would run whatever code the file holds
-        raise UserError(
-            f"checkpoint {path} holds objects other than tensors and plain values; nesfgen checkpoints never do, "
-            "so it is not loaded"
-        ) from None
-    except Exception as error:  # torch raises many types for corrupt or foreign files
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
-        raise UserError(f"checkpoint {path} is not a readable nesfgen checkpoint: {reason}") from None
+    state = load_weights_only(path, "checkpoint")
     if not isinstance(state, dict) or "model" not in state or "recipe" not in state:
         raise UserError(f"{path} is not a nesfgen checkpoint (no model weights and recipe in it)")
     if state.get("format_version", 0) > FORMAT_VERSION:

@@ -483,26 +483,29 @@ def save_prior(prior: LatentPrior, path: Path) -> Path:
 
 def load_prior(path: Path) -> LatentPrior:
     """A prior saved by save_prior, loaded with weights_only=True and rebuilt from its saved config."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as error:
-        raise UserError(f"prior={path}: cannot be read as a latent prior ({error})") from error
+    from nesfgen.checkpoint import load_weights_only  # the checkpoint module pulls in the whole model
+
+    state = load_weights_only(Path(path), "latent prior")
     if not isinstance(state, dict) or state.get("format") != PRIOR_FORMAT:
         raise UserError(f"prior={path}: not a nesfgen latent prior (format {PRIOR_FORMAT})")
-    config = PriorConfig(**state["config"])
-    encoder = ConditionEncoder(tuple(state["species_table"]))
-    model = build_model(config, state["size"], encoder, state["permutations"])
-    model.load_state_dict(state["model"])
-    return LatentPrior(
-        config,
-        model,
-        state["mean"],
-        state["std"],
-        encoder,
-        state["autoencoder"],
-        state["autoencoder_hash"],
-        state["history"],
-    )
+    try:
+        config = PriorConfig(**state["config"])
+        encoder = ConditionEncoder(tuple(state["species_table"]))
+        model = build_model(config, state["size"], encoder, state["permutations"])
+        model.load_state_dict(state["model"])
+        return LatentPrior(
+            config,
+            model,
+            state["mean"],
+            state["std"],
+            encoder,
+            state["autoencoder"],
+            state["autoencoder_hash"],
+            state["history"],
+        )
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # a damaged or hand-edited file
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise UserError(f"prior={path}: a latent prior file with missing or damaged contents ({reason})") from None
 
 
 def fit_model_prior(

@@ -35,6 +35,31 @@ def test_a_prior_fits_saves_and_samples_the_same_latents_again(kind, tmp_path):
     assert not torch.allclose(loaded.sample(7, seed=4), first)
 
 
+@pytest.mark.parametrize("case", ["text", "empty", "foreign pickle", "missing contents"])
+def test_a_damaged_prior_file_is_refused_with_a_message(case, tmp_path):
+    path = tmp_path / "prior.pt"
+    if case == "text":
+        path.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "foreign pickle":
+        torch.save({"format": 1, "config": Condition}, path)  # a class: not a tensor or plain value
+    else:
+        prior = fit_prior(random_latents(), PriorConfig(kind="flow", hidden=8, layers=1, steps=1), SPECIES)
+        state = prior.state()
+        del state["model"]
+        torch.save(state, path)
+    with pytest.raises(UserError, match=str(path)):
+        load_prior(path)
+
+
+def test_a_damaged_prior_file_exits_2_on_the_command_line(cli, tmp_path):
+    (tmp_path / "prior.pt").write_text("not a prior")
+    result = cli("sample", f"prior={tmp_path / 'prior.pt'}", "n=2", f"out={tmp_path / 'out'}")
+    assert result.returncode == 2 and "is not a PyTorch latent prior file" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_conditions_need_the_flow_matching_prior_and_known_elements():
     flow = fit_prior(random_latents(), PriorConfig(kind="flow", hidden=8, layers=1, steps=1), SPECIES)
     with pytest.raises(UserError, match="need prior=flowmatch"):
