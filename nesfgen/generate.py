@@ -287,10 +287,9 @@ class SampleOptions(DecodeOptions):
         super().__post_init__()
         if self.n < 1:
             raise UserError(f"n must be at least 1, got {self.n}")
-        if (self.temperature is not None and not self.temperature > 0) or not self.radius > 0:
-            raise UserError(
-                f"temperature and radius must be positive, got temperature={self.temperature} radius={self.radius}"
-            )
+        for key, value in (("temperature", self.temperature), ("radius", self.radius)):
+            if value is not None and not value > 0:  # "not > 0" also refuses NaN
+                raise UserError(f"{key} must be positive, got {key}={value}")
         if self.redraws is not None and self.redraws < 0:
             raise UserError(f"redraws must be 0 or more, got {self.redraws}")
         if self.seed < 0:  # numpy's generators, which draw the conditions and the redraws, take none below 0

@@ -183,9 +183,13 @@ def parse_condition(
     composition = None
     if formula is not None:
         try:
-            composition = {element.Z: float(amount) for element, amount in Composition(formula).items()}
+            parsed = Composition(formula)
         except (ValueError, KeyError) as error:
             raise UserError(f"formula={formula}: not a chemical formula (e.g. ZnS, SrTiO3)") from error
+        unknown = [str(part) for part in parsed if not isinstance(part, Element)]  # pymatgen reads Xx as a dummy
+        if unknown or not parsed:
+            raise UserError(f"formula={formula}: not a chemical formula of elements (e.g. ZnS, SrTiO3)")
+        composition = {element.Z: float(amount) for element, amount in parsed.items()}
     system = crystal_system_name.lower() if crystal_system_name is not None else None
     return Condition(numbers, composition, num_atoms, system, spacegroup)
 

@@ -263,6 +263,21 @@ def test_missing_default_model_is_a_clear_error(monkeypatch):
         interpolate(InterpolateOptions(a="NaCl", b="ZnS"))
 
 
+def test_embed_refuses_an_unusable_out_before_encoding(tmp_path, unwritable_folder, monkeypatch):
+    from nesfgen.latent import embedding
+
+    def encode_everything(*args, **kwargs):
+        raise AssertionError("encoded before checking out=")
+
+    monkeypatch.setattr(embedding, "embed", encode_everything)
+    for out, reason in [
+        (unwritable_folder / "z.npz", "cannot write the latents folder"),
+        (tmp_path / "z.txt", "must end in .npz or .csv"),
+    ]:
+        with pytest.raises(UserError, match=reason):
+            embedding.embed_to_file(embedding.EmbedOptions(out=str(out)))
+
+
 def test_embed_save_load_and_map(tiny_run, tmp_path):
     run, dataset = tiny_run
     embedding = embed(str(run), str(dataset.path), "all")

@@ -119,6 +119,8 @@ def test_condition_holds_in_a_structure():
         parse_condition(elements="Zq")
     with pytest.raises(UserError, match="formula="):
         parse_condition(formula="not a formula")
+    with pytest.raises(UserError, match="formula=Xx2: not a chemical formula of elements"):
+        parse_condition(formula="Xx2")  # pymatgen reads it as a dummy species
 
 
 def test_every_shipped_prior_loads_and_samples():

@@ -17,7 +17,7 @@ from nesfgen.checkpoint import DEFAULT_MODEL, load_model
 from nesfgen.data.names import resolve_dataset
 from nesfgen.decoder import encode
 from nesfgen.errors import UserError
-from nesfgen.files import atomic_write_text
+from nesfgen.files import atomic_write_text, output_folder
 from nesfgen.symmetry import STATED_SYMPREC, space_group_number
 
 
@@ -167,6 +167,10 @@ class EmbedOptions:
 
 def embed_to_file(options: EmbedOptions) -> dict[str, Any]:
     """Encode a split and save its latents with ids and attributes; returns what was written."""
+    if options.out:  # a wrong name or a folder that cannot be written is said before the encoding, not after
+        if Path(options.out).suffix not in (".npz", ".csv"):
+            raise UserError(f"out={options.out}: the latents file must end in .npz or .csv")
+        output_folder(Path(options.out).parent, "latents folder", create=False)
     embedding = embed(options.checkpoint, options.data, options.split, options.device)
     out = Path(options.out or Path("runs") / f"latents-{embedding.meta['dataset']}-{options.split}.npz")
     save_embedding(embedding, out)
