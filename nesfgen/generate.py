@@ -26,7 +26,7 @@ from nesfgen.crystal import Crystal
 from nesfgen.data.builtin import find_known
 from nesfgen.data.importers import read_structure_file
 from nesfgen.data.store import CrystalSet
-from nesfgen.decoder import Decoder, Decoding, SpeciesConstraint
+from nesfgen.decoder import Decoder, Decoding, SpeciesConstraint, training_atom_range
 from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text, output_folder, safe_file_stems
 from nesfgen.generative_metrics import Reference, build_reference, reduced_formula, score
@@ -345,6 +345,16 @@ def _reconstruct(decoder: Decoder, crystals: CrystalSet) -> list[Crystal | None]
     return decoder.decode(decoder.encode(crystals), [f"{id}-decoded" for id in crystals.ids]).crystals
 
 
+def _check_atom_count(condition: Condition, trained: TrainedModel) -> None:
+    """A ``num_atoms=`` above the most atoms a training cell held decodes nothing: said up front instead."""
+    atom_range = training_atom_range(trained) if condition.num_atoms is not None else None
+    if atom_range and condition.num_atoms > atom_range[1]:
+        raise UserError(
+            f"num_atoms={condition.num_atoms}: the model was trained on cells of {atom_range[0]} to {atom_range[1]} "
+            "atoms and cannot draw more; give a number in that range"
+        )
+
+
 def sample_structures(options: SampleOptions, progress: Progress | None = None) -> Generation:
     """Decode ``options.n`` latents into structures and measure them."""
     started = time.perf_counter()
@@ -352,6 +362,7 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
     symmetrize, condition = options.symmetrize, options.condition
     decoder, learned = _load_generator(options)
     trained = decoder.trained
+    _check_atom_count(condition, trained)
     splits, reference_note = reference_splits(trained, options.data, options.coverage_split)
     anchor = find_structure(near, splits[0] if splits else None) if near is not None else None
     drawn = _drawn_parts(options, learned, splits is not None and bool(reference_note.get("is_training_data")))

@@ -56,6 +56,20 @@ class PriorConfig:
     ode_steps: int = 50  # flowmatch: midpoint steps from noise to latent
     threads: int = 2
 
+    def __post_init__(self) -> None:
+        """Settings that would fit nothing (``steps=0`` wrote a prior of NaN loss) are refused by name."""
+        for key in ("hidden", "layers", "count_bins", "steps", "batch_size", "ode_steps", "threads"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{key}={getattr(self, key)}: expected a whole number of at least 1")
+        for key in ("bound", "lr"):
+            if not getattr(self, key) > 0:
+                raise UserError(f"{key}={getattr(self, key)}: expected a positive number")
+        if not self.weight_decay >= 0:
+            raise UserError(f"weight_decay={self.weight_decay}: expected 0 or a positive number")
+        for key in ("condition_dropout", "unconditional_share"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise UserError(f"{key}={getattr(self, key)}: expected a number from 0 to 1")
+
 
 # --- conditions ------------------------------------------------------------------------------------
 

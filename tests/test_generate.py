@@ -35,6 +35,12 @@ def vae_run(tiny_dataset, tmp_path):
 FAST_DECODE = {"estimator.steps": "8"}
 
 
+def test_more_atoms_than_any_training_cell_held_are_refused_before_decoding(tmp_path):
+    with pytest.raises(UserError, match="num_atoms=500: the model was trained on cells of 1 to 28 atoms"):
+        sample_structures(SampleOptions(num_atoms=500, n=1, out=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
+
+
 def test_samples_are_snapped_at_the_sampling_tolerance_unless_asked_otherwise():
     assert SampleOptions().symmetrize and SampleOptions().tolerance == 0.3
     assert SampleOptions(symmetrize=True, symprec=0.05).tolerance == 0.05

@@ -60,6 +60,15 @@ def test_a_damaged_prior_file_exits_2_on_the_command_line(cli, tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [({"steps": 0}, "steps=0"), ({"lr": -1.0}, "lr=-1.0"), ({"condition_dropout": 1.5}, "from 0 to 1")],
+)
+def test_prior_settings_that_fit_nothing_are_refused(setting, message):
+    with pytest.raises(UserError, match=message):
+        PriorConfig(**setting)
+
+
 def test_conditions_need_the_flow_matching_prior_and_known_elements():
     flow = fit_prior(random_latents(), PriorConfig(kind="flow", hidden=8, layers=1, steps=1), SPECIES)
     with pytest.raises(UserError, match="need prior=flowmatch"):
