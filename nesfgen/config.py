@@ -310,7 +310,7 @@ class EstimatorConfig(Checked):
     SECTION = "estimator"
     RULES = {
         "particle_interval": number(0.0, low_open=True),
-        "steps": integer(0, 100_000),
+        "steps": integer(1, 100_000),  # particles that never move decode nothing
         "score_threshold": number(0.0, low_open=True),
         "nms_radius": number(0.0, low_open=True),
         "nms_min_particles": integer(1),

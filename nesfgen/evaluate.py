@@ -102,6 +102,8 @@ class EvaluateOptions(DecodeOptions):
         super().__post_init__()
         if self.field not in ("model", "exact"):
             raise UserError(f"field must be model or exact, got {self.field!r}")
+        if self.limit < 0:
+            raise UserError(f"limit must be 0 (every structure) or a number of structures, got {self.limit}")
 
 
 def evaluate(options: EvaluateOptions, progress: Progress | None = None) -> Evaluation:

@@ -290,6 +290,8 @@ class SampleOptions(DecodeOptions):
         for key, value in (("temperature", self.temperature), ("radius", self.radius)):
             if value is not None and not value > 0:  # "not > 0" also refuses NaN
                 raise UserError(f"{key} must be positive, got {key}={value}")
+        if not self.guidance >= 0:
+            raise UserError(f"guidance must be 0 (unconditional) or more (1: plain conditional), got {self.guidance}")
         if self.redraws is not None and self.redraws < 0:
             raise UserError(f"redraws must be 0 or more, got {self.redraws}")
         if self.seed < 0:  # numpy's generators, which draw the conditions and the redraws, take none below 0

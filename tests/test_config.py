@@ -217,3 +217,8 @@ def test_bad_values_exit_2_on_the_command_line(tmp_path, cli):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "train.lr_decay_every = 0 is not allowed; expected an integer >= 1" in result.stderr
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_an_estimator_that_never_moves_its_particles_is_refused():
+    with pytest.raises(UserError, match="estimator.steps = 0 is not allowed"):
+        load_recipe("quickstart", {"estimator.steps": "0"})

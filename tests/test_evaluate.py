@@ -172,3 +172,8 @@ def test_evaluate_warns_on_a_dataset_unlike_the_training_data(trained_run, tmp_p
     with caplog.at_level("WARNING", logger="nesfgen.decoder"):
         evaluate(EvaluateOptions(checkpoint=str(trained_run), data=str(other.path), split="test"))
     assert any("1 of 1 inputs lie outside the training data" in r.getMessage() for r in caplog.records)
+
+
+def test_a_negative_limit_is_refused_not_read_as_every_structure():
+    with pytest.raises(UserError, match="limit must be 0"):
+        EvaluateOptions(limit=-3)

@@ -35,6 +35,11 @@ def vae_run(tiny_dataset, tmp_path):
 FAST_DECODE = {"estimator.steps": "8"}
 
 
+def test_a_negative_guidance_is_refused():
+    with pytest.raises(UserError, match="guidance must be 0"):
+        SampleOptions(guidance=-1.0)
+
+
 def test_more_atoms_than_any_training_cell_held_are_refused_before_decoding(tmp_path):
     with pytest.raises(UserError, match="num_atoms=500: the model was trained on cells of 1 to 28 atoms"):
         sample_structures(SampleOptions(num_atoms=500, n=1, out=str(tmp_path / "out")))
