@@ -200,8 +200,7 @@ def parse_condition(
             parsed = Composition(formula)
         except (ValueError, KeyError) as error:
             raise UserError(f"formula={formula}: not a chemical formula (e.g. ZnS, SrTiO3)") from error
-        unknown = [str(part) for part in parsed if not isinstance(part, Element)]  # pymatgen reads Xx as a dummy
-        if unknown or not parsed:
+        if not parsed or any(not isinstance(part, Element) for part in parsed):  # pymatgen reads Xx as a dummy
             raise UserError(f"formula={formula}: not a chemical formula of elements (e.g. ZnS, SrTiO3)")
         composition = {element.Z: float(amount) for element, amount in parsed.items()}
     system = crystal_system_name.lower() if crystal_system_name is not None else None
