@@ -71,9 +71,17 @@ def embed(
     )
 
 
+def latents_file(path: str | Path) -> Path:
+    """``path`` if it names a latents file nesfgen writes (.npz arrays or .csv rows), else a UserError."""
+    path = Path(path)
+    if path.suffix not in (".npz", ".csv"):
+        raise UserError(f"out={path}: the latents file must end in .npz or .csv")
+    return path
+
+
 def save_embedding(embedding: Embedding, path: Path) -> Path:
     """Write latents as ``.npz`` (arrays, no pickle) or ``.csv`` (one row per structure, columns z0 … z{D-1})."""
-    path = Path(path)
+    path = latents_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = attribute_columns(embedding)
     if path.suffix == ".csv":
@@ -84,8 +92,6 @@ def save_embedding(embedding: Embedding, path: Path) -> Path:
             values = [columns[name][index] for name in columns]
             writer.writerow([*values, *(f"{x:.7g}" for x in embedding.latents[index])])
         return atomic_write_text(path, buffer.getvalue())
-    if path.suffix != ".npz":
-        raise UserError(f"out={path}: the latents file must end in .npz or .csv")
     temporary = path.with_name(f".{path.stem}.tmp.npz")
     np.savez_compressed(
         temporary,
@@ -168,9 +174,7 @@ class EmbedOptions:
 def embed_to_file(options: EmbedOptions) -> dict[str, Any]:
     """Encode a split and save its latents with ids and attributes; returns what was written."""
     if options.out:  # a wrong name or a folder that cannot be written is said before the encoding, not after
-        if Path(options.out).suffix not in (".npz", ".csv"):
-            raise UserError(f"out={options.out}: the latents file must end in .npz or .csv")
-        output_folder(Path(options.out).parent, "latents folder", create=False)
+        output_folder(latents_file(options.out).parent, "latents folder", create=False)
     embedding = embed(options.checkpoint, options.data, options.split, options.device)
     out = Path(options.out or Path("runs") / f"latents-{embedding.meta['dataset']}-{options.split}.npz")
     save_embedding(embedding, out)
