@@ -296,3 +296,51 @@ def test_worker_count(monkeypatch, workers, structures, cores, expected):
     monkeypatch.setattr(relax.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     monkeypatch.setattr(relax.torch.cuda, "is_available", lambda: False)
     assert relax.worker_count(RelaxOptions(workers=workers), structures) == expected
+
+
+def _mp2020_energy_per_atom(composition, uncorrected_energy_per_atom):
+    """The Materials Project's corrected energy of a GGA(+U) entry: U for transition metals in oxides and
+    fluorides as MP runs them, anion and U corrections as MP2020 applies them (what CHGNet is trained on)."""
+    from pymatgen.entries.compatibility import MaterialsProject2020Compatibility
+    from pymatgen.entries.computed_entries import ComputedEntry
+    from pymatgen.io.vasp.sets import MPRelaxSet
+
+    symbols = {element.symbol for element in composition.elements}
+    anion = "O" if "O" in symbols else "F" if "F" in symbols else None
+    u_values = MPRelaxSet.CONFIG["INCAR"]["LDAUU"].get(anion, {}) if anion else {}
+    hubbards = {symbol: u_values.get(symbol, 0.0) for symbol in symbols}
+    plus_u = any(hubbards.values())
+    entry = ComputedEntry(
+        composition,
+        uncorrected_energy_per_atom * composition.num_atoms,
+        parameters={"run_type": "GGA+U" if plus_u else "GGA", "hubbards": hubbards if plus_u else {}},
+    )
+    return MaterialsProject2020Compatibility(check_potcar=False).process_entry(entry).energy_per_atom
+
+
+@pytest.mark.paper_data
+def test_energies_match_the_materials_projects_on_the_ybco_like_structures(paper_data, potential):
+    """CHGNet at the Materials Project's own relaxed structures (the 100 YBCO-like cells) against the energies MP
+    publishes for them (the release's candidate list), MP2020-corrected: the scale every hull here is on.
+    Measured 2026-12-05: mean absolute difference 0.017 eV/atom, 99 of 100 within 0.1 (docs/relax.md)."""
+    from nesfgen.data.importers import load_paper_folder
+
+    published = {}
+    with open(paper_data / "retrieved_neighbours_mp-20674_YBCO.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            published[row["mp_id"]] = float(row["energy_per_atom"])
+    cells = [
+        c for split in ("train", "val", "test") for c in load_paper_folder(paper_data / f"dataset_YBCO13_fold0_{split}")
+    ]
+    structures = [c.to_structure() for c in cells]
+    differences = []
+    for start in range(0, len(structures), 25):
+        batch = structures[start : start + 25]
+        for cell, structure, (energy, _, _) in zip(
+            cells[start : start + 25], batch, relax.energies_forces_stresses(potential, batch), strict=True
+        ):
+            differences.append(energy - _mp2020_energy_per_atom(structure.composition, published[cell.id]))
+    differences = [abs(d) for d in differences]
+    assert len(differences) == 100
+    assert sum(differences) / len(differences) < 0.03
+    assert sum(d <= 0.1 for d in differences) >= 95
