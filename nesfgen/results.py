@@ -285,13 +285,17 @@ ICSG3D_PROTOCOL = (
 
 def _seed_section(table: dict[str, Any]) -> str:
     heading = "LCS6Å test split" if table["table"] == "lcs6" else "ICSG3D released test split"
-    lines = [f"## {heading}: `{table['recipe']}` on `{table['dataset']}`, mean ± std over seeds\n"]
+    # one seed has no spread: its figures stand alone rather than beside a "± 0"
+    single = len(table["seeds"]) == 1
+    over = "one seed" if single else "mean ± std over seeds"
+    lines = [f"## {heading}: `{table['recipe']}` on `{table['dataset']}`, {over}\n"]
     if table["table"] == "icsg3d":
         lines.append(ICSG3D_PROTOCOL + "\n")
     if table["seeds"]:
         seeds = ", ".join(str(run["seed"]) for run in table["seeds"])
-        lines.append(f"{len(table['seeds'])} seeds ({seeds}), {table['num_structures']} test structures each.\n")
-        lines.append(markdown_table({**table["mean"], "dataset": table["dataset"]}, table["std"]))
+        count = "1 seed" if single else f"{len(table['seeds'])} seeds"
+        lines.append(f"{count} ({seeds}), {table['num_structures']} test structures each.\n")
+        lines.append(markdown_table({**table["mean"], "dataset": table["dataset"]}, None if single else table["std"]))
         lines.append(_per_run_table(table["seeds"], table["each"], "seed"))
         lines.append(_validation_section(table))
     else:
