@@ -260,13 +260,17 @@ def paper_reference(dataset_name: str) -> tuple[float, ...] | None:
 
 
 def summarise_runs(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std over several runs' summaries (the paper's 10 seeds), of both aggregations, with each summary."""
+    """Mean ± std over several runs' summaries (the paper's 10 seeds), of both aggregations, with each summary.
+
+    One run has no spread: its ``std`` is None, so no table prints a "± 0" that was never measured.
+    """
     statistics = mean_std(summaries)
     reference = mean_std([summary["reference"] for summary in summaries])
+    spread = {k: v[1] for k, v in statistics.items()} | {"reference": {k: v[1] for k, v in reference.items()}}
     return {
         "runs": len(summaries),
         "mean": {k: v[0] for k, v in statistics.items()} | {"reference": {k: v[0] for k, v in reference.items()}},
-        "std": {k: v[1] for k, v in statistics.items()} | {"reference": {k: v[1] for k, v in reference.items()}},
+        "std": spread if len(summaries) > 1 else None,
         "each": list(summaries),
     }
 

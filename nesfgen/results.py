@@ -285,7 +285,6 @@ ICSG3D_PROTOCOL = (
 
 def _seed_section(table: dict[str, Any]) -> str:
     heading = "LCS6Å test split" if table["table"] == "lcs6" else "ICSG3D released test split"
-    # one seed has no spread: its figures stand alone rather than beside a "± 0"
     single = len(table["seeds"]) == 1
     over = "one seed" if single else "mean ± std over seeds"
     lines = [f"## {heading}: `{table['recipe']}` on `{table['dataset']}`, {over}\n"]
@@ -295,7 +294,7 @@ def _seed_section(table: dict[str, Any]) -> str:
         seeds = ", ".join(str(run["seed"]) for run in table["seeds"])
         count = "1 seed" if single else f"{len(table['seeds'])} seeds"
         lines.append(f"{count} ({seeds}), {table['num_structures']} test structures each.\n")
-        lines.append(markdown_table({**table["mean"], "dataset": table["dataset"]}, None if single else table["std"]))
+        lines.append(markdown_table({**table["mean"], "dataset": table["dataset"]}, table["std"]))
         lines.append(_per_run_table(table["seeds"], table["each"], "seed"))
         lines.append(_validation_section(table))
     else:

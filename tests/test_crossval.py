@@ -66,3 +66,5 @@ def test_cross_validation_trains_evaluates_and_pools(tiny_dataset, tmp_path, mon
     # running again resumes the finished folds instead of training anew
     again = cross_validate(recipe, [0, 1], tmp_path / "cv")
     assert again["pooled"] == result["pooled"]
+    one = cross_validate(recipe, [0], tmp_path / "cv")  # one finished fold: pooled figures only, no "± 0" spread
+    assert one["std"] is None and "Fold to fold" not in crossval_markdown(one, "tinycv")

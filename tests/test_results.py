@@ -8,6 +8,7 @@ from conftest import tiny_recipe
 from nesfgen.config import load_recipe, to_toml
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
+from nesfgen.evaluate import summarise_runs
 from nesfgen.metrics import PAPER_METRICS
 from nesfgen.results import ResultsOptions, build_results, chosen_seed, recipe_fingerprint, results_markdown
 from nesfgen.train import run_status, train_or_resume
@@ -63,9 +64,9 @@ def test_seeds_are_trained_once_and_reported_as_mean_and_std(recipe_file, tmp_pa
 def test_one_seed_is_reported_without_a_spread():
     figures = dict.fromkeys(PAPER_METRICS, 0.25)
     summary = {**figures, "reference": figures}
-    zero = {**dict.fromkeys(PAPER_METRICS, 0.0), "reference": dict.fromkeys(PAPER_METRICS, 0.0)}
     table = {"table": "icsg3d", "recipe": "r", "dataset": "icsg3d", "num_structures": 360, "missing": []}
-    table |= {"seeds": [{"seed": 0, "epochs": 10, "minutes": 1.0}], "mean": summary, "std": zero, "each": [summary]}
+    table |= {"seeds": [{"seed": 0, "epochs": 10, "minutes": 1.0}], **summarise_runs([summary])}
+    assert table["std"] is None  # one run: no spread is claimed
     text = results_markdown({"tables": [table]}, ResultsOptions(out="page.md"))
     assert "one seed" in text and "1 seed (0)" in text
     assert "±" not in text.split("## ICSG3D")[1]  # a single run has no spread to print
