@@ -49,11 +49,14 @@ def cross_validate(
     on_fold: Callable[[int, Evaluation], None] | None = None,
     train_folds: bool = True,
     split: str | None = None,
+    fit_steps: int = 0,
 ) -> dict[str, Any]:
     """Train (or resume) one run per fold under ``out/fold-K``, evaluate each on its test split, pool them.
 
     ``train_folds=False`` evaluates the folds' runs as they are (each must hold a best.pt). ``split``
     evaluates another split than the recipe's test split, e.g. the validation splits a recipe is chosen on.
+    ``fit_steps`` fits each structure's latent before decoding (``nesfgen evaluate fit_steps=``), reported
+    under ``eval-SPLIT-fitN`` beside the one-pass evaluation.
 
     Returns ``pooled``: every fold's test structures scored as one set, laid out like an evaluation
     summary (``pooled["reference"]`` pools all folds' atoms, the paper's YBCO-like column); the
@@ -69,9 +72,11 @@ def cross_validate(
         else:
             check_same_recipe(run_dir, fold_recipe)  # nor is one evaluated as this recipe's
         scored = split or recipe.data.test_split
-        options = EvaluateOptions(checkpoint=str(run_dir), data=fold_recipe.data.dataset_name, split=scored)
+        options = EvaluateOptions(
+            checkpoint=str(run_dir), data=fold_recipe.data.dataset_name, split=scored, fit_steps=fit_steps
+        )
         evaluation = evaluate(options)
-        write_report(evaluation, run_dir / f"eval-{scored}")
+        write_report(evaluation, run_dir / (f"eval-{scored}-fit{fit_steps}" if fit_steps else f"eval-{scored}"))
         evaluations.append(evaluation)
         if on_fold:
             on_fold(fold, evaluation)

@@ -7,7 +7,7 @@ changing either: ``training_signal`` draws training steps as training does and s
 position loss and gradient by the cell size of each query's target atom; ``field_error_near_atoms``
 probes the decoded field on the local grid around every atom and, given the estimator's decodes,
 tells apart the atoms it missed. ``missed_by_neighbour_distance`` sorts the misses by how close each atom's
-nearest neighbour is; ``refine_latents`` and ``field_across_closest_pair`` tell whether the encoder or the
+nearest neighbour is; ``fit_latents`` and ``field_across_closest_pair`` tell whether the encoder or the
 field is what loses the atoms of close pairs.
 """
 
@@ -28,6 +28,7 @@ from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet
 from nesfgen.decoder import encode
 from nesfgen.estimator import Decoded, estimate
+from nesfgen.latent_fit import fit_latents
 from nesfgen.sampling import QuerySampler, TensorSet, local_offsets, nearest_atoms
 from nesfgen.train import epoch_batches
 
@@ -222,7 +223,8 @@ def missed_by_neighbour_distance(
 
     Decodes the cells of at least ``min_atoms`` atoms of a split (the first ``limit`` of them) with the
     model's own estimator; an atom is missed when no decoded atom lies within ``missed_within`` Å. With
-    ``refine_steps``, the decoded latents are first fitted to each cell's own targets (:func:`refine_latents`),
+    ``refine_steps``, the decoded latents are first fitted to each cell's own position and species targets
+    (:func:`nesfgen.latent_fit.fit_latents`),
     which tells misses the encoder causes from those the field cannot draw. Returns
     per nearest-neighbour band (upper edges NEIGHBOUR_BANDS) the atoms and the share missed, the elements
     of the missed atoms, and the share of cells decoded with a wrong atom count.
@@ -234,7 +236,7 @@ def missed_by_neighbour_distance(
     if chosen:
         z = encode(trained, crystals)[chosen]
         if refine_steps:
-            z = refine_latents(trained, crystals.subset(chosen), z, refine_steps, refine_lr)
+            z = fit_latents(trained, crystals.subset(chosen), z, refine_steps, refine_lr, terms=("position", "species"))
         decoded = estimate(trained.model, z, trained.box, trained.species_table, trained.recipe.estimator)
     neighbour, missed, elements = [], [], []
     for index, found in zip(chosen, decoded):
@@ -263,44 +265,6 @@ def missed_by_neighbour_distance(
         "bands": bands,
         "missed_elements": Counter(e for e, m in zip(elements, miss) if m).most_common(),
     }
-
-
-def refine_latents(
-    trained: TrainedModel, crystals: CrystalSet, latents: torch.Tensor, steps: int, lr: float, seed: int = 0
-) -> torch.Tensor:
-    """(S, D) latents fitted to each structure's own field targets, the decoder frozen: the amortisation gap.
-
-    Starting from ``latents`` (the encoder's), Adam at ``lr`` takes ``steps`` steps on the recipe's position
-    and species loss terms over queries drawn as training draws them (eval mode, nothing but the latents
-    updated). If the refined latents decode an atom the encoder's missed, the encoder lost it; if not, the
-    field does not draw it from any latent the fitting reaches.
-    """
-    model, recipe = trained.model, trained.recipe
-    device = latents.device
-    atoms = TensorSet(crystals, trained.species_table, device).batch(torch.arange(len(crystals), device=device))
-    sampler = QuerySampler(recipe.sampling, trained.box, device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    z = latents.detach().clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([z], lr=lr)
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    model.eval()
-    try:
-        for _ in range(steps):
-            queries = sampler.sample(atoms, generator)
-            position, species, _, _ = model.decode(z, queries)
-            loss = recipe.loss.position * (position.float() - queries.position_targets).square().mean()
-            loss = loss + recipe.loss.species * torch.nn.functional.cross_entropy(
-                species.float(), queries.species_targets
-            )
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-    return z.detach()
 
 
 @torch.no_grad()

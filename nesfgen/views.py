@@ -381,8 +381,10 @@ def trained(s: dict) -> None:
 
 
 def evaluation(result: dict) -> None:
-    from nesfgen.evaluate import AGGREGATION_NOTE, markdown_table, recovery_key, symmetry_markdown
+    from nesfgen.evaluate import AGGREGATION_NOTE, latents_note, markdown_table, recovery_key, symmetry_markdown
 
+    if note := latents_note(result["each"][0] if "runs" in result else result):
+        stdout.print(note.strip(), markup=False)
     if "runs" in result:
         stdout.print(f"mean ± std over {result['runs']} runs")
         stdout.print(

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from conftest import rock_salt, tiny_recipe
 
 from nesfgen.checkpoint import load_model
@@ -11,7 +10,6 @@ from nesfgen.crowding import (
     field_error_near_atoms,
     missed_by_neighbour_distance,
     nearest_neighbour_distances,
-    refine_latents,
     summarise_field_errors,
     training_signal,
 )
@@ -19,7 +17,6 @@ from nesfgen.crystal import Crystal
 from nesfgen.data.store import CrystalSet
 from nesfgen.decoder import encode
 from nesfgen.estimator import Decoded
-from nesfgen.sampling import QuerySampler, TensorSet
 from nesfgen.train import train
 
 
@@ -61,24 +58,8 @@ def test_missed_atoms_by_neighbour_distance_cover_every_decoded_atom(tiny_datase
     assert sum(count for _, count in found["missed_elements"]) == round(found["missed_pct"] * found["atoms"] / 100)
 
 
-def test_refined_latents_fit_their_structures_better_and_leave_the_model_alone(tiny_dataset, tmp_path):
+def test_misses_after_fitting_the_latents_are_counted_over_the_same_cells(tiny_dataset, tmp_path):
     train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "run")
-    trained = load_model(tmp_path / "run")
-    crystals = tiny_dataset.load("test")
-    before = {k: v.clone() for k, v in trained.model.state_dict().items()}
-    z = encode(trained, crystals)
-    refined = refine_latents(trained, crystals, z, steps=30, lr=0.05)
-    atoms = TensorSet(crystals, trained.species_table).batch(torch.arange(len(crystals)))
-    queries = QuerySampler(trained.recipe.sampling, trained.box).sample(atoms, torch.Generator().manual_seed(7))
-
-    def position_loss(latents):
-        with torch.no_grad():
-            return float((trained.model.decode(latents, queries)[0] - queries.position_targets).square().mean())
-
-    assert refined.shape == z.shape and not refined.requires_grad
-    assert position_loss(refined) < position_loss(z)
-    assert all(torch.equal(before[k], v) for k, v in trained.model.state_dict().items())
-    assert all(p.requires_grad for p in trained.model.parameters())
     found = missed_by_neighbour_distance(
         str(tmp_path / "run"), str(tiny_dataset.path), "test", min_atoms=1, refine_steps=2
     )

@@ -108,6 +108,15 @@ def test_fold_table_evaluates_the_finished_folds_only(tiny_dataset, recipe_file,
     assert "\n# " not in result["report"].split("## YBCO-like")[1] and "\n| 0 | 1 | " in result["report"]
     assert "validation splits pooled (3 structures)" in result["report"]
     assert (tmp_path / "runs" / "ybco" / "fold-0" / "eval-val" / "evaluation.json").is_file()
+    # latents fitted to their structures: a table of its own, labelled, its reports beside the one-pass ones
+    fitted = build_results(replace(options, ybco_fit_steps=2))
+    assert (
+        fitted["tables"][0]["fitted"]["folds"] == [0] and fitted["tables"][0]["fitted"]["pooled"]["num_structures"] == 3
+    )
+    assert "### Latents fitted to each structure (2 steps), folds 0" in fitted["report"]
+    assert "Not the paper's protocol" in fitted["report"] and "ybco_fit_steps=2" in fitted["report"]
+    report = tmp_path / "runs" / "ybco" / "fold-0" / "eval-test-fit2" / "evaluation.json"
+    assert json.loads(report.read_text())["fit_steps"] == 2
     # a fold whose run folder is gone is carried over from the page's JSON and pooled as before, labelled
     shutil.rmtree(tmp_path / "runs" / "ybco" / "fold-0")
     again = build_results(options)
@@ -142,6 +151,7 @@ def test_a_run_stopped_by_its_time_limit_counts_as_finished(tiny_dataset, tmp_pa
         ({"icsg3d_seeds": 0}, "icsg3d_seeds=0: expected at least 1 seed"),
         ({"seeds": 0}, "at least 1 seed"),
         ({"folds": "x"}, "folds must look like"),
+        ({"ybco_fit_steps": -1}, "ybco_fit_steps=-1: expected 0"),
     ],
 )
 def test_bad_options_are_refused(words, message):
