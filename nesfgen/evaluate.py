@@ -143,7 +143,9 @@ def evaluate(options: EvaluateOptions, progress: Progress | None = None) -> Eval
         decoder = Decoder.of(trained, options)
         z = decoder.encode(crystals)
         if options.fit_steps:
-            z = fit_latents(trained, crystals, z, options.fit_steps, options.fit_lr)
+            z = fit_latents(
+                trained, crystals, z, options.fit_steps, options.fit_lr, progress=progress
+            )  # steps, then structures
     decoding = decoder.decode(z, [true.id for true in truth], progress)
     decoded, decoded_crystals = decoding.raw, decoding.crystals
     scored = list(decoded)
@@ -201,7 +203,9 @@ def evaluate_runs(options: EvaluateOptions, progress: Callable[[str], Progress] 
         output_folder(Path(options.out), "report folder", create=False)
     evaluations = []
     for checkpoint in checkpoints:
-        label = f"decoding ({checkpoint or 'exact field'})"
+        label = (
+            f"{'fitting latents, then decoding' if options.fit_steps else 'decoding'} ({checkpoint or 'exact field'})"
+        )
         evaluation = evaluate(replace(options, checkpoint=checkpoint), progress(label) if progress else None)
         folder = _report_folder(options.out, checkpoint, evaluation.summary, len(checkpoints) > 1)
         evaluation.summary["report_files"] = [str(p) for p in write_report(evaluation, folder)]

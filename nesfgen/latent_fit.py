@@ -13,6 +13,7 @@ import torch
 
 from nesfgen.checkpoint import TrainedModel
 from nesfgen.data.store import CrystalSet
+from nesfgen.progress import Progress
 from nesfgen.sampling import QuerySampler, TensorSet
 from nesfgen.train import loss_terms
 
@@ -28,12 +29,14 @@ def fit_latents(
     lr: float = 0.02,
     seed: int = 0,
     terms: tuple[str, ...] = ALL_TERMS,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """(S, D) latents fitted to each structure's own training targets, every weight of the model frozen.
 
     Starting from ``latents`` (the encoder's), Adam at ``lr`` takes ``steps`` steps on the recipe's weighted loss
     ``terms`` over queries drawn as training draws them (eval mode; only the latents move). Deterministic given
     ``seed``. The structures are independent: each one's latent gets only its own loss's gradient.
+    ``progress(step, steps)`` after each step.
     """
     model, recipe = trained.model, trained.recipe
     device = latents.device
@@ -49,13 +52,15 @@ def fit_latents(
     was_training = model.training
     model.eval()
     try:
-        for _ in range(steps):
+        for step in range(steps):
             queries = sampler.sample(atoms, generator)
             losses = loss_terms(model.decode(z, queries), atoms, queries)
             loss = sum(weight * losses[name] for name, weight in weights.items())
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            if progress is not None:
+                progress(step + 1, steps)
     finally:
         for p in frozen:
             p.requires_grad_(True)

@@ -40,7 +40,12 @@ def test_fitted_latents_fit_their_structures_better_and_leave_the_model_alone(ti
     assert loss(fitted) < loss(z)
     assert all(torch.equal(before[k], v) for k, v in trained.model.state_dict().items())
     assert all(p.requires_grad for p in trained.model.parameters()) and not trained.model.training
-    assert torch.equal(fitted, fit_latents(trained, crystals, z, steps=30, lr=0.05)), "deterministic given the seed"
+    steps = []
+    again = fit_latents(
+        trained, crystals, z, steps=30, lr=0.05, progress=lambda done, total: steps.append((done, total))
+    )
+    assert torch.equal(fitted, again), "deterministic given the seed"
+    assert steps[0] == (1, 30) and steps[-1] == (30, 30)
 
 
 def test_evaluate_fits_the_latents_when_asked_and_says_so(tiny_dataset, tiny_run, tmp_path):
