@@ -15,6 +15,7 @@ from nesfgen.evaluate import (
     EvaluateOptions,
     Evaluation,
     evaluate,
+    fitted_suffix,
     markdown_table,
     summarise_runs,
     write_report,
@@ -76,7 +77,7 @@ def cross_validate(
             checkpoint=str(run_dir), data=fold_recipe.data.dataset_name, split=scored, fit_steps=fit_steps
         )
         evaluation = evaluate(options)
-        write_report(evaluation, run_dir / (f"eval-{scored}-fit{fit_steps}" if fit_steps else f"eval-{scored}"))
+        write_report(evaluation, run_dir / f"eval-{scored}{fitted_suffix(fit_steps)}")
         evaluations.append(evaluation)
         if on_fold:
             on_fold(fold, evaluation)

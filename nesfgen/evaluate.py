@@ -143,9 +143,8 @@ def evaluate(options: EvaluateOptions, progress: Progress | None = None) -> Eval
         decoder = Decoder.of(trained, options)
         z = decoder.encode(crystals)
         if options.fit_steps:
-            z = fit_latents(
-                trained, crystals, z, options.fit_steps, options.fit_lr, progress=progress
-            )  # steps, then structures
+            # the same bar counts the fit's steps, then the decoded structures
+            z = fit_latents(trained, crystals, z, options.fit_steps, options.fit_lr, progress=progress)
     decoding = decoder.decode(z, [true.id for true in truth], progress)
     decoded, decoded_crystals = decoding.raw, decoding.crystals
     scored = list(decoded)
@@ -216,7 +215,7 @@ def evaluate_runs(options: EvaluateOptions, progress: Callable[[str], Progress] 
 def _report_folder(out: str | None, checkpoint: str | None, summary: dict, several: bool) -> Path:
     """out= as given (one sub-folder per run when several), else beside the checkpoint."""
     name = f"eval-{summary['dataset']}-{summary['split']}" + ("-exact" if summary["field"] == "exact" else "")
-    name += f"-fit{summary['fit_steps']}" if summary.get("fit_steps") else ""
+    name += fitted_suffix(summary.get("fit_steps", 0))
     run = Path(summary["checkpoint"]).parent if checkpoint else None
     if out:
         return Path(out) / run.name if several else Path(out)
@@ -352,6 +351,11 @@ def write_report(evaluation: Evaluation, out: Path) -> list[Path]:
         written.append(atomic_write_text(out / name, text))
     written.append(plot_errors_vs_atoms(evaluation.rows, out / "errors_vs_atoms.png"))
     return written
+
+
+def fitted_suffix(fit_steps: int) -> str:
+    """What a report folder's name ends with when its latents were fitted, so it sits beside the one-pass report."""
+    return f"-fit{fit_steps}" if fit_steps else ""
 
 
 def latents_note(summary: dict[str, Any]) -> str:

@@ -237,9 +237,7 @@ def fold_table(options: ResultsOptions, progress: TrainProgress | None = None) -
         table |= {"pooled": pool_folds([run["rows"] for run in fold_runs]), **summarise_runs([s for _, s in kept])}
         table["validation"] = pool_folds([run["validation_rows"] for run in fold_runs])
         table["minutes"] = sum(run["minutes"] or 0.0 for run in fold_runs)
-        fitted_runs = [
-            run for run in fold_runs if options.ybco_fit_steps and run.get("fit_steps") == options.ybco_fit_steps
-        ]
+        fitted_runs = [run for run in fold_runs if run.get("fit_steps") == options.ybco_fit_steps]
         if fitted_runs:
             table["fitted"] = {
                 "fit_steps": options.ybco_fit_steps,
