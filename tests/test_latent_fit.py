@@ -48,6 +48,20 @@ def test_fitted_latents_fit_their_structures_better_and_leave_the_model_alone(ti
     assert steps[0] == (1, 30) and steps[-1] == (30, 30)
 
 
+def test_a_split_is_fitted_in_chunks_each_as_if_alone(tiny_dataset, tiny_run):
+    trained = load_model(tiny_run)
+    crystals = tiny_dataset.load("test")
+    assert len(crystals) >= 4
+    z = encode(trained, crystals)
+    steps = []
+    chunked = fit_latents(trained, crystals, z, steps=5, chunk=2, progress=lambda done, total: steps.append(done))
+    total = 5 * ((len(crystals) + 1) // 2)
+    assert steps == list(range(1, total + 1)), "one bar over every chunk's steps"
+    # the second chunk is fitted exactly as those two structures alone with the seed after the first chunk's
+    assert torch.equal(chunked[2:4], fit_latents(trained, crystals.subset([2, 3]), z[2:4], steps=5, seed=1))
+    assert torch.equal(fit_latents(trained, crystals, z, steps=5), fit_latents(trained, crystals, z, steps=5, chunk=99))
+
+
 def test_evaluate_fits_the_latents_when_asked_and_says_so(tiny_dataset, tiny_run, tmp_path):
     plain = evaluate(EvaluateOptions(checkpoint=str(tiny_run), data=str(tiny_dataset.path)))
     summary = evaluate_runs(EvaluateOptions(checkpoint=str(tiny_run), data=str(tiny_dataset.path), fit_steps=5))
