@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from nesfgen.checkpoint import PACKAGED_MODELS, read_checkpoint, save_checkpoint
@@ -28,6 +29,7 @@ from nesfgen.files import atomic_write_text
 from nesfgen.machine import machine_description
 from nesfgen.options import required
 from nesfgen.refit import describe_refit
+from nesfgen.results import seeds_of
 
 #: What a shipped model keeps of a training checkpoint: enough to rebuild, decode and describe it.
 SHIPPED_KEYS = (
@@ -96,11 +98,13 @@ def package_model(
     split: str = "test",
     out_dir: Path = PACKAGED_MODELS,
     progress: Progress | None = None,
+    seeds: str | None = None,
 ) -> PackagedModel:
     """Write ``out_dir/NAME.pt`` (best weights, no optimizer state) and ``NAME.md``, the model card.
 
     The card holds the recipe, seed, training time and machine, and the evaluation of the written
-    file on ``split`` of ``data`` (default: the training dataset).
+    file on ``split`` of ``data`` (default: the training dataset). ``seeds``: a results page's JSON
+    (``nesfgen results``) whose table of this recipe's seeds holds this run; the card adds their mean ± std.
     """
     run_dir = Path(run_dir)
     state = read_checkpoint(run_dir)
@@ -115,14 +119,35 @@ def package_model(
     shipped["model"] = half_matrices(state["model"])
     shipped.update({"training": training, "machine": machine})
     checkpoint = Path(out_dir) / f"{name}.pt"
-    save_checkpoint(checkpoint, shipped)
+    if kept := already_shipped(checkpoint, shipped):
+        # the same weights, retrained (training is deterministic): rewriting the file for its new clock alone would
+        # change its digest and orphan every run fine-tuned from it (train.init_from), so it and its story stay
+        training, machine = kept["training"], kept["machine"]
+    else:
+        save_checkpoint(checkpoint, shipped)
     evaluation = evaluate(EvaluateOptions(checkpoint=str(checkpoint), data=data, split=split), progress)
     recipe = from_dict(Recipe, state["recipe"], where=str(run_dir))
+    seed_table = seeds_of(Path(seeds), recipe) if seeds else None
     card = Path(out_dir) / f"{name}.md"
-    atomic_write_text(card, model_card(name, recipe, training, machine, evaluation, run_dir))
+    atomic_write_text(card, model_card(name, recipe, training, machine, evaluation, run_dir, seed_table, seeds))
     if run_dir.is_dir():  # the per-structure report stays with the run, not in the package
         write_report(evaluation, run_dir / f"eval-{name}")
     return PackagedModel(checkpoint, card, evaluation)
+
+
+def already_shipped(checkpoint: Path, shipped: dict[str, Any]) -> dict[str, Any] | None:
+    """The file at ``checkpoint`` if it holds exactly these weights of this recipe and dataset, else None."""
+    if not checkpoint.is_file():
+        return None
+    existing = read_checkpoint(checkpoint)
+    weights, theirs = shipped["model"], existing["model"]
+    same = (
+        existing["recipe"] == shipped["recipe"]
+        and existing.get("dataset_hash") == shipped.get("dataset_hash")
+        and weights.keys() == theirs.keys()
+        and all(weights[k].dtype == theirs[k].dtype and torch.equal(weights[k], theirs[k]) for k in weights)
+    )
+    return existing if same and "training" in existing else None
 
 
 def train_command(recipe: Recipe, run_dir: Path) -> str:
@@ -138,6 +163,8 @@ def model_card(
     machine: dict[str, Any],
     evaluation: Evaluation,
     run_dir: Path,
+    seed_table: dict[str, Any] | None = None,
+    seeds: str | None = None,
 ) -> str:
     s = evaluation.summary
     hardware = machine["gpu"] or f"{machine['cores']} CPU cores ({machine['cpu']})"
@@ -171,7 +198,7 @@ def model_card(
         f"## Evaluation: {s['dataset']} / {s['split']} ({s['num_structures']} structures)",
         "",
         "Regenerate this card (and the file) with "
-        f"`nesfgen package run={run_dir} name={name}`; check the figures with "
+        f"`nesfgen package run={run_dir} name={name}{f' seeds={seeds}' if seeds else ''}`; check the figures with "
         f"`nesfgen evaluate checkpoint={name} data={s['dataset']} split={s['split']}`.",
         "",
         markdown_table(s),
@@ -182,6 +209,7 @@ def model_card(
         "",
         "The paper column is Chiba et al. (2023), Table 1: 3200 epochs on a GPU, mean of 10 seeds.",
         "",
+        *(seeds_section(seed_table, recipe, seeds) if seed_table and seeds else []),
         "## Recipe",
         "",
         "```toml",
@@ -190,6 +218,26 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def seeds_section(table: dict[str, Any], recipe: Recipe, ledger: str) -> list[str]:
+    """The card's mean ± std over the seeds of its recipe, as the results page measured them."""
+    runs = [run["seed"] for run in table["seeds"]]
+    chosen = table.get("chosen_seed")
+    choice = (
+        "the seed the page picks on the validation split"
+        if chosen == recipe.train.seed
+        else f"the page picks seed {chosen} on the validation split"
+    )
+    return [
+        f"## Seeds: `{recipe.name}` trained with {len(runs)} seeds ({', '.join(map(str, runs))})",
+        "",
+        f"This model is seed {recipe.train.seed}, {choice}. Test split ({table['num_structures']} structures), "
+        f"mean ± std over the seeds, from `{ledger}`, which `nesfgen results` writes beside its page "
+        "(the page gives its command):",
+        "",
+        markdown_table({**table["mean"], "dataset": table["dataset"]}, table["std"]),
+    ]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,3 +249,4 @@ class PackageOptions:
     data: str | None = None
     split: str = "test"
     out: str = str(PACKAGED_MODELS)
+    seeds: str | None = None  # a results page's JSON: the card adds the mean ± std of the recipe's seeds

@@ -97,22 +97,55 @@ def recipe_fingerprint(recipe: Recipe) -> str:
     return digest.hexdigest()[:16]
 
 
+def read_ledger(ledger: Path, fingerprint: str, read: Callable[[list[dict]], Any]) -> Any:
+    """``read`` applied to the tables of a results page's JSON that are of the recipe with this fingerprint;
+    a file that is not such a JSON, or a table ``read`` cannot make sense of, is the user's error, named."""
+    try:
+        tables = json.loads(ledger.read_text())["tables"]
+        return read([t for t in tables if t.get("fingerprint") == fingerprint])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise UserError(
+            f"{ledger}: not a results JSON written by nesfgen results ({error}); move it away to start a new page"
+        ) from None
+
+
 def recorded_runs(page: Path, table: str, fingerprint: str) -> dict[int, tuple[dict, dict]]:
     """Seed or fold -> (run, summary) that an earlier page's JSON recorded for this table and recipe fingerprint."""
     ledger = page.with_suffix(".json")
     if not ledger.is_file():
         return {}
     key, runs = ("fold", "fold_runs") if table == "ybco" else ("seed", "seeds")
-    try:
-        earlier = json.loads(ledger.read_text())
-        found = [t for t in earlier["tables"] if t["table"] == table and t.get("fingerprint") == fingerprint]
-        return {
-            int(run[key]): (run, summary) for t in found for run, summary in zip(t.get(runs, []), t.get("each", []))
-        }
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+    return read_ledger(
+        ledger,
+        fingerprint,
+        lambda found: {
+            int(run[key]): (run, summary)
+            for t in found
+            if t["table"] == table
+            for run, summary in zip(t.get(runs, []), t.get("each", []))
+        },
+    )
+
+
+def seeds_of(ledger: Path, recipe: Recipe) -> dict[str, Any]:
+    """The seeded table of a results page's JSON that holds this recipe's seed: mean ± std for a model card.
+
+    A run belongs to the table when its recipe, the seed aside, is the one the page trained (same fingerprint).
+    """
+    if not ledger.is_file():
+        raise UserError(f"seeds={ledger}: no such file; it is the JSON nesfgen results writes beside its page")
+
+    def holding_seed(found: list[dict]) -> dict[str, Any] | None:
+        seeded = [t for t in found if t["table"] in SEEDED_TABLES and t.get("std")]
+        return next((t for t in seeded if recipe.train.seed in [run["seed"] for run in t["seeds"]]), None)
+
+    table = read_ledger(ledger, recipe_fingerprint(recipe), holding_seed)
+    if table is None:
         raise UserError(
-            f"{ledger}: not a results JSON written by nesfgen results ({error}); move it away to start a new page"
-        ) from None
+            f"seeds={ledger}: no table of two or more seeds of recipe {recipe.name!r} with this run's settings and "
+            f"seed {recipe.train.seed}; run nesfgen results with this recipe first, or leave seeds= out"
+        )
+    return table
 
 
 def seed_table(
@@ -338,7 +371,8 @@ def _validation_section(table: dict[str, Any]) -> str:
     chosen = table["chosen_seed"]
     lines.append(
         f"Best mean rank over the seven figures on validation{left_out}: **seed {chosen}**. "
-        f"Ship it with `nesfgen package run=RUNS/{table['table']}/seed-{chosen} name=NAME`.\n"
+        f"Ship it with `nesfgen package run=RUNS/{table['table']}/seed-{chosen} name=NAME seeds=PAGE.json` "
+        "(PAGE.json: this page's JSON, from which the card takes the mean ± std over the seeds).\n"
     )
     return "\n".join(lines)
 

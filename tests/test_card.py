@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_recipe
 
 from nesfgen.card import package_model, train_command
-from nesfgen.checkpoint import load_model, read_checkpoint, save_checkpoint
+from nesfgen.checkpoint import checkpoint_digest, load_model, read_checkpoint, save_checkpoint
 from nesfgen.config import load_recipe
 from nesfgen.evaluate import EvaluateOptions, evaluate, markdown_table
 from nesfgen.train import refit_best, train
@@ -75,3 +75,22 @@ def test_the_cards_command_names_a_seed_other_than_the_default():
     assert train_command(recipe, Path("runs/a")) == "nesfgen train recipe=fast-lcs6 out=runs/a"
     seeded = replace(recipe, train=replace(recipe.train, seed=1))
     assert train_command(seeded, Path("runs/b")) == "nesfgen train recipe=fast-lcs6 train.seed=1 out=runs/b"
+
+
+def test_repackaging_the_same_weights_keeps_the_shipped_file_and_its_digest(tiny_dataset, tmp_path):
+    run, models = tmp_path / "run", tmp_path / "models"
+    train(tiny_recipe(tiny_dataset, **{"train.epochs": 1, "estimator.steps": 3}), run)
+    first = package_model(run, "tiny", split="test", out_dir=models)
+    digest, card = checkpoint_digest(first.checkpoint), first.card.read_text()
+    last = read_checkpoint(run / "last.pt")
+    last.pop("path")
+    save_checkpoint(run / "last.pt", {**last, "seconds": last["seconds"] + 600.0})  # retrained: same weights, new clock
+    again = package_model(run, "tiny", split="test", out_dir=models)
+    assert checkpoint_digest(again.checkpoint) == digest  # runs fine-tuned from it still start from this file
+    assert again.card.read_text() == card  # the card tells the kept file's story
+    best = read_checkpoint(run / "best.pt")
+    best.pop("path")
+    name = next(key for key, weight in best["model"].items() if weight.ndim >= 2)
+    best["model"][name] = best["model"][name] + 1.0
+    save_checkpoint(run / "best.pt", best)
+    assert checkpoint_digest(package_model(run, "tiny", split="test", out_dir=models).checkpoint) != digest

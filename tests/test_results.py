@@ -5,12 +5,20 @@ from dataclasses import replace
 import pytest
 from conftest import tiny_recipe
 
+from nesfgen.card import package_model
 from nesfgen.config import load_recipe, to_toml
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
-from nesfgen.evaluate import summarise_runs
+from nesfgen.evaluate import markdown_table, summarise_runs
 from nesfgen.metrics import PAPER_METRICS
-from nesfgen.results import ResultsOptions, build_results, chosen_seed, recipe_fingerprint, results_markdown
+from nesfgen.results import (
+    ResultsOptions,
+    build_results,
+    chosen_seed,
+    recipe_fingerprint,
+    results_markdown,
+    seeds_of,
+)
 from nesfgen.train import run_status, train_or_resume
 
 
@@ -59,6 +67,28 @@ def test_seeds_are_trained_once_and_reported_as_mean_and_std(recipe_file, tmp_pa
     again = build_results(options)["tables"][0]
     assert last.stat().st_mtime_ns == written  # a finished run is evaluated again, not trained again
     assert again["mean"]["reference"] == pytest.approx(table["mean"]["reference"], nan_ok=True)
+    # the shipped seed's card gives the page's mean ± std over the seeds, from the page's JSON
+    ledger = str(page.with_suffix(".json"))
+    card = package_model(last.parent, "tiny", out_dir=tmp_path / "models", seeds=ledger).card.read_text()
+    assert f"## Seeds: `{table['recipe']}` trained with 2 seeds (0, 1)" in card and f"seeds={ledger}`" in card
+    assert markdown_table({**again["mean"], "dataset": again["dataset"]}, again["std"]) in card
+
+
+def test_a_card_refuses_a_results_json_without_its_seeds(tmp_path):
+    recipe = load_recipe("fast-lcs6")
+    with pytest.raises(UserError, match="seeds=.*no such file"):
+        seeds_of(tmp_path / "absent.json", recipe)
+    ledger = tmp_path / "results.json"
+    other = {"table": "lcs6", "fingerprint": "0123", "seeds": [{"seed": 0}], "std": {}}
+    ledger.write_text(json.dumps({"tables": [other]}))
+    with pytest.raises(UserError, match="no table of two or more seeds of recipe 'fast-lcs6'"):
+        seeds_of(ledger, recipe)
+    mine = {**other, "fingerprint": recipe_fingerprint(recipe), "seeds": [{"seed": 1}, {"seed": 2}], "std": {"x": 1}}
+    ledger.write_text(json.dumps({"tables": [mine]}))
+    with pytest.raises(UserError, match="seed 0"):  # the recipe's table, but not this seed's
+        seeds_of(ledger, recipe)
+    ledger.write_text(json.dumps({"tables": [{**mine, "seeds": [{"seed": 0}, {"seed": 1}]}]}))
+    assert seeds_of(ledger, recipe)["fingerprint"] == recipe_fingerprint(recipe)
 
 
 def test_one_seed_is_reported_without_a_spread():
