@@ -108,6 +108,8 @@ def package_model(
     """
     run_dir = Path(run_dir)
     state = read_checkpoint(run_dir)
+    recipe = from_dict(Recipe, state["recipe"], where=str(run_dir))
+    seed_table = seeds_of(Path(seeds), recipe) if seeds else None  # refused before anything is written
     trained_on = run_dir / "machine.json" if run_dir.is_dir() else None
     if trained_on and trained_on.is_file():
         machine = json.loads(trained_on.read_text())
@@ -126,8 +128,6 @@ def package_model(
     else:
         save_checkpoint(checkpoint, shipped)
     evaluation = evaluate(EvaluateOptions(checkpoint=str(checkpoint), data=data, split=split), progress)
-    recipe = from_dict(Recipe, state["recipe"], where=str(run_dir))
-    seed_table = seeds_of(Path(seeds), recipe) if seeds else None
     card = Path(out_dir) / f"{name}.md"
     atomic_write_text(card, model_card(name, recipe, training, machine, evaluation, run_dir, seed_table, seeds))
     if run_dir.is_dir():  # the per-structure report stays with the run, not in the package

@@ -69,6 +69,9 @@ def test_seeds_are_trained_once_and_reported_as_mean_and_std(recipe_file, tmp_pa
     assert again["mean"]["reference"] == pytest.approx(table["mean"]["reference"], nan_ok=True)
     # the shipped seed's card gives the page's mean ± std over the seeds, from the page's JSON
     ledger = str(page.with_suffix(".json"))
+    with pytest.raises(UserError, match="no such file"):  # refused before a checkpoint or card is written
+        package_model(last.parent, "tiny", out_dir=tmp_path / "refused", seeds=str(tmp_path / "absent.json"))
+    assert not (tmp_path / "refused").exists()
     card = package_model(last.parent, "tiny", out_dir=tmp_path / "models", seeds=ledger).card.read_text()
     assert f"## Seeds: `{table['recipe']}` trained with 2 seeds (0, 1)" in card and f"seeds={ledger}`" in card
     assert markdown_table({**again["mean"], "dataset": again["dataset"]}, again["std"]) in card
