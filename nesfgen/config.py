@@ -169,6 +169,8 @@ class ModelConfig(Checked):
         "species_widths": WIDTHS,
         "lattice_hidden": WIDTH,
         "encoding_frequencies": integer(1, 24),  # sin(2^k π p): beyond 2^23 float32 positions carry no phase
+        "encoder_cell_frequencies": integer(0, 16),
+        "encoder_pooling": one_of("max", "max+mean"),
     }
 
     latent_size: int = 192
@@ -176,6 +178,10 @@ class ModelConfig(Checked):
     encoder_species_widths: tuple[int, ...] = (128, 128)
     encoder_mix_width: int = 512
     encoder_head_widths: tuple[int, ...] = (256, 256)
+    # the encoder also sees sin/cos(2π k f) of each atom's fractional coordinates f, k = 1..this (0: the paper's
+    # Cartesian coordinates only), and pools by max (the paper) or by max and mean side by side
+    encoder_cell_frequencies: int = 0
+    encoder_pooling: str = "max"
     dropout: float = 0.3
     batch_norm: bool = True  # in the encoder
     field_batch_norm: bool = True  # in the position and species fields

@@ -35,34 +35,71 @@ def mlp(widths: list[int], batch_norm: bool, dropout: float = 0.0, last_activati
     return nn.Sequential(*layers)
 
 
+def cell_matrices(lengths: Tensor, angles: Tensor) -> Tensor:
+    """(B, 3, 3) row-vector lattice matrices from (B, 3) lengths in Å and angles in radians (nesfgen.crystal's frame)."""
+    cos_alpha, cos_beta, cos_gamma = torch.cos(angles).unbind(-1)
+    sin_alpha, sin_beta = torch.sin(angles[:, 0]), torch.sin(angles[:, 1])
+    cos_gamma_star = ((cos_alpha * cos_beta - cos_gamma) / (sin_alpha * sin_beta)).clamp(-1.0, 1.0)
+    sin_gamma_star = torch.sqrt(1.0 - cos_gamma_star**2)
+    a, b, c = lengths.unbind(-1)
+    zero = torch.zeros_like(a)
+    rows = [
+        torch.stack([a * sin_beta, zero, a * cos_beta], -1),
+        torch.stack([-b * sin_alpha * cos_gamma_star, b * sin_alpha * sin_gamma_star, b * cos_alpha], -1),
+        torch.stack([zero, zero, c], -1),
+    ]
+    return torch.stack(rows, -2)
+
+
 class Encoder(nn.Module):
-    """PointNet/DeepSets encoder: per-atom MLPs, max pooling, then an MLP with the lattice parameters."""
+    """PointNet/DeepSets encoder: per-atom MLPs, max (or max and mean) pooling, then an MLP with the lattice parameters."""
 
     def __init__(self, config: ModelConfig, num_species: int) -> None:
         super().__init__()
         self.num_species = num_species
         bn = config.batch_norm
-        self.position_mlp = mlp([3, *config.encoder_position_widths], bn)
+        self.pooling = config.encoder_pooling
+        self.register_buffer(
+            "cell_scales", 2 * math.pi * torch.arange(1, config.encoder_cell_frequencies + 1.0), persistent=False
+        )
+        self.position_mlp = mlp([3 + 6 * config.encoder_cell_frequencies, *config.encoder_position_widths], bn)
         self.species_mlp = mlp([num_species, *config.encoder_species_widths], bn)
         joined = config.encoder_position_widths[-1] + config.encoder_species_widths[-1]
         self.mix = mlp([joined, config.encoder_mix_width], bn, config.dropout)
+        pooled_width = config.encoder_mix_width * len(self.pooling.split("+"))
         self.head = nn.Sequential(
-            mlp([config.encoder_mix_width + 6, *config.encoder_head_widths], bn, config.dropout),
+            mlp([pooled_width + 6, *config.encoder_head_widths], bn, config.dropout),
             BucketedLinear(config.encoder_head_widths[-1], config.latent_size),
         )
 
     def features(self, atoms: Atoms) -> Tensor:
         """(B, F) pooled features plus lattice parameters: the trunk shared with a variational head."""
-        per_atom = self.per_atom(atoms.cart_coords, atoms.species)  # (A, M)
-        pooled = per_atom.new_full((atoms.num_structures, per_atom.shape[1]), -torch.inf)
+        per_atom = self.per_atom(self.position_features(atoms), atoms.species)  # (A, M)
+        shape = (atoms.num_structures, per_atom.shape[1])
         index = atoms.structure[:, None].expand_as(per_atom)
-        pooled = pooled.scatter_reduce(0, index, per_atom, reduce="amax", include_self=True)  # (B, M)
-        return torch.cat([pooled, atoms.lengths, atoms.angles], dim=-1)
+        pooled = [per_atom.new_full(shape, -torch.inf).scatter_reduce(0, index, per_atom, "amax")]  # (B, M)
+        if self.pooling == "max+mean":
+            pooled.append(per_atom.new_zeros(shape).scatter_reduce(0, index, per_atom, "mean", include_self=False))
+        return torch.cat([*pooled, atoms.lengths, atoms.angles], dim=-1)
 
-    def per_atom(self, cart_coords: Tensor, species: Tensor) -> Tensor:
+    def position_features(self, atoms: Atoms) -> Tensor:
+        """(A, 3 + 6K) Cartesian coordinates, then sin/cos(2π k f) of the fractional ones, k = 1..K.
+
+        Periodic in the cell, the sin/cos features give neighbouring atoms across a cell face nearby features,
+        and make features that peak at one place in the cell easy for the first layers, which max pooling needs
+        to tell apart arrangements of many atoms (the raw coordinates give it mostly the extremes).
+        """
+        if self.cell_scales.numel() == 0:
+            return atoms.cart_coords
+        inverse = torch.linalg.inv(cell_matrices(atoms.lengths.float(), atoms.angles.float()))  # (B, 3, 3)
+        frac = (atoms.cart_coords.float()[:, :, None] * inverse[atoms.structure]).sum(1)  # (A, 3)
+        phases = (frac[:, :, None] * self.cell_scales).flatten(1)  # (A, 3K)
+        return torch.cat([atoms.cart_coords, torch.sin(phases), torch.cos(phases)], dim=-1)
+
+    def per_atom(self, position_features: Tensor, species: Tensor) -> Tensor:
         """(A, M) features of each atom, before pooling: what training compiles of the encoder."""
-        one_hot = nn.functional.one_hot(species, self.num_species).to(cart_coords.dtype)
-        return self.mix(torch.cat([self.position_mlp(cart_coords), self.species_mlp(one_hot)], dim=-1))
+        one_hot = nn.functional.one_hot(species, self.num_species).to(position_features.dtype)
+        return self.mix(torch.cat([self.position_mlp(position_features), self.species_mlp(one_hot)], dim=-1))
 
     def forward(self, atoms: Atoms) -> Tensor:
         return self.head(self.features(atoms))  # (B, D)

@@ -1,10 +1,14 @@
 import copy
 
+import numpy as np
+import pytest
 import torch
 
 from nesfgen import kernels
 from nesfgen.config import ModelConfig
-from nesfgen.model import Field, NeSF, QueryEncoding, count_parameters
+from nesfgen.crystal import lattice_matrix
+from nesfgen.errors import UserError
+from nesfgen.model import Field, NeSF, QueryEncoding, cell_matrices, count_parameters
 from nesfgen.sampling import Atoms
 
 
@@ -242,3 +246,45 @@ def test_batch_norm_relu_gradients_over_the_first_columns_match_batchnorm1d():
     assert torch.equal(h.grad[:, 50:], torch.zeros(8, 20))
     assert torch.allclose(mine.weight.grad, theirs.weight.grad, atol=1e-4)
     assert torch.allclose(mine.bias.grad, theirs.bias.grad, atol=1e-4)
+
+
+def test_cell_matrices_agree_with_the_crystal_frame():
+    lengths = np.array([[3.0, 4.0, 5.0], [6.1, 5.2, 4.3]])
+    angles = np.array([[90.0, 90.0, 90.0], [70.0, 100.0, 115.0]])
+    matrices = cell_matrices(torch.tensor(lengths), torch.tensor(np.radians(angles))).numpy()
+    expected = np.stack([lattice_matrix(length, angle) for length, angle in zip(lengths, angles)])
+    assert np.allclose(matrices, expected, atol=1e-12)
+
+
+def test_cell_frequency_features_are_the_fractional_phases_and_periodic():
+    model = NeSF(ModelConfig(encoder_cell_frequencies=2), num_species=3).eval()
+    lengths = torch.tensor([[4.0, 5.0, 6.0]])
+    angles = torch.tensor([[1.3, 1.7, 2.0]])
+    matrix = cell_matrices(lengths, angles)[0]
+    frac = torch.tensor([[0.1, 0.25, 0.7], [1.1, 0.25, -0.3]])  # the same site, one cell apart
+    atoms = Atoms(frac @ matrix, torch.tensor([0, 0]), torch.tensor([0, 0]), lengths, angles)
+    features = model.encoder.position_features(atoms)
+    assert features.shape == (2, 3 + 12)
+    phases = 2 * torch.pi * torch.tensor([0.1, 0.25, 0.7])[:, None] * torch.tensor([1.0, 2.0])
+    assert torch.allclose(features[0, 3:9], torch.sin(phases).flatten(), atol=1e-5)
+    assert torch.allclose(features[0, 9:], torch.cos(phases).flatten(), atol=1e-5)
+    assert torch.allclose(features[0, 3:], features[1, 3:], atol=1e-4)
+    assert not torch.allclose(features[0, :3], features[1, :3])
+
+
+def test_max_and_mean_pooling_sees_what_max_alone_does_not():
+    # Two cells whose per-atom features have the same maxima but different means.
+    config = ModelConfig(encoder_pooling="max+mean", encoder_mix_width=8)
+    model = NeSF(config, num_species=2).eval()
+    generator = torch.Generator().manual_seed(3)
+    atoms = random_atoms([3, 5], 2, generator)
+    features = model.encoder.features(atoms)
+    assert features.shape == (2, 2 * 8 + 6)
+    per_atom = model.encoder.per_atom(model.encoder.position_features(atoms), atoms.species)
+    assert torch.allclose(features[0, 8:16], per_atom[:3].mean(0), atol=1e-6)
+    assert torch.allclose(features[1, :8], per_atom[3:].amax(0), atol=1e-6)
+
+
+def test_unknown_pooling_is_refused_by_name():
+    with pytest.raises(UserError, match="encoder_pooling"):
+        ModelConfig(encoder_pooling="sum")
