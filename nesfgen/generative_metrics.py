@@ -401,7 +401,8 @@ def score(
 ) -> tuple[list[dict], dict[str, Any]]:
     """Per-sample rows and the summary of a set of generated structures (None: no crystal came out).
 
-    Validity rates and COV-P are over all samples (a missing or invalid structure covers nothing); uniqueness and the
+    Validity rates and COV-P are over all samples (a missing or structurally invalid one covers nothing, a composition
+    SMACT rejects may, as in CDVAE); uniqueness and the
     space groups over the crystals; novelty over the unique ones; the distributions are those of the
     valid ones (structurally and compositionally), as CDVAE reports them. Undefined figures are None.
     """
@@ -452,10 +453,9 @@ def score(
         reference_means={name: float(values.mean()) for name, values in reference.statistics.items()},
     )
     if reference.test_fingerprints is not None:
-        # only valid structures are fingerprinted, as CDVAE's compute_cov filters them: CrystalNN on a
-        # collapsed cell (atoms closer than 0.5 Å) gathers neighbour lists that can fill the memory
-        valid_crystals = [
-            c if row["structurally_valid"] and row["compositionally_valid"] else None for row, c in zip(rows, crystals)
-        ]
-        summary.update(coverage(fingerprints(valid_crystals, progress), reference.test_fingerprints, count))
+        # CDVAE's compute_cov fingerprints every sample it could build, a composition SMACT rejects included, and
+        # leaves out only those CrystalNN fails on; here structurally invalid ones are left out too (CrystalNN on a
+        # collapsed cell, atoms closer than 0.5 Å, gathers neighbour lists that can fill the memory)
+        built = [c if row["structurally_valid"] else None for row, c in zip(rows, crystals)]
+        summary.update(coverage(fingerprints(built, progress), reference.test_fingerprints, count))
     return rows, summary

@@ -113,3 +113,16 @@ def test_score_of_a_reference_against_itself():
     assert summary["p1_pct"] == pytest.approx(0.0) and summary["test_split_p1_pct"] == pytest.approx(0.0)
     assert summary["space_group_tv_distance"] == pytest.approx(0.0)
     assert rows[-1]["decoded"] is False
+
+
+def test_a_composition_smact_rejects_still_counts_in_coverage_as_in_cdvae():
+    # CDVAE's compute_cov fingerprints every sample it could build; only a collapsed cell is left out here.
+    odd = rock_salt(cation=19, anion=35, id="KBr-like")
+    odd = Crystal.create([5.64] * 3, [90] * 3, atomic_numbers=[19] * 3 + [35] * 5, frac_coords=odd.frac_coords)
+    collapsed = cubic(8.0, [11, 17], [[0.1, 0.1, 0.1], [0.1, 0.1, 0.14]])
+    reference = build_reference(CrystalSet.from_crystals([rock_salt()]), CrystalSet.from_crystals([odd, rock_salt()]))
+    rows, summary = score([odd, collapsed], reference)
+    assert not rows[0]["compositionally_valid"] and rows[0]["structurally_valid"]
+    assert not rows[1]["structurally_valid"]
+    assert summary["cov_precision_pct"] == pytest.approx(50.0)
+    assert summary["cov_recall_pct"] == pytest.approx(50.0)  # the rock salt has no sample near it
