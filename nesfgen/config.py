@@ -228,6 +228,9 @@ class SamplingConfig(Checked):
     # atoms whose nearest neighbour in the cell is closer than this (Å) keep their whole local grid every step,
     # not query_fraction of it: the atoms of close pairs are those the field misses (docs/large-cells.md)
     close_neighbour_distance: float | None = None
+    # move each training structure's atoms by a random fraction of its cell vectors every step (wrapped into the
+    # cell): the same crystal at another origin (nesfgen.sampling.shift_origins); validation stays as given
+    origin_shift: bool = False
 
     def check_together(self) -> None:
         check_local_grid(self.SECTION, "local_interval", "local_range", self.local_interval, self.local_range)

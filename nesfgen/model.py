@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from nesfgen.config import ModelConfig
 from nesfgen.kernels import BucketedLinear, feature_major_forward
-from nesfgen.sampling import Atoms, Queries, TensorSet
+from nesfgen.sampling import Atoms, Queries, TensorSet, cell_matrices
 
 DEGREES_PER_RADIAN = 180.0 / math.pi
 
@@ -33,22 +33,6 @@ def mlp(widths: list[int], batch_norm: bool, dropout: float = 0.0, last_activati
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
-
-
-def cell_matrices(lengths: Tensor, angles: Tensor) -> Tensor:
-    """(B, 3, 3) row-vector lattice matrices from (B, 3) lengths in Å and angles in radians (nesfgen.crystal's frame)."""
-    cos_alpha, cos_beta, cos_gamma = torch.cos(angles).unbind(-1)
-    sin_alpha, sin_beta = torch.sin(angles[:, 0]), torch.sin(angles[:, 1])
-    cos_gamma_star = ((cos_alpha * cos_beta - cos_gamma) / (sin_alpha * sin_beta)).clamp(-1.0, 1.0)
-    sin_gamma_star = torch.sqrt(1.0 - cos_gamma_star**2)
-    a, b, c = lengths.unbind(-1)
-    zero = torch.zeros_like(a)
-    rows = [
-        torch.stack([a * sin_beta, zero, a * cos_beta], -1),
-        torch.stack([-b * sin_alpha * cos_gamma_star, b * sin_alpha * sin_gamma_star, b * cos_alpha], -1),
-        torch.stack([zero, zero, c], -1),
-    ]
-    return torch.stack(rows, -2)
 
 
 class Encoder(nn.Module):

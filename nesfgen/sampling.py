@@ -36,6 +36,37 @@ class Atoms:
         return self.lengths.shape[0]
 
 
+def cell_matrices(lengths: Tensor, angles: Tensor) -> Tensor:
+    """(B, 3, 3) row-vector lattice matrices from (B, 3) lengths in Å and angles in radians (nesfgen.crystal's frame)."""
+    cos_alpha, cos_beta, cos_gamma = torch.cos(angles).unbind(-1)
+    sin_alpha, sin_beta = torch.sin(angles[:, 0]), torch.sin(angles[:, 1])
+    cos_gamma_star = ((cos_alpha * cos_beta - cos_gamma) / (sin_alpha * sin_beta)).clamp(-1.0, 1.0)
+    sin_gamma_star = torch.sqrt(1.0 - cos_gamma_star**2)
+    a, b, c = lengths.unbind(-1)
+    zero = torch.zeros_like(a)
+    rows = [
+        torch.stack([a * sin_beta, zero, a * cos_beta], -1),
+        torch.stack([-b * sin_alpha * cos_gamma_star, b * sin_alpha * sin_gamma_star, b * cos_alpha], -1),
+        torch.stack([zero, zero, c], -1),
+    ]
+    return torch.stack(rows, -2)
+
+
+def shift_origins(atoms: Atoms, generator: torch.Generator) -> Atoms:
+    """The atoms of each structure moved by its own random fraction of its cell vectors, wrapped into the cell.
+
+    The same crystal with another origin: a training augmentation, so that arrangements the training split holds
+    only at one origin are learnt at any (docs/large-cells.md).
+    """
+    matrices = cell_matrices(atoms.lengths.float(), atoms.angles.float())  # (B, 3, 3)
+    per_atom = matrices[atoms.structure]  # (A, 3, 3)
+    frac = (atoms.cart_coords.float()[:, :, None] * torch.linalg.inv(matrices)[atoms.structure]).sum(1)
+    shift = torch.rand(atoms.num_structures, 3, generator=generator, device=generator.device)
+    frac = torch.remainder(frac + shift.to(frac.device)[atoms.structure], 1.0)
+    cart = (frac[:, :, None] * per_atom).sum(1).to(atoms.cart_coords.dtype)
+    return Atoms(cart, atoms.species, atoms.structure, atoms.lengths, atoms.angles)
+
+
 def species_indices(atomic_numbers: np.ndarray, species_table: Sequence[int], where: str) -> np.ndarray:
     """Map atomic numbers to species-table indices.
 

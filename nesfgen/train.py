@@ -29,7 +29,7 @@ from nesfgen.files import atomic_write_text, new_figure, output_folder, save_fig
 from nesfgen.machine import machine_description
 from nesfgen.model import count_parameters
 from nesfgen.refit import RefitResult, refit_lattice_heads
-from nesfgen.sampling import Atoms, Queries, QuerySampler, TensorSet, atoms_bounding_box, rank_share
+from nesfgen.sampling import Atoms, Queries, QuerySampler, TensorSet, atoms_bounding_box, rank_share, shift_origins
 
 if TYPE_CHECKING:
     from nesfgen.vae import LossTerms, VariationalObjective
@@ -440,6 +440,8 @@ class Trainer:
         kl_weight = self.objective.kl_weight(self.epoch)
         for index, indices in enumerate(batches):
             atoms = self.train_set.batch(indices)
+            if self.recipe.sampling.origin_shift:
+                atoms = shift_origins(atoms, noise)
             queries = self.sampler.sample(atoms, noise)
             totals = None
             if self.ranks.world > 1:

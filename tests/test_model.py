@@ -8,8 +8,8 @@ from nesfgen import kernels
 from nesfgen.config import ModelConfig
 from nesfgen.crystal import lattice_matrix
 from nesfgen.errors import UserError
-from nesfgen.model import Field, NeSF, QueryEncoding, cell_matrices, count_parameters
-from nesfgen.sampling import Atoms
+from nesfgen.model import Field, NeSF, QueryEncoding, count_parameters
+from nesfgen.sampling import Atoms, cell_matrices
 
 
 def random_atoms(counts, num_species, generator):

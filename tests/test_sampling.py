@@ -15,6 +15,7 @@ from nesfgen.sampling import (
     local_offsets,
     nearest_atoms,
     nearest_neighbour_distances,
+    shift_origins,
 )
 
 
@@ -245,3 +246,28 @@ def test_cell_grid_falls_back_to_the_box_grid_for_a_broken_or_runaway_lattice() 
     assert torch.equal(cell_grid(np.full((3, 3), np.nan), box, 0.5, 1.0), paper)
     assert torch.equal(cell_grid(lattice_matrix([-3.0, 4.0, 4.0], [90.0] * 3), box, 0.5, 1.0), paper)
     assert torch.equal(cell_grid(lattice_matrix([60.0, 60.0, 60.0], [90.0] * 3), box, 0.5, 1.0), paper)
+
+
+def test_shift_origins_gives_the_same_crystals_at_other_origins(tensors):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from nesfgen.crystal import Crystal
+
+    crystals, tensor_set = tensors
+    atoms = tensor_set.batch(torch.arange(len(tensor_set)))
+    shifted = shift_origins(atoms, torch.Generator().manual_seed(0))
+    again = shift_origins(atoms, torch.Generator().manual_seed(0))
+    assert torch.equal(shifted.cart_coords, again.cart_coords)  # seeded
+    assert not torch.allclose(shifted.cart_coords, atoms.cart_coords)
+    assert torch.equal(shifted.species, atoms.species) and torch.equal(shifted.lengths, atoms.lengths)
+    matcher = StructureMatcher(primitive_cell=False, scale=False)
+    for index in range(len(crystals)):
+        original = crystals[index]
+        rows = shifted.structure == index
+        cart = shifted.cart_coords[rows].double().numpy()
+        frac = cart @ np.linalg.inv(lattice_matrix(original.lengths, original.angles))
+        assert np.all((frac > -1e-4) & (frac < 1 + 1e-4))  # wrapped into the cell
+        moved = Crystal.create(
+            original.lengths, original.angles, cart_coords=cart, atomic_numbers=original.atomic_numbers
+        )
+        assert matcher.fit(original.to_structure(), moved.to_structure())
