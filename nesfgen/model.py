@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from nesfgen.config import ModelConfig
 from nesfgen.kernels import BucketedLinear, feature_major_forward
-from nesfgen.sampling import Atoms, Queries, TensorSet, cell_matrices
+from nesfgen.sampling import Atoms, Queries, TensorSet, fractional_coords
 
 DEGREES_PER_RADIAN = 180.0 / math.pi
 
@@ -75,8 +75,7 @@ class Encoder(nn.Module):
         """
         if self.cell_scales.numel() == 0:
             return atoms.cart_coords
-        inverse = torch.linalg.inv(cell_matrices(atoms.lengths.float(), atoms.angles.float()))  # (B, 3, 3)
-        frac = (atoms.cart_coords.float()[:, :, None] * inverse[atoms.structure]).sum(1)  # (A, 3)
+        frac, _ = fractional_coords(atoms)
         phases = (frac[:, :, None] * self.cell_scales).flatten(1)  # (A, 3K)
         return torch.cat([atoms.cart_coords, torch.sin(phases), torch.cos(phases)], dim=-1)
 

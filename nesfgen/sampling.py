@@ -52,18 +52,26 @@ def cell_matrices(lengths: Tensor, angles: Tensor) -> Tensor:
     return torch.stack(rows, -2)
 
 
+def fractional_coords(atoms: Atoms) -> tuple[Tensor, Tensor]:
+    """(A, 3) float32 fractional coordinates of the atoms, and (B, 3, 3) their cells' lattice matrices.
+
+    Elementwise products, not matmuls, so bf16 autocast leaves them in float32.
+    """
+    matrices = cell_matrices(atoms.lengths.float(), atoms.angles.float())
+    frac = (atoms.cart_coords.float()[:, :, None] * torch.linalg.inv(matrices)[atoms.structure]).sum(1)
+    return frac, matrices
+
+
 def shift_origins(atoms: Atoms, generator: torch.Generator) -> Atoms:
     """The atoms of each structure moved by its own random fraction of its cell vectors, wrapped into the cell.
 
     The same crystal with another origin: a training augmentation, so that arrangements the training split holds
     only at one origin are learnt at any (docs/large-cells.md).
     """
-    matrices = cell_matrices(atoms.lengths.float(), atoms.angles.float())  # (B, 3, 3)
-    per_atom = matrices[atoms.structure]  # (A, 3, 3)
-    frac = (atoms.cart_coords.float()[:, :, None] * torch.linalg.inv(matrices)[atoms.structure]).sum(1)
+    frac, matrices = fractional_coords(atoms)
     shift = torch.rand(atoms.num_structures, 3, generator=generator, device=generator.device)
     frac = torch.remainder(frac + shift.to(frac.device)[atoms.structure], 1.0)
-    cart = (frac[:, :, None] * per_atom).sum(1).to(atoms.cart_coords.dtype)
+    cart = (frac[:, :, None] * matrices[atoms.structure]).sum(1).to(atoms.cart_coords.dtype)
     return Atoms(cart, atoms.species, atoms.structure, atoms.lengths, atoms.angles)
 
 
