@@ -117,8 +117,8 @@ def test_score_of_a_reference_against_itself():
 
 def test_a_composition_smact_rejects_still_counts_in_coverage_as_in_cdvae():
     # CDVAE's compute_cov fingerprints every sample it could build; only a collapsed cell is left out here.
-    odd = rock_salt(cation=19, anion=35, id="KBr-like")
-    odd = Crystal.create([5.64] * 3, [90] * 3, atomic_numbers=[19] * 3 + [35] * 5, frac_coords=odd.frac_coords)
+    frac = rock_salt().frac_coords  # a rock-salt arrangement holding K3Br5, which SMACT rejects
+    odd = Crystal.create([5.64] * 3, [90] * 3, atomic_numbers=[19] * 3 + [35] * 5, frac_coords=frac)
     collapsed = cubic(8.0, [11, 17], [[0.1, 0.1, 0.1], [0.1, 0.1, 0.14]])
     reference = build_reference(CrystalSet.from_crystals([rock_salt()]), CrystalSet.from_crystals([odd, rock_salt()]))
     rows, summary = score([odd, collapsed], reference)
