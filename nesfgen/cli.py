@@ -121,12 +121,12 @@ def data_export(
 def data_hull(
     ctx: typer.Context, name: str = typer.Argument(..., help="Dataset name or folder."), as_json: bool = JSON
 ) -> None:
-    """Build the local CHGNet convex hull of a dataset, cached beside it: nesfgen data hull NAME [split=train] [relax=false] [limit=0] [elements=Na,Cl,...]."""
+    """Build the local CHGNet convex hull of a dataset, cached beside it: nesfgen data hull NAME [split=train] [relax=false] [limit=0] [elements=Na,Cl,...] [potential=0.2.0|0.3.0]."""
     from nesfgen.stability import HullOptions, build_local_hull
 
     chosen = options(HullOptions, ctx, "data hull", name=name)
     with views.stage_bars() as progress:
-        cache = build_local_hull(chosen.name, chosen.split, chosen.relax, chosen.limit, progress, chosen.elements)
+        cache = build_local_hull(**asdict(chosen), progress=progress)
     emit({k: v for k, v in cache.items() if k != "entries"}, as_json, views.hull)
 
 
@@ -249,7 +249,7 @@ def symmetry_command(ctx: typer.Context, as_json: bool = JSON) -> None:
 
 @app.command("sample", context_settings=KEY_VALUES)
 def sample_command(ctx: typer.Context, as_json: bool = JSON) -> None:
-    """Generate structures: nesfgen sample [prior=flowmatch|flow|vae|FILE.pt] [checkpoint=RUN] [n=100] [seed=0] [elements=Zn,S] [formula=ZnS] [num_atoms=8] [crystal_system=cubic] [spacegroup=216] [draw=composition,num_atoms|none] [guidance=1] [constrain=false] [redraws=N] [baselines=true] [coverage_split=test|val] [temperature=T] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=false] [symprec=0.3] [force=true] [relax=true fmax= steps= hull=].
+    """Generate structures: nesfgen sample [prior=flowmatch|flow|vae|FILE.pt] [checkpoint=RUN] [n=100] [seed=0] [elements=Zn,S] [formula=ZnS] [num_atoms=8] [crystal_system=cubic] [spacegroup=216] [draw=composition,num_atoms|none] [guidance=1] [constrain=false] [redraws=N] [baselines=true] [coverage_split=test|val] [temperature=T] [near=FORMULA|PATH radius=0.5] [data=NAME] [out=samples] [symmetrize=false] [symprec=0.3] [force=true] [relax=true fmax= steps= hull= potential=].
 
     Without prior= and checkpoint= the shipped autoencoder (nesf-lcs6) decodes latents of its learned
     prior; prior=vae samples the shipped VAE. Conditions need the flow-matching prior; with elements=, formula=
@@ -294,7 +294,7 @@ def prior_check_command(ctx: typer.Context, as_json: bool = JSON) -> None:
 
 @app.command("relax", context_settings=KEY_VALUES)
 def relax_command(ctx: typer.Context, as_json: bool = JSON) -> None:
-    """Relax structures with CHGNet and screen their stability: nesfgen relax INPUT... out=DIR [fmax=0.1] [steps=500] [rattle=0.02] [batch=32] [workers=1] [hull=mp|NAME] [data=NAME].
+    """Relax structures with CHGNet and screen their stability: nesfgen relax INPUT... out=DIR [fmax=0.1] [steps=500] [rattle=0.02] [batch=32] [workers=1] [hull=mp|NAME] [data=NAME] [potential=0.2.0|0.3.0].
 
     INPUT is a CIF/POSCAR file, a folder of them (a nesfgen sample folder) or a formula of the built-in
     table (NaCl, ZnS, Si, ...). A rerun into the same out= skips the structures already relaxed. hull=mp

@@ -249,7 +249,7 @@ class SampleOptions(DecodeOptions):
     ceiling and floor rows (``nesfgen.baselines``). ``out``: write each decoded chunk's CIFs there as it is
     finished and continue an interrupted sampling with the same settings (None: in memory; the command
     writes to ``samples``). ``force``: allow more than MAX_SAMPLES samples. ``relax``: relax the samples
-    (and baselines) with CHGNet into OUT/relaxed with ``fmax``, ``steps`` and ``hull``.
+    (and baselines) with CHGNet into OUT/relaxed with ``fmax``, ``steps``, ``hull`` and the weights ``potential``.
     """
 
     symmetrize: bool = True
@@ -277,6 +277,7 @@ class SampleOptions(DecodeOptions):
     fmax: float | None = None
     steps: int | None = None
     hull: str | None = None
+    potential: str | None = None
 
     @property
     def tolerance(self) -> float:
@@ -296,8 +297,8 @@ class SampleOptions(DecodeOptions):
             raise UserError(f"redraws must be 0 or more, got {self.redraws}")
         if self.seed < 0:  # numpy's generators, which draw the conditions and the redraws, take none below 0
             raise UserError(f"seed must be 0 or more, got {self.seed}")
-        if not self.relax and (self.fmax, self.steps, self.hull) != (None, None, None):
-            raise UserError("fmax=, steps= and hull= go with relax=true")
+        if not self.relax and (self.fmax, self.steps, self.hull, self.potential) != (None,) * 4:
+            raise UserError("fmax=, steps=, hull= and potential= go with relax=true")
         if self.drawn_parts and not self.condition.is_empty():  # an explicit draw= only: "" defers to conditions
             raise UserError(
                 "draw= takes each sample's condition from the training split; give it without elements=, formula=, ..."
@@ -582,7 +583,7 @@ def sample(options: SampleOptions, progress: Callable[[str], Progress] | None = 
 
 def _relax_folder(folder: Path, options: SampleOptions, progress: Callable[[str], Progress] | None) -> dict[str, Any]:
     """Relax a folder of CIFs into FOLDER/relaxed, screened against data='s hull (or hull=)."""
-    from nesfgen.relax import DEFAULT_FMAX, DEFAULT_STEPS
+    from nesfgen.relax import DEFAULT_FMAX, DEFAULT_POTENTIAL, DEFAULT_STEPS
     from nesfgen.stability import ScreenOptions, relax_and_screen
 
     screen = ScreenOptions(
@@ -592,6 +593,7 @@ def _relax_folder(folder: Path, options: SampleOptions, progress: Callable[[str]
         steps=DEFAULT_STEPS if options.steps is None else options.steps,
         hull=options.hull,
         data=options.data,
+        potential=options.potential or DEFAULT_POTENTIAL,
     )
     return relax_and_screen(screen, progress("relaxing with CHGNet") if progress else None)
 

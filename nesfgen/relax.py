@@ -58,6 +58,14 @@ DEFAULT_BATCH = 32
 MAX_AUTO_WORKERS = 8
 #: Å, the largest rattle accepted: more would move atoms into each other rather than off a saddle
 MAX_RATTLE = 0.3
+#: the CHGNet weights the chgnet wheel ships (offline). 0.2.0 is the default: against the Materials Project's own
+#: corrected energies, the scale CHGNet is trained on and every hull here is on, it was the closer of the two on
+#: every structure measured (100 YBCO-like cells: mean absolute difference 0.015 against 0.017 eV/atom, all 100
+#: within 0.1 against 99; Si 0.053 against 0.112; NaCl 0.008 against 0.029), docs/relax.md
+POTENTIALS = ("0.2.0", "0.3.0")
+DEFAULT_POTENTIAL = "0.2.0"
+#: what a relaxation record written before ``potential=`` existed was relaxed with
+LEGACY_POTENTIAL = "0.3.0"
 RECORD_SUFFIX = ".relax.json"
 RELAXED_SUFFIX = ".relaxed.cif"
 
@@ -68,20 +76,22 @@ class RelaxOptions:
     each structure depends on neither): ``batch`` structures in lockstep in each of ``workers`` processes
     with one thread each (0: one per core on a CPU, one on a GPU). Default 1: two workers were not faster
     on 256 samples on 2 cores (docs/relax.md). ``rattle`` (Å) displaces the atoms before relaxing, see
-    :func:`rattle_atoms`."""
+    :func:`rattle_atoms`. ``potential``: which CHGNet weights (:data:`POTENTIALS`)."""
 
     fmax: float = DEFAULT_FMAX
     steps: int = DEFAULT_STEPS
     batch: int = DEFAULT_BATCH
     workers: int = 1
     rattle: float = DEFAULT_RATTLE
+    potential: str = DEFAULT_POTENTIAL
 
     @property
-    def record_settings(self) -> dict[str, float]:
+    def record_settings(self) -> dict[str, float | str]:
         """What each relaxation record keeps of these options: a resumed run reuses only records that match."""
-        return {"fmax": self.fmax, "max_steps": self.steps, "rattle": self.rattle}
+        return {"fmax": self.fmax, "max_steps": self.steps, "rattle": self.rattle, "potential": self.potential}
 
     def __post_init__(self) -> None:
+        check_potential(self.potential)
         if not (math.isfinite(self.rattle) and 0 <= self.rattle <= MAX_RATTLE):
             raise UserError(f"rattle={self.rattle} must be a displacement from 0 to {MAX_RATTLE} Å (e.g. 0.05)")
         if self.batch < 1:
@@ -94,15 +104,24 @@ class RelaxOptions:
             raise UserError(f"steps={self.steps} must be at least 1")
 
 
+def check_potential(name: str) -> str:
+    if name not in POTENTIALS:
+        raise UserError(
+            f"potential={name} is not a CHGNet version the chgnet wheel ships; give one of {', '.join(POTENTIALS)}"
+        )
+    return name
+
+
 @functools.cache
-def load_potential() -> Any:
-    """The pretrained CHGNet shipped in the chgnet wheel (no network needed), loaded once per process."""
+def load_potential(name: str = DEFAULT_POTENTIAL) -> Any:
+    """The pretrained CHGNet ``name`` shipped in the chgnet wheel (no network needed), loaded once per process."""
+    check_potential(name)
     try:
         from chgnet.model import CHGNet
     except ImportError as error:
         raise UserError(f"nesfgen relax needs chgnet: pip install 'chgnet==0.4.2' ({error})") from None
     with contextlib.redirect_stdout(io.StringIO()) as printed:  # chgnet prints its version even when not verbose
-        model = CHGNet.load(verbose=False)
+        model = CHGNet.load(model_name=name, verbose=False)
     log.debug("chgnet: %s", printed.getvalue().strip())
     # an atom with no neighbour within the cutoff gets a meaningless energy: refuse such a structure (it is
     # reported as failed) rather than take chgnet's calculator default, which only warns
@@ -452,7 +471,7 @@ def relax_many(
     Yields ``(input index, record, relaxed Structure or None)`` as each finishes, in finishing order; a
     structure the potential cannot handle gets a "failed" record with its reason, never an exception.
     """
-    model = model or load_potential()
+    model = model or load_potential(options.potential)
     batch_size = batch_size or options.batch
     pending = iter(enumerate(structures))
     running: list[_Relaxation] = []
@@ -639,7 +658,7 @@ def relax_all(
 ) -> list[dict[str, Any]]:
     """Relax every input into ``out``: ID.relaxed.cif and ID.relax.json each, written as it finishes.
 
-    A record already in ``out`` for the same fmax and steps is reused (resume); the others are relaxed
+    A record already in ``out`` for the same fmax, steps, rattle and weights is reused (resume); the others are relaxed
     ``options.batch`` at a time in lockstep, in :func:`worker_count` processes. Returns the records in input
     order.
     """
@@ -649,8 +668,8 @@ def relax_all(
     settings = options.record_settings
     for k, item in enumerate(items):
         record = _read_record(out / f"{item.id}{RECORD_SUFFIX}")
-        # records written before the rattle existed were relaxed without one
-        if record is not None and {"rattle": 0.0, **record}.items() >= settings.items():
+        # records written before the rattle and the choice of weights existed: no rattle, CHGNet 0.3.0
+        if record is not None and {"rattle": 0.0, "potential": LEGACY_POTENTIAL, **record}.items() >= settings.items():
             records[k] = record
         elif item.structure is None or item.problem:
             record = {"formula": "", "num_atoms": 0, "status": "failed", "reason": item.problem}

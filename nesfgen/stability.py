@@ -25,11 +25,18 @@ from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text
 from nesfgen.options import required
 from nesfgen.progress import Progress
-from nesfgen.relax import DEFAULT_BATCH, DEFAULT_FMAX, DEFAULT_RATTLE, DEFAULT_STEPS, RelaxOptions
+from nesfgen.relax import (
+    DEFAULT_BATCH,
+    DEFAULT_FMAX,
+    DEFAULT_POTENTIAL,
+    DEFAULT_RATTLE,
+    DEFAULT_STEPS,
+    RelaxOptions,
+    check_potential,
+)
 
 log = logging.getLogger(__name__)
 
-HULL_FILE = "hull-chgnet.json"
 HULL_FORMAT = "nesfgen-hull"
 HULL_VERSION = 1
 #: eV/atom: on or below the hull, within the energy resolution of a relaxation stopped at fmax 0.1 eV/Å
@@ -148,16 +155,10 @@ def mp_hull(client: Any) -> Hull:
 # --- the local hull ------------------------------------------------------------------------------------------------
 
 
-def _potential_version() -> str:
+def _potential_version(potential: str) -> str:
     from importlib.metadata import version
 
-    return f"CHGNet {load_model_version()} (chgnet {version('chgnet')})"
-
-
-def load_model_version() -> str:
-    from nesfgen.relax import load_potential
-
-    return str(getattr(load_potential(), "version", "") or "")
+    return f"CHGNet {potential} (chgnet {version('chgnet')})"
 
 
 def _prototype(symbol: str, name: str) -> Any:
@@ -199,7 +200,7 @@ def _scaled(cell: Any, scale: float) -> Any:
 
 
 def elemental_references(
-    symbols: Iterable[str], steps: int = 60, progress: Progress | None = None
+    symbols: Iterable[str], steps: int = 60, progress: Progress | None = None, potential: str = DEFAULT_POTENTIAL
 ) -> list[dict[str, Any]]:
     """Each element's lowest CHGNet energy per atom over prototypes (fcc, bcc, hcp, diamond, dimer).
 
@@ -217,19 +218,20 @@ def elemental_references(
     for done, symbol in enumerate(symbols):
         cells = {name: _prototype(symbol, name) for name in PROTOTYPES}
         candidates = [(name, scale) for name in PROTOTYPES for scale in SCAN]
-        energies = _single_point_energies([_scaled(cells[n], x) for n, x in candidates])
+        energies = _single_point_energies([_scaled(cells[n], x) for n, x in candidates], potential)
         finite = [k for k, e in enumerate(energies) if math.isfinite(e)]
         if not finite:
             raise UserError(f"CHGNet gives no finite energy for any prototype of {symbol}")
         name, scale = candidates[min(finite, key=lambda k: energies[k])]
         fine = [(name, scale + step) for step in FINE_SCAN]
         candidates += fine
-        energies += _single_point_energies([_scaled(cells[n], x) for n, x in fine])
+        energies += _single_point_energies([_scaled(cells[n], x) for n, x in fine], potential)
         best = min((k for k, e in enumerate(energies) if math.isfinite(e)), key=lambda k: energies[k])
         name, scale = candidates[best]
         energy = energies[best]
         if name in FREE_PROTOTYPES:
-            record, relaxed = relax_structure(_scaled(cells[name], scale), HULL_RELAXATION(fmax=0.05, steps=steps))
+            relaxation = HULL_RELAXATION(fmax=0.05, steps=steps, potential=potential)
+            record, relaxed = relax_structure(_scaled(cells[name], scale), relaxation)
             if relaxed is not None:
                 energy = min(energy, record["energy_after"])
         references.append({"element": symbol, "prototype": name, "scale": scale, "energy_per_atom": energy})
@@ -238,7 +240,7 @@ def elemental_references(
     return references
 
 
-def _single_point_energies(structures: Sequence[Any]) -> list[float]:
+def _single_point_energies(structures: Sequence[Any], potential: str) -> list[float]:
     """CHGNet energies per atom, batched: 4.4x faster than one at a time here (docs/relax.md). A structure
     the potential refuses (an atom with no neighbour within its 6 Å cutoff, as a stretched prototype of a
     large atom has) gets NaN; the others keep their energies."""
@@ -247,12 +249,12 @@ def _single_point_energies(structures: Sequence[Any]) -> list[float]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            predictions = load_potential().predict_structure(list(structures), task="e", batch_size=BATCH)
+            predictions = load_potential(potential).predict_structure(list(structures), task="e", batch_size=BATCH)
     except (ValueError, RuntimeError) as error:  # chgnet refuses the whole batch for one structure
         if len(structures) == 1:
             log.debug("no CHGNet energy for %s: %s", structures[0].composition.reduced_formula, error)
             return [math.nan]
-        return [energy for structure in structures for energy in _single_point_energies([structure])]
+        return [energy for structure in structures for energy in _single_point_energies([structure], potential)]
     if isinstance(predictions, dict):
         predictions = [predictions]
     return [float(p["e"]) for p in predictions]
@@ -267,8 +269,9 @@ def _element_numbers(symbols: Sequence[str]) -> set[int]:
         raise UserError(f"elements=: {error}; give element symbols separated by commas, e.g. Na,Cl,Si") from None
 
 
-def hull_path(dataset: Any) -> Path:
-    return Path(dataset.path) / HULL_FILE
+def hull_path(dataset: Any, potential: str = DEFAULT_POTENTIAL) -> Path:
+    """One cached hull per dataset and CHGNet weights: energies of different weights do not share a hull."""
+    return Path(dataset.path) / f"hull-chgnet-{potential}.json"
 
 
 def build_local_hull(
@@ -278,8 +281,9 @@ def build_local_hull(
     limit: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
     elements: Sequence[str] = (),
+    potential: str = DEFAULT_POTENTIAL,
 ) -> dict[str, Any]:
-    """CHGNet energies of a dataset split plus elemental references, written as ``hull-chgnet.json`` beside it.
+    """CHGNet energies of a dataset split plus elemental references, written as ``hull-chgnet-WEIGHTS.json`` beside it.
 
     The dataset's structures are evaluated as they are (single point; ``relax`` relaxes them first): MP's
     structures are already DFT-relaxed, and CHGNet moves them little (docs/relax.md has the measurement).
@@ -292,6 +296,7 @@ def build_local_hull(
     from nesfgen.data.names import resolve_dataset
     from nesfgen.relax import relax_many
 
+    check_potential(potential)
     allowed = _element_numbers(elements)  # a typo fails before the dataset is opened
     dataset = resolve_dataset(name)
     crystals = dataset.load(split)
@@ -302,7 +307,7 @@ def build_local_hull(
         crystals = crystals.subset(keep)
     count = len(crystals) if limit <= 0 else min(limit, len(crystals))
     started = time.perf_counter()
-    partial = hull_path(dataset).with_suffix(".partial.json")
+    partial = hull_path(dataset, potential).with_suffix(".partial.json")
     entries: list[dict[str, Any]] = []
     saved_references: list[dict[str, Any]] = []
     if partial.is_file():
@@ -315,10 +320,10 @@ def build_local_hull(
         structures = [c.to_structure() for c in chunk]
         if relax:
             energies = [math.nan] * len(structures)
-            for k, record, _ in relax_many(structures, HULL_RELAXATION()):
+            for k, record, _ in relax_many(structures, HULL_RELAXATION(potential=potential)):
                 energies[k] = record["energy_after"]
         else:
-            energies = _single_point_energies(structures)
+            energies = _single_point_energies(structures, potential)
         for crystal, structure, energy in zip(chunk, structures, energies):
             if math.isfinite(energy):
                 composition = {str(el): float(n) for el, n in structure.composition.items()}
@@ -331,7 +336,9 @@ def build_local_hull(
     symbols = sorted({el for e in entries for el in e["composition"]})
     references: list[dict[str, Any]] = []
     for done, symbol in enumerate(symbols):  # one at a time, each kept in the partial file
-        references += [r for r in saved_references if r["element"] == symbol] or elemental_references([symbol])
+        references += [r for r in saved_references if r["element"] == symbol] or elemental_references(
+            [symbol], potential=potential
+        )
         state = {"relax": relax, "split": split, "elements": sorted(elements), "entries": entries}
         atomic_write_text(partial, json.dumps({**state, "references": references}))
         if progress:
@@ -345,31 +352,33 @@ def build_local_hull(
         "structures": count,
         "relaxed": relax,
         "elements_only": sorted(elements),
-        "potential": _potential_version(),
+        "potential": _potential_version(potential),
         "seconds": time.perf_counter() - started,
         "entries": entries,
         "elements": references,
     }
-    atomic_write_text(hull_path(dataset), json.dumps(cache, indent=0))
+    atomic_write_text(hull_path(dataset, potential), json.dumps(cache, indent=0))
     partial.unlink(missing_ok=True)
     return cache
 
 
-def local_hull(name: str) -> Hull:
-    """The cached hull of dataset ``name``.
+def local_hull(name: str, potential: str = DEFAULT_POTENTIAL) -> Hull:
+    """The cached hull of dataset ``name`` for the CHGNet weights ``potential``.
 
     Raises:
         UserError: when it has not been built (the message gives the command) or is stale.
     """
     from nesfgen.data.names import resolve_dataset
 
+    check_potential(potential)
     dataset = resolve_dataset(name)
-    path = hull_path(dataset)
+    path = hull_path(dataset, potential)
+    build = f"nesfgen data hull {name}" + ("" if potential == DEFAULT_POTENTIAL else f" potential={potential}")
     if not path.is_file():
-        raise UserError(f"no CHGNet hull for dataset {name!r} yet: build it once with `nesfgen data hull {name}`")
+        raise UserError(f"no CHGNet {potential} hull for dataset {name!r} yet: build it once with `{build}`")
     cache = json.loads(path.read_text())
     if cache.get("format") != HULL_FORMAT or cache.get("content_hash") != dataset.content_hash:
-        raise UserError(f"{path} is stale or not a nesfgen hull; rebuild it with `nesfgen data hull {name}`")
+        raise UserError(f"{path} is stale or not a nesfgen hull; rebuild it with `{build}`")
     entries = [HullEntry(e["id"], e["composition"], e["energy_per_atom"]) for e in cache["entries"]]
     entries += [
         HullEntry(f"{e['element']}-{e['prototype']}", {e["element"]: 1.0}, e["energy_per_atom"])
@@ -378,13 +387,13 @@ def local_hull(name: str) -> Hull:
     return hull_from_entries(f"local:{name}", entries)
 
 
-def open_hull(spec: str) -> Hull:
-    """``mp`` (needs MP_API_KEY) or ``local:NAME`` / ``NAME``."""
+def open_hull(spec: str, potential: str = DEFAULT_POTENTIAL) -> Hull:
+    """``mp`` (needs MP_API_KEY) or ``local:NAME`` / ``NAME`` (built with the CHGNet weights ``potential``)."""
     if spec == "mp":
         from nesfgen.data.materials_project import MPResterClient, api_key
 
         return mp_hull(MPResterClient(api_key()))
-    return local_hull(spec.removeprefix("local:"))
+    return local_hull(spec.removeprefix("local:"), potential)
 
 
 # --- the shares ----------------------------------------------------------------------------------------------------
@@ -485,7 +494,8 @@ class ScreenOptions:
 
     ``inputs``: CIF/POSCAR files, folders of them, or formulas of the built-in table. ``hull``: ``mp``,
     ``local:NAME`` or ``NAME``; by default the local hull of ``data`` when given. ``data``: the dataset
-    whose training split novelty is measured against.
+    whose training split novelty is measured against. ``potential``: the CHGNet weights that relax, and whose
+    local hull is used.
     """
 
     WORDS: ClassVar[str] = "inputs"
@@ -501,10 +511,11 @@ class ScreenOptions:
     rattle: float = DEFAULT_RATTLE
     hull: str | None = None
     data: str | None = None
+    potential: str = DEFAULT_POTENTIAL
 
     @property
     def relaxation(self) -> RelaxOptions:
-        return RelaxOptions(self.fmax, self.steps, self.batch, self.workers, self.rattle)
+        return RelaxOptions(self.fmax, self.steps, self.batch, self.workers, self.rattle, self.potential)
 
 
 def relax_and_screen(options: ScreenOptions, progress: Progress | None = None) -> dict[str, Any]:
@@ -518,7 +529,7 @@ def relax_and_screen(options: ScreenOptions, progress: Progress | None = None) -
     out, hull, data = Path(options.out), options.hull, options.data
     spec = hull or (f"local:{data}" if data else None)
     reference_name = data or (spec.removeprefix("local:") if spec and spec != "mp" else None)
-    chosen = open_hull(spec) if spec else None  # before relaxing: a missing hull fails at once
+    chosen = open_hull(spec, options.potential) if spec else None  # before relaxing: a missing hull fails at once
     reference = None
     if reference_name:
         from nesfgen.data.names import resolve_dataset
@@ -539,7 +550,7 @@ def relax_and_screen(options: ScreenOptions, progress: Progress | None = None) -
         fmax=options.fmax,
         steps=options.steps,
         rattle=options.rattle,
-        potential=_potential_version(),
+        potential=_potential_version(options.potential),
         seconds=time.perf_counter() - started,
         out=str(out),
     )
@@ -554,10 +565,12 @@ def relax_and_screen(options: ScreenOptions, progress: Progress | None = None) -
 
 @dataclass(frozen=True, kw_only=True)
 class HullOptions:
-    """Which dataset split's structures make the local hull, relaxed or single point, for which elements."""
+    """Which dataset split's structures make the local hull, relaxed or single point, for which elements, with
+    which CHGNet weights."""
 
     name: str = required("give the dataset: nesfgen data hull NAME")
     split: str = "train"
     relax: bool = False
     limit: int = 0
     elements: tuple[str, ...] = ()
+    potential: str = DEFAULT_POTENTIAL

@@ -40,6 +40,11 @@ def test_a_negative_guidance_is_refused():
         SampleOptions(guidance=-1.0)
 
 
+def test_relaxation_settings_without_relax_are_refused():
+    with pytest.raises(UserError, match="potential= go with relax=true"):
+        SampleOptions(potential="0.3.0")
+
+
 def test_more_atoms_than_any_training_cell_held_are_refused_before_decoding(tmp_path):
     with pytest.raises(UserError, match="num_atoms=500: the model was trained on cells of 1 to 28 atoms"):
         sample_structures(SampleOptions(num_atoms=500, n=1, out=str(tmp_path / "out")))

@@ -194,6 +194,16 @@ def test_interrupted_run_resumes(tmp_path, potential, monkeypatch):
         relax_all(items, tmp_path, RelaxOptions(fmax=0.1, steps=20))
     with pytest.raises(AssertionError):
         relax_all(items, tmp_path, RelaxOptions(fmax=0.2, steps=20, rattle=0.05))
+    with pytest.raises(AssertionError):  # other weights
+        relax_all(items, tmp_path, RelaxOptions(fmax=0.2, steps=20, potential="0.3.0"))
+    # a record written before the weights could be chosen was relaxed with 0.3.0, and is reused for it only
+    record_file = tmp_path / "a.relax.json"
+    record_file.write_text(
+        json.dumps({k: v for k, v in json.loads(record_file.read_text()).items() if k != "potential"})
+    )
+    assert relax_all(items[:1], tmp_path, RelaxOptions(fmax=0.2, steps=20, potential="0.3.0"))[0]["id"] == "a"
+    with pytest.raises(AssertionError):
+        relax_all(items[:1], tmp_path, options)
 
 
 def test_rattle_is_seeded_by_the_structure_and_zero_leaves_it():
@@ -224,7 +234,7 @@ def test_run_writes_csv_and_summary_keys(tmp_path, potential, monkeypatch):
     source.mkdir()
     (source / "nacl.cif").write_text(rock_salt(a=5.7).to_cif())
     entries = [stability.HullEntry("na", {"Na": 1}, -1.3), stability.HullEntry("cl", {"Cl": 1}, -1.8)]
-    monkeypatch.setattr(stability, "open_hull", lambda spec: stability.hull_from_entries("mp", entries))
+    monkeypatch.setattr(stability, "open_hull", lambda spec, potential: stability.hull_from_entries("mp", entries))
     options = stability.ScreenOptions(inputs=(str(source),), out=str(tmp_path / "out"), fmax=0.2, steps=10, hull="mp")
     summary = stability.relax_and_screen(options)
     written = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -255,6 +265,7 @@ def test_run_writes_csv_and_summary_keys(tmp_path, potential, monkeypatch):
         (["relax", "NaCl", "out=x", "fmax=-1"], "fmax=-1.0 must be a positive force"),
         (["relax", "NaCl", "out=x", "rattle=-1"], "rattle=-1.0 must be a displacement"),
         (["relax", "NaCl", "out=x", "temperature=3"], "unknown option temperature"),
+        (["relax", "NaCl", "out=x", "potential=0.4.0"], "potential=0.4.0 is not a CHGNet version"),
         (["data", "hull", "builtin", "elements=Xx"], "elements="),
     ],
 )
@@ -319,10 +330,12 @@ def _mp2020_energy_per_atom(composition, uncorrected_energy_per_atom):
 
 
 @pytest.mark.paper_data
-def test_energies_match_the_materials_projects_on_the_ybco_like_structures(paper_data, potential):
+@pytest.mark.parametrize("weights, mean_bound, within", [("0.2.0", 0.016, 100), ("0.3.0", 0.018, 99)])
+def test_energies_match_the_materials_projects_on_the_ybco_like_structures(paper_data, weights, mean_bound, within):
     """CHGNet at the Materials Project's own relaxed structures (the 100 YBCO-like cells) against the energies MP
     publishes for them (the release's candidate list), MP2020-corrected: the scale every hull here is on.
-    Measured 2026-12-05: mean absolute difference 0.017 eV/atom, 99 of 100 within 0.1 (docs/relax.md)."""
+    Measured 2026-12-06: mean absolute difference 0.015 eV/atom and all 100 within 0.1 with the default weights
+    (0.2.0), 0.017 and 99 with 0.3.0 (docs/relax.md): the figures that chose the default."""
     from nesfgen.data.importers import load_paper_folder
 
     published = {}
@@ -334,12 +347,29 @@ def test_energies_match_the_materials_projects_on_the_ybco_like_structures(paper
     ]
     structures = [c.to_structure() for c in cells]
     energies = [
-        e for k in range(0, 100, 25) for e, _, _ in relax.energies_forces_stresses(potential, structures[k : k + 25])
+        e
+        for k in range(0, 100, 25)
+        for e, _, _ in relax.energies_forces_stresses(relax.load_potential(weights), structures[k : k + 25])
     ]
     differences = [
         abs(energy - _mp2020_energy_per_atom(structure.composition, published[cell.id]))
         for cell, structure, energy in zip(cells, structures, energies, strict=True)
     ]
     assert len(differences) == 100
-    assert sum(differences) / len(differences) < 0.03
-    assert sum(d <= 0.1 for d in differences) >= 95
+    assert sum(differences) / len(differences) < mean_bound
+    assert sum(d <= 0.1 for d in differences) >= within
+
+
+@pytest.mark.parametrize(
+    "formula, mp_energy",
+    # the Materials Project's corrected energies per atom: Si mp-149 (GGA, no correction), NaCl mp-22862 (GGA,
+    # MP2020's Cl correction); where they were found is in docs/relax.md
+    [("Si", -5.4253), ("NaCl", -3.6960)],
+)
+def test_relaxed_builtin_structures_are_within_a_tenth_of_an_ev_of_the_materials_projects(tmp_path, formula, mp_energy):
+    """The issue's bar for the default weights; 0.3.0's put Si 0.112 eV/atom above it (docs/relax.md)."""
+    import nesfgen.stability as stability
+
+    summary = stability.relax_and_screen(stability.ScreenOptions(inputs=(formula,), out=str(tmp_path)))
+    [record] = list(csv.DictReader((tmp_path / "relax.csv").open()))
+    assert summary["relaxed"] == 1 and abs(float(record["energy_after"]) - mp_energy) < 0.1

@@ -143,17 +143,20 @@ def test_local_hull_is_built_cached_and_resumed(tmp_path, monkeypatch):
     )
     evaluated = []
 
-    def energies(structures):
+    def energies(structures, potential):
+        assert potential == "0.2.0"
         evaluated.extend(structures)
         return [-1.0 * len(s.composition) for s in structures]
 
     monkeypatch.setattr(stability, "BATCH", 1)
     monkeypatch.setattr(stability, "_single_point_energies", energies)
-    monkeypatch.setattr(stability, "_potential_version", lambda: "stub")
+    monkeypatch.setattr(stability, "_potential_version", lambda potential: f"stub {potential}")
     monkeypatch.setattr(
         stability,
         "elemental_references",
-        lambda symbols, progress=None: [{"element": s, "prototype": "bcc", "energy_per_atom": 0.0} for s in symbols],
+        lambda symbols, progress=None, potential="": [
+            {"element": s, "prototype": "bcc", "energy_per_atom": 0.0} for s in symbols
+        ],
     )
     with pytest.raises(UserError, match="nesfgen data hull"):
         stability.local_hull(str(dataset.path))
@@ -163,10 +166,16 @@ def test_local_hull_is_built_cached_and_resumed(tmp_path, monkeypatch):
     partial.write_text(json.dumps({"relax": False, "split": "train", "elements": [], "entries": [done]}))
     cache = stability.build_local_hull(str(dataset.path))
     assert len(evaluated) == 1 and cache["structures"] == 2 and not partial.exists()
+    assert cache["potential"] == "stub 0.2.0" and stability.hull_path(dataset).name == "hull-chgnet-0.2.0.json"
     assert {e["element"] for e in cache["elements"]} == {"Na", "Cl", "Cs"}
     hull = stability.local_hull(str(dataset.path))
     assert hull.source == f"local:{dataset.path}"
     assert hull.e_above_hull({"Na": 1, "Cl": 1}, -1.9)[0] == pytest.approx(0.1)
+    # each set of weights has its own hull: the other weights' is not built yet, and the message says how
+    with pytest.raises(UserError, match=r"data hull .* potential=0\.3\.0"):
+        stability.local_hull(str(dataset.path), "0.3.0")
+    with pytest.raises(UserError, match="potential=0.4.0 is not a CHGNet version"):
+        stability.local_hull(str(dataset.path), "0.4.0")
     only = stability.build_local_hull(str(dataset.path), elements=["Cs", "Cl"])
     assert only["structures"] == 1 and only["elements_only"] == ["Cl", "Cs"]
 
@@ -180,5 +189,6 @@ def test_a_structure_the_potential_refuses_gets_no_energy_and_the_others_keep_th
     from nesfgen.stability import _single_point_energies
 
     lonely = Structure(Lattice.cubic(12.0), ["Cs"], [[0, 0, 0]])
-    energies = _single_point_energies([rock_salt().to_structure(), lonely, cesium_chloride().to_structure()])
+    structures = [rock_salt().to_structure(), lonely, cesium_chloride().to_structure()]
+    energies = _single_point_energies(structures, "0.2.0")
     assert math.isfinite(energies[0]) and math.isnan(energies[1]) and math.isfinite(energies[2])
