@@ -58,14 +58,13 @@ DEFAULT_BATCH = 32
 MAX_AUTO_WORKERS = 8
 #: Å, the largest rattle accepted: more would move atoms into each other rather than off a saddle
 MAX_RATTLE = 0.3
-#: the CHGNet weights the chgnet wheel ships (offline). 0.2.0 is the default: against the Materials Project's own
-#: corrected energies, the scale CHGNet is trained on and every hull here is on, it was the closer of the two on
-#: every structure measured (100 YBCO-like cells: mean absolute difference 0.015 against 0.017 eV/atom, all 100
-#: within 0.1 against 99; Si 0.053 against 0.112; NaCl 0.008 against 0.029), docs/relax.md
+#: the CHGNet weights the chgnet wheel ships (offline). 0.3.0, chgnet's own default, is ours too: 0.2.0 is a little
+#: closer to the Materials Project's energies at MP's relaxed structures (100 YBCO-like cells: 0.015 against 0.017
+#: eV/atom; Si 0.053 against 0.112) but not away from them, where relaxations and elemental references go:
+#: compressed nitrogen cells span -140 to +3000 eV/atom under 0.2.0, 0.3.0 keeps them within -8.1 to -0.5
+#: (docs/relax.md)
 POTENTIALS = ("0.2.0", "0.3.0")
-DEFAULT_POTENTIAL = "0.2.0"
-#: what a relaxation record written before ``potential=`` existed was relaxed with
-LEGACY_POTENTIAL = "0.3.0"
+DEFAULT_POTENTIAL = "0.3.0"
 RECORD_SUFFIX = ".relax.json"
 RELAXED_SUFFIX = ".relaxed.cif"
 
@@ -668,8 +667,8 @@ def relax_all(
     settings = options.record_settings
     for k, item in enumerate(items):
         record = _read_record(out / f"{item.id}{RECORD_SUFFIX}")
-        # records written before the rattle and the choice of weights existed: no rattle, CHGNet 0.3.0
-        if record is not None and {"rattle": 0.0, "potential": LEGACY_POTENTIAL, **record}.items() >= settings.items():
+        # records written before the rattle and the choice of weights existed: no rattle, the default weights
+        if record is not None and {"rattle": 0.0, "potential": DEFAULT_POTENTIAL, **record}.items() >= settings.items():
             records[k] = record
         elif item.structure is None or item.problem:
             record = {"formula": "", "num_atoms": 0, "status": "failed", "reason": item.problem}

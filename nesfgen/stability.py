@@ -243,8 +243,10 @@ def elemental_references(
 def _single_point_energies(structures: Sequence[Any], potential: str) -> list[float]:
     """CHGNet energies per atom, batched: 4.4x faster than one at a time here (docs/relax.md). A structure
     the potential refuses (an atom with no neighbour within its 6 Å cutoff, as a stretched prototype of a
-    large atom has) gets NaN; the others keep their energies."""
-    from nesfgen.relax import load_potential
+    large atom has) gets NaN, as does an energy outside the physical range a relaxation is held to (a
+    compressed prototype where the potential has a hole: 0.2.0's hcp nitrogen, -140 eV/atom); the others keep
+    their energies."""
+    from nesfgen.relax import ENERGY_RANGE, load_potential
 
     try:
         with warnings.catch_warnings():
@@ -257,7 +259,8 @@ def _single_point_energies(structures: Sequence[Any], potential: str) -> list[fl
         return [energy for structure in structures for energy in _single_point_energies([structure], potential)]
     if isinstance(predictions, dict):
         predictions = [predictions]
-    return [float(p["e"]) for p in predictions]
+    low, high = ENERGY_RANGE
+    return [float(p["e"]) if low <= p["e"] <= high else math.nan for p in predictions]
 
 
 def _element_numbers(symbols: Sequence[str]) -> set[int]:
@@ -270,8 +273,10 @@ def _element_numbers(symbols: Sequence[str]) -> set[int]:
 
 
 def hull_path(dataset: Any, potential: str = DEFAULT_POTENTIAL) -> Path:
-    """One cached hull per dataset and CHGNet weights: energies of different weights do not share a hull."""
-    return Path(dataset.path) / f"hull-chgnet-{potential}.json"
+    """One cached hull per dataset and CHGNet weights (energies of different weights do not share a hull); the
+    default weights' keeps the name hulls had before the weights could be chosen."""
+    name = "hull-chgnet.json" if potential == DEFAULT_POTENTIAL else f"hull-chgnet-{potential}.json"
+    return Path(dataset.path) / name
 
 
 def build_local_hull(
@@ -283,7 +288,7 @@ def build_local_hull(
     elements: Sequence[str] = (),
     potential: str = DEFAULT_POTENTIAL,
 ) -> dict[str, Any]:
-    """CHGNet energies of a dataset split plus elemental references, written as ``hull-chgnet-WEIGHTS.json`` beside it.
+    """CHGNet energies of a dataset split plus elemental references, written as :func:`hull_path` beside it.
 
     The dataset's structures are evaluated as they are (single point; ``relax`` relaxes them first): MP's
     structures are already DFT-relaxed, and CHGNet moves them little (docs/relax.md has the measurement).
@@ -377,7 +382,8 @@ def local_hull(name: str, potential: str = DEFAULT_POTENTIAL) -> Hull:
     if not path.is_file():
         raise UserError(f"no CHGNet {potential} hull for dataset {name!r} yet: build it once with `{build}`")
     cache = json.loads(path.read_text())
-    if cache.get("format") != HULL_FORMAT or cache.get("content_hash") != dataset.content_hash:
+    made_by = str(cache.get("potential", "")).startswith(f"CHGNet {potential} ")
+    if cache.get("format") != HULL_FORMAT or cache.get("content_hash") != dataset.content_hash or not made_by:
         raise UserError(f"{path} is stale or not a nesfgen hull; rebuild it with `{build}`")
     entries = [HullEntry(e["id"], e["composition"], e["energy_per_atom"]) for e in cache["entries"]]
     entries += [

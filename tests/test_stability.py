@@ -144,13 +144,13 @@ def test_local_hull_is_built_cached_and_resumed(tmp_path, monkeypatch):
     evaluated = []
 
     def energies(structures, potential):
-        assert potential == "0.2.0"
+        assert potential == "0.3.0"
         evaluated.extend(structures)
         return [-1.0 * len(s.composition) for s in structures]
 
     monkeypatch.setattr(stability, "BATCH", 1)
     monkeypatch.setattr(stability, "_single_point_energies", energies)
-    monkeypatch.setattr(stability, "_potential_version", lambda potential: f"stub {potential}")
+    monkeypatch.setattr(stability, "_potential_version", lambda potential: f"CHGNet {potential} (stub)")
     monkeypatch.setattr(
         stability,
         "elemental_references",
@@ -166,14 +166,14 @@ def test_local_hull_is_built_cached_and_resumed(tmp_path, monkeypatch):
     partial.write_text(json.dumps({"relax": False, "split": "train", "elements": [], "entries": [done]}))
     cache = stability.build_local_hull(str(dataset.path))
     assert len(evaluated) == 1 and cache["structures"] == 2 and not partial.exists()
-    assert cache["potential"] == "stub 0.2.0" and stability.hull_path(dataset).name == "hull-chgnet-0.2.0.json"
+    assert cache["potential"] == "CHGNet 0.3.0 (stub)" and stability.hull_path(dataset).name == "hull-chgnet.json"
     assert {e["element"] for e in cache["elements"]} == {"Na", "Cl", "Cs"}
     hull = stability.local_hull(str(dataset.path))
     assert hull.source == f"local:{dataset.path}"
     assert hull.e_above_hull({"Na": 1, "Cl": 1}, -1.9)[0] == pytest.approx(0.1)
     # each set of weights has its own hull: the other weights' is not built yet, and the message says how
-    with pytest.raises(UserError, match=r"data hull .* potential=0\.3\.0"):
-        stability.local_hull(str(dataset.path), "0.3.0")
+    with pytest.raises(UserError, match=r"data hull .* potential=0\.2\.0"):
+        stability.local_hull(str(dataset.path), "0.2.0")
     with pytest.raises(UserError, match="potential=0.4.0 is not a CHGNet version"):
         stability.local_hull(str(dataset.path), "0.4.0")
     only = stability.build_local_hull(str(dataset.path), elements=["Cs", "Cl"])
@@ -190,5 +190,20 @@ def test_a_structure_the_potential_refuses_gets_no_energy_and_the_others_keep_th
 
     lonely = Structure(Lattice.cubic(12.0), ["Cs"], [[0, 0, 0]])
     structures = [rock_salt().to_structure(), lonely, cesium_chloride().to_structure()]
-    energies = _single_point_energies(structures, "0.2.0")
+    energies = _single_point_energies(structures, "0.3.0")
     assert math.isfinite(energies[0]) and math.isnan(energies[1]) and math.isfinite(energies[2])
+
+
+def test_a_single_point_energy_outside_the_physical_range_is_no_energy(monkeypatch):
+    """CHGNet 0.2.0 gives compressed hcp nitrogen -140 eV/atom; as an elemental reference it sank every nitride
+    100 eV/atom under its hull. Such an energy is refused as a relaxation's is."""
+    import nesfgen.relax as relax
+    import nesfgen.stability as stability
+
+    class Potential:
+        def predict_structure(self, structures, task, batch_size):
+            return [{"e": e} for e in (-140.3, -3.7, 2999.7)]
+
+    monkeypatch.setattr(relax, "load_potential", lambda name: Potential())
+    energies = stability._single_point_energies([None] * 3, "0.2.0")
+    assert math.isnan(energies[0]) and energies[1] == -3.7 and math.isnan(energies[2])
