@@ -112,13 +112,16 @@ def test_lockstep_relaxation_matches_chgnets_own_relaxer_and_one_at_a_time(poten
 
     from chgnet.model import StructOptimizer
 
+    from nesfgen.generate import find_structure
+
     structures = [
         strained_nacl(),
         strained(zinc_blende().to_structure().get_primitive_structure(), 1.08),
         strained(perovskite().to_structure(), 0.95),
+        strained(find_structure("Si", None).to_structure(), 1.05),  # the built-in table's diamond
     ]
     options = RelaxOptions(fmax=0.05, steps=100, rattle=0.0)  # chgnet's relaxer starts from the input as given
-    together = {k: (record, s) for k, record, s in relax.relax_many(structures, options, potential, batch_size=3)}
+    together = {k: (record, s) for k, record, s in relax.relax_many(structures, options, potential, batch_size=4)}
     for k, structure in enumerate(structures):
         alone, _ = relax.relax_structure(structure, options, potential)
         record, relaxed = together[k]
