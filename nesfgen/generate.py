@@ -299,6 +299,10 @@ class SampleOptions(DecodeOptions):
             raise UserError(f"seed must be 0 or more, got {self.seed}")
         if not self.relax and (self.fmax, self.steps, self.hull, self.potential) != (None,) * 4:
             raise UserError("fmax=, steps=, hull= and potential= go with relax=true")
+        if self.potential is not None:  # refused before sampling, not after it when the relaxation starts
+            from nesfgen.relax import check_potential
+
+            check_potential(self.potential)
         if self.drawn_parts and not self.condition.is_empty():  # an explicit draw= only: "" defers to conditions
             raise UserError(
                 "draw= takes each sample's condition from the training split; give it without elements=, formula=, ..."

@@ -43,6 +43,8 @@ def test_a_negative_guidance_is_refused():
 def test_relaxation_settings_without_relax_are_refused():
     with pytest.raises(UserError, match="potential= go with relax=true"):
         SampleOptions(potential="0.3.0")
+    with pytest.raises(UserError, match="potential=0.4.0 is not a CHGNet version"):
+        SampleOptions(relax=True, potential="0.4.0")
 
 
 def test_more_atoms_than_any_training_cell_held_are_refused_before_decoding(tmp_path):
