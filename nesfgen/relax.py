@@ -437,10 +437,9 @@ def _finish(relaxation: _Relaxation, converged: bool, reason: str) -> tuple[int,
         volume_after=float(relaxed.volume),
         volume_change_pct=100.0 * (relaxed.volume / structure.volume - 1.0),
     )
-    low, high = ENERGY_RANGE
     if not np.isfinite(relaxed.lattice.matrix).all():
         record["reason"] = "the potential returned NaN or infinite energies"
-    elif not low <= energies[-1] <= high:
+    elif not is_physical_energy(energies[-1]):
         record["reason"] = f"exploding relaxation: {energies[-1]:.1f} eV/atom"
     elif input_problem(relaxed):
         record["reason"] = f"relaxed into {input_problem(relaxed)}"
@@ -450,6 +449,12 @@ def _finish(relaxation: _Relaxation, converged: bool, reason: str) -> tuple[int,
     if record["rmsd"] is None:
         record["rmsd"] = math.nan
     return relaxation.index, record, relaxed
+
+
+def is_physical_energy(energy_per_atom: float) -> bool:
+    """Within ENERGY_RANGE (False for NaN): what a relaxation ends at, and a hull's single points, are held to."""
+    low, high = ENERGY_RANGE
+    return bool(low <= energy_per_atom <= high)
 
 
 def _exploded(relaxation: _Relaxation) -> str:

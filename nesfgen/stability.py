@@ -155,10 +155,14 @@ def mp_hull(client: Any) -> Hull:
 # --- the local hull ------------------------------------------------------------------------------------------------
 
 
+def _potential_label(potential: str) -> str:
+    return f"CHGNet {potential}"
+
+
 def _potential_version(potential: str) -> str:
     from importlib.metadata import version
 
-    return f"CHGNet {potential} (chgnet {version('chgnet')})"
+    return f"{_potential_label(potential)} (chgnet {version('chgnet')})"
 
 
 def _prototype(symbol: str, name: str) -> Any:
@@ -246,7 +250,7 @@ def _single_point_energies(structures: Sequence[Any], potential: str) -> list[fl
     large atom has) gets NaN, as does an energy outside the physical range a relaxation is held to (a
     compressed prototype where the potential has a hole: 0.2.0's hcp nitrogen, -140 eV/atom); the others keep
     their energies."""
-    from nesfgen.relax import ENERGY_RANGE, load_potential
+    from nesfgen.relax import is_physical_energy, load_potential
 
     try:
         with warnings.catch_warnings():
@@ -259,8 +263,7 @@ def _single_point_energies(structures: Sequence[Any], potential: str) -> list[fl
         return [energy for structure in structures for energy in _single_point_energies([structure], potential)]
     if isinstance(predictions, dict):
         predictions = [predictions]
-    low, high = ENERGY_RANGE
-    return [float(p["e"]) if low <= p["e"] <= high else math.nan for p in predictions]
+    return [float(p["e"]) if is_physical_energy(p["e"]) else math.nan for p in predictions]
 
 
 def _element_numbers(symbols: Sequence[str]) -> set[int]:
@@ -382,7 +385,7 @@ def local_hull(name: str, potential: str = DEFAULT_POTENTIAL) -> Hull:
     if not path.is_file():
         raise UserError(f"no CHGNet {potential} hull for dataset {name!r} yet: build it once with `{build}`")
     cache = json.loads(path.read_text())
-    made_by = str(cache.get("potential", "")).startswith(f"CHGNet {potential} ")
+    made_by = str(cache.get("potential", "")).startswith(_potential_label(potential) + " ")
     if cache.get("format") != HULL_FORMAT or cache.get("content_hash") != dataset.content_hash or not made_by:
         raise UserError(f"{path} is stale or not a nesfgen hull; rebuild it with `{build}`")
     entries = [HullEntry(e["id"], e["composition"], e["energy_per_atom"]) for e in cache["entries"]]
