@@ -352,13 +352,24 @@ def _reconstruct(decoder: Decoder, crystals: CrystalSet) -> list[Crystal | None]
     return decoder.decode(decoder.encode(crystals), [f"{id}-decoded" for id in crystals.ids]).crystals
 
 
-def _check_atom_count(condition: Condition, trained: TrainedModel) -> None:
-    """A ``num_atoms=`` above the most atoms a training cell held decodes nothing: said up front instead."""
-    atom_range = training_atom_range(trained) if condition.num_atoms is not None else None
-    if atom_range and condition.num_atoms > atom_range[1]:
+def _check_atom_count(condition: Condition, trained: TrainedModel, formula: str | None) -> None:
+    """A ``num_atoms=``, or a ``formula=`` whose smallest cell holds more atoms than any training cell held,
+    decodes nothing that meets it: said up front instead."""
+    fewest = condition.fewest_atoms()
+    if condition.num_atoms is None and fewest is None:
+        return
+    if (atom_range := training_atom_range(trained)) is None:
+        return
+    low, high = atom_range
+    if condition.num_atoms is not None and condition.num_atoms > high:
         raise UserError(
-            f"num_atoms={condition.num_atoms}: the model was trained on cells of {atom_range[0]} to {atom_range[1]} "
-            "atoms and cannot draw more; give a number in that range"
+            f"num_atoms={condition.num_atoms}: the model was trained on cells of {low} to {high} atoms and cannot "
+            "draw more; give a number in that range"
+        )
+    if fewest is not None and fewest > high:
+        raise UserError(
+            f"formula={formula}: its smallest cell holds {fewest} atoms, and the model was trained on cells of {low} "
+            f"to {high} atoms; give a formula of at most {high} atoms"
         )
 
 
@@ -369,7 +380,7 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
     symmetrize, condition = options.symmetrize, options.condition
     decoder, learned = _load_generator(options)
     trained = decoder.trained
-    _check_atom_count(condition, trained)
+    _check_atom_count(condition, trained, options.formula)
     splits, reference_note = reference_splits(trained, options.data, options.coverage_split)
     anchor = find_structure(near, splits[0] if splits else None) if near is not None else None
     drawn = _drawn_parts(options, learned, splits is not None and bool(reference_note.get("is_training_data")))
@@ -694,7 +705,7 @@ def write_samples(generation: Generation, out: Path) -> list[Path]:
 def plot_distributions(rows: list[dict[str, Any]], reference: Reference, path: Path) -> Path:
     """Samples against the training split: density, atoms per cell, number of elements, crystal systems."""
     from nesfgen.files import new_figure, save_figure
-    from nesfgen.prior import CRYSTAL_SYSTEMS, crystal_system
+    from nesfgen.prior import CRYSTAL_SYSTEMS, crystal_system_index
 
     present = [row for row in rows if row["decoded"]]
     figure, axes = new_figure(4, 16, 3.4)
@@ -715,7 +726,7 @@ def plot_distributions(rows: list[dict[str, Any]], reference: Reference, path: P
     def shares(numbers: list[int]) -> np.ndarray:
         counts = np.zeros(len(CRYSTAL_SYSTEMS) + 1)
         for number in numbers:
-            counts[crystal_system(number) if number else len(CRYSTAL_SYSTEMS)] += 1
+            counts[crystal_system_index(number) if number else len(CRYSTAL_SYSTEMS)] += 1
         return counts / max(1, len(numbers))
 
     positions = np.arange(len(CRYSTAL_SYSTEMS) + 1)

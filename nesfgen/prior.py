@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from nesfgen import symmetry
 from nesfgen.errors import UserError
 from nesfgen.options import required
 from nesfgen.progress import Progress
@@ -32,9 +34,8 @@ log = logging.getLogger(__name__)
 PRIOR_FORMAT = "nesfgen-latent-prior"
 PRIOR_FORMAT_VERSION = 1
 PRIOR_KINDS = ("flow", "flowmatch")
-#: crystal systems in spglib's order of space-group numbers, and the first number of each
-CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
-CRYSTAL_SYSTEM_STARTS = (1, 3, 16, 75, 143, 168, 195)
+#: crystal systems in the order of their space-group numbers: the order of the condition's one-hot part
+CRYSTAL_SYSTEMS = tuple(name for _, name in reversed(symmetry.CRYSTAL_SYSTEMS))
 #: atoms per cell are given to the model divided by this
 ATOMS_SCALE = 20.0
 
@@ -74,9 +75,9 @@ class PriorConfig:
 # --- conditions ------------------------------------------------------------------------------------
 
 
-def crystal_system(number: int) -> int:
+def crystal_system_index(number: int) -> int:
     """Index in CRYSTAL_SYSTEMS of a space-group number (1-230)."""
-    return int(np.searchsorted(CRYSTAL_SYSTEM_STARTS, number, side="right") - 1)
+    return CRYSTAL_SYSTEMS.index(symmetry.crystal_system(number))
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,15 @@ class Condition:
 
     def is_empty(self) -> bool:
         return all(value is None for value in asdict(self).values())
+
+    def fewest_atoms(self) -> int | None:
+        """The fewest atoms a cell of the asked composition holds (Zn2S2O99: 103; ZnS: 2), None without one."""
+        if self.composition is None:
+            return None
+        amounts = [Fraction(amount).limit_denominator(1000) for amount in self.composition.values()]
+        scale = math.lcm(*(amount.denominator for amount in amounts))
+        whole = [int(amount * scale) for amount in amounts]
+        return sum(whole) // math.gcd(*whole)
 
 
 @dataclass(frozen=True)
@@ -160,7 +170,7 @@ class ConditionEncoder:
             elements=tuple(int(z) for z in numbers),
             composition={int(z): float(c) for z, c in zip(numbers, counts)},
             num_atoms=len(atomic_numbers),
-            crystal_system=CRYSTAL_SYSTEMS[crystal_system(space_group_number)] if space_group_number else None,
+            crystal_system=symmetry.crystal_system(space_group_number) if space_group_number else None,
             spacegroup=space_group_number or None,
         )
 
@@ -204,7 +214,30 @@ def parse_condition(
             raise UserError(f"formula={formula}: not a chemical formula of elements (e.g. ZnS, SrTiO3)")
         composition = {element.Z: float(amount) for element, amount in parsed.items()}
     system = crystal_system_name.lower() if crystal_system_name is not None else None
-    return Condition(numbers, composition, num_atoms, system, spacegroup)
+    condition = Condition(numbers, composition, num_atoms, system, spacegroup)
+    _refuse_contradiction(condition, elements, formula)
+    return condition
+
+
+def _refuse_contradiction(condition: Condition, elements: str | None, formula: str | None) -> None:
+    """Conditions no structure can meet together, refused by name before anything is sampled."""
+    if condition.elements is not None and condition.composition is not None:
+        if set(condition.elements) != set(condition.composition):
+            raise UserError(
+                f"elements={elements} and formula={formula} name different elements; no structure holds both"
+            )
+    fewest = condition.fewest_atoms()
+    if fewest is not None and condition.num_atoms is not None and condition.num_atoms % fewest:
+        raise UserError(
+            f"num_atoms={condition.num_atoms} and formula={formula}: a cell of that composition holds a multiple of "
+            f"{fewest} atoms"
+        )
+    if condition.spacegroup is not None and condition.crystal_system is not None and 1 <= condition.spacegroup <= 230:
+        if (system := symmetry.crystal_system(condition.spacegroup)) != condition.crystal_system:
+            raise UserError(
+                f"spacegroup={condition.spacegroup} is {system}, not crystal_system={condition.crystal_system}; "
+                "give one of them"
+            )
 
 
 def condition_holds(condition: Condition, atomic_numbers: np.ndarray, space_group_number: int) -> dict[str, bool]:
@@ -223,7 +256,7 @@ def condition_holds(condition: Condition, atomic_numbers: np.ndarray, space_grou
         held["num_atoms"] = len(atomic_numbers) == condition.num_atoms
     if condition.crystal_system is not None:
         held["crystal_system"] = bool(space_group_number) and (
-            CRYSTAL_SYSTEMS[crystal_system(space_group_number)] == condition.crystal_system
+            symmetry.crystal_system(space_group_number) == condition.crystal_system
         )
     if condition.spacegroup is not None:
         held["spacegroup"] = space_group_number == condition.spacegroup

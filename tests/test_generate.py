@@ -50,6 +50,8 @@ def test_relaxation_settings_without_relax_are_refused():
 def test_more_atoms_than_any_training_cell_held_are_refused_before_decoding(tmp_path):
     with pytest.raises(UserError, match="num_atoms=500: the model was trained on cells of 1 to 28 atoms"):
         sample_structures(SampleOptions(num_atoms=500, n=1, out=str(tmp_path / "out")))
+    with pytest.raises(UserError, match="formula=Zn2S2O99: its smallest cell holds 103 atoms.*1 to 28 atoms"):
+        sample_structures(SampleOptions(formula="Zn2S2O99", n=1, out=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
 
 

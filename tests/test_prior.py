@@ -132,6 +132,19 @@ def test_condition_holds_in_a_structure():
         parse_condition(formula="Xx2")  # pymatgen reads it as a dummy species
 
 
+def test_conditions_no_structure_can_meet_together_are_refused_by_name():
+    assert parse_condition(formula="Zn2S2O99").fewest_atoms() == 103
+    assert parse_condition(formula="Zn2S2").fewest_atoms() == 2
+    assert parse_condition(formula="Li0.5CoO2").fewest_atoms() == 7
+    assert parse_condition(formula="ZnS", num_atoms=8).num_atoms == 8
+    with pytest.raises(UserError, match="elements=Zn,O and formula=ZnS name different elements"):
+        parse_condition(elements="Zn,O", formula="ZnS")
+    with pytest.raises(UserError, match="num_atoms=3 and formula=ZnS: .* a multiple of 2 atoms"):
+        parse_condition(formula="ZnS", num_atoms=3)
+    with pytest.raises(UserError, match="spacegroup=225 is cubic, not crystal_system=tetragonal"):
+        parse_condition(crystal_system_name="tetragonal", spacegroup=225)
+
+
 def test_every_shipped_prior_loads_and_samples():
     from nesfgen.generate import PRIORS
 

@@ -16,19 +16,13 @@ from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text, new_figure, output_folder, save_figure
 from nesfgen.latent.embedding import Embedding, attribute_columns, load_embedding
 from nesfgen.options import required
+from nesfgen.symmetry import CRYSTAL_SYSTEMS
 
 log = logging.getLogger(__name__)
 
 MAP_METHODS = ("tsne", "pca")
 #: first space-group number of each crystal system after triclinic (1-2), for the colour bar of the map
-CRYSTAL_SYSTEM_STARTS = {
-    "monoclinic": 3,
-    "orthorhombic": 16,
-    "tetragonal": 75,
-    "trigonal": 143,
-    "hexagonal": 168,
-    "cubic": 195,
-}
+CRYSTAL_SYSTEM_STARTS = {name: first for first, name in reversed(CRYSTAL_SYSTEMS) if first > 1}
 
 
 def project(
