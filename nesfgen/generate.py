@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from nesfgen.progress import Progress
 from nesfgen.sampling import TensorSet
 from nesfgen.stream import SAMPLE_CIFS, SampleStream
 from nesfgen.symmetry import space_group_number
+
+if TYPE_CHECKING:  # imported where a relaxation starts: sampling alone does not load the relaxation stack
+    from nesfgen.stability import ScreenOptions
 
 log = logging.getLogger(__name__)
 
@@ -581,6 +584,10 @@ def sample(options: SampleOptions, progress: Callable[[str], Progress] | None = 
     """Sample, write the folder (``options.out``, else ``samples``) and, with relax=true, relax and screen the
     samples and the baselines on the same hull; ``progress(label)`` gives each stage's progress callback."""
     out = Path(options.out or DEFAULT_FOLDER)
+    if options.relax and (screen := _screen_options(out, options)).hull_spec:
+        from nesfgen.stability import open_hull
+
+        open_hull(screen.hull_spec, screen.potential)  # a hull not built yet is said before sampling, not after
     generation = sample_structures(replace(options, out=str(out)), progress("decoding samples") if progress else None)
     write_samples(generation, out)
     result = {**generation.summary, "out": str(out)}
@@ -596,12 +603,12 @@ def sample(options: SampleOptions, progress: Callable[[str], Progress] | None = 
     return result
 
 
-def _relax_folder(folder: Path, options: SampleOptions, progress: Callable[[str], Progress] | None) -> dict[str, Any]:
-    """Relax a folder of CIFs into FOLDER/relaxed, screened against data='s hull (or hull=)."""
+def _screen_options(folder: Path, options: SampleOptions) -> ScreenOptions:
+    """How a folder of samples (or of a baseline) is relaxed into FOLDER/relaxed and screened: data='s hull or hull=."""
     from nesfgen.relax import DEFAULT_FMAX, DEFAULT_POTENTIAL, DEFAULT_STEPS
-    from nesfgen.stability import ScreenOptions, relax_and_screen
+    from nesfgen.stability import ScreenOptions
 
-    screen = ScreenOptions(
+    return ScreenOptions(
         inputs=(str(folder),),
         out=str(folder / "relaxed"),
         fmax=DEFAULT_FMAX if options.fmax is None else options.fmax,
@@ -610,7 +617,13 @@ def _relax_folder(folder: Path, options: SampleOptions, progress: Callable[[str]
         data=options.data,
         potential=options.potential or DEFAULT_POTENTIAL,
     )
-    return relax_and_screen(screen, progress("relaxing with CHGNet") if progress else None)
+
+
+def _relax_folder(folder: Path, options: SampleOptions, progress: Callable[[str], Progress] | None) -> dict[str, Any]:
+    """Relax a folder of CIFs into FOLDER/relaxed and screen them."""
+    from nesfgen.stability import relax_and_screen
+
+    return relax_and_screen(_screen_options(folder, options), progress("relaxing with CHGNet") if progress else None)
 
 
 def _redraws(options: SampleOptions, drawn: tuple[str, ...]) -> int:

@@ -526,6 +526,11 @@ class ScreenOptions:
     def relaxation(self) -> RelaxOptions:
         return RelaxOptions(self.fmax, self.steps, self.batch, self.workers, self.rattle, self.potential)
 
+    @property
+    def hull_spec(self) -> str | None:
+        """The hull to place the relaxed structures on: ``hull=``, else the local hull of ``data=``, else none."""
+        return self.hull or (f"local:{self.data}" if self.data else None)
+
 
 def relax_and_screen(options: ScreenOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Relax ``options.inputs`` into ``options.out`` (resuming), place them on a hull, write relax.csv and summary.json."""
@@ -535,8 +540,7 @@ def relax_and_screen(options: ScreenOptions, progress: Progress | None = None) -
     from nesfgen.relax import gather_inputs, relax_all, relaxed_crystal
 
     started = time.perf_counter()
-    out, hull, data = Path(options.out), options.hull, options.data
-    spec = hull or (f"local:{data}" if data else None)
+    out, data, spec = Path(options.out), options.data, options.hull_spec
     reference_name = data or (spec.removeprefix("local:") if spec and spec != "mp" else None)
     chosen = open_hull(spec, options.potential) if spec else None  # before relaxing: a missing hull fails at once
     reference = None

@@ -55,6 +55,20 @@ def test_more_atoms_than_any_training_cell_held_are_refused_before_decoding(tmp_
     assert not (tmp_path / "out").exists()
 
 
+def test_relaxing_against_a_hull_not_built_yet_is_refused_before_sampling(tmp_path):
+    from conftest import rock_salt
+
+    from nesfgen.data.store import write_dataset
+
+    dataset = write_dataset(
+        tmp_path / "two", {"train": [rock_salt(id="nacl")], "test": [rock_salt(id="t")]}, name="two"
+    )
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="no CHGNet 0.3.0 hull for dataset .* build it once with `nesfgen data hull"):
+        generate.sample(SampleOptions(relax=True, data=str(dataset.path), n=1, out=str(out)))
+    assert not out.exists()
+
+
 def test_samples_are_snapped_at_the_sampling_tolerance_unless_asked_otherwise():
     assert SampleOptions().symmetrize and SampleOptions().tolerance == 0.3
     assert SampleOptions(symmetrize=True, symprec=0.05).tolerance == 0.05
