@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +99,10 @@ class Condition:
         """The fewest atoms a cell of the asked composition holds (Zn2S2O99: 103; ZnS: 2), None without one."""
         if self.composition is None:
             return None
-        amounts = [Fraction(amount).limit_denominator(1000) for amount in self.composition.values()]
-        scale = math.lcm(*(amount.denominator for amount in amounts))
-        whole = [int(amount * scale) for amount in amounts]
-        return sum(whole) // math.gcd(*whole)
+        from pymatgen.core import Composition, Element
+
+        asked = Composition({Element.from_Z(z): amount for z, amount in self.composition.items()})
+        return round(Composition(asked.get_integer_formula_and_factor()[0]).num_atoms)
 
 
 @dataclass(frozen=True)
