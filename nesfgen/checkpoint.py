@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from nesfgen import __version__
 from nesfgen.config import ModelConfig, Recipe, from_dict
 from nesfgen.crystal import MAX_ATOMIC_NUMBER
 from nesfgen.errors import UserError
-from nesfgen.files import os_error_reason
+from nesfgen.files import atomic_write_bytes, os_error_reason
 from nesfgen.model import NeSF
 
 FORMAT_VERSION = 1
@@ -40,31 +38,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     Serialised in memory first, so a failed write (a full disk) is an OSError naming its reason, not torch's
     generic stream error; the previous checkpoint stays in place either way.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, "nesfgen_version": __version__, **state}, payload)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide shipped models from other users
-        with os.fdopen(handle, "wb") as file:
-            file.write(payload.getbuffer())
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise UserError(
-            f"cannot write the checkpoint {path}: {os_error_reason(error)}; the previous one is kept"
-        ) from None
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    """The process's file-creation mask (reading it means setting it, so it is put straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    atomic_write_bytes(path, payload.getbuffer(), "the checkpoint")
 
 
 def checkpoint_digest(path_or_run: str | Path) -> str:

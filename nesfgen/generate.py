@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from nesfgen.baselines import reference_rows
-from nesfgen.checkpoint import DEFAULT_MODEL, DEFAULT_VAE_MODEL, PACKAGED_MODELS, TrainedModel
+from nesfgen.checkpoint import DEFAULT_MODEL, DEFAULT_VAE_MODEL, PACKAGED_MODELS, TrainedModel, checkpoint_digest
 from nesfgen.crystal import Crystal
 from nesfgen.data.builtin import find_known
 from nesfgen.data.importers import read_structure_file
@@ -222,7 +222,25 @@ def resolve_prior(prior: str | None, checkpoint: str | None) -> tuple[str, Laten
         learned = load_prior(Path(prior))
     else:
         raise UserError(f"prior={prior}: expected one of {', '.join(PRIOR_CHOICES)} or a prior .pt file")
-    return checkpoint or learned.autoencoder or DEFAULT_MODEL, learned
+    model = checkpoint or learned.autoencoder or DEFAULT_MODEL
+    _check_prior_fits(learned, model)
+    return model, learned
+
+
+def _check_prior_fits(learned: LatentPrior, model: str) -> None:
+    """A prior knows one model's latents: another model, even of the same latent size and data, reads them
+    as something else, so its decodes would be silently wrong."""
+    if not learned.autoencoder_digest:
+        log.warning(
+            "the prior does not record the model it was fitted to (an older file): not checked against %s", model
+        )
+        return
+    if checkpoint_digest(model) != learned.autoencoder_digest:
+        raise UserError(
+            f"the prior was fitted to the latents of {learned.autoencoder or 'another model'}, not of {model} (their "
+            f"checkpoint files differ): fit one to this model with `nesfgen prior fit checkpoint={model} out=FILE.pt`, "
+            "then give prior=FILE.pt"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,6 +10,7 @@ Two kinds, fitted to the eval-mode latents of the training split (standardised p
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from nesfgen import symmetry
 from nesfgen.errors import UserError
+from nesfgen.files import atomic_write_bytes
 from nesfgen.options import required
 from nesfgen.progress import Progress
 
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 PRIOR_FORMAT = "nesfgen-latent-prior"
-PRIOR_FORMAT_VERSION = 1
+PRIOR_FORMAT_VERSION = 2  # 2: the autoencoder named by its checkpoint digest
 PRIOR_KINDS = ("flow", "flowmatch")
 #: crystal systems in the order of their space-group numbers: the order of the condition's one-hot part
 CRYSTAL_SYSTEMS = tuple(name for _, name in reversed(symmetry.CRYSTAL_SYSTEMS))
@@ -414,7 +416,7 @@ class LatentPrior:
     std: Tensor  # (D,)
     conditions: ConditionEncoder
     autoencoder: str = ""  # the model whose latents these are (shipped name or path)
-    autoencoder_hash: str = ""  # its dataset's content hash, to refuse another model's latents
+    autoencoder_digest: str = ""  # SHA-256 of its checkpoint file: another model reads these latents differently
     history: dict[str, Any] = field(default_factory=dict)
 
     def sample(
@@ -456,7 +458,7 @@ class LatentPrior:
             "mean": self.mean,
             "std": self.std,
             "autoencoder": self.autoencoder,
-            "autoencoder_hash": self.autoencoder_hash,
+            "autoencoder_digest": self.autoencoder_digest,
             "history": self.history,
         }
 
@@ -521,13 +523,9 @@ def fit_prior(
 
 
 def save_prior(prior: LatentPrior, path: Path) -> Path:
-    """Written to a temporary sibling and renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(prior.state(), temporary)
-    temporary.replace(path)
-    return path
+    payload = io.BytesIO()
+    torch.save(prior.state(), payload)
+    return atomic_write_bytes(path, payload.getbuffer(), "the latent prior")
 
 
 def load_prior(path: Path) -> LatentPrior:
@@ -549,7 +547,7 @@ def load_prior(path: Path) -> LatentPrior:
             state["std"],
             encoder,
             state["autoencoder"],
-            state["autoencoder_hash"],
+            state.get("autoencoder_digest", ""),  # format 1 did not record it
             state["history"],
         )
     except (KeyError, TypeError, ValueError, RuntimeError) as error:  # a damaged or hand-edited file
@@ -569,7 +567,7 @@ def fit_model_prior(
     The flow-matching prior also learns each structure's condition (elements, composition, atoms per
     cell, space group at 0.1 Å).
     """
-    from nesfgen.checkpoint import load_model
+    from nesfgen.checkpoint import checkpoint_digest, load_model
     from nesfgen.data.names import resolve_dataset
     from nesfgen.decoder import encode
     from nesfgen.symmetry import space_group_number
@@ -585,7 +583,7 @@ def fit_model_prior(
         conditions = [encoder.describe(c.atomic_numbers, space_group_number(c)) for c in crystals]
     prior = fit_prior(latents, config, trained.species_table, conditions, progress)
     prior.autoencoder = checkpoint
-    prior.autoencoder_hash = trained.dataset_hash
+    prior.autoencoder_digest = checkpoint_digest(checkpoint)
     prior.history |= {"dataset": dataset.name, "structures": len(crystals)}
     save_prior(prior, out)
     return prior

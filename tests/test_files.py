@@ -52,3 +52,30 @@ def test_only_staging_of_dead_writers_is_removed(tmp_path):
     unmarked.mkdir()  # not ours to judge: no marker
     assert remove_stale_staging(out) == [stale]
     assert not stale.exists() and live.is_dir() and other.is_dir() and unmarked.is_dir()
+
+
+def test_a_failed_text_or_prior_write_keeps_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from nesfgen.files import atomic_write_text
+    from nesfgen.prior import PriorConfig, fit_prior, save_prior
+
+    summary, prior_path = tmp_path / "summary.json", tmp_path / "prior.pt"
+    atomic_write_text(summary, "old")
+    prior = fit_prior(torch.randn(4, 3), PriorConfig(hidden=4, layers=1, steps=1, ode_steps=1, threads=1), [8])
+    save_prior(prior, prior_path)
+    before = prior_path.read_bytes()
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(UserError, match=f"cannot write the file {summary}: no space left on the device"):
+        atomic_write_text(summary, "new")
+    with pytest.raises(UserError, match="cannot write the latent prior .*prior.pt: no space left"):
+        save_prior(prior, prior_path)
+    monkeypatch.undo()
+    assert summary.read_text() == "old" and prior_path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prior.pt", "summary.json"]

@@ -6,6 +6,7 @@ import torch
 from conftest import TINY_MODEL, cesium_chloride, tiny_recipe
 
 from nesfgen import generate
+from nesfgen.checkpoint import checkpoint_digest
 from nesfgen.crystal import Crystal
 from nesfgen.errors import UserError
 from nesfgen.generate import DEFAULT_VAE_MODEL, SampleOptions, sample_latents, sample_structures, write_samples
@@ -135,8 +136,44 @@ def autoencoder_prior(tiny_dataset, tmp_path):
     species = [int(z) for z in np.unique(tiny_dataset.load("train").atomic_numbers)]
     latents = torch.randn(20, int(TINY_MODEL["model.latent_size"]), generator=torch.Generator().manual_seed(0))
     prior = fit_prior(latents, config, species)
-    prior.autoencoder = str(run)
+    prior.autoencoder, prior.autoencoder_digest = str(run), checkpoint_digest(run)
     return run, save_prior(prior, tmp_path / "prior.pt")
+
+
+def test_a_prior_fitted_to_another_model_is_refused_before_sampling(autoencoder_prior, tiny_dataset, tmp_path):
+    run, prior = autoencoder_prior
+    other = tmp_path / "other"  # the same data and latent size: only the recorded checkpoint tells them apart
+    train(tiny_recipe(tiny_dataset, **{"train.epochs": 1, "train.seed": 1}), other)
+    with pytest.raises(UserError, match=r"fitted to the latents of .*ae, not of .*other .*prior fit checkpoint="):
+        sample_structures(SampleOptions(checkpoint=str(other), n=1, prior=str(prior), out=str(tmp_path / "out")))
+    with pytest.raises(UserError, match="fitted to the latents of"):
+        generate.check_prior(generate.PriorCheckOptions(checkpoint=str(other), prior=str(prior)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_older_prior_file_is_still_checked_for_its_latent_size(autoencoder_prior, tmp_path, caplog):
+    run, _ = autoencoder_prior
+    size = int(TINY_MODEL["model.latent_size"]) + 2
+    older = fit_prior(torch.randn(8, size), PriorConfig(hidden=8, layers=1, steps=1, ode_steps=2, threads=1), [11, 17])
+    path = save_prior(older, tmp_path / "older.pt")  # no autoencoder recorded, as format 1 wrote none
+    with pytest.raises(UserError, match=f"the prior's latents have {size} dimensions"):
+        sample_structures(SampleOptions(checkpoint=str(run), n=1, prior=str(path)))
+    assert "does not record the model it was fitted to" in caplog.text
+
+
+def test_prior_fit_on_the_command_line_records_its_model(cli, tiny_dataset, tmp_path):
+    run = tmp_path / "ae"
+    train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), run)
+    out = tmp_path / "fitted.pt"
+    result = cli(
+        "prior", "fit", f"checkpoint={run}", "steps=3", "hidden=8", "layers=1", "threads=1", f"out={out}", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["structures"] == 48  # the tiny training split
+    fitted = load_prior(out)
+    assert fitted.autoencoder == str(run) and fitted.autoencoder_digest == checkpoint_digest(run)
+    refused = cli("prior", "check", "prior=vae")
+    assert refused.returncode == 2 and "takes a learned prior" in refused.stderr
 
 
 def test_autoencoder_with_a_learned_prior_and_a_condition(autoencoder_prior, tmp_path):

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from nesfgen.checkpoint import checkpoint_digest
 from nesfgen.errors import UserError
 from nesfgen.prior import (
     Condition,
@@ -151,6 +152,7 @@ def test_every_shipped_prior_loads_and_samples():
     for path in sorted(PRIORS.glob("*.pt")):
         prior = load_prior(path)
         assert prior.autoencoder and prior.sample(2, seed=0).shape == (2, prior.mean.numel())
+        assert prior.autoencoder_digest == checkpoint_digest(prior.autoencoder)  # refit when the model is reshipped
 
 
 def test_the_latent_check_measures_nearest_distances_and_spread():
@@ -162,3 +164,38 @@ def test_the_latent_check_measures_nearest_distances_and_spread():
     assert check["precision"] == pytest.approx((0.0 + 13**0.5) / 2)  # [3, 4] is nearest to [1, 1]
     assert check["held_out_precision"] == pytest.approx(5**0.5)
     assert check["std_ratio"] == pytest.approx((3 + 4) / 2)  # sample spreads 3/sqrt2, 4/sqrt2 over 1/sqrt2
+
+
+def two_groups(count=256, size=4):
+    """Latents in two clusters, -3 and +3 on the first axis; the first half of 2-atom cells, the second of 8."""
+    noise = 0.3 * torch.randn(count, size, generator=torch.Generator().manual_seed(1))
+    sign = torch.where(torch.arange(count) < count // 2, -1.0, 1.0)
+    return noise + torch.outer(sign, torch.eye(size)[0] * 3.0), sign
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PriorConfig(kind="flow", hidden=32, layers=2, steps=500, batch_size=64, lr=3e-3, threads=1),
+        PriorConfig(hidden=64, layers=2, steps=3000, batch_size=128, lr=3e-3, ode_steps=16, threads=1),
+    ],
+    ids=["flow", "flowmatch"],
+)
+def test_a_fitted_prior_draws_both_modes_of_its_latents_and_not_the_gap(config):
+    """An unfitted model would draw around the mean, 0, where no latent lies."""
+    latents, _ = two_groups()
+    first = fit_prior(latents, config, SPECIES).sample(400, seed=0)[:, 0]
+    assert (first.abs() > 1.5).float().mean() > 0.8  # near one of the modes, not between them
+    assert 0.3 < (first > 0).float().mean() < 0.7  # and both modes drawn
+
+
+def test_a_condition_steers_the_samples_to_its_group_and_guidance_0_ignores_it():
+    latents, sign = two_groups()
+    conditions = [Condition(num_atoms=2 if s < 0 else 8) for s in sign]
+    config = PriorConfig(hidden=64, layers=2, steps=1500, batch_size=128, lr=3e-3, ode_steps=16, threads=1)
+    prior = fit_prior(latents, config, SPECIES, conditions)
+    small = prior.sample(100, seed=0, condition=Condition(num_atoms=2))[:, 0]
+    large = prior.sample(100, seed=0, condition=Condition(num_atoms=8))[:, 0]
+    assert (small < 0).float().mean() > 0.9 and (large > 0).float().mean() > 0.9
+    unconditional = prior.sample(100, seed=0)
+    assert torch.allclose(prior.sample(100, seed=0, condition=Condition(num_atoms=8), guidance=0.0), unconditional)
