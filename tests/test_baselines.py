@@ -1,8 +1,10 @@
+import pytest
 from conftest import perovskite, rock_salt, zinc_blende
 
 from nesfgen.baselines import random_symmetric_crystals, reference_rows, training_draws
 from nesfgen.data.store import CrystalSet
 from nesfgen.generative_metrics import build_reference, element_counts
+from nesfgen.symmetry import space_group_number
 
 
 def test_random_symmetric_crystals_take_training_compositions_and_are_seeded():
@@ -28,4 +30,16 @@ def test_the_ceiling_is_the_test_split_scored_as_samples():
     assert rows["train_split_draws"]["novelty_pct"] == 0.0 and "train_split_draws" not in crystals
     assert [c.id for c in crystals["test_split"]] == ["NaCl", "ZnS"] and len(crystals["random_symmetric"]) == 2
     assert rows["test_split"]["cov_recall_pct"] == 100.0 and rows["test_split"]["novelty_pct"] == 0.0
-    assert rows["random_symmetric"]["structural_validity_pct"] is not None
+    floor = crystals["random_symmetric"]  # pyxtal's: symmetric by construction, in the training compositions
+    assert all(space_group_number(c, 0.01) >= 2 for c in floor)
+    assert {c.formula for c in floor} <= {salt.formula for salt in (rock_salt(), zinc_blende())}
+    assert 0 <= rows["random_symmetric"]["structural_validity_pct"] <= 100
+
+
+def test_density_is_pymatgens():
+    from nesfgen.generative_metrics import cell_statistics
+
+    salt = rock_salt()
+    statistics = cell_statistics(salt.lengths, salt.angles, salt.atomic_numbers)
+    assert statistics["density"] == pytest.approx(salt.to_structure().density, rel=1e-6)
+    assert statistics["num_atoms"] == len(salt.atomic_numbers) and statistics["num_elements"] == 2

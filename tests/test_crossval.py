@@ -63,8 +63,12 @@ def test_cross_validation_trains_evaluates_and_pools(tiny_dataset, tmp_path, mon
     assert [(f["dataset"], f["num_structures"]) for f in folds] == [("tinycv-fold0", 3), ("tinycv-fold1", 3)]
     # pooled over the 6 structures: with 3 a fold, the mean of the two folds' means
     assert result["pooled"]["length_error"] == pytest.approx((folds[0]["length_error"] + folds[1]["length_error"]) / 2)
-    # running again resumes the finished folds instead of training anew
+    # running again resumes the finished folds instead of training anew (training is deterministic, so equal
+    # figures alone would not show it: the checkpoints must stay untouched)
+    checkpoints = sorted((tmp_path / "cv").glob("fold-*/*.pt"))
+    written = [p.stat().st_mtime_ns for p in checkpoints]
     again = cross_validate(recipe, [0, 1], tmp_path / "cv")
     assert again["pooled"] == result["pooled"]
+    assert len(checkpoints) >= 2 and [p.stat().st_mtime_ns for p in checkpoints] == written
     one = cross_validate(recipe, [0], tmp_path / "cv")  # one finished fold: pooled figures only, no "± 0" spread
     assert one["std"] is None and "Fold to fold" not in crossval_markdown(one, "tinycv")

@@ -10,7 +10,7 @@ from nesfgen.checkpoint import checkpoint_digest
 from nesfgen.crystal import Crystal
 from nesfgen.errors import UserError
 from nesfgen.generate import DEFAULT_VAE_MODEL, SampleOptions, sample_latents, sample_structures, write_samples
-from nesfgen.prior import PriorConfig, check_model_prior, draw_conditions, fit_prior, load_prior, save_prior
+from nesfgen.prior import Condition, PriorConfig, check_model_prior, draw_conditions, fit_prior, load_prior, save_prior
 from nesfgen.train import train
 
 
@@ -88,6 +88,7 @@ def test_sampling_is_reproducible_for_a_seed(vae_run, tmp_path):
     assert first.summary["reference"]["is_training_data"]
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["n"] == 4 and summary["seed"] == 3 and "structural_validity_pct" in summary
+    assert summary["symmetrize"] and summary["symmetrize_symprec"] == 0.3  # snapped at the sampling tolerance
 
 
 def test_near_a_structure_and_the_autoencoder(vae_run, tiny_dataset, tmp_path):
@@ -95,20 +96,29 @@ def test_near_a_structure_and_the_autoencoder(vae_run, tiny_dataset, tmp_path):
     assert near.summary["near_structure"].startswith("ZnS")  # found in the training set first
     cif = tmp_path / "cscl.cif"
     cif.write_text(cesium_chloride().to_cif())
-    assert sample_structures(SampleOptions(checkpoint=str(vae_run), n=1, near=str(cif), estimator=FAST_DECODE)).crystals
+    from_file = sample_structures(SampleOptions(checkpoint=str(vae_run), n=1, near=str(cif), estimator=FAST_DECODE))
+    assert from_file.summary["generator"] == "near" and from_file.summary["near"] == str(cif)
+    assert from_file.summary["near_structure"] and from_file.summary["radius"] == 0.5
     with pytest.raises(UserError, match="not trained on"):
         sample_structures(SampleOptions(checkpoint=str(vae_run), n=1, near="KCl"))  # K is not in the tiny species table
     train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "ae")
     with pytest.raises(UserError, match="autoencoder"):
         sample_structures(SampleOptions(checkpoint=str(tmp_path / "ae"), n=2))
-    assert (
-        len(
-            sample_structures(
-                SampleOptions(checkpoint=str(tmp_path / "ae"), n=2, near="NaCl", estimator=FAST_DECODE)
-            ).rows
-        )
-        == 2
-    )
+    around = sample_structures(SampleOptions(checkpoint=str(tmp_path / "ae"), n=2, near="NaCl", estimator=FAST_DECODE))
+    assert around.summary["generator"] == "near" and around.summary["near_structure"].startswith("NaCl")
+    assert around.summary["temperature"] is None and around.summary["prior"] is None  # no prior needed
+
+
+def test_condition_rates_count_each_part_over_all_samples():
+    rock_salt = cubic(5.64, [11] * 4 + [17] * 4, np.random.default_rng(0).random((8, 3)))
+    primitive = cubic(3.99, [11, 17], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    blende = cubic(5.41, [30] * 4 + [16] * 4, np.random.default_rng(1).random((8, 3)))
+    rows = [{"space_group_number": 1}] * 4
+    wanted = Condition(elements=(11, 17), num_atoms=8)
+    rates = generate.condition_rates(wanted, rows, [rock_salt, primitive, blende, None])  # None: nothing decoded
+    assert rates == {"elements_pct": 50.0, "num_atoms_pct": 50.0, "all_pct": 25.0}
+    each = [Condition(num_atoms=2), Condition(num_atoms=2), Condition(num_atoms=8), Condition(num_atoms=8)]
+    assert generate.condition_rates(each, rows, [rock_salt, primitive, blende, None])["all_pct"] == 50.0
 
 
 def test_a_fresh_install_samples_from_the_shipped_vae(tmp_path):
@@ -181,10 +191,11 @@ def test_autoencoder_with_a_learned_prior_and_a_condition(autoencoder_prior, tmp
     plain = sample_structures(SampleOptions(checkpoint=str(run), n=3, seed=1, prior=str(prior), estimator=FAST_DECODE))
     assert plain.summary["generator"] == "prior-flowmatch"  # the model's training split is here: drawn from it
     assert plain.summary["drawn"] == ["composition", "num_atoms"] and "composition_pct" in plain.summary["conditions"]
+    assert plain.summary["temperature"] == generate.DRAWN_TEMPERATURE  # drawn conditions: the narrower start
     own = sample_structures(
         SampleOptions(checkpoint=str(run), n=3, seed=1, prior=str(prior), draw="none", estimator=FAST_DECODE)
     )
-    assert own.summary["drawn"] is None and own.summary["conditions"] is None
+    assert own.summary["drawn"] is None and own.summary["conditions"] is None and own.summary["temperature"] == 1.0
     assert {"cov_recall_pct", "w1_density", "p1_pct", "test_split_p1_pct", "seconds"} <= set(plain.summary)
     asked = {"elements": "Zn,S", "num_atoms": 8}  # Condition(elements=(30, 16), num_atoms=8)
     conditioned = sample_structures(
@@ -193,6 +204,7 @@ def test_autoencoder_with_a_learned_prior_and_a_condition(autoencoder_prior, tmp
     rates = conditioned.summary["conditions"]
     assert set(rates) == {"elements_pct", "num_atoms_pct", "all_pct"} and 0 <= rates["all_pct"] <= 100
     assert conditioned.summary["species_constrained"]  # decoded species restricted to Zn and S
+    assert conditioned.summary["decoded"] > 0  # else the next line would hold for nothing
     assert all(set(c.atomic_numbers.tolist()) <= {30, 16} for c in conditioned.crystals if c is not None)
     free = sample_structures(
         SampleOptions(
@@ -215,6 +227,7 @@ def test_each_sample_can_draw_its_condition_from_the_training_split(autoencoder_
     train = tiny_dataset.load("train")
     systems = {frozenset(train[i].atomic_numbers.tolist()) for i in range(len(train))}
     wanted = draw_conditions(train, ("elements",), 4, 2)  # the same draw as the sampling's
+    assert drawn.summary["decoded"] > 0  # else the loop below would check nothing
     for condition, crystal in zip(wanted, drawn.crystals):
         assert frozenset(condition.elements) in systems
         if crystal is not None:  # voted among that training structure's own elements only
@@ -348,7 +361,6 @@ def test_cli_rejects_bad_conditions_and_priors_in_one_line(cli, tmp_path):
 def test_baselines_are_scored_written_and_relaxed_beside_the_samples(cli, autoencoder_prior, tmp_path):
     """baselines=true relax=true: the ceiling (test split) and floor (pyxtal) rows, their CIFs, and their
     relaxations on the same terms as the samples'."""
-    pytest.importorskip("chgnet", reason="relax=true needs chgnet")
     run, prior = autoencoder_prior
     out = tmp_path / "samples"
     args = [f"checkpoint={run}", f"prior={prior}", "n=2", "baselines=true", "relax=true", "steps=2", f"out={out}"]

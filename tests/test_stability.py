@@ -11,7 +11,7 @@ from conftest import cesium_chloride, rock_salt
 from nesfgen.data import materials_project as mp
 from nesfgen.data.store import CrystalSet
 from nesfgen.errors import UserError
-from nesfgen.stability import HullEntry, hull_from_entries, mp_hull, screen
+from nesfgen.stability import HullEntry, elemental_references, hull_from_entries, mp_hull, screen
 
 RECORDING = Path(__file__).parent / "data" / "mp" / "entries_na_cl.json"
 KEY = "Zq7secretKEYzq7secretKEYzq7secre"
@@ -183,7 +183,6 @@ def test_local_hull_is_built_cached_and_resumed(tmp_path, monkeypatch):
 def test_a_structure_the_potential_refuses_gets_no_energy_and_the_others_keep_theirs():
     """An atom with no neighbour within CHGNet's 6 Å cutoff (a stretched prototype of a large atom) made
     the potential refuse the whole batch, and `data hull lcs6` crashed on its elemental references."""
-    pytest.importorskip("chgnet", reason="needs chgnet")
     from pymatgen.core import Lattice, Structure
 
     from nesfgen.stability import _single_point_energies
@@ -207,3 +206,13 @@ def test_a_single_point_energy_outside_the_physical_range_is_no_energy(monkeypat
     monkeypatch.setattr(relax, "load_potential", lambda name: Potential())
     energies = stability._single_point_energies([None] * 3, "0.2.0")
     assert math.isnan(energies[0]) and energies[1] == -3.7 and math.isnan(energies[2])
+
+
+def test_elemental_references_find_each_element_s_ground_state_prototype():
+    """The real search (CHGNet single points over the prototypes and cell sizes), not a stub: silicon is diamond
+    at CHGNet's -5.3 eV/atom; sodium a close-packed or bcc metal near -1.3 eV/atom."""
+    references = {r["element"]: r for r in elemental_references(["Si", "Na", "Si"])}
+    assert sorted(references) == ["Na", "Si"]
+    assert references["Si"]["prototype"] == "diamond" and -5.45 < references["Si"]["energy_per_atom"] < -5.2
+    assert references["Na"]["prototype"] in {"bcc", "fcc", "hcp"}
+    assert -1.45 < references["Na"]["energy_per_atom"] < -1.15
