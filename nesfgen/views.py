@@ -225,6 +225,8 @@ def leaderboard(result: dict, limit: int) -> None:
 
 
 def relaxation(r: dict) -> None:
+    from nesfgen.stability import METASTABLE  # loaded already: the relaxation that made ``r`` used it
+
     table = Table(title=f"{r['n']} structures relaxed with {r['potential']} (fmax {r['fmax']:g} eV/Å)")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -234,7 +236,7 @@ def relaxation(r: dict) -> None:
         ("converged (of the relaxed)", pct(r["converged_pct"])),
         ("mean RMSD, input to relaxed", rmsd),
         (f"stable, E_hull <= 0 ({r['hull_source'] or 'no hull'})", pct(r["stable_pct"])),
-        ("metastable, E_hull <= 0.1 eV/atom", pct(r["metastable_pct"])),
+        (f"metastable, E_hull <= {METASTABLE:g} eV/atom", pct(r["metastable_pct"])),
         ("unique", pct(r["unique_pct"])),
         (f"novel (vs {r['novelty_reference'] or 'no reference'})", pct(r["novel_pct"])),
         ("S.U.N.", pct(r["sun_pct"])),
@@ -457,6 +459,8 @@ def symmetry(r: dict) -> None:
 
 
 def samples(r: dict) -> None:
+    from nesfgen.generative_metrics import STRUCTURE_CUTOFF  # loaded already: the scoring of ``r`` used it
+
     source = (
         f"around {r['near']} (radius {r['radius']:g})"
         if r["near"]
@@ -476,7 +480,7 @@ def samples(r: dict) -> None:
 
     measures = [
         ("decoded into a crystal", lambda c: f"{c['decoded']} / {r['n'] if c is r else c['decoded']}"),
-        ("structural validity (no atoms < 0.5 Å)", lambda c: pct(c["structural_validity_pct"])),
+        (f"structural validity (no atoms < {STRUCTURE_CUTOFF:g} Å)", lambda c: pct(c["structural_validity_pct"])),
         ("compositional validity (SMACT)", lambda c: pct(c["compositional_validity_pct"])),
         ("  the training split's (SMACT)", lambda c: pct(c["train_compositional_validity_pct"])),
         ("both", lambda c: pct(c["validity_pct"])),

@@ -74,5 +74,12 @@ def test_standardize_primitive_rock_salt_gives_conventional():
     conventional = Crystal.from_structure(primitive, conventional=True)
     assert conventional.num_atoms == 8
     assert np.allclose(conventional.lengths, 5.64, atol=1e-3)
-    assert isinstance(standardize(conventional), Crystal)
+    # spglib's standard cell of the primitive cell, shifted off the origin: the 8-atom cube of 5.64 Å again
+    shifted = Crystal.from_structure(primitive)
+    shifted = Crystal.create(
+        shifted.lengths, shifted.angles, atomic_numbers=shifted.atomic_numbers, frac_coords=shifted.frac_coords + 0.13
+    )
+    standard = standardize(shifted)
+    assert standard.num_atoms == 8 and np.allclose(standard.lengths, 5.64, atol=1e-3)
+    assert np.allclose(standard.angles, 90.0) and sorted(standard.atomic_numbers.tolist()) == [11] * 4 + [17] * 4
     assert isinstance(primitive, Structure)
