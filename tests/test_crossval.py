@@ -30,7 +30,7 @@ def test_parse_folds():
         parse_folds("a-b")
 
 
-def test_cross_validation_trains_evaluates_and_pools(tiny_dataset, tmp_path, monkeypatch):
+def test_cross_validation_trains_evaluates_and_pools(tiny_dataset, tmp_path, monkeypatch, cli):
     monkeypatch.setenv("NESFGEN_DATA_DIR", str(tmp_path / "data"))
     crystals = list(tiny_dataset.load("train"))
     for fold in range(2):
@@ -72,3 +72,20 @@ def test_cross_validation_trains_evaluates_and_pools(tiny_dataset, tmp_path, mon
     assert len(checkpoints) >= 2 and [p.stat().st_mtime_ns for p in checkpoints] == written
     one = cross_validate(recipe, [0], tmp_path / "cv")  # one finished fold: pooled figures only, no "± 0" spread
     assert one["std"] is None and "Fold to fold" not in crossval_markdown(one, "tinycv")
+    # the command line: the same recipe as key=value words, the finished folds resumed, cv.md and cv.json written
+    from conftest import TINY_MODEL
+
+    words = {**TINY_MODEL, "data.name": "tinycv", "train.batch_size": 8, "train.epochs": 1, "estimator.steps": 2}
+    command = cli(
+        "cv",
+        "recipe=quickstart",
+        *(f"{k}={v}" for k, v in words.items()),
+        "--folds",
+        "0,1",
+        f"out={tmp_path / 'cv'}",
+        "--json",
+    )
+    assert command.returncode == 0, command.stderr
+    assert json.loads(command.stdout)["pooled"] == json.loads(json.dumps(result["pooled"], default=str))
+    assert json.loads((tmp_path / "cv" / "cv.json").read_text())["pooled"]["num_structures"] == 6
+    assert "pooled over atoms" in (tmp_path / "cv" / "cv.md").read_text()
