@@ -7,6 +7,7 @@ ones `nesfgen evaluate checkpoint=NAME` reproduces, never numbers copied by hand
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from nesfgen.checkpoint import PACKAGED_MODELS, read_checkpoint, save_checkpoint
 from nesfgen.config import Recipe, TrainConfig, from_dict, to_toml
+from nesfgen.errors import UserError
 from nesfgen.evaluate import (
     AGGREGATION_NOTE,
     EvaluateOptions,
@@ -25,11 +27,14 @@ from nesfgen.evaluate import (
     markdown_table,
     write_report,
 )
-from nesfgen.files import atomic_write_text
+from nesfgen.files import atomic_write_text, output_folder
 from nesfgen.machine import machine_description
 from nesfgen.options import required
 from nesfgen.refit import describe_refit
 from nesfgen.results import seeds_of
+
+#: a shipped model's name: one file name (NAME.pt, NAME.md) inside the package folder, never a path
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 #: What a shipped model keeps of a training checkpoint: enough to rebuild, decode and describe it.
 SHIPPED_KEYS = (
@@ -91,25 +96,30 @@ class PackagedModel:
     evaluation: Evaluation
 
 
-def package_model(
-    run_dir: Path,
-    name: str,
-    data: str | None = None,
-    split: str = "test",
-    out_dir: Path = PACKAGED_MODELS,
-    progress: Progress | None = None,
-    seeds: str | None = None,
-) -> PackagedModel:
-    """Write ``out_dir/NAME.pt`` (best weights, no optimizer state) and ``NAME.md``, the model card.
+def package_model(options: PackageOptions, progress: Progress | None = None) -> PackagedModel:
+    """Write ``out/NAME.pt`` (the run's best weights, no optimizer state) and ``NAME.md``, the model card.
 
     The card holds the recipe, seed, training time and machine, and the evaluation of the written
     file on ``split`` of ``data`` (default: the training dataset). ``seeds``: a results page's JSON
     (``nesfgen results``) whose table of this recipe's seeds holds this run; the card adds their mean ± std.
+    A file of that name holding another model is replaced only with ``force`` (runs fine-tuned from it and
+    priors fitted to it then no longer match it).
     """
-    run_dir = Path(run_dir)
+    from nesfgen.data.names import resolve_dataset
+
+    run_dir, name, data, out_dir, seeds = (
+        Path(options.run),
+        options.name,
+        options.data,
+        Path(options.out),
+        options.seeds,
+    )
     state = read_checkpoint(run_dir)
     recipe = from_dict(Recipe, state["recipe"], where=str(run_dir))
-    seed_table = seeds_of(Path(seeds), recipe) if seeds else None  # refused before anything is written
+    # everything a user can get wrong is refused before anything is written
+    seed_table = seeds_of(Path(seeds), recipe) if seeds else None
+    resolve_dataset(data or recipe.data.dataset_name)
+    output_folder(out_dir, "package folder")
     trained_on = run_dir / "machine.json" if run_dir.is_dir() else None
     if trained_on and trained_on.is_file():
         machine = json.loads(trained_on.read_text())
@@ -120,15 +130,20 @@ def package_model(
     shipped = {key: state[key] for key in SHIPPED_KEYS if key in state}
     shipped["model"] = half_matrices(state["model"])
     shipped.update({"training": training, "machine": machine})
-    checkpoint = Path(out_dir) / f"{name}.pt"
+    checkpoint = out_dir / f"{name}.pt"
     if kept := already_shipped(checkpoint, shipped):
         # the same weights, retrained (training is deterministic): rewriting the file for its new clock alone would
         # change its digest and orphan every run fine-tuned from it (train.init_from), so it and its story stay
         training, machine = kept["training"], kept["machine"]
+    elif checkpoint.exists() and not options.force:
+        raise UserError(
+            f"{checkpoint} holds another model (other weights, recipe or data): give force=true to replace it "
+            "(runs fine-tuned from it and priors fitted to it will then refuse it), or another name= or out="
+        )
     else:
         save_checkpoint(checkpoint, shipped)
-    evaluation = evaluate(EvaluateOptions(checkpoint=str(checkpoint), data=data, split=split), progress)
-    card = Path(out_dir) / f"{name}.md"
+    evaluation = evaluate(EvaluateOptions(checkpoint=str(checkpoint), data=data, split=options.split), progress)
+    card = out_dir / f"{name}.md"
     atomic_write_text(card, model_card(name, recipe, training, machine, evaluation, run_dir, seed_table, seeds))
     if run_dir.is_dir():  # the per-structure report stays with the run, not in the package
         write_report(evaluation, run_dir / f"eval-{name}")
@@ -250,3 +265,11 @@ class PackageOptions:
     split: str = "test"
     out: str = str(PACKAGED_MODELS)
     seeds: str | None = None  # a results page's JSON: the card adds the mean ± std of the recipe's seeds
+    force: bool = False  # replace a file of that name that holds another model
+
+    def __post_init__(self) -> None:
+        if not MODEL_NAME.fullmatch(self.name) or self.name.endswith(".pt"):
+            raise UserError(
+                f"name={self.name!r}: expected a model name of letters, digits, '.', '_' and '-' (not starting with "
+                "'.' or '-'), without .pt: it names NAME.pt and NAME.md inside out="
+            )

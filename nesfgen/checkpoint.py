@@ -22,6 +22,7 @@ from nesfgen.config import ModelConfig, Recipe, from_dict
 from nesfgen.crystal import MAX_ATOMIC_NUMBER
 from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_bytes, os_error_reason
+from nesfgen.machine import resolve_device
 from nesfgen.model import NeSF
 
 FORMAT_VERSION = 1
@@ -166,7 +167,8 @@ def build_model(config: ModelConfig, num_species: int) -> NeSF:
 
 
 def load_model(path_or_run: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
-    """Rebuild the model of a checkpoint from its saved recipe alone, in eval mode."""
+    """Rebuild the model of a checkpoint from its saved recipe alone, in eval mode, on ``device`` (checked first)."""
+    device = resolve_device(device, "device") if isinstance(device, str) else device
     state = read_checkpoint(path_or_run)
     recipe = from_dict(Recipe, state["recipe"], where=state["path"])
     model = build_model(recipe.model, len(state["species_table"]))

@@ -309,14 +309,12 @@ def relax_command(ctx: typer.Context, as_json: bool = JSON) -> None:
 
 @app.command("package", context_settings=KEY_VALUES)
 def package_command(ctx: typer.Context, as_json: bool = JSON) -> None:
-    """Ship a run with its model card: nesfgen package run=RUN name=NAME [data=NAME] [split=test] [out=DIR] [seeds=PAGE.json]."""
+    """Ship a run with its model card: nesfgen package run=RUN name=NAME [data=NAME] [split=test] [out=DIR] [seeds=PAGE.json] [force=true]."""
     from nesfgen.card import PackageOptions, package_model
 
     chosen = options(PackageOptions, ctx, "package")
     with views.progress_bars() as bar:
-        packaged = package_model(
-            Path(chosen.run), chosen.name, chosen.data, chosen.split, Path(chosen.out), bar("decoding"), chosen.seeds
-        )
+        packaged = package_model(chosen, bar("decoding"))
     result = {"checkpoint": str(packaged.checkpoint), "card": str(packaged.card), **packaged.evaluation.summary}
     emit(result, as_json, views.packaged)
 

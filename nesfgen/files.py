@@ -38,6 +38,7 @@ OS_ERROR_REASONS = {
     errno.ENAMETOOLONG: f"a name in the path is too long (file systems allow {NAME_MAX} bytes per name)",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EEXIST: "a file of that name is in the way",
+    errno.ENOENT: "a folder on its path does not exist and cannot be made there",
 }
 
 
@@ -46,8 +47,11 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview, what: str = "the fi
     never half of one. A failed write (a full disk) leaves no temporary behind and is a UserError naming
     ``what``, the path and the reason; the previous file stays in place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as error:
+        raise UserError(f"cannot write {what} {path}: {os_error_reason(error)}") from None
     try:
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide shipped files from other users
         with os.fdopen(handle, "wb") as file:

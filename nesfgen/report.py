@@ -21,8 +21,9 @@ from nesfgen.config import Recipe, from_dict
 from nesfgen.drawing import draw_cells
 from nesfgen.evaluate import EvaluateOptions, Evaluation, evaluate
 from nesfgen.files import atomic_write_text
+from nesfgen.machine import resolve_device
 from nesfgen.progress import Progress
-from nesfgen.train import TrainResult, resolve_device
+from nesfgen.train import TrainResult
 
 #: validation structures decoded for the report (the built-in dataset's split has 124)
 REPORT_STRUCTURES = 128
@@ -54,7 +55,7 @@ def report_run(
     run_dir = Path(run_dir)
     state = read_checkpoint(run_dir)
     recipe = from_dict(Recipe, state["recipe"], where=state["path"])
-    device = str(resolve_device(recipe.train.device))
+    device = str(resolve_device(recipe.train.device, "train.device"))
     options = EvaluateOptions(checkpoint=str(run_dir), split=recipe.data.val_split, limit=structures, device=device)
     evaluation = evaluate(options, progress)
     picture = draw_pairs(evaluation, run_dir / REPORT_PNG, pairs)

@@ -26,7 +26,7 @@ from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet, Dataset
 from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text, new_figure, output_folder, save_figure
-from nesfgen.machine import machine_description
+from nesfgen.machine import machine_description, resolve_device
 from nesfgen.model import count_parameters
 from nesfgen.refit import RefitResult, refit_lattice_heads
 from nesfgen.sampling import Atoms, Queries, QuerySampler, TensorSet, atoms_bounding_box, rank_share, shift_origins
@@ -78,21 +78,6 @@ class TrainResult:
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     lattice_refit: dict[str, Any] | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; otherwise the named device, checked to exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device asks for CUDA but no CUDA device is available; use device=cpu or auto")
-    return device
 
 
 def new_run_dir(recipe_name: str, root: Path = Path("runs")) -> Path:
@@ -321,7 +306,7 @@ class Trainer:
         t = self.recipe.train
         if t.threads > 0:
             torch.set_num_threads(t.threads)
-        self.device = resolve_device(t.device)
+        self.device = resolve_device(t.device, "train.device")
         # CUDA has kernels with no deterministic variant: there we only warn.
         torch.use_deterministic_algorithms(t.deterministic, warn_only=self.device.type != "cpu")
         # Filling every new tensor with NaN only catches bugs; it cost 15 % of a training step.

@@ -3,12 +3,14 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import tiny_recipe
 
-from nesfgen.card import package_model, train_command
+from nesfgen.card import PackageOptions, package_model, train_command
 from nesfgen.checkpoint import checkpoint_digest, load_model, read_checkpoint, save_checkpoint
 from nesfgen.config import load_recipe
+from nesfgen.errors import UserError
 from nesfgen.evaluate import EvaluateOptions, evaluate, markdown_table
 from nesfgen.train import refit_best, train
 
@@ -18,7 +20,9 @@ def test_package_writes_a_slim_checkpoint_and_a_card_that_evaluate_reproduces(ti
     train(tiny_recipe(tiny_dataset, **{"train.epochs": 1, "estimator.steps": 3, "train.lattice_refit_epochs": 2}), run)
     assert json.loads((run / "machine.json").read_text())["cores"] >= 1
     (run / "machine.json").unlink()  # a run from before machine.json: the packaging machine is described
-    packaged = package_model(run, "tiny-model", split="test", out_dir=tmp_path / "models")
+    packaged = package_model(
+        PackageOptions(run=str(run), name="tiny-model", split="test", out=str(tmp_path / "models"))
+    )
     state = read_checkpoint(packaged.checkpoint)
     assert "optimizer" not in state and "history" not in state
     assert state["training"]["epochs_run"] == 1 and state["machine"]["torch"]
@@ -43,12 +47,16 @@ def test_a_shipped_model_refit_again_is_repackaged_with_its_training_kept(tiny_d
     run = tmp_path / "run"
     recipe = tiny_recipe(tiny_dataset, **{"train.epochs": 1, "estimator.steps": 3, "train.lattice_refit_epochs": 2})
     train(recipe, run)
-    first = read_checkpoint(package_model(run, "tiny", split="test", out_dir=tmp_path / "models").checkpoint)
+    first = read_checkpoint(
+        package_model(PackageOptions(run=str(run), name="tiny", split="test", out=str(tmp_path / "models"))).checkpoint
+    )
     again_dir = tmp_path / "again"
     again_dir.mkdir()
     shutil.copy(tmp_path / "models" / "tiny.pt", again_dir / "best.pt")
     refit_best(again_dir, 5, 1e-3, init="fresh")
-    packaged = package_model(again_dir, "tiny", split="test", out_dir=tmp_path / "models2")
+    packaged = package_model(
+        PackageOptions(run=str(again_dir), name="tiny", split="test", out=str(tmp_path / "models2"))
+    )
     state = read_checkpoint(packaged.checkpoint)
     assert state["training"]["epochs_run"] == first["training"]["epochs_run"] == 1
     assert state["training"]["training_minutes"] == first["training"]["training_minutes"]
@@ -65,7 +73,7 @@ def test_the_card_gives_the_whole_run_not_only_the_kept_epoch(tiny_dataset, tmp_
     kept = read_checkpoint(run / "best.pt")
     kept.pop("path")
     save_checkpoint(run / "best.pt", {**kept, "epoch": 1, "seconds": 0.0})  # as if epoch 1 had been kept
-    packaged = package_model(run, "tiny", split="test", out_dir=tmp_path / "models")
+    packaged = package_model(PackageOptions(run=str(run), name="tiny", split="test", out=str(tmp_path / "models")))
     assert read_checkpoint(packaged.checkpoint)["training"]["epochs_run"] == 2
     assert " for 2 epochs (" in packaged.card.read_text()
 
@@ -80,12 +88,12 @@ def test_the_cards_command_names_a_seed_other_than_the_default():
 def test_repackaging_the_same_weights_keeps_the_shipped_file_and_its_digest(tiny_dataset, tmp_path):
     run, models = tmp_path / "run", tmp_path / "models"
     train(tiny_recipe(tiny_dataset, **{"train.epochs": 1, "estimator.steps": 3}), run)
-    first = package_model(run, "tiny", split="test", out_dir=models)
+    first = package_model(PackageOptions(run=str(run), name="tiny", split="test", out=str(models)))
     digest, card = checkpoint_digest(first.checkpoint), first.card.read_text()
     last = read_checkpoint(run / "last.pt")
     last.pop("path")
     save_checkpoint(run / "last.pt", {**last, "seconds": last["seconds"] + 600.0})  # retrained: same weights, new clock
-    again = package_model(run, "tiny", split="test", out_dir=models)
+    again = package_model(PackageOptions(run=str(run), name="tiny", split="test", out=str(models)))
     assert checkpoint_digest(again.checkpoint) == digest  # runs fine-tuned from it still start from this file
     assert again.card.read_text() == card  # the card tells the kept file's story
     best = read_checkpoint(run / "best.pt")
@@ -93,4 +101,20 @@ def test_repackaging_the_same_weights_keeps_the_shipped_file_and_its_digest(tiny
     name = next(key for key, weight in best["model"].items() if weight.ndim >= 2)
     best["model"][name] = best["model"][name] + 1.0
     save_checkpoint(run / "best.pt", best)
-    assert checkpoint_digest(package_model(run, "tiny", split="test", out_dir=models).checkpoint) != digest
+    with pytest.raises(UserError, match="holds another model .*force=true"):  # a shipped model is not replaced unasked
+        package_model(PackageOptions(run=str(run), name="tiny", split="test", out=str(models)))
+    assert checkpoint_digest(first.checkpoint) == digest
+    assert (
+        checkpoint_digest(
+            package_model(
+                PackageOptions(run=str(run), name="tiny", split="test", out=str(models), force=True)
+            ).checkpoint
+        )
+        != digest
+    )
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "model.pt"])
+def test_a_package_name_that_is_not_a_file_name_is_refused(name):
+    with pytest.raises(UserError, match="expected a model name"):
+        PackageOptions(run="runs/x", name=name)

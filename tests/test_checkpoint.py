@@ -196,3 +196,17 @@ def test_read_checkpoint_reports_a_missing_dataset_hash(good_state, tmp_path):
     save_checkpoint(tmp_path / "x.pt", good_state)
     with pytest.raises(UserError, match="has no dataset_hash"):
         read_checkpoint(tmp_path / "x.pt")
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("banana", "device 'banana' is not a device"), ("meta", "nesfgen runs on cpu, cuda or mps")]
+    + ([] if torch.cuda.is_available() else [("cuda", "asks for CUDA but no CUDA device is available")]),
+)
+def test_a_device_that_is_not_here_is_refused_by_name(device, message, cli):
+    from nesfgen.machine import resolve_device
+
+    with pytest.raises(UserError, match=message):
+        resolve_device(device)
+    result = cli("evaluate", "limit=1", f"device={device}")  # every decoding command loads its model this way
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 from conftest import tiny_recipe
 
-from nesfgen.card import package_model
+from nesfgen.card import PackageOptions, package_model
 from nesfgen.config import load_recipe, to_toml
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
@@ -70,9 +70,15 @@ def test_seeds_are_trained_once_and_reported_as_mean_and_std(recipe_file, tmp_pa
     # the shipped seed's card gives the page's mean ± std over the seeds, from the page's JSON
     ledger = str(page.with_suffix(".json"))
     with pytest.raises(UserError, match="no such file"):  # refused before a checkpoint or card is written
-        package_model(last.parent, "tiny", out_dir=tmp_path / "refused", seeds=str(tmp_path / "absent.json"))
+        package_model(
+            PackageOptions(
+                run=str(last.parent), name="tiny", out=str(tmp_path / "refused"), seeds=str(tmp_path / "absent.json")
+            )
+        )
     assert not (tmp_path / "refused").exists()
-    card = package_model(last.parent, "tiny", out_dir=tmp_path / "models", seeds=ledger).card.read_text()
+    card = package_model(
+        PackageOptions(run=str(last.parent), name="tiny", out=str(tmp_path / "models"), seeds=str(ledger))
+    ).card.read_text()
     assert f"## Seeds: `{table['recipe']}` trained with 2 seeds (0, 1)" in card and f"seeds={ledger}`" in card
     assert markdown_table({**again["mean"], "dataset": again["dataset"]}, again["std"]) in card
 

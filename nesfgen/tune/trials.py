@@ -17,7 +17,8 @@ from nesfgen.config import apply_overrides, to_dict
 from nesfgen.errors import UserError
 from nesfgen.evaluate import EvaluateOptions, evaluate
 from nesfgen.files import atomic_write_text
-from nesfgen.train import LOSS_NAMES, resolve_device, train
+from nesfgen.machine import resolve_device
+from nesfgen.train import LOSS_NAMES, train
 from nesfgen.tune.results import summarise, trial_row
 from nesfgen.tune.storage import open_study
 from nesfgen.tune.study import EVALUATOR_METRICS, StudySpec, make_sampler
@@ -123,7 +124,7 @@ def run_trial(spec: StudySpec, trial: optuna.Trial, progress: TuneProgress | Non
             data=recipe.data.dataset_name,
             split=spec.evaluate_split or recipe.data.val_split,
             limit=spec.evaluate_limit,
-            device=str(resolve_device(recipe.train.device)),
+            device=str(resolve_device(recipe.train.device, "train.device")),
         )
         summary = evaluate(chosen).summary
         metrics.update(evaluator_metrics(summary))
