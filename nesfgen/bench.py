@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from nesfgen.config import EstimatorConfig, Recipe
+from nesfgen.errors import require
 from nesfgen.estimator import estimate
 from nesfgen.kernels import bucket_padding
 from nesfgen.model import Field, NeSF
@@ -222,6 +223,10 @@ class BenchEstimateOptions:
     single: int = 4
     device: str = "cpu"
     estimator: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(self.limit >= 1, "limit", self.limit, "at least 1 structure to time")
+        require(0 <= self.single <= self.limit, "single", self.single, f"0 to limit={self.limit}")
 
 
 def bench_checkpoint(options: BenchEstimateOptions) -> dict[str, Any]:

@@ -407,9 +407,15 @@ def _recipe_document(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     """A recipe file's settings, on top of those of the recipe it names in ``extends`` (if any), section by
     section, so a recipe that changes one setting of another says only that. The base's name is not inherited."""
     try:
-        document = tomllib.loads(path.read_text())
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"recipe file {path} is not UTF-8 text (a recipe is a TOML file)") from None
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"recipe file {path} is not valid TOML: {error}") from None
+    if not document:  # else an empty file would run every default: the paper's 3200 epochs
+        raise UserError(
+            f'recipe file {path} holds no settings; start from a shipped recipe, e.g. extends = "quickstart"'
+        )
     base = document.pop("extends", None)
     if base is None:
         return document

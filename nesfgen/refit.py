@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from nesfgen.config import TrainConfig
-from nesfgen.errors import UserError
+from nesfgen.errors import UserError, require
 from nesfgen.model import NeSF, encode_all
 from nesfgen.options import required
 from nesfgen.sampling import TensorSet
@@ -167,5 +167,7 @@ class RefitOptions:
     init: str = TrainConfig.lattice_refit_init
 
     def __post_init__(self) -> None:
+        require(self.epochs >= 0, "epochs", self.epochs, "0 or more (0: keep the heads as they are)")
+        require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a positive number")
         if self.init not in ("fresh", "trained"):
             raise UserError(f"init={self.init!r}: expected fresh (new heads) or trained (the heads as trained)")

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from nesfgen.errors import UserError
+from nesfgen.errors import UserError, require
 from nesfgen.files import atomic_write_text
 from nesfgen.options import required
 from nesfgen.progress import Progress
@@ -584,6 +584,9 @@ class HullOptions:
     name: str = required("give the dataset: nesfgen data hull NAME")
     split: str = "train"
     relax: bool = False
-    limit: int = 0
+    limit: int = 0  # 0: all
     elements: tuple[str, ...] = ()
     potential: str = DEFAULT_POTENTIAL
+
+    def __post_init__(self) -> None:
+        require(self.limit >= 0, "limit", self.limit, "0 (all) or a number of structures")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from nesfgen.crystal import Crystal, symmetry_dataset
-from nesfgen.errors import UserError
+from nesfgen.errors import UserError, require
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -413,6 +413,9 @@ class SymmetryOptions:
     split: str | None = None
     limit: int | None = None
     tolerances: tuple[float, ...] = TOLERANCES
+
+    def __post_init__(self) -> None:
+        require(self.limit is None or self.limit >= 1, "limit", self.limit, "at least 1 (leave it out for all)")
 
 
 def symmetry_table(options: SymmetryOptions) -> dict[str, Any]:

@@ -218,3 +218,22 @@ def test_console_lines_print_bracketed_names_as_text(cli, tiny_dataset, tmp_path
     result = cli("data", "import", str(cifs), "--format", "cif", "--out", str(tmp_path / "new[1]"))
     first_line = result.stdout.splitlines()[0]
     assert result.returncode == 0 and first_line.startswith("imported ") and "new[1]" in first_line, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (("map", "latents.npz", "perplexity=0"), "perplexity=0.0: expected a positive number"),
+        (("refit", "run=runs/x", "lr=-1"), "lr=-1.0: expected a positive number"),
+        (("tune", "study=quickstart", "n_trials=0"), "n_trials=0: expected at least 1"),
+        (("tune", "study=quickstart", "worker=-1"), "worker=-1: expected 0 or more"),
+        (("bench", "estimate", "checkpoint=nesf-lcs6", "limit=0"), "limit=0: expected at least 1"),
+        (("symmetry", "data=builtin", "limit=-2"), "limit=-2: expected at least 1"),
+        (("data", "hull", "builtin", "limit=-1"), "limit=-1: expected 0 (all)"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_by_name_before_any_work(cli, tmp_path, words, message):
+    result = cli(*words, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -100,6 +100,12 @@ def test_recipe_file_errors(tmp_path):
     bad.write_text("[train\n")
     with pytest.raises(UserError, match="not valid TOML"):
         load_recipe(str(bad))
+    bad.write_bytes(b'name = "x"\n\xff\xfe[train]\n')
+    with pytest.raises(UserError, match="is not UTF-8 text"):
+        load_recipe(str(bad))
+    bad.write_text("# nothing yet\n")
+    with pytest.raises(UserError, match="holds no settings"):
+        load_recipe(str(bad))
 
 
 def test_a_recipe_extends_another_section_by_section(tmp_path):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from nesfgen.errors import UserError
+from nesfgen.errors import UserError, require
 from nesfgen.files import atomic_write_text, new_figure, output_folder, save_figure
 from nesfgen.latent.embedding import Embedding, attribute_columns, load_embedding
 from nesfgen.options import required
@@ -55,7 +55,9 @@ def project(
 
     used = min(perplexity, (count - 1) / 3)
     if used < perplexity:
-        log.info("perplexity lowered from %s to %.2f for %d structures", perplexity, used, count)
+        log.warning(
+            "perplexity lowered from %s to %.2f: t-SNE allows (n - 1) / 3 for %d structures", perplexity, used, count
+        )
     tsne = TSNE(n_components=2, perplexity=used, init="pca", learning_rate="auto", random_state=seed)
     coords = tsne.fit_transform(latents)
     return coords, {"perplexity": used, "seed": seed, "kl_divergence": float(tsne.kl_divergence_)}
@@ -120,6 +122,10 @@ class MapOptions:
     out: str | None = None
     perplexity: float = 30.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.perplexity > 0, "perplexity", self.perplexity, "a positive number (t-SNE's neighbourhood size)")
+        require(self.seed >= 0, "seed", self.seed, "0 or more")
 
 
 def map_latents(options: MapOptions) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from nesfgen.config import parse_value
-from nesfgen.errors import UserError
+from nesfgen.errors import UserError, require
 from nesfgen.tune.study import StudySpec, load_study, study_names
 
 #: the keys each action takes
@@ -49,6 +49,10 @@ class TuneOptions:
                 )
         if self.study is None:
             raise UserError(f"study=NAME is required; shipped studies: {', '.join(study_names())} (or a .toml path)")
+        require(self.n_trials is None or self.n_trials >= 1, "n_trials", self.n_trials, "at least 1")
+        require(self.worker is None or self.worker >= 0, "worker", self.worker, "0 or more, one number per worker")
+        require(self.limit is None or self.limit >= 1, "limit", self.limit, "at least 1")
+        require(self.trial is None or self.trial >= 0, "trial", self.trial, "a trial number (0 or more)")
 
     @property
     def action(self) -> str:
