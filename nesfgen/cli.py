@@ -165,6 +165,8 @@ def train_command(ctx: typer.Context, as_json: bool = JSON) -> None:
 
     overrides, extra = recipe_words(ctx, "train", ("recipe", "out", "resume", "report"))
     resume_dir, out = extra.get("resume"), extra.get("out")
+    if resume_dir and ("recipe" in extra or out):
+        raise UserError("resume= continues its run with the run's own recipe and folder: drop recipe= and out=")
     with_report = parse_value(extra.get("report", "true"), bool, "report")
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     with views.training_bars(not as_json and main_rank) as progress:

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -42,7 +43,7 @@ from nesfgen.prior import (
 )
 from nesfgen.progress import Progress
 from nesfgen.sampling import TensorSet
-from nesfgen.stream import SAMPLE_CIFS, SampleStream
+from nesfgen.stream import BASELINES_FOLDER, SAMPLE_CIFS, SampleStream
 from nesfgen.symmetry import space_group_number
 
 if TYPE_CHECKING:  # imported where a relaxation starts: sampling alone does not load the relaxation stack
@@ -59,8 +60,6 @@ DEFAULT_PRIOR = "flowmatch"
 PRIOR_CHOICES = ("flowmatch", "flow", "vae")
 #: where ``nesfgen sample`` writes without out=
 DEFAULT_FOLDER = "samples"
-#: under a sample folder: one folder of CIFs per baseline row (the ceiling, the floor)
-BASELINES_FOLDER = "baselines"
 #: the condition parts each unconditional sample of a flow-matching prior takes from a random training structure
 #: (``draw=``); chosen on the validation split over the prior's own compositions (docs/decoding.md)
 DEFAULT_DRAW = ("composition", "num_atoms")
@@ -310,8 +309,8 @@ class SampleOptions(DecodeOptions):
         if self.n < 1:
             raise UserError(f"n must be at least 1, got {self.n}")
         for key, value in (("temperature", self.temperature), ("radius", self.radius)):
-            if value is not None and not value > 0:  # "not > 0" also refuses NaN
-                raise UserError(f"{key} must be positive, got {key}={value}")
+            if value is not None and not 0 < value < math.inf:  # also refuses NaN
+                raise UserError(f"{key} must be a positive, finite number, got {key}={value}")
         if not self.guidance >= 0:
             raise UserError(f"guidance must be 0 (unconditional) or more (1: plain conditional), got {self.guidance}")
         if self.redraws is not None and self.redraws < 0:

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from nesfgen import symmetry
-from nesfgen.errors import UserError
-from nesfgen.files import atomic_write_bytes
+from nesfgen.errors import UserError, require
+from nesfgen.files import atomic_write_bytes, output_folder
 from nesfgen.options import required
 from nesfgen.progress import Progress
 
@@ -572,6 +572,9 @@ def fit_model_prior(
     from nesfgen.decoder import encode
     from nesfgen.symmetry import space_group_number
 
+    if Path(out).is_dir():
+        raise UserError(f"out={out} is a folder; give the prior's file, e.g. out={Path(out) / 'prior.pt'}")
+    output_folder(Path(out).parent, "prior's folder", create=False)  # before minutes of fitting, not after
     trained = load_model(checkpoint)
     dataset = resolve_dataset(data or trained.recipe.data.dataset_name)
     crystals = dataset.load(trained.recipe.data.train_split)
@@ -659,6 +662,10 @@ class PriorFitOptions(PriorConfig):
     checkpoint: str = "nesf-lcs6"
     data: str | None = None
     out: str = required("nesfgen prior fit needs out=FILE.pt")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.out.endswith(".pt"), "out", self.out, "a file name ending in .pt (the prior is a PyTorch file)")
 
     @property
     def config(self) -> PriorConfig:

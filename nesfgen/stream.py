@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ from nesfgen.files import atomic_write_text, output_folder
 log = logging.getLogger(__name__)
 
 SAMPLE_CIFS = "sample-[0-9]*.cif"
+#: what a finished sampling writes beside its CIFs (generate.write_samples and relax=true): a new sampling with
+#: other settings in the same folder removes them, so no summary describes samples that are not there
+SAMPLING_RESULTS = ("summary.json", "samples.csv", "samples.extxyz", "distributions.png")
+BASELINES_FOLDER = "baselines"  # the ceiling's and floor's CIFs, OUT/baselines/NAME
+SAMPLING_FOLDERS = (BASELINES_FOLDER, "relaxed")
 
 
 class SampleStream:
@@ -45,9 +51,13 @@ class SampleStream:
     def _start_over(self, recorded: dict[str, Any] | None) -> None:
         """Clear a previous sampling's output from ``out`` (one asked for with other settings)."""
         if recorded is not None:
-            log.info("%s held a sampling with other settings; starting a new one there", self.out)
-        for stale in [*self.out.glob(SAMPLE_CIFS), *self.folder.glob("chunk-*.json")]:
+            log.warning("%s held a sampling with other settings: its files are replaced by this one's", self.out)
+        results = [self.out / name for name in SAMPLING_RESULTS if (self.out / name).is_file()]
+        for stale in [*self.out.glob(SAMPLE_CIFS), *self.folder.glob("chunk-*.json"), *results]:
             stale.unlink()
+        for folder in SAMPLING_FOLDERS:
+            if (self.out / folder).is_dir():
+                shutil.rmtree(self.out / folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.folder / "settings.json", json.dumps(self.settings, indent=1))
 

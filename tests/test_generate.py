@@ -330,10 +330,14 @@ def test_a_streamed_sampling_continues_where_it_stopped_and_matches_an_uninterru
     assert again.rows == whole.rows
     same = {"checkpoint": again.summary["checkpoint"], "seconds": again.summary["seconds"]}
     assert again.summary == whole.summary | same
-    # other settings in the same folder: a new sampling replaces the old one's files
+    # other settings in the same folder: a new sampling replaces the old one's files, its summary among them (an
+    # interrupted new sampling must not leave the old summary describing CIFs that are gone)
+    write_samples(again, tmp_path / "cut")
+    (tmp_path / "cut" / "baselines" / "test_split").mkdir(parents=True)
     other = sample_structures(
         SampleOptions(checkpoint=str(vae_run), n=2, seed=4, estimator=decode, out=tmp_path / "cut")
     )
+    assert not (tmp_path / "cut" / "summary.json").exists() and not (tmp_path / "cut" / "baselines").exists()
     write_samples(other, tmp_path / "cut")
     assert len(list((tmp_path / "cut" / "progress").glob("chunk-*.json"))) == 1
     assert {p.stem for p in (tmp_path / "cut").glob("sample-*.cif")} <= {"sample-0000", "sample-0001"}
