@@ -39,7 +39,7 @@ def parse_folds(text: str) -> list[int]:
         raise UserError(f"folds must look like 0-19 or 0,3,5; got {text!r}") from None
     if not folds:
         raise UserError("folds selects no fold")
-    return folds
+    return sorted(set(folds))  # a fold named twice would be pooled twice
 
 
 def cross_validate(
@@ -64,6 +64,10 @@ def cross_validate(
     fold-to-fold mean ± std of each fold's own figures (``mean``, ``std``, ``each``); and each fold's
     per-structure ``rows``, from which :func:`pool_folds` pools them again.
     """
+    from nesfgen.data.names import resolve_dataset
+
+    for fold in folds:  # every fold's data, before hours of training stop at the first one missing
+        resolve_dataset(replace(recipe.data, fold=fold).dataset_name)
     evaluations = []
     for fold in folds:
         fold_recipe = replace(recipe, data=replace(recipe.data, fold=fold))

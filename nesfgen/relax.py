@@ -603,8 +603,8 @@ class RelaxInput:
 def gather_inputs(inputs: Sequence[str]) -> list[RelaxInput]:
     """CIF/POSCAR files, folders of them (a ``nesfgen sample`` output folder is one) or built-in formulas.
 
-    An unreadable file becomes an input with its problem (reported as failed, not raised); a name that is
-    neither a file, a folder nor a formula of the built-in table is a UserError.
+    An unreadable file becomes an input with its problem (reported as failed, not raised), unless no input is
+    readable; a name that is neither a file, a folder nor a formula of the built-in table is a UserError.
     """
     from nesfgen.data.importers import is_structure_file, structures_from_file
 
@@ -641,6 +641,8 @@ def gather_inputs(inputs: Sequence[str]) -> list[RelaxInput]:
     duplicated = sorted({id for id in ids if ids.count(id) > 1})
     if duplicated:
         raise UserError(f"several inputs are named {duplicated[0]}; give each structure a distinct file name")
+    if found and all(item.structure is None for item in found):  # nothing to relax: a mistake, not a result
+        raise UserError(f"no input could be read as a structure: {found[0].source}: {found[0].problem}")
     return found
 
 

@@ -26,6 +26,7 @@ def read_rows(path):
 
 def test_parse_folds():
     assert parse_folds("0-3,7") == [0, 1, 2, 3, 7]
+    assert parse_folds("3,0-1,1") == [0, 1, 3]
     with pytest.raises(UserError):
         parse_folds("a-b")
 
@@ -70,6 +71,9 @@ def test_cross_validation_trains_evaluates_and_pools(tiny_dataset, tmp_path, mon
     again = cross_validate(recipe, [0, 1], tmp_path / "cv")
     assert again["pooled"] == result["pooled"]
     assert len(checkpoints) >= 2 and [p.stat().st_mtime_ns for p in checkpoints] == written
+    with pytest.raises(UserError, match="tinycv-fold2"):  # refused before fold 0 is touched
+        cross_validate(recipe, [0, 2], tmp_path / "more")
+    assert not (tmp_path / "more").exists()
     one = cross_validate(recipe, [0], tmp_path / "cv")  # one finished fold: pooled figures only, no "± 0" spread
     assert one["std"] is None and "Fold to fold" not in crossval_markdown(one, "tinycv")
     # the command line: the same recipe as key=value words, the finished folds resumed, cv.md and cv.json written

@@ -556,3 +556,15 @@ def test_icsg3d_and_ybco_counts(paper_data, tmp_path):
     ybco = import_paper(paper_data / "dataset_YBCO13_fold0", tmp_path / "ybco")
     assert ybco.imported == {"train": 90, "val": 5, "test": 5}
     assert set(ybco.dataset.load("train").num_atoms.tolist()) == {13}
+
+
+def test_a_noble_gas_structure_imports(tmp_path, cli):
+    """pymatgen warns that He has no Pauling electronegativity while guessing oxidation states: not a fault
+    of the structure, so it is not refused (a fresh process: pymatgen warns once per process)."""
+    from pymatgen.core import Lattice, Structure
+
+    solid = Structure(Lattice.cubic(4.0), ["Na", "He"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    (tmp_path / "NaHe.cif").write_text(solid.to(fmt="cif"))
+    result = cli("data", "import", str(tmp_path / "NaHe.cif"), "--format", "cif", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "imported" in result.stdout and "(train 1)" in result.stdout

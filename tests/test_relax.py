@@ -7,6 +7,7 @@ import pytest
 from conftest import perovskite, rock_salt, zinc_blende
 
 from nesfgen import relax
+from nesfgen.errors import UserError
 from nesfgen.relax import RelaxInput, RelaxOptions, gather_inputs, relax_all
 
 
@@ -176,6 +177,8 @@ def test_inputs_files_folders_formulas_and_unreadable(tmp_path):
     assert [i.id for i in items] == ["broken", "sample-0000", "ZnS-zincblende"]
     assert items[0].structure is None and "unreadable" in items[0].problem
     assert items[2].source == "builtin"
+    with pytest.raises(UserError, match="no input could be read as a structure: .*broken.cif: unreadable"):
+        gather_inputs([str(folder / "broken.cif")])  # nothing to relax is a mistake, not "0 relaxed"
 
 
 def test_interrupted_run_resumes(tmp_path, potential, monkeypatch):

@@ -43,6 +43,7 @@ HARMLESS_PYMATGEN_WARNINGS = (
     "A 1-line symmetry op P1 CIF is detected",
     "No _symmetry_equiv_pos_as_xyz type key found",
     "Keys changed to match new magCIF specification",
+    "No Pauling electronegativity for",  # noble gases (He, Ne, Ar): pymatgen's oxidation guess, not the structure
 )
 CELL_KEYS = ("_cell_length_a", "_cell_length_b", "_cell_length_c")
 ANGLE_KEYS = ("_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
