@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nesfgen.checkpoint import DEFAULT_MODEL, PACKAGED_MODELS, load_model
+from nesfgen.checkpoint import DEFAULT_MODEL, PACKAGED_MODELS, load_model, resolve_checkpoint
 from nesfgen.crystal import Crystal, lattice_matrix
 from nesfgen.data.names import resolve_dataset
 from nesfgen.decoder import Decoder, estimator_config
@@ -198,27 +198,37 @@ def evaluate_runs(options: EvaluateOptions, progress: Callable[[str], Progress] 
     ``progress(label)`` gives the progress callback of each run's decoding.
     """
     checkpoints = expand_checkpoints(options.checkpoint) if options.checkpoint else [None]  # None: the default
+    files = [resolve_checkpoint(c) if c else None for c in checkpoints]  # every one found before any is decoded
     if options.out:  # before decoding, not after
         output_folder(Path(options.out), "report folder", create=False)
     evaluations = []
-    for checkpoint in checkpoints:
+    for checkpoint, sub_folder in zip(checkpoints, _run_labels(files)):
         label = (
             f"{'fitting latents, then decoding' if options.fit_steps else 'decoding'} ({checkpoint or 'exact field'})"
         )
         evaluation = evaluate(replace(options, checkpoint=checkpoint), progress(label) if progress else None)
-        folder = _report_folder(options.out, checkpoint, evaluation.summary, len(checkpoints) > 1)
+        folder = _report_folder(
+            options.out, checkpoint, evaluation.summary, sub_folder if len(checkpoints) > 1 else None
+        )
         evaluation.summary["report_files"] = [str(p) for p in write_report(evaluation, folder)]
         evaluations.append(evaluation)
     return evaluations[0].summary if len(evaluations) == 1 else summarise_runs([e.summary for e in evaluations])
 
 
-def _report_folder(out: str | None, checkpoint: str | None, summary: dict, several: bool) -> Path:
-    """out= as given (one sub-folder per run when several), else beside the checkpoint."""
+def _run_labels(files: list[Path | None]) -> list[str]:
+    """Each checkpoint's sub-folder of out= when several are evaluated: its run folder's name, and the file's
+    stem too where two share a run (best.pt and last.pt), so no report overwrites another."""
+    runs = [f.parent.name if f else "exact" for f in files]
+    return [f"{run}-{f.stem}" if f and runs.count(run) > 1 else run for run, f in zip(runs, files)]
+
+
+def _report_folder(out: str | None, checkpoint: str | None, summary: dict, sub_folder: str | None) -> Path:
+    """out= as given (``sub_folder`` of it when several runs are evaluated), else beside the checkpoint."""
     name = f"eval-{summary['dataset']}-{summary['split']}" + ("-exact" if summary["field"] == "exact" else "")
     name += fitted_suffix(summary.get("fit_steps", 0))
     run = Path(summary["checkpoint"]).parent if checkpoint else None
     if out:
-        return Path(out) / run.name if several else Path(out)
+        return Path(out) / sub_folder if sub_folder else Path(out)
     if run is None or run == PACKAGED_MODELS:
         return Path("runs") / name
     return run / name
@@ -439,6 +449,11 @@ def write_reconstructions(evaluation: Evaluation, out: Path) -> int:
     """
     output_folder(out)
     stems = safe_file_stems([true.id or f"structure-{i}" for i, true in enumerate(evaluation.truth)])
+    kept = {f"{stem}.input.cif" for stem in stems}
+    kept |= {f"{stem}.decoded.cif" for stem, decoded in zip(stems, evaluation.decoded) if decoded is not None}
+    for stale in [*out.glob("*.input.cif"), *out.glob("*.decoded.cif")]:  # an earlier run's, not in structures.csv
+        if stale.name not in kept:
+            stale.unlink()
     for stem, true, decoded in zip(stems, evaluation.truth, evaluation.decoded):
         atomic_write_text(out / f"{stem}.input.cif", true.to_cif())
         if decoded is not None:

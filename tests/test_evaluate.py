@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from nesfgen.evaluate import (
     EvaluateOptions,
     Evaluation,
     evaluate,
+    evaluate_runs,
     expand_checkpoints,
     markdown_table,
     summarise_runs,
@@ -59,6 +61,18 @@ def test_several_runs_give_mean_and_std(trained_run, tiny_dataset, tmp_path):
     assert expand_checkpoints(f"{trained_run}/*.pt") == sorted(str(p) for p in trained_run.glob("*.pt"))
     with pytest.raises(UserError, match="matched nothing"):
         expand_checkpoints(f"{trained_run}/nothing*")
+    # best.pt and last.pt of one run: each report in its own sub-folder; a missing run refused before any decoding
+    both = EvaluateOptions(
+        checkpoint=f"{trained_run}/best.pt,{trained_run}/last.pt", data=str(tiny_dataset.path), split="test", limit=2
+    )
+    evaluate_runs(replace(both, out=str(tmp_path / "cmp")))
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == [
+        f"{trained_run.name}-best",
+        f"{trained_run.name}-last",
+    ]
+    with pytest.raises(UserError, match="absent-run not found"):
+        evaluate_runs(replace(both, checkpoint=f"{trained_run},{tmp_path / 'absent-run'}", out=str(tmp_path / "bad")))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_dataset_with_foreign_species_is_refused(trained_run, tmp_path):
@@ -131,6 +145,11 @@ def test_reconstructions_of_colliding_ids_keep_both(tmp_path):
     assert rows[0].endswith(",file") and {f"{row.split(',')[-1]}.input.cif" for row in rows[1:]} == {
         p.name for p in inputs
     }
+    # a smaller reconstruction into the same folder, its one structure undecoded: only its input is left
+    fewer = Evaluation({}, evaluation.rows[:1], crystals[:1], [None])
+    assert write_reconstructions(fewer, out) == 1
+    assert len(list(out.glob("*.input.cif"))) == 1
+    assert not list(out.glob("*.decoded.cif")) and len((out / "structures.csv").read_text().splitlines()) == 2
 
 
 def test_inputs_unlike_the_training_data_are_warned_about_once(trained_run, tiny_dataset, tmp_path, caplog):
