@@ -486,6 +486,8 @@ def _load_generator(options: SampleOptions) -> tuple[Decoder, LatentPrior | None
     else:
         model_name, learned = resolve_prior(options.prior, options.checkpoint)
     if learned is None and not options.condition.is_empty():
+        if options.near is not None:
+            raise UserError("near= samples around one structure and takes no condition (elements=, formula=, ...)")
         raise UserError("conditions (elements=, formula=, ...) need a learned prior: prior=flowmatch")
     decoder = Decoder.load(options, default=model_name)
     trained = decoder.trained

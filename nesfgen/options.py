@@ -50,7 +50,7 @@ def parse_options(cls: type[T], arguments: list[str], command: str, **given: Any
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             more = ", estimator.*" if "estimator" in names else ""
-            raise UserError(f"unknown option {key} for nesfgen {command}{hint} Valid: {', '.join(valid)}{more}")
+            raise UserError(f"unknown option {key} for nesfgen {command}{hint or '.'} Valid: {', '.join(valid)}{more}")
     if estimator:
         parsed["estimator"] = estimator
     for f in fields(cls):

@@ -237,3 +237,14 @@ def test_numbers_out_of_range_are_refused_by_name_before_any_work(cli, tmp_path,
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_file_or_folder_in_the_wrong_place_is_named_as_such(cli, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "emptydir").mkdir()
+    info = cli("data", "info", str(tmp_path / "afile"))
+    assert info.returncode == 2 and "is a file; a dataset is a folder with a manifest.json" in info.stderr
+    latents = cli("map", str(tmp_path / "emptydir"))
+    assert latents.returncode == 2 and "is a folder; give the latents file in it" in latents.stderr
+    typo = cli("embed", "limitt=2")
+    assert typo.returncode == 2 and "unknown option limitt for nesfgen embed. Valid: checkpoint," in typo.stderr

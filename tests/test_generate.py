@@ -214,8 +214,10 @@ def test_autoencoder_with_a_learned_prior_and_a_condition(autoencoder_prior, tmp
     assert not free.summary["species_constrained"]
     write_samples(conditioned, tmp_path / "out")
     assert (tmp_path / "out" / "samples.extxyz").read_text().count("Lattice=") == conditioned.summary["decoded"]
-    with pytest.raises(UserError, match="need a learned prior"):
+    with pytest.raises(UserError, match="near= samples around one structure and takes no condition"):
         sample_structures(SampleOptions(checkpoint=str(run), n=1, near="NaCl", **asked))
+    with pytest.raises(UserError, match="need a learned prior"):
+        sample_structures(SampleOptions(prior="vae", n=1, **asked))
 
 
 def test_each_sample_can_draw_its_condition_from_the_training_split(autoencoder_prior, tiny_dataset):

@@ -51,4 +51,6 @@ def resolve_dataset(name_or_path: str) -> Dataset:
             f"{data_dir()} (set NESFGEN_DATA_DIR to use another). To get it, {how}. "
             "The built-in dataset is always available as `builtin`."
         )
+    if path.exists():
+        raise UserError(f"dataset {name_or_path} is a file; a dataset is a folder with a manifest.json")
     raise UserError(f"dataset folder {name_or_path} does not exist")

@@ -122,6 +122,8 @@ def load_embedding(path: Path) -> Embedding:
         UserError: naming the file when it is missing or not a latents file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the latents file in it (nesfgen embed writes LATENTS.npz)")
     if not path.is_file():
         raise UserError(f"latents file {path} does not exist (write one with `nesfgen embed ... out={path}`)")
     try:
