@@ -22,7 +22,7 @@ from typing import Any
 from nesfgen.checkpoint import checkpoint_digest
 from nesfgen.config import Recipe, load_recipe, to_toml
 from nesfgen.crossval import cross_validate, crossval_markdown, parse_folds, pool_folds
-from nesfgen.errors import UserError
+from nesfgen.errors import UserError, require
 from nesfgen.evaluate import (
     AGGREGATION_NOTE,
     METRIC_LABELS,
@@ -76,6 +76,8 @@ class ResultsOptions:
         parse_folds(self.folds)
         if not 0 <= self.ybco_fit_steps <= 100_000:
             raise UserError(f"ybco_fit_steps={self.ybco_fit_steps}: expected 0 (no fitted table) to 100000 steps")
+        # the page and its JSON beside it replace files of those names: a Markdown name keeps other files safe
+        require(self.out is None or self.out.endswith(".md"), "out", self.out, "a Markdown page, PAGE.md")
 
     @property
     def page(self) -> Path:

@@ -191,6 +191,7 @@ def test_a_run_stopped_by_its_time_limit_counts_as_finished(tiny_dataset, tmp_pa
         ({"seeds": 0}, "at least 1 seed"),
         ({"folds": "x"}, "folds must look like"),
         ({"ybco_fit_steps": -1}, "ybco_fit_steps=-1: expected 0"),
+        ({"out": "notes.txt"}, "out=notes.txt: expected a Markdown page"),
     ],
 )
 def test_bad_options_are_refused(words, message):
