@@ -5,7 +5,6 @@ with training-set compositions built by pyxtal (the floor: what symmetry and che
 
 from __future__ import annotations
 
-import logging
 import warnings
 from typing import Any
 
@@ -15,9 +14,6 @@ from nesfgen.crystal import Crystal
 from nesfgen.data.store import CrystalSet
 from nesfgen.generative_metrics import Reference, element_counts, score
 from nesfgen.progress import Progress
-
-log = logging.getLogger(__name__)
-
 
 #: space groups pyxtal is asked for before a composition is given up (a None sample)
 SPACE_GROUP_TRIES = 20

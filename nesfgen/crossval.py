@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ from nesfgen.errors import UserError
 from nesfgen.evaluate import (
     AGGREGATION_NOTE,
     EvaluateOptions,
-    Evaluation,
     evaluate,
     fitted_suffix,
     markdown_table,
@@ -47,7 +45,6 @@ def cross_validate(
     folds: list[int],
     out: Path,
     progress: TrainProgress | None = None,
-    on_fold: Callable[[int, Evaluation], None] | None = None,
     train_folds: bool = True,
     split: str | None = None,
     fit_steps: int = 0,
@@ -83,8 +80,6 @@ def cross_validate(
         evaluation = evaluate(options)
         write_report(evaluation, run_dir / f"eval-{scored}{fitted_suffix(fit_steps)}")
         evaluations.append(evaluation)
-        if on_fold:
-            on_fold(fold, evaluation)
     rows = [e.rows for e in evaluations]
     summary = summarise_runs([e.summary for e in evaluations])
     return {"recipe": recipe.name, "folds": folds, "rows": rows, "pooled": pool_folds(rows), **summary}

@@ -6,7 +6,6 @@ import csv
 import glob
 import io
 import json
-import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -31,13 +30,10 @@ from nesfgen.metrics import (
     pool_over_atoms,
     structure_metrics,
 )
-from nesfgen.options import DecodeOptions, required
+from nesfgen.options import DecodeOptions, comma_list, required
 from nesfgen.progress import Progress
 from nesfgen.sampling import atoms_bounding_box
 from nesfgen.symmetry import STATED_SYMPREC, TOLERANCES, recovery_rates
-
-log = logging.getLogger(__name__)
-
 
 #: The paper's Table 1 (mean over 10 seeds, or 20 folds for YBCO-like), for side-by-side reports.
 PAPER_TABLE1 = {
@@ -307,7 +303,7 @@ def summarise_runs(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def expand_checkpoints(spec: str) -> list[str]:
     """``a,b`` lists and ``runs/seed*`` globs into checkpoint paths."""
     paths = []
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
+    for part in comma_list(spec):
         matches = sorted(glob.glob(part)) if any(ch in part for ch in "*?[") else [part]
         if not matches:
             raise UserError(f"checkpoint pattern {part!r} matched nothing")

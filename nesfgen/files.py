@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import glob
 import hashlib
+import io
 import json
 import logging
 import os
@@ -200,10 +201,8 @@ def save_figure(figure: Any, path: Path, dpi: int = 90) -> Path:
     """Write a figure as PNG atomically and release it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
     figure.tight_layout()
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=dpi)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=dpi)
     plt.close(figure)
-    os.replace(temporary, path)
-    return path
+    return atomic_write_bytes(path, image.getbuffer(), "the figure")

@@ -27,7 +27,7 @@ from nesfgen.crystal import Crystal
 from nesfgen.data.builtin import find_known
 from nesfgen.data.importers import read_structure_file
 from nesfgen.data.store import CrystalSet
-from nesfgen.decoder import Decoder, Decoding, SpeciesConstraint, training_atom_range
+from nesfgen.decoder import Decoder, Decoding, SpeciesConstraint, encode, training_atom_range
 from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text, output_folder, safe_file_stems
 from nesfgen.generative_metrics import Reference, build_reference, reduced_formula, score
@@ -42,7 +42,6 @@ from nesfgen.prior import (
     parse_draw,
 )
 from nesfgen.progress import Progress
-from nesfgen.sampling import TensorSet
 from nesfgen.stream import BASELINES_FOLDER, SAMPLE_CIFS, SampleStream
 from nesfgen.symmetry import space_group_number
 
@@ -190,11 +189,7 @@ def _encode_one(trained: TrainedModel, crystal: Crystal) -> torch.Tensor:
 
         symbols = ", ".join(Element.from_Z(z).symbol for z in missing)
         raise UserError(f"near: {crystal.id or 'the structure'} holds {symbols}, which the model was not trained on")
-    device = next(trained.model.parameters()).device
-    tensors = TensorSet(CrystalSet.from_crystals([crystal]), trained.species_table, device)
-    trained.model.eval()
-    with torch.no_grad():
-        return trained.model.encode(tensors.batch(torch.arange(1)))[0]
+    return encode(trained, CrystalSet.from_crystals([crystal]))[0]
 
 
 def shipped_prior(kind: str, autoencoder: str = DEFAULT_MODEL) -> Path:

@@ -73,9 +73,12 @@ def cell_volume(crystal: Crystal) -> float:
     return float(abs(np.linalg.det(lattice_matrix(crystal.lengths, crystal.angles))))
 
 
-def structurally_valid(crystal: Crystal) -> bool:
-    """No two atoms (or an atom and its own image) closer than STRUCTURE_CUTOFF, and a cell of MIN_VOLUME."""
-    return cell_volume(crystal) >= MIN_VOLUME and min_distance(crystal, STRUCTURE_CUTOFF) >= STRUCTURE_CUTOFF
+def structurally_valid(crystal: Crystal, distance: float | None = None) -> bool:
+    """No two atoms (or an atom and its own image) closer than STRUCTURE_CUTOFF, and a cell of MIN_VOLUME.
+    ``distance``: the crystal's shortest interatomic distance when already measured."""
+    if distance is None:
+        distance = min_distance(crystal, STRUCTURE_CUTOFF)
+    return cell_volume(crystal) >= MIN_VOLUME and distance >= STRUCTURE_CUTOFF
 
 
 def element_counts(atomic_numbers: Sequence[int] | np.ndarray) -> dict[str, int]:
@@ -388,7 +391,7 @@ def describe(index: int, crystal: Crystal | None) -> dict[str, Any]:
         **dict(zip(("a", "b", "c"), crystal.lengths.tolist())),
         **dict(zip(("alpha", "beta", "gamma"), crystal.angles.tolist())),
         min_distance=distance,
-        structurally_valid=distance >= STRUCTURE_CUTOFF and cell_volume(crystal) >= MIN_VOLUME,
+        structurally_valid=structurally_valid(crystal, distance),
         compositionally_valid=compositionally_valid(crystal),
         space_group=str(group or ""),
         space_group_number=group.number if group else 0,

@@ -21,17 +21,16 @@ from nesfgen.sampling import Atoms, Queries, TensorSet, fractional_coords
 DEGREES_PER_RADIAN = 180.0 / math.pi
 
 
-def mlp(widths: list[int], batch_norm: bool, dropout: float = 0.0, last_activation: bool = True) -> nn.Sequential:
-    """Linear layers with BatchNorm + ReLU (+ dropout) after each hidden layer."""
+def mlp(widths: list[int], batch_norm: bool, dropout: float = 0.0) -> nn.Sequential:
+    """Linear layers, each followed by BatchNorm + ReLU (+ dropout)."""
     layers: list[nn.Module] = []
-    for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for width_in, width_out in zip(widths[:-1], widths[1:]):
         layers.append(BucketedLinear(width_in, width_out))
-        if index < len(widths) - 2 or last_activation:
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(width_out))
-            layers.append(nn.ReLU())
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(width_out))
+        layers.append(nn.ReLU())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from nesfgen import symmetry
 from nesfgen.errors import UserError, require
 from nesfgen.files import atomic_write_bytes, output_folder
-from nesfgen.options import required
+from nesfgen.options import comma_list, required
 from nesfgen.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def parse_condition(
     numbers = None
     if elements is not None:
         try:
-            numbers = tuple(sorted({Element(symbol.strip()).Z for symbol in elements.split(",") if symbol.strip()}))
+            numbers = tuple(sorted({Element(symbol).Z for symbol in comma_list(elements)}))
         except ValueError as error:
             raise UserError(f"elements={elements}: expected element symbols separated by commas, e.g. Zn,S") from error
     composition = None
@@ -272,7 +272,7 @@ def parse_draw(text: str | None) -> tuple[str, ...]:
     """``draw=composition,num_atoms`` -> ("composition", "num_atoms"); "none", "" or None -> ()."""
     if (text or "").strip().lower() == "none":
         return ()
-    parts = tuple(part.strip() for part in (text or "").split(",") if part.strip())
+    parts = tuple(comma_list(text))
     unknown = [part for part in parts if part not in DRAWABLE_PARTS]
     if unknown:
         raise UserError(

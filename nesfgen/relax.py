@@ -621,9 +621,14 @@ def gather_inputs(inputs: Sequence[str]) -> list[RelaxInput]:
         elif path.suffix or "/" in text:
             raise UserError(f"structure file {path} does not exist")
         else:
-            from nesfgen.generate import find_structure
+            from nesfgen.data.builtin import find_known
 
-            crystal = find_structure(text, None)  # a formula of the built-in table, or a UserError
+            known = find_known(text)  # a UserError for text that is not a formula
+            if not known:
+                raise UserError(
+                    f"{text} is neither a structure file nor a compound of the built-in table; give a CIF or POSCAR path"
+                )
+            crystal = known[0].crystal
             found.append(RelaxInput(crystal.id.removeprefix("known-"), "builtin", crystal.to_structure()))
             continue
         for file in files:

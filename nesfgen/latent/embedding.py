@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from nesfgen.checkpoint import DEFAULT_MODEL, load_model
 from nesfgen.data.names import resolve_dataset
 from nesfgen.decoder import encode
 from nesfgen.errors import UserError
-from nesfgen.files import atomic_write_text, output_folder
+from nesfgen.files import atomic_write_bytes, atomic_write_text, output_folder
 from nesfgen.symmetry import STATED_SYMPREC, space_group_number
 
 
@@ -92,15 +91,14 @@ def save_embedding(embedding: Embedding, path: Path) -> Path:
             values = [columns[name][index] for name in columns]
             writer.writerow([*values, *(f"{x:.7g}" for x in embedding.latents[index])])
         return atomic_write_text(path, buffer.getvalue())
-    temporary = path.with_name(f".{path.stem}.tmp.npz")
+    archive = io.BytesIO()
     np.savez_compressed(
-        temporary,
+        archive,
         latents=embedding.latents,
         **{name: np.asarray(values) for name, values in columns.items()},
         meta=np.array(json.dumps(embedding.meta)),
     )
-    os.replace(temporary, path)
-    return path
+    return atomic_write_bytes(path, archive.getbuffer(), "the latents file")
 
 
 def attribute_columns(embedding: Embedding) -> dict[str, list[Any]]:

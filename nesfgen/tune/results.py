@@ -19,7 +19,7 @@ from nesfgen.tune.storage import open_study, redact, storage_url
 from nesfgen.tune.study import StudySpec
 
 
-def trial_row(spec: StudySpec, trial: FrozenTrial) -> dict[str, Any]:
+def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     """One leaderboard row: number, state, objective values, parameters and the recorded metrics."""
     metrics = trial.user_attrs.get("metrics", {})
     return {
@@ -46,7 +46,7 @@ def summarise(spec: StudySpec, study: optuna.Study, storage: str | None = None) 
         "folder": str(spec.folder),
         "objectives": [f"{o.metric} ({o.direction})" for o in spec.objectives],
         "trials": {k: v for k, v in counts.items() if v},
-        "best": [trial_row(spec, t) for t in best_trials(spec, study)],
+        "best": [trial_row(t) for t in best_trials(spec, study)],
     }
 
 
@@ -74,7 +74,7 @@ def leaderboard(spec: StudySpec, study: optuna.Study) -> list[dict[str, Any]]:
             return (2, -len(trial.intermediate_values), last, trial.number)
         return (3, trial.number)
 
-    return [trial_row(spec, t) for t in sorted(study.get_trials(deepcopy=False), key=order)]
+    return [trial_row(t) for t in sorted(study.get_trials(deepcopy=False), key=order)]
 
 
 def show_study(spec: StudySpec, storage: str | None = None) -> dict[str, Any]:

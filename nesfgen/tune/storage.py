@@ -92,7 +92,7 @@ def _password(url: str) -> str | None:
     return make_url(url).password
 
 
-def open_study(spec: StudySpec, storage: str | None = None, create: bool = True, seed: int = 0) -> optuna.Study:
+def open_study(spec: StudySpec, storage: str | None = None, create: bool = True) -> optuna.Study:
     """Create the study in its storage, or join it when it exists (same name, same objectives)."""
     rdb = open_storage(spec, storage, create)
     try:
@@ -101,7 +101,7 @@ def open_study(spec: StudySpec, storage: str | None = None, create: bool = True,
                 study_name=spec.name,
                 storage=rdb,
                 directions=spec.directions,
-                sampler=make_sampler(spec, seed),
+                sampler=make_sampler(spec, 0),  # a running worker seeds its own (tune.trials.run_study)
                 pruner=make_pruner(spec),
                 load_if_exists=True,
             )

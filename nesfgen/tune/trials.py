@@ -185,7 +185,7 @@ def run_study(
 
     def finished(study: optuna.Study, trial: FrozenTrial) -> None:
         if progress:
-            progress.trial(trial_row(spec, trial))
+            progress.trial(trial_row(trial))
 
     if len(study.get_trials(deepcopy=False, states=DONE)) < target:
         study.optimize(
