@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -294,3 +295,19 @@ def standardize(crystal: Crystal, symprec: float = 0.01) -> Crystal:
         id=crystal.id,
         properties=crystal.properties,
     )
+
+
+def parse_formula(text: str) -> dict[int, float] | None:
+    """Atomic number -> amount of a chemical formula of real elements ("ZnS", "S Zn", "Sr Ti O3"), or None if
+    ``text`` is not one: pymatgen reads unknown symbols (Xx) as dummy species, which are not elements."""
+    from pymatgen.core import Composition, Element
+
+    try:
+        with warnings.catch_warnings():  # pymatgen warns before accepting unknown symbols as dummy species
+            warnings.simplefilter("ignore")
+            composition = Composition(text)
+    except (ValueError, TypeError, KeyError):
+        return None
+    if len(composition) == 0 or any(not isinstance(species, Element) for species in composition):
+        return None
+    return {int(element.Z): float(amount) for element, amount in composition.items()}

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from nesfgen import symmetry
+from nesfgen.crystal import parse_formula
 from nesfgen.errors import UserError, require
 from nesfgen.files import atomic_write_bytes, output_folder
 from nesfgen.options import comma_list, required
@@ -197,7 +198,7 @@ def parse_condition(
     spacegroup: int | None = None,
 ) -> Condition:
     """A Condition from the command line's text: ``elements=Zn,S``, ``formula=ZnS``, ..."""
-    from pymatgen.core import Composition, Element
+    from pymatgen.core import Element
 
     numbers = None
     if elements is not None:
@@ -207,13 +208,9 @@ def parse_condition(
             raise UserError(f"elements={elements}: expected element symbols separated by commas, e.g. Zn,S") from error
     composition = None
     if formula is not None:
-        try:
-            parsed = Composition(formula)
-        except (ValueError, KeyError) as error:
-            raise UserError(f"formula={formula}: not a chemical formula (e.g. ZnS, SrTiO3)") from error
-        if not parsed or any(not isinstance(part, Element) for part in parsed):  # pymatgen reads Xx as a dummy
+        composition = parse_formula(formula)
+        if composition is None:
             raise UserError(f"formula={formula}: not a chemical formula of elements (e.g. ZnS, SrTiO3)")
-        composition = {element.Z: float(amount) for element, amount in parsed.items()}
     system = crystal_system_name.lower() if crystal_system_name is not None else None
     condition = Condition(numbers, composition, num_atoms, system, spacegroup)
     _refuse_contradiction(condition, elements, formula)

@@ -606,20 +606,17 @@ def gather_inputs(inputs: Sequence[str]) -> list[RelaxInput]:
     An unreadable file becomes an input with its problem (reported as failed, not raised), unless no input is
     readable; a name that is neither a file, a folder nor a formula of the built-in table is a UserError.
     """
-    from nesfgen.data.importers import is_structure_file, structures_from_file
+    from nesfgen.data.importers import structure_files, structures_from_file
 
     found: list[RelaxInput] = []
     for text in inputs:
         path = Path(text).expanduser()
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and is_structure_file(p))
-            files = [p for p in files if not p.name.endswith(RELAXED_SUFFIX)]
+        if path.is_dir():  # a folder relaxed before holds its relaxed CIFs too: they are outputs, not inputs
+            files = [p for p in structure_files([path]) if not p.name.endswith(RELAXED_SUFFIX)]
             if not files:
-                raise UserError(f"{path} holds no *.cif, POSCAR* or *.vasp files")
-        elif path.is_file():
-            files = [path]
-        elif path.suffix or "/" in text:
-            raise UserError(f"structure file {path} does not exist")
+                raise UserError(f"{path} holds no *.cif, POSCAR* or *.vasp files but relaxed ones")
+        elif path.is_file() or path.suffix or "/" in text:
+            files = structure_files([path])  # a UserError when it does not exist
         else:
             from nesfgen.data.builtin import find_known
 

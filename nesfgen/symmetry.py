@@ -306,25 +306,6 @@ def recovery_rates(
 # --- structures from files or datasets, for `nesfgen symmetry` --------------------------------------------------------
 
 
-def _files(paths: Sequence[str | Path]) -> list[Path]:
-    from nesfgen.data.importers import is_structure_file
-
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and is_structure_file(p))
-            if not found:
-                raise UserError(f"{path} holds no *.cif, POSCAR* or *.vasp files")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UserError(f"structure file {path} does not exist")
-    if not files:
-        raise UserError("no structure files given: name CIF/POSCAR files or folders, or data=NAME")
-    return list(dict.fromkeys(files))
-
-
 def read_crystals(path: Path) -> list[Crystal]:
     """The structures of a CIF/POSCAR file as they are (not standardised): ids are the file's stem.
 
@@ -361,8 +342,10 @@ def analyse_files(paths: Sequence[str | Path], tolerances: Sequence[float] = TOL
             cache[path] = [analyse(c, tolerances) for c in read_crystals(path)]
         return cache[path]
 
+    from nesfgen.data.importers import structure_files
+
     entries = []
-    for path in _files(paths):
+    for path in structure_files(paths):
         partner = path.with_name(path.name.removesuffix(DECODED_SUFFIX) + INPUT_SUFFIX)
         paired = path.name.endswith(DECODED_SUFFIX) and partner.is_file()
         found = reports(path)

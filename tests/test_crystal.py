@@ -83,3 +83,12 @@ def test_standardize_primitive_rock_salt_gives_conventional():
     assert standard.num_atoms == 8 and np.allclose(standard.lengths, 5.64, atol=1e-3)
     assert np.allclose(standard.angles, 90.0) and sorted(standard.atomic_numbers.tolist()) == [11] * 4 + [17] * 4
     assert isinstance(primitive, Structure)
+
+
+def test_formulas_parse_to_amounts_of_real_elements_only():
+    from nesfgen.crystal import parse_formula
+
+    assert parse_formula("SrTiO3") == {38: 1.0, 22: 1.0, 8: 3.0}
+    assert parse_formula("S Zn") == parse_formula("ZnS") == {30: 1.0, 16: 1.0}
+    for text in ("Xx2O", "ZnS2Q", "", "not a formula", "2"):  # pymatgen reads Xx and Q as dummy species
+        assert parse_formula(text) is None

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nesfgen.crystal import Crystal, lattice_matrix
+from nesfgen.crystal import Crystal, lattice_matrix, parse_formula
 from nesfgen.data.store import Dataset, data_dir, open_dataset, write_dataset
 from nesfgen.errors import UserError
 
@@ -499,16 +499,9 @@ def find_known(formula: str) -> list[KnownCompound]:
     Raises:
         UserError: if ``formula`` is not a chemical formula of real elements.
     """
-    from pymatgen.core import Composition, Element
+    from pymatgen.core import Composition
 
-    try:
-        with warnings.catch_warnings():  # pymatgen warns before accepting unknown symbols as dummy species
-            warnings.simplefilter("ignore")
-            composition = Composition(formula)
-    except (ValueError, TypeError) as error:
-        raise UserError(f"{formula!r} is not a chemical formula (e.g. 'NaCl', 'BaTiO3'): {error}") from None
-    unknown = [str(species) for species in composition if not isinstance(species, Element)]
-    if unknown or len(composition) == 0:
+    if parse_formula(formula) is None:
         raise UserError(f"{formula!r} is not a chemical formula of known elements (e.g. 'NaCl', 'BaTiO3')")
-    wanted = composition.fractional_composition
+    wanted = Composition(formula).fractional_composition
     return [k for k in known_compounds() if Composition(k.formula).fractional_composition.almost_equals(wanted)]

@@ -490,22 +490,27 @@ def is_structure_file(path: Path) -> bool:
     return path.suffix.lower() in (".cif", ".vasp") or path.name.startswith("POSCAR")
 
 
-def _structure_files(src: str | Path | Sequence[str | Path]) -> list[Path]:
-    if isinstance(src, (str, Path)):
-        path = Path(src)
+def structure_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The CIF/POSCAR files named, in order, each folder replaced by the structure files it holds (sorted),
+    each file once.
+
+    Raises:
+        UserError: for a path that does not exist, a folder that holds no structure file, or no path at all.
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and is_structure_file(p))
-            if not files:
+            found = sorted(p for p in path.iterdir() if p.is_file() and is_structure_file(p))
+            if not found:
                 raise UserError(f"{path} holds no *.cif, POSCAR* or *.vasp files")
-            return files
-        src = [path]
-    files = sorted(Path(f) for f in src)
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"structure file {path} does not exist")
     if not files:
         raise UserError("no structure files given")
-    for file in files:
-        if not file.is_file():
-            raise UserError(f"structure file {file} does not exist")
-    return files
+    return list(dict.fromkeys(files))
 
 
 def read_structure_file(path: str | Path) -> Crystal:
@@ -548,7 +553,7 @@ def import_cif(
     """
     out = Path(out)
     _refuse_existing(out)
-    files = _structure_files(src)
+    files = sorted(structure_files([src] if isinstance(src, (str, Path)) else src))  # the split's seed sees one order
     entries = _Entries(skip_invalid)
     crystals = []
     for file in files:

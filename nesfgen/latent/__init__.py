@@ -12,7 +12,6 @@ from nesfgen.latent.endpoints import (
     Candidate,
     Endpoint,
     local_datasets,
-    parse_formula,
     resolve_endpoint,
 )
 from nesfgen.latent.interpolation import (
@@ -46,7 +45,6 @@ __all__ = [
     "interpolation_folder",
     "load_embedding",
     "local_datasets",
-    "parse_formula",
     "project",
     "resolve_endpoint",
     "save_embedding",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from nesfgen.checkpoint import TrainedModel
-from nesfgen.crystal import Crystal
+from nesfgen.crystal import Crystal, parse_formula
 from nesfgen.data import materials_project
 from nesfgen.data.builtin import builtin_dataset, find_known, known_compounds
 from nesfgen.data.importers import read_structure_file
@@ -107,9 +106,10 @@ def resolve_endpoint(query: str, prefer_dataset_hash: str | None = None) -> Endp
         found = _find_id(dataset, text)
         if found is not None:
             return Endpoint(query, *found, "id")
-    fractions = parse_formula(text)
-    if fractions is not None:
-        return _resolve_formula(query, fractions, datasets)
+    amounts = parse_formula(text)
+    if amounts is not None:
+        total = sum(amounts.values())
+        return _resolve_formula(query, {z: amount / total for z, amount in amounts.items()}, datasets)
     for compound in known_compounds():
         if text in (compound.name, compound.crystal.id):
             return Endpoint(query, compound.crystal, TEXTBOOK_SOURCE, "id")
@@ -157,21 +157,6 @@ def _find_id(dataset: Dataset, id: str) -> tuple[Crystal, str] | None:
             crystals = dataset.load(split)
             return crystals[crystals.ids.index(id)], f"dataset {dataset.name} ({split})"
     return None
-
-
-def parse_formula(text: str) -> dict[int, float] | None:
-    """Atomic number -> atom fraction of a chemical formula, or None if ``text`` is not one of real elements."""
-    from pymatgen.core import Composition, Element
-
-    try:
-        with warnings.catch_warnings():  # pymatgen warns before accepting unknown symbols as dummy species
-            warnings.simplefilter("ignore")
-            composition = Composition(text)
-    except (ValueError, TypeError, KeyError):
-        return None
-    if len(composition) == 0 or any(not isinstance(species, Element) for species in composition):
-        return None
-    return {int(element.Z): float(amount) for element, amount in composition.fractional_composition.items()}
 
 
 def _resolve_formula(query: str, fractions: dict[int, float], datasets: Sequence[Dataset]) -> Endpoint:
