@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import sys
 import types
 import typing
@@ -74,6 +75,10 @@ def optional(allowed: Allowed) -> Allowed:
 
 
 NOT_EMPTY = Allowed("a non-empty string", lambda value: bool(value.strip()))
+#: a device's name as torch spells it; whether it exists here is known only when training starts
+DEVICE_NAME = Allowed(
+    "auto, cpu, cuda, cuda:N or mps", lambda value: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value) is not None
+)
 #: The widest layer (and latent) a recipe may ask for: 16384 × 16384 weights are 1 GiB in fp32.
 MAX_WIDTH = 16384
 WIDTHS = Allowed(
@@ -275,7 +280,7 @@ class TrainConfig(Checked):
         "lr_decay_factor": number(0.0, 1.0, low_open=True),
         "early_stopping_patience": integer(0),
         "seed": integer(0, 2**63 - 1),  # torch's seeds
-        "device": NOT_EMPTY,  # which devices exist is known only when training starts
+        "device": DEVICE_NAME,
         "precision": one_of("fp32", "bf16"),
         "threads": integer(0, 4096),
         "time_limit_minutes": number(0.0),

@@ -168,6 +168,7 @@ def test_parse_overrides_splits_words():
         ("train.lr_decay_factor", "0", r"a finite number in \(0, 1\]"),
         ("train.lr_schedule", "linear", "one of step, cosine"),
         ("train.precision", "fp16", "one of fp32, bf16"),
+        ("train.device", "banana", "auto, cpu, cuda, cuda:N or mps"),
         ("train.seed", "-1", "an integer in"),
         ("sampling.query_fraction", "0", r"a finite number in \(0, 1\]"),
         ("sampling.global_query_fraction", "1.5", r"a finite number in \(0, 1\], or none"),
