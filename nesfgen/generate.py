@@ -59,6 +59,8 @@ DEFAULT_PRIOR = "flowmatch"
 PRIOR_CHOICES = ("flowmatch", "flow", "vae")
 #: where ``nesfgen sample`` writes without out=
 DEFAULT_FOLDER = "samples"
+#: near='s default noise scale around the structure's latent (latent units)
+NEAR_RADIUS = 0.5
 #: the condition parts each unconditional sample of a flow-matching prior takes from a random training structure
 #: (``draw=``); chosen on the validation split over the prior's own compositions (docs/decoding.md)
 DEFAULT_DRAW = ("composition", "num_atoms")
@@ -99,7 +101,12 @@ def default_checkpoint() -> str:
 
 
 def sample_latents(
-    count: int, size: int, seed: int, temperature: float = 1.0, center: torch.Tensor | None = None, radius: float = 0.5
+    count: int,
+    size: int,
+    seed: int,
+    temperature: float = 1.0,
+    center: torch.Tensor | None = None,
+    radius: float = NEAR_RADIUS,
 ) -> torch.Tensor:
     """(count, size) latents: temperature × N(0, I), or ``center`` (size,) + radius × N(0, I).
 
@@ -272,7 +279,7 @@ class SampleOptions(DecodeOptions):
     seed: int = 0
     temperature: float | None = None
     near: str | None = None
-    radius: float = 0.5
+    radius: float | None = None  # with near=: the noise scale around its latent; None: NEAR_RADIUS
     data: str | None = None
     prior: str | None = None
     elements: str | None = None
@@ -299,6 +306,11 @@ class SampleOptions(DecodeOptions):
         """The snapping tolerance in Å: symprec=, or SAMPLE_SYMPREC (looser than evaluate's stated 0.1 Å)."""
         return SAMPLE_SYMPREC if self.symprec is None else self.symprec
 
+    @property
+    def spread(self) -> float:
+        """The noise scale around near='s latent: radius=, or NEAR_RADIUS."""
+        return NEAR_RADIUS if self.radius is None else self.radius
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.n < 1:
@@ -306,6 +318,8 @@ class SampleOptions(DecodeOptions):
         for key, value in (("temperature", self.temperature), ("radius", self.radius)):
             if value is not None and not 0 < value < math.inf:  # also refuses NaN
                 raise UserError(f"{key} must be a positive, finite number, got {key}={value}")
+        if self.radius is not None and self.near is None:
+            raise UserError("radius= is the spread around near=; add near=FORMULA|PATH or drop radius=")
         if not self.guidance >= 0:
             raise UserError(f"guidance must be 0 (unconditional) or more (1: plain conditional), got {self.guidance}")
         if self.redraws is not None and self.redraws < 0:
@@ -391,7 +405,7 @@ def _check_atom_count(condition: Condition, trained: TrainedModel, formula: str 
 def sample_structures(options: SampleOptions, progress: Progress | None = None) -> Generation:
     """Decode ``options.n`` latents into structures and measure them."""
     started = time.perf_counter()
-    n, seed, near, radius = options.n, options.seed, options.near, options.radius
+    n, seed, near, radius = options.n, options.seed, options.near, options.spread
     symmetrize, condition = options.symmetrize, options.condition
     decoder, learned = _load_generator(options)
     trained = decoder.trained
@@ -519,7 +533,7 @@ def _decode_latents(
         "seed": options.seed,
         "temperature": _temperature(options, drawn),
     }
-    settings |= {"near": options.near, "radius": options.radius, "symmetrize": options.symmetrize}
+    settings |= {"near": options.near, "radius": options.spread, "symmetrize": options.symmetrize}
     settings |= {"symprec": decoder.symprec, "prior": options.prior, "condition": asdict(options.condition)}
     settings |= {"guidance": options.guidance, "constrain": constrained, "draw": list(drawn)}
     settings["redraws"] = redraw.rounds if redraw is not None else 0

@@ -224,6 +224,7 @@ def test_console_lines_print_bracketed_names_as_text(cli, tiny_dataset, tmp_path
     ("words", "message"),
     [
         (("map", "latents.npz", "perplexity=0"), "perplexity=0.0: expected a positive number"),
+        (("map", "latents.npz", "method=pca", "perplexity=5"), "perplexity=5.0: expected no value with method=pca"),
         (("refit", "run=runs/x", "lr=-1"), "lr=-1.0: expected a positive number"),
         (("tune", "study=quickstart", "n_trials=0"), "n_trials=0: expected at least 1"),
         (("tune", "study=quickstart", "worker=-1"), "worker=-1: expected 0 or more"),

@@ -39,6 +39,10 @@ FAST_DECODE = {"estimator.steps": "8"}
 def test_a_negative_guidance_is_refused():
     with pytest.raises(UserError, match="guidance must be 0"):
         SampleOptions(guidance=-1.0)
+    with pytest.raises(UserError, match="radius= is the spread around near="):  # it was ignored without near=
+        SampleOptions(radius=0.3)
+    with pytest.raises(UserError, match="temperature must be a positive, finite number"):
+        SampleOptions(temperature=float("inf"))
 
 
 def test_relaxation_settings_without_relax_are_refused():

@@ -21,12 +21,14 @@ from nesfgen.symmetry import CRYSTAL_SYSTEMS
 log = logging.getLogger(__name__)
 
 MAP_METHODS = ("tsne", "pca")
+#: t-SNE's perplexity unless perplexity= is given (scikit-learn's default)
+TSNE_PERPLEXITY = 30.0
 #: first space-group number of each crystal system after triclinic (1-2), for the colour bar of the map
 CRYSTAL_SYSTEM_STARTS = {name: first for first, name in reversed(CRYSTAL_SYSTEMS) if first > 1}
 
 
 def project(
-    latents: np.ndarray, method: str = "tsne", seed: int = 0, perplexity: float = 30.0
+    latents: np.ndarray, method: str = "tsne", seed: int = 0, perplexity: float = TSNE_PERPLEXITY
 ) -> tuple[np.ndarray, dict]:
     """Latents (S, D) -> 2-D coordinates (S, 2), with what the method reports.
 
@@ -120,11 +122,15 @@ class MapOptions:
     source: str = required("give the latents file written by nesfgen embed: nesfgen map LATENTS")
     method: str = "tsne"
     out: str | None = None
-    perplexity: float = 30.0
+    perplexity: float | None = None  # t-SNE's neighbourhood size; None: TSNE_PERPLEXITY
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require(self.perplexity > 0, "perplexity", self.perplexity, "a positive number (t-SNE's neighbourhood size)")
+        if self.perplexity is not None:
+            require(self.method == "tsne", "perplexity", self.perplexity, "no value with method=pca (a t-SNE setting)")
+            require(
+                self.perplexity > 0, "perplexity", self.perplexity, "a positive number (t-SNE's neighbourhood size)"
+            )
         require(self.seed >= 0, "seed", self.seed, "0 or more")
 
 
@@ -132,7 +138,8 @@ def map_latents(options: MapOptions) -> dict[str, Any]:
     """Project a latents file to 2-D and write map.csv, map.json and the three coloured PNGs."""
     source = Path(options.source)
     embedding = load_embedding(source)
-    coords, info = project(embedding.latents, options.method, options.seed, options.perplexity)
+    perplexity = TSNE_PERPLEXITY if options.perplexity is None else options.perplexity
+    coords, info = project(embedding.latents, options.method, options.seed, perplexity)
     out = Path(options.out or source.with_name(f"{source.stem}-{options.method}"))
     files = write_map(embedding, coords, options.method, out, info)
     return {"method": options.method, "structures": len(embedding), **info, "files": [str(f) for f in files]}
