@@ -351,7 +351,7 @@ def results_command(ctx: typer.Context, as_json: bool = JSON) -> None:
     chosen = options(ResultsOptions, ctx, "results")
     on_interrupt(lambda: f"finished epochs are saved under {chosen.runs}; run the same command again to continue")
     with views.training_bars(not as_json) as progress:
-        result = build_results(chosen, progress)
+        result = build_results(chosen, progress, progress.decoding if progress else None)
     emit(result, as_json, views.markdown_report)
 
 

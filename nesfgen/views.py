@@ -85,11 +85,12 @@ def pct(value: float | None) -> str:
 
 
 class RichTrainProgress:
-    """Live progress bar with the running losses; one table row per epoch."""
+    """Live progress bar with the running losses, one table row per epoch, and a bar for each evaluation's
+    decoding in the same display (``decoding``)."""
 
     def __init__(self) -> None:
         self.bar = RichProgress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -103,11 +104,26 @@ class RichTrainProgress:
         console.print(f"[bold]{escape(recipe.name)}[/]: {parameters:,} parameters, run folder {escape(str(run_dir))}")
         self.batches = batches_per_epoch
         self.bar.start()
-        self.task = self.bar.add_task("train", total=batches_per_epoch, epoch=start_epoch + 1, losses="")
+        self.task = self.bar.add_task(f"epoch {start_epoch + 1}", total=batches_per_epoch, losses="")
 
     def step(self, epoch, batch, losses) -> None:
         text = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
-        self.bar.update(self.task, completed=batch + 1, epoch=epoch + 1, losses=text)
+        self.bar.update(self.task, completed=batch + 1, description=f"epoch {epoch + 1}", losses=text)
+
+    def decoding(self, label: str) -> Progress:
+        """A bar for one evaluation's decoding, removed when it completes (``nesfgen results`` decodes dozens)."""
+        self.bar.start()  # a no-op when training already started it
+        task = self.bar.add_task(label, total=None, losses="")
+
+        def update(done: int, total: int) -> None:
+            if task not in self.bar.task_ids:
+                return
+            if done >= total:
+                self.bar.remove_task(task)
+            else:
+                self.bar.update(task, completed=done, total=total)
+
+        return update
 
     def epoch(self, row) -> None:
         console.print(

@@ -249,3 +249,17 @@ def test_a_file_or_folder_in_the_wrong_place_is_named_as_such(cli, tmp_path):
     assert latents.returncode == 2 and "is a folder; give the latents file in it" in latents.stderr
     typo = cli("embed", "limitt=2")
     assert typo.returncode == 2 and "unknown option limitt for nesfgen embed. Valid: checkpoint," in typo.stderr
+
+
+def test_decoding_bars_share_the_training_display_and_vanish_when_done():
+    """nesfgen results decodes dozens of splits beside its training bar: each bar goes once complete."""
+    from nesfgen.views import RichTrainProgress
+
+    progress = RichTrainProgress()
+    update = progress.decoding("lcs6 seed-0 test")
+    update(1, 2)
+    assert len(progress.bar.task_ids) == 1
+    update(2, 2)
+    update(2, 2)  # a late call after completion is harmless
+    assert not progress.bar.task_ids
+    progress.stop()
