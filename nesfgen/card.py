@@ -107,18 +107,12 @@ def package_model(options: PackageOptions, progress: Progress | None = None) -> 
     """
     from nesfgen.data.names import resolve_dataset
 
-    run_dir, name, data, out_dir, seeds = (
-        Path(options.run),
-        options.name,
-        options.data,
-        Path(options.out),
-        options.seeds,
-    )
+    run_dir, out_dir, name, seeds = Path(options.run), Path(options.out), options.name, options.seeds
     state = read_checkpoint(run_dir)
     recipe = from_dict(Recipe, state["recipe"], where=str(run_dir))
     # everything a user can get wrong is refused before anything is written
     seed_table = seeds_of(Path(seeds), recipe) if seeds else None
-    resolve_dataset(data or recipe.data.dataset_name)
+    resolve_dataset(options.data or recipe.data.dataset_name)
     output_folder(out_dir, "package folder")
     trained_on = run_dir / "machine.json" if run_dir.is_dir() else None
     if trained_on and trained_on.is_file():
@@ -142,7 +136,7 @@ def package_model(options: PackageOptions, progress: Progress | None = None) -> 
         )
     else:
         save_checkpoint(checkpoint, shipped)
-    evaluation = evaluate(EvaluateOptions(checkpoint=str(checkpoint), data=data, split=options.split), progress)
+    evaluation = evaluate(EvaluateOptions(checkpoint=str(checkpoint), data=options.data, split=options.split), progress)
     card = out_dir / f"{name}.md"
     atomic_write_text(card, model_card(name, recipe, training, machine, evaluation, run_dir, seed_table, seeds))
     if run_dir.is_dir():  # the per-structure report stays with the run, not in the package

@@ -42,7 +42,7 @@ from nesfgen.prior import (
     parse_draw,
 )
 from nesfgen.progress import Progress
-from nesfgen.stream import BASELINES_FOLDER, SAMPLE_CIFS, SampleStream
+from nesfgen.stream import BASELINES_FOLDER, RELAXED_FOLDER, SAMPLE_CIFS, SampleStream
 from nesfgen.symmetry import space_group_number
 
 if TYPE_CHECKING:  # imported where a relaxation starts: sampling alone does not load the relaxation stack
@@ -638,7 +638,7 @@ def _screen_options(folder: Path, options: SampleOptions) -> ScreenOptions:
 
     return ScreenOptions(
         inputs=(str(folder),),
-        out=str(folder / "relaxed"),
+        out=str(folder / RELAXED_FOLDER),
         fmax=DEFAULT_FMAX if options.fmax is None else options.fmax,
         steps=DEFAULT_STEPS if options.steps is None else options.steps,
         hull=options.hull,

@@ -25,7 +25,8 @@ SAMPLE_CIFS = "sample-[0-9]*.cif"
 #: other settings in the same folder removes them, so no summary describes samples that are not there
 SAMPLING_RESULTS = ("summary.json", "samples.csv", "samples.extxyz", "distributions.png")
 BASELINES_FOLDER = "baselines"  # the ceiling's and floor's CIFs, OUT/baselines/NAME
-SAMPLING_FOLDERS = (BASELINES_FOLDER, "relaxed")
+RELAXED_FOLDER = "relaxed"  # relax=true: each folder of CIFs relaxed into FOLDER/relaxed
+SAMPLING_FOLDERS = (BASELINES_FOLDER, RELAXED_FOLDER)
 
 
 class SampleStream:
