@@ -226,7 +226,8 @@ class BenchEstimateOptions:
 
     def __post_init__(self) -> None:
         require(self.limit >= 1, "limit", self.limit, "at least 1 structure to time")
-        require(0 <= self.single <= self.limit, "single", self.single, f"0 to limit={self.limit}")
+        # at least one: the one-at-a-time rate divides by their time
+        require(1 <= self.single <= self.limit, "single", self.single, f"1 to limit={self.limit}")
 
 
 def bench_checkpoint(options: BenchEstimateOptions) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Optuna studies at tiny size: a short study, pruning, two workers on one SQLite file, resume after a kill, export."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -114,9 +115,25 @@ def test_a_deliberately_bad_trial_is_pruned(tiny_dataset, in_tmp):
 
 
 def tune_process(study, *args, cwd):
+    """``nesfgen tune`` in a child that takes Ctrl-C as a terminal would (a background child ignores SIGINT)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "nesfgen", "tune", f"study={study}", *args]
-    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def wait_for(path, process, timeout=600):
+    deadline = time.monotonic() + timeout
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared: {process.communicate()[1][-2000:]}"
 
 
 def test_two_workers_on_one_sqlite_file_share_the_study(cli, tiny_dataset, in_tmp):
@@ -166,7 +183,41 @@ def test_a_killed_worker_is_resumed_and_its_trial_retried(tiny_dataset, in_tmp):
     assert len(retries) == 1 and retries[0].params == running.params
 
 
-def test_failing_trials_are_retried_then_stop_the_worker(tiny_dataset, in_tmp, monkeypatch):
+def test_ctrl_c_in_a_trial_exits_130_without_a_trace_and_the_trial_runs_again(tiny_dataset, in_tmp):
+    # Trials of a minute, so that Ctrl-C lands inside the first; no retries, as Ctrl-C is no failure to retry.
+    path = write_study(in_tmp / "stopped.toml", tiny_dataset, epochs=200, minutes=1, pruner=['type = "none"'])
+    path.write_text(path.read_text().replace("seed = 0", "seed = 0\nretries = 0", 1))
+    worker = tune_process(path, "n_trials=1", "--json", cwd=in_tmp)
+    wait_for(in_tmp / "runs" / "tune-stopped" / "trial-0000" / "metrics.jsonl", worker)
+    worker.send_signal(signal.SIGINT)
+    out, err = worker.communicate(timeout=300)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "failed" not in err, err[-2000:]
+    assert worker.returncode == 130 and out == "", err[-2000:]  # no half JSON document
+    assert "interrupted: finished trials are stored; run the same command again (the interrupted trial runs" in err
+    spec = load_study(str(path))
+    (stopped,) = trials_by_state(spec, TrialState.FAIL)  # not counted among the finished trials
+    (queued,) = trials_by_state(spec, TrialState.WAITING)
+    assert queued.user_attrs["retry_of"] == stopped.number == 0
+
+    short = load_study(str(write_study(path, tiny_dataset, epochs=1)))  # the same study, with shorter trials
+    result = run_study(short, n_trials=1)
+    assert result["ran"] == [1] and result["trials"] == {"complete": 1, "fail": 1}
+    (resumed,) = trials_by_state(spec, TrialState.COMPLETE)
+    assert resumed.params == stopped.params and resumed.user_attrs["retry_of"] == 0
+
+
+@pytest.fixture
+def optuna_records():
+    """What Optuna logs: its logger does not pass records on to the root logger, where caplog listens."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("optuna").addHandler(handler)
+    yield records
+    logging.getLogger("optuna").removeHandler(handler)
+
+
+def test_failing_trials_are_retried_then_stop_the_worker(tiny_dataset, in_tmp, monkeypatch, optuna_records):
     import nesfgen.tune.trials as trials
 
     spec = load_study(str(write_study(in_tmp / "broken.toml", tiny_dataset)))
@@ -176,6 +227,9 @@ def test_failing_trials_are_retried_then_stop_the_worker(tiny_dataset, in_tmp, m
     failed = trials_by_state(spec, TrialState.FAIL)
     assert len(failed) == 3 and failed[1].params == failed[0].params  # trial 1 retried trial 0
     assert failed[1].user_attrs["retry_of"] == 0
+    # unlike Ctrl-C, a real failure is reported, with its trace
+    reports = [r for r in optuna_records if "failed with parameters" in r.getMessage()]
+    assert len(reports) == 3 and all(r.exc_info and "disk on fire" in r.getMessage() for r in reports)
 
 
 def test_two_objectives_with_the_evaluator_and_nsga2(tiny_dataset, in_tmp):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from dataclasses import replace
@@ -24,6 +25,8 @@ from nesfgen.tune.storage import open_study
 from nesfgen.tune.study import EVALUATOR_METRICS, StudySpec, make_sampler
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+#: Where Optuna reports a failed trial, with its trace.
+OPTUNA_TRIAL_LOGGER = "optuna.study._optimize"
 
 
 class TuneProgress(Protocol):
@@ -135,6 +138,17 @@ def run_trial(spec: StudySpec, trial: optuna.Trial, progress: TuneProgress | Non
     return values[0] if len(values) == 1 else values
 
 
+class _HideInterruptedTrial(logging.Filter):
+    """Drops Optuna's failure report of the trial Ctrl-C stopped: the CLI says it was interrupted, and a trace is noise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trial: int | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.trial is None or not record.getMessage().startswith(f"Trial {self.trial} failed")
+
+
 def run_study(
     spec: StudySpec,
     n_trials: int | None = None,
@@ -149,7 +163,8 @@ def run_study(
     so every trial runs once; together they may finish up to one trial per extra worker beyond
     ``n_trials``. A trial that raises is failed and queued once more with the same parameters (a
     killed worker's trial is queued by the heartbeat of the next worker); failures do not count
-    towards ``n_trials``, and three failures in a row stop this worker.
+    towards ``n_trials``, and three failures in a row stop this worker. A trial stopped by Ctrl-C is
+    failed too and queued again, whatever its retries; the KeyboardInterrupt is raised on.
 
     Args:
         worker: give each simultaneous worker its own number, so that their samplers differ.
@@ -162,6 +177,7 @@ def run_study(
     study.sampler = make_sampler(spec, seed)
     ran: list[int] = []
     failures: list[str] = []
+    interrupted = _HideInterruptedTrial()
 
     def objective(trial: optuna.Trial) -> float | list[float]:
         ran.append(trial.number)
@@ -170,7 +186,15 @@ def run_study(
         except optuna.TrialPruned:
             failures.clear()
             raise
-        except (Exception, KeyboardInterrupt) as error:
+        except KeyboardInterrupt:
+            # Not the trial's fault, so it uses up no retry; Optuna fails it and raises the interrupt on.
+            attempt = int(trial.user_attrs.get("attempt", 0))
+            study.enqueue_trial(
+                trial.params, user_attrs={"attempt": attempt, "retry_of": trial.number}, skip_if_exists=False
+            )
+            interrupted.trial = trial.number
+            raise
+        except Exception as error:
             attempt = int(trial.user_attrs.get("attempt", 0))
             if not isinstance(error, UserError) and attempt < spec.retries:
                 study.enqueue_trial(
@@ -188,12 +212,17 @@ def run_study(
             progress.trial(trial_row(trial))
 
     if len(study.get_trials(deepcopy=False, states=DONE)) < target:
-        study.optimize(
-            objective,
-            timeout=timeout,
-            catch=(Exception,),
-            callbacks=[optuna.study.MaxTrialsCallback(target, states=DONE), finished],
-        )
+        logger = logging.getLogger(OPTUNA_TRIAL_LOGGER)
+        logger.addFilter(interrupted)
+        try:
+            study.optimize(
+                objective,
+                timeout=timeout,
+                catch=(Exception,),
+                callbacks=[optuna.study.MaxTrialsCallback(target, states=DONE), finished],
+            )
+        finally:
+            logger.removeFilter(interrupted)
     if len(failures) >= 3:
         raise UserError(f"study {spec.name}: three trials in a row failed; the last: {failures[-1]}")
     return {**summarise(spec, study, storage), "ran": ran}
