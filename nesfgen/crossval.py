@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from nesfgen.evaluate import (
 )
 from nesfgen.files import atomic_write_text
 from nesfgen.metrics import mean_over_structures, pool_over_atoms
+from nesfgen.progress import Progress
 from nesfgen.train import TrainProgress, check_same_recipe, train_or_resume
 
 
@@ -48,13 +50,15 @@ def cross_validate(
     train_folds: bool = True,
     split: str | None = None,
     fit_steps: int = 0,
+    decoding: Callable[[str], Progress] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) one run per fold under ``out/fold-K``, evaluate each on its test split, pool them.
 
     ``train_folds=False`` evaluates the folds' runs as they are (each must hold a best.pt). ``split``
     evaluates another split than the recipe's test split, e.g. the validation splits a recipe is chosen on.
     ``fit_steps`` fits each structure's latent before decoding (``nesfgen evaluate fit_steps=``), reported
-    under ``eval-SPLIT-fitN`` beside the one-pass evaluation.
+    under ``eval-SPLIT-fitN`` beside the one-pass evaluation. ``decoding(label)`` gives the progress callback
+    of each fold's evaluation (label ``fold-K SPLIT``, ``-fitN`` when fitted), as decoding a fold takes minutes.
 
     Returns ``pooled``: every fold's test structures scored as one set, laid out like an evaluation
     summary (``pooled["reference"]`` pools all folds' atoms, the paper's YBCO-like column); the
@@ -77,8 +81,9 @@ def cross_validate(
         options = EvaluateOptions(
             checkpoint=str(run_dir), data=fold_recipe.data.dataset_name, split=scored, fit_steps=fit_steps
         )
-        evaluation = evaluate(options)
-        write_report(evaluation, run_dir / f"eval-{scored}{fitted_suffix(fit_steps)}")
+        name = f"{scored}{fitted_suffix(fit_steps)}"
+        evaluation = evaluate(options, decoding(f"fold-{fold} {name}") if decoding else None)
+        write_report(evaluation, run_dir / f"eval-{name}")
         evaluations.append(evaluation)
     rows = [e.rows for e in evaluations]
     summary = summarise_runs([e.summary for e in evaluations])
@@ -112,10 +117,14 @@ def crossval_markdown(result: dict[str, Any], dataset: str, level: int = 1) -> s
 
 
 def cross_validate_into(
-    recipe: Recipe, folds: list[int], out: Path, progress: TrainProgress | None = None
+    recipe: Recipe,
+    folds: list[int],
+    out: Path,
+    progress: TrainProgress | None = None,
+    decoding: Callable[[str], Progress] | None = None,
 ) -> dict[str, Any]:
     """:func:`cross_validate`, then cv.md and cv.json into ``out``; the result carries the markdown as ``report``."""
-    result = cross_validate(recipe, folds, out, progress)
+    result = cross_validate(recipe, folds, out, progress, decoding=decoding)
     report = crossval_markdown(result, recipe.data.name)
     atomic_write_text(out / "cv.md", report)
     atomic_write_text(out / "cv.json", json.dumps(result, indent=1, default=str))

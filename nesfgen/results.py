@@ -226,11 +226,16 @@ def chosen_seed(runs: list[dict[str, Any]]) -> int | None:
     return min(scored, key=lambda run: (mean_rank(run), run["seed"]))["seed"]
 
 
-def fold_table(options: ResultsOptions, progress: TrainProgress | None = None) -> dict[str, Any]:
+def fold_table(
+    options: ResultsOptions,
+    progress: TrainProgress | None = None,
+    decoding: Callable[[str], Progress] | None = None,
+) -> dict[str, Any]:
     """YBCO-like: the cross-validation of every fold (trained or resumed), pooled; or the finished folds only.
 
     Each fold's test and validation rows are kept in the page's JSON, so a fold whose run folder is gone is
     carried over from it, labelled, and pooled with the others, as :func:`seed_table` carries seeds.
+    ``decoding`` labels each fold's evaluations as :func:`seed_table` labels its seeds', ``ybco fold-K SPLIT``.
     """
     recipe = load_recipe(options.ybco_recipe)
     fingerprint = recipe_fingerprint(recipe)
@@ -249,16 +254,19 @@ def fold_table(options: ResultsOptions, progress: TrainProgress | None = None) -
     ]
     runs = {fold: ({**recorded[fold][0], "recorded": True}, recorded[fold][1]) for fold in carried}
     if ready:
-        test = cross_validate(recipe, ready, folder, progress, train_folds=options.train)
-        validation = cross_validate(recipe, ready, folder, train_folds=False, split=recipe.data.val_split)
+        bars = (lambda label: decoding(f"ybco {label}")) if decoding else None
+        test = cross_validate(recipe, ready, folder, progress, train_folds=options.train, decoding=bars)
+        validation = cross_validate(
+            recipe, ready, folder, train_folds=False, split=recipe.data.val_split, decoding=bars
+        )
         for k, fold in enumerate(ready):
             status = run_status(folder / f"fold-{fold}")
             run = {"fold": fold, "epochs": status.epochs, "minutes": status.minutes}
             runs[fold] = (run | {"rows": test["rows"][k], "validation_rows": validation["rows"][k]}, test["each"][k])
         if steps := options.ybco_fit_steps:
-            fitted = cross_validate(recipe, ready, folder, train_folds=False, fit_steps=steps)
+            fitted = cross_validate(recipe, ready, folder, train_folds=False, fit_steps=steps, decoding=bars)
             fitted_val = cross_validate(
-                recipe, ready, folder, train_folds=False, split=recipe.data.val_split, fit_steps=steps
+                recipe, ready, folder, train_folds=False, split=recipe.data.val_split, fit_steps=steps, decoding=bars
             )
             for k, fold in enumerate(ready):
                 runs[fold][0].update(
@@ -304,7 +312,7 @@ def build_results(
         if table in SEEDED_TABLES:
             tables.append(seed_table(options, table, progress, decoding))
         else:
-            tables.append(fold_table(options, progress))
+            tables.append(fold_table(options, progress, decoding))
     result = {"runs": options.runs, "page": str(options.page), "tables": tables}
     result["seconds"] = time.perf_counter() - started
     report = results_markdown(result, options)

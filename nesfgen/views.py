@@ -111,17 +111,22 @@ class RichTrainProgress:
         self.bar.update(self.task, completed=batch + 1, description=f"epoch {epoch + 1}", losses=text)
 
     def decoding(self, label: str) -> Progress:
-        """A bar for one evaluation's decoding, removed when it completes (``nesfgen results`` decodes dozens)."""
+        """A bar for one evaluation's decoding, removed when it completes (``nesfgen results`` decodes dozens).
+
+        A fitted evaluation counts its fit's steps, then its decoded structures: the bar comes back for the second.
+        """
         self.bar.start()  # a no-op when training already started it
         task = self.bar.add_task(label, total=None, losses="")
 
         def update(done: int, total: int) -> None:
-            if task not in self.bar.task_ids:
-                return
-            if done >= total:
-                self.bar.remove_task(task)
-            else:
+            nonlocal task
+            if done < total:
+                if task is None:
+                    task = self.bar.add_task(label, total=total, losses="")
                 self.bar.update(task, completed=done, total=total)
+            elif task is not None:
+                self.bar.remove_task(task)
+                task = None
 
         return update
 

@@ -24,6 +24,18 @@ def read_rows(path):
     return rows
 
 
+def recording():
+    """A ``decoding`` callback that keeps each bar's label and every (done, total) reported to it, in order."""
+    bars = []
+
+    def decoding(label):
+        counts = []
+        bars.append((label, counts))
+        return lambda done, total: counts.append((done, total))
+
+    return bars, decoding
+
+
 def test_parse_folds():
     assert parse_folds("0-3,7") == [0, 1, 2, 3, 7]
     assert parse_folds("3,0-1,1") == [0, 1, 3]
@@ -45,8 +57,12 @@ def test_cross_validation_trains_evaluates_and_pools(tiny_dataset, tmp_path, mon
     recipe = tiny_recipe(
         tiny_dataset, **{"data.name": "tinycv", "data.fold": 0, "train.epochs": 1, "estimator.steps": 2}
     )
-    result = cross_validate(recipe, [0, 1], tmp_path / "cv")
+    bars, decoding = recording()
+    result = cross_validate(recipe, [0, 1], tmp_path / "cv", decoding=decoding)
     assert result["pooled"]["num_structures"] == 6
+    # one labelled bar per fold's evaluation, counting its 3 decoded structures to the end
+    assert [label for label, _ in bars] == ["fold-0 test", "fold-1 test"]
+    assert all(counts and counts[-1] == (3, 3) for _, counts in bars)
     assert result["runs"] == 2
     # the paper's YBCO-like column pools every fold's atoms: sums over both folds' structures, not a mean of folds
     rows = [
@@ -76,6 +92,11 @@ def test_cross_validation_trains_evaluates_and_pools(tiny_dataset, tmp_path, mon
     assert not (tmp_path / "more").exists()
     one = cross_validate(recipe, [0], tmp_path / "cv")  # one finished fold: pooled figures only, no "± 0" spread
     assert one["std"] is None and "Fold to fold" not in crossval_markdown(one, "tinycv")
+    # the validation splits with fitted latents: each bar counts the fit's 2 steps, then the 3 decoded structures
+    bars, decoding = recording()
+    cross_validate(recipe, [0, 1], tmp_path / "cv", train_folds=False, split="val", fit_steps=2, decoding=decoding)
+    assert [label for label, _ in bars] == ["fold-0 val-fit2", "fold-1 val-fit2"]
+    assert all(counts[:2] == [(1, 2), (2, 2)] and counts[-1] == (3, 3) for _, counts in bars)
     # the command line: the same recipe as key=value words, the finished folds resumed, cv.md and cv.json written
     from conftest import TINY_MODEL
 

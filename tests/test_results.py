@@ -22,6 +22,18 @@ from nesfgen.results import (
 from nesfgen.train import run_status, train_or_resume
 
 
+def recording():
+    """A ``decoding`` callback that keeps each bar's label and every (done, total) reported to it, in order."""
+    bars = []
+
+    def decoding(label):
+        counts = []
+        bars.append((label, counts))
+        return lambda done, total: counts.append((done, total))
+
+    return bars, decoding
+
+
 @pytest.fixture
 def recipe_file(tiny_dataset, tmp_path):
     path = tmp_path / "tiny.toml"
@@ -139,16 +151,23 @@ def test_fold_table_evaluates_the_finished_folds_only(tiny_dataset, recipe_file,
     options = ResultsOptions(
         runs=str(tmp_path / "runs"), tables="ybco", folds="0-1", ybco_recipe=str(fold_recipe), train=False
     )
-    result = build_results(options)
+    bars, decoding = recording()
+    result = build_results(options, decoding=decoding)
     table = result["tables"][0]
     assert table["folds"] == [0] and table["pooled"]["num_structures"] == 3
+    # a labelled bar for each evaluation of the finished fold, counting its 3 decoded structures to the end
+    assert [label for label, _ in bars] == ["ybco fold-0 test", "ybco fold-0 val"]
+    assert all(counts and counts[-1] == (3, 3) for _, counts in bars)
     # the page holds the fold table as a subsection, each fold's row, and the validation splits it was chosen on
     assert table["validation"]["num_structures"] == 3 and table["fold_runs"][0]["epochs"] == 1
     assert "\n# " not in result["report"].split("## YBCO-like")[1] and "\n| 0 | 1 | " in result["report"]
     assert "validation splits pooled (3 structures)" in result["report"]
     assert (tmp_path / "runs" / "ybco" / "fold-0" / "eval-val" / "evaluation.json").is_file()
     # latents fitted to their structures: a table of its own, labelled, its reports beside the one-pass ones
-    fitted = build_results(replace(options, ybco_fit_steps=2))
+    bars, decoding = recording()
+    fitted = build_results(replace(options, ybco_fit_steps=2), decoding=decoding)
+    labels = ["ybco fold-0 test", "ybco fold-0 val", "ybco fold-0 test-fit2", "ybco fold-0 val-fit2"]
+    assert [label for label, _ in bars] == labels and all(counts[-1] == (3, 3) for _, counts in bars)
     assert (
         fitted["tables"][0]["fitted"]["folds"] == [0] and fitted["tables"][0]["fitted"]["pooled"]["num_structures"] == 3
     )
@@ -250,6 +269,29 @@ def test_the_icsg3d_table_names_its_protocol(recipe_file, tmp_path):
     result = build_results(options)
     assert result["tables"][0]["table"] == "icsg3d" and result["tables"][0]["missing"]
     assert "was not released" in (tmp_path / "runs" / "results.md").read_text()
+    bars, decoding = recording()  # its seed trained, then each evaluation decoded under a labelled bar
+    table = build_results(replace(options, train=True), decoding=decoding)["tables"][0]
+    assert [label for label, _ in bars] == ["icsg3d seed-0 test", "icsg3d seed-0 val"]
+    assert bars[0][1][-1] == (table["num_structures"],) * 2  # the test split's structures, every one decoded
+    assert all(counts and counts[-1][0] == counts[-1][1] for _, counts in bars)
+
+
+def test_a_fitted_evaluations_bar_comes_back_for_its_decode():
+    """ybco_fit_steps= evaluations count their fit's steps, then their decoded structures, on one callback."""
+    from nesfgen.views import RichTrainProgress
+
+    progress = RichTrainProgress()
+    update = progress.decoding("ybco fold-0 test-fit2")
+    update(1, 2)
+    update(2, 2)  # the fit done: the bar goes
+    assert not progress.bar.task_ids
+    update(1, 3)  # the decode's first chunk: the bar is back, counting structures
+    [task] = progress.bar.tasks
+    assert (task.description, task.completed, task.total) == ("ybco fold-0 test-fit2", 1, 3)
+    update(3, 3)
+    update(3, 3)  # a late call after completion is harmless
+    assert not progress.bar.task_ids
+    progress.stop()
 
 
 def test_a_fine_tuning_recipe_is_another_column_when_its_starting_checkpoint_changes(recipe_file, tmp_path):
