@@ -193,7 +193,8 @@ def model_card(
         f"- Command: `{train_command(recipe, run_dir)}`",
         f"- Machine: {hardware}; torch {machine['torch']}, Python {machine['python']}",
         f"- Wall time: {training['training_minutes']} min for {training['epochs_run']} epochs "
-        f"(time limit {recipe.train.time_limit_minutes:g} min, epochs planned {recipe.train.epochs})",
+        f"(time limit {recipe.train.time_limit_minutes:g} min, epochs planned {recipe.train.epochs}); training on "
+        "CPU is deterministic for a seed and thread count, so a rerun gives these weights in its own wall time",
         f"- Kept: epoch {training['best_epoch']}, best validation loss {training['best_val_loss']:.4f} "
         f"(early stopping on the validation split: {'yes' if recipe.train.early_stopping else 'no'})",
         *([f"- {describe_refit(training['lattice_refit'])}"] if training.get("lattice_refit") else []),

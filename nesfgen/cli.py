@@ -97,8 +97,10 @@ def data_info(
     """Counts per split, atoms per cell, species, cell sizes and training space groups of a dataset."""
     from nesfgen.data.info import dataset_info
     from nesfgen.data.names import resolve_dataset
+    from nesfgen.symmetry import space_group_histogram
 
-    emit(dataset_info(resolve_dataset(dataset)), as_json, views.dataset_info)
+    found = resolve_dataset(dataset)
+    emit(dataset_info(found) | {"space_groups": space_group_histogram(found)}, as_json, views.dataset_info)
 
 
 @data_app.command("export")
@@ -336,7 +338,7 @@ def cv_command(
     out = Path(extra.get("out") or f"runs/cv-{recipe.name}")
     on_interrupt(lambda: f"finished epochs are saved under {out}; run the same command again to continue")
     with views.training_bars(not as_json) as progress:
-        result = cross_validate_into(recipe, parse_folds(folds), out, progress)
+        result = cross_validate_into(recipe, parse_folds(folds), out, progress, progress.decoding if progress else None)
     emit(result, as_json, views.markdown_report)
 
 
@@ -494,7 +496,3 @@ def main() -> None:
         views.interrupted(_resume_hint() if _resume_hint else "")
     if isinstance(code, int) and code:
         sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()

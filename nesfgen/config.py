@@ -33,6 +33,21 @@ def shipped_dir(package: str) -> Path:
 
 RECIPES_DIR = shipped_dir("nesfgen.recipes")
 
+#: the tolerance the headline numbers use (symmetry recovery rate, data info histogram, symmetrize;
+#: here because decoding options take it before symmetry is imported)
+STATED_SYMPREC = 0.1
+
+
+def check_symprec(value: Any) -> float:
+    """A symmetry tolerance as a float, or UserError unless it is a positive length in Å."""
+    try:
+        symprec = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"symprec must be a positive length in Å, got {value!r}") from None
+    if not math.isfinite(symprec) or symprec <= 0:
+        raise UserError(f"symprec must be a positive length in Å, got {value!r}")
+    return symprec
+
 
 @dataclass(frozen=True)
 class Allowed:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -311,3 +313,19 @@ def parse_formula(text: str) -> dict[int, float] | None:
     if len(composition) == 0 or any(not isinstance(species, Element) for species in composition):
         return None
     return {int(element.Z): float(amount) for element, amount in composition.items()}
+
+
+def formula_unit(composition: Mapping[int, float]) -> dict[int, int] | None:
+    """Atomic number -> count in the smallest whole-number formula unit of ``composition`` (Zn2S2 -> ZnS,
+    Li0.5CoO2 -> LiCo2O4), or None when it is empty or an amount is not positive.
+
+    A cell of the composition holds a whole number of these units: decoding (``formula=``) rounds to them and
+    conditions check against them. Amounts are read as fractions of denominator at most 100.
+    """
+    amounts = {int(z): Fraction(float(a)).limit_denominator(100) for z, a in composition.items()}
+    if not amounts or any(a <= 0 for a in amounts.values()):
+        return None
+    scale = math.lcm(*(a.denominator for a in amounts.values()))
+    whole = {z: int(a * scale) for z, a in amounts.items()}
+    common = math.gcd(*whole.values())
+    return {z: n // common for z, n in whole.items()}

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from nesfgen.allocator import keep_freed_memory
 from nesfgen.config import EstimatorConfig
-from nesfgen.crystal import DUPLICATE_DISTANCE, Crystal, lattice_matrix, wrap_fractional
+from nesfgen.crystal import DUPLICATE_DISTANCE, Crystal, formula_unit, lattice_matrix, wrap_fractional
 from nesfgen.errors import UserError
 from nesfgen.progress import Progress
 from nesfgen.sampling import box_grid, cell_grid, local_offsets, species_indices
@@ -466,7 +466,8 @@ def constrain_species(
     try:
         out = []
         with torch.inference_mode():
-            units = formula_atoms(composition) if composition else None
+            unit = formula_unit(composition) if composition else None
+            units = sum(unit.values()) if unit else None
             for b, structure in enumerate(decoded):
                 if num_atoms is not None and (units is None or num_atoms % units == 0):
                     structure = exact_atom_count(structure, num_atoms, config.nms_min_particles)
@@ -492,15 +493,6 @@ def constrain_species(
 
 #: Å: a rejected cluster closer than this to a decoded atom is part of that atom's basin, never a new atom
 SPARE_MIN_DISTANCE = 1.0
-
-
-def formula_atoms(composition: Mapping[int, float]) -> int | None:
-    """Atoms in one formula unit of ``composition`` (Zn2S2 -> 2), or None when the amounts are not whole."""
-    amounts = [float(a) for a in composition.values()]
-    if not amounts or any(not a.is_integer() or a <= 0 for a in amounts):
-        return None
-    unit = math.gcd(*(int(a) for a in amounts))
-    return sum(int(a) for a in amounts) // unit
 
 
 def whole_formula_units(structure: Decoded, units: int, threshold: int) -> Decoded:
@@ -577,14 +569,13 @@ def _spares_to_add(structure: Decoded, wanted: int) -> list[int]:
 
 def _assign_composition(votes: np.ndarray, table: np.ndarray, composition: Mapping[int, float]) -> np.ndarray | None:
     """(M,) species indices holding ``composition`` exactly with the most votes, or None when the M atoms are
-    not a whole number of formula units (or the amounts are not whole numbers)."""
+    not a whole number of its formula units."""
     from scipy.optimize import linear_sum_assignment
 
-    units = formula_atoms(composition)
-    if units is None or len(votes) % units:
+    per_unit = formula_unit(composition)
+    units = sum(per_unit.values()) if per_unit else 0
+    if not units or len(votes) % units:
         return None
-    unit = math.gcd(*(int(a) for a in composition.values()))
-    per_unit = {int(z): int(a) // unit for z, a in composition.items()}
     slots = [int(np.flatnonzero(table == z)[0]) for z, n in per_unit.items() for _ in range(n * len(votes) // units)]
     rows, columns = linear_sum_assignment(-votes[:, slots])
     kinds = np.empty(len(votes), dtype=np.int64)

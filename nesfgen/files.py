@@ -13,7 +13,8 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,43 @@ def remove_stale_staging(out: Path) -> list[Path]:
             log.info("removed %s, left by an interrupted write of %s", folder, out)
             removed.append(folder)
     return removed
+
+
+@contextmanager
+def staged_folder(out: Path, what: str, replace: bool = True) -> Iterator[Path]:
+    """Write the folder ``out`` whole or not at all: yield a staging folder beside it to fill, then swap it in.
+
+    A folder already at ``out`` is replaced only after the new one is complete (and put back if the swap
+    fails); with ``replace=False`` only an empty one is (the rename refuses a folder that filled meanwhile).
+    On any error the staging folder is removed. Staging folders of ``out`` that a killed earlier
+    write left are removed first.
+
+    Raises:
+        UserError: naming ``what`` and ``out`` when the file system refuses a write.
+    """
+    remove_stale_staging(out)
+    staging = staging_folder(out)
+    try:
+        yield staging
+        unmark_staging(staging)
+        if replace and out.exists():
+            trash = staging_folder(out)
+            os.replace(out, trash / "replaced")
+            try:
+                os.replace(staging, out)
+            except BaseException:
+                os.replace(trash / "replaced", out)
+                raise
+            finally:
+                shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(f"cannot write the {what} {out}: {os_error_reason(error)}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _process_alive(pid: Any) -> bool:

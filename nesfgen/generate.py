@@ -199,8 +199,9 @@ def _encode_one(trained: TrainedModel, crystal: Crystal) -> torch.Tensor:
     return encode(trained, CrystalSet.from_crystals([crystal]))[0]
 
 
-def shipped_prior(kind: str, autoencoder: str = DEFAULT_MODEL) -> Path:
-    path = PRIORS / f"{autoencoder}-{kind}.pt"
+def shipped_prior(kind: str) -> Path:
+    """The prior of ``kind`` shipped for the shipped autoencoder, the only model the package holds priors for."""
+    path = PRIORS / f"{DEFAULT_MODEL}-{kind}.pt"
     if not path.is_file():
         raise UserError(
             f"prior={kind}: no shipped prior {path.name} in {PRIORS}; fit one with "

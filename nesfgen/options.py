@@ -12,9 +12,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
-from nesfgen.config import EstimatorConfig, parse_overrides, parse_value
+from nesfgen.config import STATED_SYMPREC, EstimatorConfig, check_symprec, parse_overrides, parse_value
 from nesfgen.errors import UserError
-from nesfgen.symmetry import STATED_SYMPREC, check_symprec
 
 T = TypeVar("T")
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from nesfgen import symmetry
-from nesfgen.crystal import parse_formula
+from nesfgen.crystal import formula_unit, parse_formula
 from nesfgen.errors import UserError, require
 from nesfgen.files import atomic_write_bytes, output_folder
 from nesfgen.options import comma_list, required
@@ -100,12 +100,8 @@ class Condition:
 
     def fewest_atoms(self) -> int | None:
         """The fewest atoms a cell of the asked composition holds (Zn2S2O99: 103; ZnS: 2), None without one."""
-        if self.composition is None:
-            return None
-        from pymatgen.core import Composition, Element
-
-        asked = Composition({Element.from_Z(z): amount for z, amount in self.composition.items()})
-        return round(Composition(asked.get_integer_formula_and_factor()[0]).num_atoms)
+        unit = formula_unit(self.composition) if self.composition is not None else None
+        return sum(unit.values()) if unit else None
 
 
 @dataclass(frozen=True)

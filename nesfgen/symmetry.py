@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +17,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from nesfgen.config import STATED_SYMPREC, check_symprec
 from nesfgen.crystal import Crystal, symmetry_dataset
 from nesfgen.errors import UserError, require
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
+    from nesfgen.data.store import Dataset
+
 log = logging.getLogger(__name__)
 
 #: spglib's symprec (Å) at which structures are analysed
 TOLERANCES = (0.01, 0.05, 0.1, 0.2)
-#: the tolerance the headline numbers use (symmetry recovery rate, data info histogram, symmetrize)
-STATED_SYMPREC = 0.1
 #: first space-group number of each crystal system
 CRYSTAL_SYSTEMS = (
     (195, "cubic"),
@@ -141,17 +143,6 @@ def as_crystal(structure: Crystal | Structure, id: str = "") -> Crystal:
     if isinstance(structure, Structure):
         return Crystal.from_structure(structure, id=id)
     raise UserError(f"expected a crystal structure (Crystal or pymatgen Structure), got {type(structure).__name__}")
-
-
-def check_symprec(value: Any) -> float:
-    """A symmetry tolerance as a float, or UserError unless it is a positive length in Å."""
-    try:
-        symprec = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"symprec must be a positive length in Å, got {value!r}") from None
-    if not np.isfinite(symprec) or symprec <= 0:
-        raise UserError(f"symprec must be a positive length in Å, got {value!r}")
-    return symprec
 
 
 def _check_tolerances(tolerances: Iterable[float]) -> tuple[float, ...]:
@@ -414,3 +405,28 @@ def symmetry_table(options: SymmetryOptions) -> dict[str, Any]:
     else:
         raise UserError("nothing to analyse: give CIF/POSCAR files or folders, or data=NAME")
     return {"tolerances": list(options.tolerances), "structures": entries, "agreement": agreement(entries)}
+
+
+def space_group_histogram(dataset: Dataset, symprec: float = STATED_SYMPREC) -> dict[str, Any]:
+    """How many training structures (the first split without ``train``) spglib puts in each space group, most common first.
+
+    A few milliseconds per structure: ``nesfgen data info`` shows it beside the dataset's counts.
+    """
+    split = "train" if "train" in dataset.split_names else dataset.split_names[0]
+    crystals = dataset.load(split)
+    groups: Counter[tuple[int, str]] = Counter()
+    unassigned = 0
+    for crystal in crystals:
+        found = space_group(crystal, symprec)
+        if found is None:
+            unassigned += 1
+        else:
+            groups[(found.number, found.symbol)] += 1
+    ranked = sorted(groups.items(), key=lambda item: (-item[1], item[0][0]))
+    return {
+        "split": split,
+        "symprec": symprec,
+        "structures": len(crystals),
+        "groups": [{"number": number, "symbol": symbol, "count": count} for (number, symbol), count in ranked],
+        "unassigned": unassigned,
+    }

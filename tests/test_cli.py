@@ -46,6 +46,9 @@ def test_import_info_export(cli, tmp_path):
     info = json.loads(cli("data", "info", str(tmp_path / "ds"), "--json").stdout)
     assert sum(s["structures"] for s in info["splits"].values()) == 8
     assert info["splits"]["train"]["atoms_per_cell"].keys() == {"8"}
+    groups = info["space_groups"]  # the training split's, beside the counts
+    assert sum(g["count"] for g in groups["groups"]) + groups["unassigned"] == info["splits"]["train"]["structures"]
+    assert {g["number"] for g in groups["groups"]} <= {225, 216}  # rock salt and zinc blende
     result = cli("data", "export", str(tmp_path / "ds"), "--out", str(tmp_path / "cif_out"), "--json")
     assert json.loads(result.stdout)["written"] == 8
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from conftest import rock_salt
 
-from nesfgen.crystal import Crystal, lattice_matrix, standardize
+from nesfgen.crystal import Crystal, formula_unit, lattice_matrix, standardize
 from nesfgen.errors import UserError
 
 
@@ -92,3 +92,11 @@ def test_formulas_parse_to_amounts_of_real_elements_only():
     assert parse_formula("S Zn") == parse_formula("ZnS") == {30: 1.0, 16: 1.0}
     for text in ("Xx2O", "ZnS2Q", "", "not a formula", "2"):  # pymatgen reads Xx and Q as dummy species
         assert parse_formula(text) is None
+
+
+def test_formula_units_are_the_smallest_whole_ones():
+    assert formula_unit({30: 2.0, 16: 2.0}) == {30: 1, 16: 1}
+    assert formula_unit({3: 0.5, 27: 1.0, 8: 2.0}) == {3: 1, 27: 2, 8: 4}  # Li0.5CoO2 is LiCo2O4
+    assert formula_unit({26: 2 / 3, 8: 1.0}) == {26: 2, 8: 3}  # amounts read as fractions, not floats
+    assert formula_unit({30: 1.5}) == {30: 1}
+    assert formula_unit({}) is None and formula_unit({30: 1.0, 16: 0.0}) is None

@@ -28,7 +28,6 @@ from nesfgen.estimator import (
     constrain_species,
     estimate,
     exact_atom_count,
-    formula_atoms,
     whole_formula_units,
 )
 from nesfgen.metrics import mean_over_structures, structure_metrics
@@ -176,7 +175,6 @@ def test_a_formula_count_is_reached_by_the_smaller_change() -> None:
     assert wrapped.num_atoms == 2
     whole = _decoded([40, 40], far, [9])
     assert whole_formula_units(whole, 2, 10) is whole
-    assert formula_atoms({30: 2.0, 16: 2.0}) == 2 and formula_atoms({30: 1.5}) is None
 
 
 def test_an_asked_atom_count_drops_the_weakest_or_adds_the_strongest_spares():
@@ -434,6 +432,8 @@ def test_constrained_species_keep_positions_and_hold_the_asked_elements_and_form
     assert sorted(thirds.atomic_numbers.tolist()) == [16] * 4 + [30] * 2  # 8 atoms are no ZnS2: two dropped
     kept = {tuple(row) for row in decoded[0].cart_coords.round(6)}
     assert {tuple(row) for row in thirds.cart_coords.round(6)} <= kept
+    halves = constrain_species(field, z, decoded, table, (30, 16), {30: 0.5, 16: 1.5}, FAST)[0]
+    assert sorted(halves.atomic_numbers.tolist()) == [16] * 6 + [30] * 2  # Zn0.5S1.5 is ZnS3: two units on 8 atoms
     six = constrain_species(field, z, decoded, table, (), None, FAST, num_atoms=6)[0]  # any species, 6 atoms
     assert six.num_atoms == 6 and {tuple(row) for row in six.cart_coords.round(6)} <= kept
     assert set(six.atomic_numbers.tolist()) <= {16, 30}  # the field's own votes, no element forced in

@@ -8,7 +8,14 @@ import sys
 import pytest
 
 from nesfgen.errors import UserError
-from nesfgen.files import STAGING_MARKER, output_folder, remove_stale_staging, safe_file_stems, staging_folder
+from nesfgen.files import (
+    STAGING_MARKER,
+    output_folder,
+    remove_stale_staging,
+    safe_file_stems,
+    staged_folder,
+    staging_folder,
+)
 
 
 def test_file_stems_stay_inside_and_never_collide():
@@ -52,6 +59,48 @@ def test_only_staging_of_dead_writers_is_removed(tmp_path):
     unmarked.mkdir()  # not ours to judge: no marker
     assert remove_stale_staging(out) == [stale]
     assert not stale.exists() and live.is_dir() and other.is_dir() and unmarked.is_dir()
+
+
+def test_a_staged_folder_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), staged_folder(out, "dataset folder") as staging:
+        (staging / "new.txt").write_text("half")
+        raise RuntimeError("killed halfway")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"] and (out / "old.txt").read_text() == "old"
+    with staged_folder(out, "dataset folder") as staging:
+        (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]  # the old folder replaced, no staging left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    real_replace = os.replace
+
+    def swap_fails(src, dst):  # the old folder moves aside, then the new one cannot move in
+        if "nesfgen-staging" in os.path.basename(src):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", swap_fails)
+    with pytest.raises(UserError, match=r"cannot write the dataset folder .*ds: no space left"):
+        with staged_folder(out, "dataset folder") as staging:
+            (staging / "newer.txt").write_text("newer")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]  # put back where it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_a_staged_folder_without_replace_refuses_a_folder_that_filled_meanwhile(tmp_path):
+    out = tmp_path / "export"
+    out.mkdir()
+    with pytest.raises(UserError, match="cannot write the export folder"):
+        with staged_folder(out, "export folder", replace=False) as staging:
+            (staging / "a.cif").write_text("cif")
+            (out / "mine.txt").write_text("the user's")  # written while the export ran
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"] and len(list(tmp_path.iterdir())) == 1
+    out.joinpath("mine.txt").unlink()
+    with staged_folder(out, "export folder", replace=False) as staging:
+        (staging / "a.cif").write_text("cif")
+    assert sorted(p.name for p in out.iterdir()) == ["a.cif"]
 
 
 def test_a_failed_text_or_prior_write_keeps_the_previous_file_and_no_temporary(tmp_path, monkeypatch):

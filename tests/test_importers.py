@@ -258,15 +258,15 @@ def test_paper_collection_writes_nothing_when_one_input_is_bad(tmp_path):
 # staging folder, just before the rename: the state a user's kill -9 or power cut leaves.
 KILLED_IMPORT = """
 import os, signal, sys
-import nesfgen.data.store as store
+import nesfgen.files as files
 from nesfgen.cli import main
-unmark, written = store.unmark_staging, []
+unmark, written = files.unmark_staging, []
 def unmark_or_die(staging):
     written.append(staging)
     if len(written) == 3:
         os.kill(os.getpid(), signal.SIGKILL)
     unmark(staging)
-store.unmark_staging = unmark_or_die
+files.unmark_staging = unmark_or_die
 sys.argv = ["nesfgen", "data", "import", sys.argv[1], "--format", "paper"]
 main()
 """

@@ -39,7 +39,9 @@ def test_the_standin_is_built_once_from_the_imported_icsg3d():
 
 
 def test_the_standin_needs_icsg3d_imported():
-    with pytest.raises(UserError, match="dataset 'icsg3d' not found.*nesfgen data import"):
+    with pytest.raises(
+        UserError, match="built from the paper's icsg3d, which is not in the data directory.*nesfgen data import"
+    ):
         resolve_dataset("icsg3d-standin")
 
 

@@ -7,12 +7,11 @@ import pytest
 from conftest import monoclinic, perovskite, rock_salt, zinc_blende
 
 from nesfgen.crystal import Crystal
-from nesfgen.data.info import dataset_info
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
 from nesfgen.evaluate import EvaluateOptions, evaluate, recovery_key, write_report
 from nesfgen.metrics import PAPER_METRICS
-from nesfgen.symmetry import analyse, crystal_system, symmetrize, symmetrize_decoded
+from nesfgen.symmetry import analyse, crystal_system, space_group_histogram, symmetrize, symmetrize_decoded
 
 
 def tetragonal_batio3(id: str = "BaTiO3") -> Crystal:
@@ -158,14 +157,13 @@ def test_symmetry_cli_refuses_bad_files(cli, tmp_path):
         assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
 
 
-def test_data_info_has_the_training_space_group_histogram(tiny_dataset):
-    histogram = dataset_info(tiny_dataset)["space_groups"]
+def test_space_group_histogram_of_the_training_split(tiny_dataset):
+    histogram = space_group_histogram(tiny_dataset)
     assert histogram["split"] == "train" and histogram["symprec"] == 0.1
     counts = {group["number"]: group["count"] for group in histogram["groups"]}
     # the 48 training structures: 10 each of NaCl, ZnS and CsCl, 9 each of SrTiO3 and the P1 "mono" cell
     assert counts == {221: 19, 225: 10, 216: 10, 1: 9}
     assert histogram["groups"][0] == {"number": 221, "symbol": "Pm-3m", "count": 19}
-    assert "space_groups" not in dataset_info(tiny_dataset, space_groups=False)
 
 
 def test_evaluate_with_symmetrize_on_the_exact_field(tmp_path, rng):

@@ -4,32 +4,21 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nesfgen.data.store import CrystalSet, Dataset
+from nesfgen.data.store import Dataset
 from nesfgen.errors import UserError
-from nesfgen.files import (
-    os_error_reason,
-    output_folder,
-    remove_stale_staging,
-    safe_file_stems,
-    staging_folder,
-    unmark_staging,
-)
-from nesfgen.symmetry import STATED_SYMPREC, space_group
+from nesfgen.files import output_folder, safe_file_stems, staged_folder
 
 
-def dataset_info(dataset: Dataset, space_groups: bool = True) -> dict[str, Any]:
+def dataset_info(dataset: Dataset) -> dict[str, Any]:
     """Counts per split, the atoms-per-cell histogram (as the paper's Tables 2-4), species and cell ranges.
 
-    With ``space_groups``, also the space-group histogram of the training split (the first split when
-    there is no ``train``), which takes spglib a few milliseconds per structure.
+    The training split's space groups are :func:`nesfgen.symmetry.space_group_histogram`'s.
     """
     splits = {}
     all_numbers = []
@@ -58,28 +47,6 @@ def dataset_info(dataset: Dataset, space_groups: bool = True) -> dict[str, Any]:
         "species": {Element.from_Z(z).symbol: present[z] for z in dataset.species_table},
         "splits": splits,
         "provenance": dict(dataset.manifest.get("provenance", {})),
-    } | ({"space_groups": space_group_histogram(dataset)} if space_groups else {})
-
-
-def space_group_histogram(dataset: Dataset, symprec: float = STATED_SYMPREC) -> dict[str, Any]:
-    """How many training structures spglib puts in each space group, most common first."""
-    split = "train" if "train" in dataset.split_names else dataset.split_names[0]
-    crystals: CrystalSet = dataset.load(split)
-    groups: Counter[tuple[int, str]] = Counter()
-    unassigned = 0
-    for crystal in crystals:
-        found = space_group(crystal, symprec)
-        if found is None:
-            unassigned += 1
-        else:
-            groups[(found.number, found.symbol)] += 1
-    ranked = sorted(groups.items(), key=lambda item: (-item[1], item[0][0]))
-    return {
-        "split": split,
-        "symprec": symprec,
-        "structures": len(crystals),
-        "groups": [{"number": number, "symbol": symbol, "count": count} for (number, symbol), count in ranked],
-        "unassigned": unassigned,
     }
 
 
@@ -102,12 +69,10 @@ def export_cif(dataset: Dataset, out: Path, splits: list[str] | None = None, for
         raise UserError(f"{out} exists and is not an empty folder; choose a new --out (an export never replaces files)")
     sets = {split: dataset.load(split) for split in splits or dataset.split_names}  # unknown splits fail here
     output_folder(out.parent, "export folder's parent")
-    remove_stale_staging(out)
-    staging = staging_folder(out)
     index = io.StringIO()
     rows = csv.writer(index)
     rows.writerow(["split", "id", "file"])
-    try:
+    with staged_folder(out, "export folder", replace=False) as staging:
         for split, crystals in sets.items():
             (staging / split).mkdir()
             stems = safe_file_stems([crystal.id or f"{split}-{i}" for i, crystal in enumerate(crystals)])
@@ -115,12 +80,4 @@ def export_cif(dataset: Dataset, out: Path, splits: list[str] | None = None, for
                 (staging / split / f"{stem}.cif").write_text(crystal.to_cif())
                 rows.writerow([split, crystal.id, f"{split}/{stem}.cif"])
         (staging / "index.csv").write_text(index.getvalue())
-        unmark_staging(staging)
-        os.replace(staging, out)  # replaces an empty folder, refuses a non-empty one
-    except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise UserError(f"cannot write the export folder {out}: {os_error_reason(error)}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return sum(len(crystals) for crystals in sets.values())

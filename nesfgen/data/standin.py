@@ -49,9 +49,13 @@ def standin_dataset() -> Dataset:
     Raises:
         UserError: when the paper's ``icsg3d`` has not been imported.
     """
-    from nesfgen.data.names import resolve_dataset
-
-    icsg3d = resolve_dataset("icsg3d")
+    source = data_dir() / "icsg3d"
+    if not (source / "manifest.json").is_file():
+        raise UserError(
+            f"{NAME} is built from the paper's icsg3d, which is not in the data directory {data_dir()}: import the "
+            "paper's released files once with `nesfgen data import PATH/nesf-paper --format paper`"
+        )
+    icsg3d = open_dataset(source)
     path = data_dir() / NAME
     if (path / "manifest.json").is_file():
         existing = open_dataset(path)

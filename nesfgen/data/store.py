@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 
 from nesfgen.crystal import Crystal
 from nesfgen.errors import UserError
-from nesfgen.files import os_error_reason, output_folder, remove_stale_staging, staging_folder, unmark_staging
+from nesfgen.files import output_folder, staged_folder
 
 FORMAT = "nesfgen-dataset"
 FORMAT_VERSION = 1
@@ -333,9 +332,7 @@ def write_dataset(
     species = sorted({int(z) for s in sets.values() for z in np.unique(s.atomic_numbers)})
     output_folder(out, "dataset folder", create=False)
     output_folder(out.parent, "dataset folder's parent")
-    remove_stale_staging(out)
-    staging = staging_folder(out)
-    try:
+    with staged_folder(out, "dataset folder") as staging:
         manifest_splits = {}
         for split, crystals in sets.items():
             np.savez_compressed(staging / f"{split}.npz", **crystals.arrays())
@@ -354,25 +351,6 @@ def write_dataset(
             "content_hash": content_hash(sets),
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        unmark_staging(staging)
-        if out.exists():
-            trash = staging_folder(out)
-            os.replace(out, trash / "replaced")
-            try:
-                os.replace(staging, out)
-            except BaseException:
-                os.replace(trash / "replaced", out)  # the old dataset goes back where it was
-                raise
-            finally:
-                shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise UserError(f"cannot write the dataset folder {out}: {os_error_reason(error)}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return open_dataset(out)
 
 
