@@ -220,13 +220,15 @@ def optuna_records():
 def test_failing_trials_are_retried_then_stop_the_worker(tiny_dataset, in_tmp, monkeypatch, optuna_records):
     import nesfgen.tune.trials as trials
 
-    spec = load_study(str(write_study(in_tmp / "broken.toml", tiny_dataset)))
+    path = write_study(in_tmp / "broken.toml", tiny_dataset, space=['"model.latent_size" = [8, 16, 128]'])
+    path.write_text(path.read_text().replace('recipe = "quickstart"', 'recipe = "quickstart"\nbaseline = true', 1))
+    spec = load_study(str(path))
     monkeypatch.setattr(trials, "train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk on fire")))
     with pytest.raises(UserError, match="three trials in a row failed.*disk on fire"):
         run_study(spec, n_trials=2)
     failed = trials_by_state(spec, TrialState.FAIL)
     assert len(failed) == 3 and failed[1].params == failed[0].params  # trial 1 retried trial 0
-    assert failed[1].user_attrs["retry_of"] == 0
+    assert failed[1].user_attrs["retry_of"] == 0 and failed[1].user_attrs["baseline"]  # the baseline's retry is one
     # unlike Ctrl-C, a real failure is reported, with its trace
     reports = [r for r in optuna_records if "failed with parameters" in r.getMessage()]
     assert len(reports) == 3 and all(r.exc_info and "disk on fire" in r.getMessage() for r in reports)

@@ -189,17 +189,15 @@ def run_study(
         except KeyboardInterrupt:
             # Not the trial's fault, so it uses up no retry; Optuna fails it and raises the interrupt on.
             attempt = int(trial.user_attrs.get("attempt", 0))
-            study.enqueue_trial(
-                trial.params, user_attrs={"attempt": attempt, "retry_of": trial.number}, skip_if_exists=False
-            )
+            retry = {**trial.user_attrs, "attempt": attempt, "retry_of": trial.number}  # a baseline stays one
+            study.enqueue_trial(trial.params, user_attrs=retry, skip_if_exists=False)
             interrupted.trial = trial.number
             raise
         except Exception as error:
             attempt = int(trial.user_attrs.get("attempt", 0))
             if not isinstance(error, UserError) and attempt < spec.retries:
-                study.enqueue_trial(
-                    trial.params, user_attrs={"attempt": attempt + 1, "retry_of": trial.number}, skip_if_exists=False
-                )
+                retry = {**trial.user_attrs, "attempt": attempt + 1, "retry_of": trial.number}
+                study.enqueue_trial(trial.params, user_attrs=retry, skip_if_exists=False)
             failures.append(f"trial {trial.number}: {type(error).__name__}: {error}")
             if len(failures) >= 3:
                 study.stop()
