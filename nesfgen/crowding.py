@@ -8,11 +8,13 @@ position loss and gradient by the cell size of each query's target atom; ``field
 probes the decoded field on the local grid around every atom and, given the estimator's decodes,
 tells apart the atoms it missed. ``missed_by_neighbour_distance`` sorts the misses by how close each atom's
 nearest neighbour is; ``fit_latents`` and ``field_across_closest_pair`` tell whether the encoder or the
-field is what loses the atoms of close pairs.
+field is what loses the atoms of close pairs. ``training_twins`` asks, without a model, whether a cell's
+arrangement is one the training split holds at the same origin and setting.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -23,7 +25,7 @@ import torch
 from pymatgen.core import Element
 
 from nesfgen.checkpoint import TrainedModel, load_model
-from nesfgen.crystal import Crystal
+from nesfgen.crystal import Crystal, wrap_fractional
 from nesfgen.data.names import resolve_dataset
 from nesfgen.data.store import CrystalSet
 from nesfgen.decoder import encode
@@ -297,3 +299,74 @@ def field_across_closest_pair(
         "true": ((cart[nearest] - line) @ direction).tolist(),
         "predicted": (predicted[0].double().cpu().numpy() @ direction).tolist(),
     }
+
+
+#: the other frames of a cell that a standard setting may have put it in: the six orders of its axes (odd ones
+#: mirror it) and the eight half-cell origin shifts
+AXIS_ORDERS = tuple(itertools.permutations(range(3)))
+HALF_SHIFTS = tuple(np.array(shift) for shift in itertools.product((0.0, 0.5), repeat=3))
+
+
+def _species_roles(crystal: Crystal) -> np.ndarray:
+    """(N,) each atom's element as its rank by count (rarest first, then heaviest): ZrO2 and HfO2 alike."""
+    counts = Counter(int(z) for z in crystal.atomic_numbers)
+    order = sorted(counts, key=lambda z: (counts[z], -z))
+    return np.array([order.index(int(z)) for z in crystal.atomic_numbers])
+
+
+def arrangement_mismatch(frac_a: np.ndarray, roles_a: np.ndarray, frac_b: np.ndarray, roles_b: np.ndarray) -> float:
+    """Mean distance per fractional coordinate between two arrangements, atoms paired one to one within their
+    species role, in the cell as given (no periodic images: the field is of the cell as given)."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = np.abs(frac_a[:, None, :] - frac_b[None, :, :]).sum(-1) + 3.0 * (roles_a[:, None] != roles_b[None, :])
+    rows, columns = linear_sum_assignment(cost)
+    return float(cost[rows, columns].mean() / 3)
+
+
+def training_twins(
+    data: str,
+    split: str = "val",
+    other_frames: bool = False,
+    length_tolerance: float = 0.15,
+    angle_tolerance: float = 5.0,
+) -> list[dict[str, Any]]:
+    """Per cell of ``split``, how close the nearest training cell of the same make-up comes to its arrangement.
+
+    A twin has the same atom count and the same counts per element (elements may differ: ZrO2 and HfO2), cell
+    edges within ``length_tolerance`` (relative) and angles within ``angle_tolerance`` degrees. ``mismatch`` is
+    :func:`arrangement_mismatch` to the nearest twin at the origin and setting as given; with ``other_frames``,
+    ``mismatch_other_frames`` also tries each twin in every frame of AXIS_ORDERS x HALF_SHIFTS, which tells
+    whether a twin exists that the data's choice of origin and setting hides. Slow with ``other_frames`` (48
+    assignments per twin): seconds per cell.
+    """
+    dataset = resolve_dataset(data)
+    by_makeup: dict[tuple, list[tuple[Crystal, np.ndarray]]] = defaultdict(list)
+    for crystal in dataset.load("train"):
+        makeup = (len(crystal.atomic_numbers), tuple(sorted(Counter(crystal.atomic_numbers.tolist()).values())))
+        by_makeup[makeup].append((crystal, _species_roles(crystal)))
+    rows = []
+    for crystal in dataset.load(split):
+        makeup = (len(crystal.atomic_numbers), tuple(sorted(Counter(crystal.atomic_numbers.tolist()).values())))
+        frac, roles = wrap_fractional(crystal.frac_coords), _species_roles(crystal)
+        as_given, any_frame, twins = math.inf, math.inf, 0
+        for twin, twin_roles in by_makeup[makeup]:
+            for order in AXIS_ORDERS if other_frames else AXIS_ORDERS[:1]:
+                axes = list(order)
+                close = np.all(np.abs(twin.lengths[axes] / crystal.lengths - 1) < length_tolerance) and np.all(
+                    np.abs(twin.angles[axes] - crystal.angles) < angle_tolerance
+                )
+                if not close:
+                    continue
+                twins += order == AXIS_ORDERS[0]
+                twin_frac = twin.frac_coords[:, axes]
+                for shift in HALF_SHIFTS if other_frames else HALF_SHIFTS[:1]:
+                    found = arrangement_mismatch(frac, roles, wrap_fractional(twin_frac + shift), twin_roles)
+                    any_frame = min(any_frame, found)
+                    if order == AXIS_ORDERS[0] and not shift.any():
+                        as_given = min(as_given, found)
+        rows.append(
+            {"id": crystal.id, "num_atoms": len(crystal.atomic_numbers), "twins": int(twins), "mismatch": as_given}
+            | ({"mismatch_other_frames": any_frame} if other_frames else {})
+        )
+    return rows

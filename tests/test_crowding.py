@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import rock_salt, tiny_recipe
+from conftest import perovskite, rock_salt, tiny_recipe
 
 from nesfgen.checkpoint import load_model
 from nesfgen.crowding import (
@@ -12,9 +12,10 @@ from nesfgen.crowding import (
     nearest_neighbour_distances,
     summarise_field_errors,
     training_signal,
+    training_twins,
 )
 from nesfgen.crystal import Crystal
-from nesfgen.data.store import CrystalSet
+from nesfgen.data.store import CrystalSet, write_dataset
 from nesfgen.decoder import encode
 from nesfgen.estimator import Decoded
 from nesfgen.train import train
@@ -81,3 +82,32 @@ def test_field_across_the_closest_pair_gives_the_true_component_along_it(tiny_da
     single = Crystal.create([3.0] * 3, [90] * 3, atomic_numbers=[11], frac_coords=[[0, 0, 0]])
     with pytest.raises(ValueError, match="two atoms"):
         field_across_closest_pair(trained, single, latent)
+
+
+def test_training_twins_are_found_as_given_and_in_other_frames(tmp_path):
+    def tetragonal(c: float, id: str, shift=(0.0, 0.0, 0.0), axes=(0, 1, 2)) -> Crystal:
+        """SrTiO3 stretched along c, optionally at another origin or with its axes reordered."""
+        frac = (perovskite().frac_coords + shift)[:, list(axes)] % 1.0
+        lengths = np.array([3.9, 3.9, c])[list(axes)]
+        return Crystal.create(
+            lengths, [90, 90, 90], atomic_numbers=perovskite().atomic_numbers, frac_coords=frac, id=id
+        )
+
+    splits = {
+        "train": [tetragonal(5.0, "twin"), rock_salt(id="other")],
+        "val": [
+            tetragonal(5.05, "same"),  # the twin's arrangement, a slightly longer c
+            tetragonal(5.0, "half", shift=(0.5, 0.5, 0.5)),  # Sr and Ti swap places: a new arrangement as given
+            tetragonal(5.0, "reordered", axes=(2, 0, 1)),  # c first: no twin as given, one in another frame
+            Crystal.create([3.0] * 3, [90] * 3, atomic_numbers=[3], frac_coords=[[0, 0, 0]], id="Li"),  # no twin
+        ],
+    }
+    write_dataset(tmp_path / "ds", splits, name="ds")
+    rows = {row["id"]: row for row in training_twins(str(tmp_path / "ds"), "val", other_frames=True)}
+    assert rows["same"]["twins"] == 1 and rows["same"]["mismatch"] == pytest.approx(0.0, abs=1e-9)
+    assert rows["half"]["twins"] == 1 and rows["half"]["mismatch"] > 0.2
+    assert rows["half"]["mismatch_other_frames"] == pytest.approx(0.0, abs=1e-9)
+    assert rows["reordered"]["twins"] == 0 and rows["reordered"]["mismatch"] == np.inf
+    assert rows["reordered"]["mismatch_other_frames"] == pytest.approx(0.0, abs=1e-9)
+    assert rows["Li"]["twins"] == 0 and rows["Li"]["mismatch_other_frames"] == np.inf
+    assert "mismatch_other_frames" not in training_twins(str(tmp_path / "ds"), "val")[0]
