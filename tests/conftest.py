@@ -49,6 +49,18 @@ def monoclinic(id: str = "mono") -> Crystal:
 TINY = {"NaCl": rock_salt, "ZnS": zinc_blende, "CsCl": cesium_chloride, "SrTiO3": perovskite, "mono": monoclinic}
 
 
+def recording():
+    """A ``decoding`` callback that keeps each bar's label and every (done, total) reported to it, in order."""
+    bars = []
+
+    def decoding(label):
+        counts = []
+        bars.append((label, counts))
+        return lambda done, total: counts.append((done, total))
+
+    return bars, decoding
+
+
 @pytest.fixture
 def tiny_crystals() -> dict[str, Crystal]:
     """A few small textbook crystals by formula."""

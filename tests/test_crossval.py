@@ -2,7 +2,7 @@ import csv
 import json
 
 import pytest
-from conftest import tiny_recipe
+from conftest import recording, tiny_recipe
 
 from nesfgen.crossval import cross_validate, crossval_markdown, parse_folds
 from nesfgen.data.store import write_dataset
@@ -22,18 +22,6 @@ def read_rows(path):
         for name in PAPER_METRICS[1:]:
             row[name] = float(row[name])
     return rows
-
-
-def recording():
-    """A ``decoding`` callback that keeps each bar's label and every (done, total) reported to it, in order."""
-    bars = []
-
-    def decoding(label):
-        counts = []
-        bars.append((label, counts))
-        return lambda done, total: counts.append((done, total))
-
-    return bars, decoding
 
 
 def test_parse_folds():

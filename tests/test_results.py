@@ -3,7 +3,7 @@ import shutil
 from dataclasses import replace
 
 import pytest
-from conftest import tiny_recipe
+from conftest import recording, tiny_recipe
 
 from nesfgen.card import PackageOptions, package_model
 from nesfgen.config import load_recipe, to_toml
@@ -20,18 +20,6 @@ from nesfgen.results import (
     seeds_of,
 )
 from nesfgen.train import run_status, train_or_resume
-
-
-def recording():
-    """A ``decoding`` callback that keeps each bar's label and every (done, total) reported to it, in order."""
-    bars = []
-
-    def decoding(label):
-        counts = []
-        bars.append((label, counts))
-        return lambda done, total: counts.append((done, total))
-
-    return bars, decoding
 
 
 @pytest.fixture
