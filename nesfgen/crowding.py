@@ -307,6 +307,11 @@ AXIS_ORDERS = tuple(itertools.permutations(range(3)))
 HALF_SHIFTS = tuple(np.array(shift) for shift in itertools.product((0.0, 0.5), repeat=3))
 
 
+def _makeup(crystal: Crystal) -> tuple[int, tuple[int, ...]]:
+    """The atom count and the sorted counts per element: what a twin must share, whatever its elements."""
+    return len(crystal.atomic_numbers), tuple(sorted(Counter(crystal.atomic_numbers.tolist()).values()))
+
+
 def _species_roles(crystal: Crystal) -> np.ndarray:
     """(N,) each atom's element as its rank by count (rarest first, then heaviest): ZrO2 and HfO2 alike."""
     counts = Counter(int(z) for z in crystal.atomic_numbers)
@@ -343,14 +348,12 @@ def training_twins(
     dataset = resolve_dataset(data)
     by_makeup: dict[tuple, list[tuple[Crystal, np.ndarray]]] = defaultdict(list)
     for crystal in dataset.load("train"):
-        makeup = (len(crystal.atomic_numbers), tuple(sorted(Counter(crystal.atomic_numbers.tolist()).values())))
-        by_makeup[makeup].append((crystal, _species_roles(crystal)))
+        by_makeup[_makeup(crystal)].append((crystal, _species_roles(crystal)))
     rows = []
     for crystal in dataset.load(split):
-        makeup = (len(crystal.atomic_numbers), tuple(sorted(Counter(crystal.atomic_numbers.tolist()).values())))
         frac, roles = wrap_fractional(crystal.frac_coords), _species_roles(crystal)
         as_given, any_frame, twins = math.inf, math.inf, 0
-        for twin, twin_roles in by_makeup[makeup]:
+        for twin, twin_roles in by_makeup[_makeup(crystal)]:
             for order in AXIS_ORDERS if other_frames else AXIS_ORDERS[:1]:
                 axes = list(order)
                 close = np.all(np.abs(twin.lengths[axes] / crystal.lengths - 1) < length_tolerance) and np.all(
