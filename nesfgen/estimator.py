@@ -481,7 +481,7 @@ def constrain_species(
                 choice = (field.species(queries, z[b : b + 1]).float() + blocked).argmax(-1).reshape(len(atoms), -1)
                 votes = torch.zeros(len(atoms), len(table), dtype=torch.long, device=z.device)
                 votes = votes.scatter_add_(1, choice, torch.ones_like(choice)).cpu().numpy()  # (M, K)
-                kinds = _assign_composition(votes, table, composition) if composition else None
+                kinds = _assign_composition(votes, table, unit) if unit else None
                 if kinds is None:
                     kinds = _cover_elements(votes, allowed_index) if cover else votes.argmax(1)
                 out.append(Decoded(structure.lengths, structure.angles, structure.cart_coords, kinds, table[kinds]))
@@ -567,14 +567,13 @@ def _spares_to_add(structure: Decoded, wanted: int) -> list[int]:
     return chosen
 
 
-def _assign_composition(votes: np.ndarray, table: np.ndarray, composition: Mapping[int, float]) -> np.ndarray | None:
-    """(M,) species indices holding ``composition`` exactly with the most votes, or None when the M atoms are
-    not a whole number of its formula units."""
+def _assign_composition(votes: np.ndarray, table: np.ndarray, per_unit: Mapping[int, int]) -> np.ndarray | None:
+    """(M,) species indices holding the formula unit ``per_unit`` (:func:`formula_unit`) a whole number of times
+    with the most votes, or None when the M atoms are not a whole number of those units."""
     from scipy.optimize import linear_sum_assignment
 
-    per_unit = formula_unit(composition)
-    units = sum(per_unit.values()) if per_unit else 0
-    if not units or len(votes) % units:
+    units = sum(per_unit.values())
+    if len(votes) % units:
         return None
     slots = [int(np.flatnonzero(table == z)[0]) for z, n in per_unit.items() for _ in range(n * len(votes) // units)]
     rows, columns = linear_sum_assignment(-votes[:, slots])
