@@ -87,7 +87,8 @@ def cross_validate(
         evaluations.append(evaluation)
     rows = [e.rows for e in evaluations]
     summary = summarise_runs([e.summary for e in evaluations])
-    return {"recipe": recipe.name, "folds": folds, "rows": rows, "pooled": pool_folds(rows), **summary}
+    pooled = pool_folds(rows)
+    return {"recipe": recipe.name, "folds": folds, "split": scored, "rows": rows, "pooled": pooled, **summary}
 
 
 def pool_folds(rows: list[list[dict[str, Any]]]) -> dict[str, Any]:
@@ -104,7 +105,7 @@ def crossval_markdown(result: dict[str, Any], dataset: str, level: int = 1) -> s
     folds = result["folds"]
     pooled = (
         f"{'#' * level} {result['recipe']}: folds {', '.join(str(fold) for fold in folds)} "
-        f"({result['pooled']['num_structures']} test structures pooled)\n\n"
+        f"({result['pooled']['num_structures']} {result.get('split', 'test')} structures pooled)\n\n"
         f"{markdown_table({**result['pooled'], 'dataset': dataset})}\n{AGGREGATION_NOTE}\n"
         f"Empty decodes: {result['pooled']['empty_decodes']}.\n"
     )
@@ -122,10 +123,19 @@ def cross_validate_into(
     out: Path,
     progress: TrainProgress | None = None,
     decoding: Callable[[str], Progress] | None = None,
+    split: str | None = None,
 ) -> dict[str, Any]:
-    """:func:`cross_validate`, then cv.md and cv.json into ``out``; the result carries the markdown as ``report``."""
-    result = cross_validate(recipe, folds, out, progress, decoding=decoding)
+    """:func:`cross_validate`, then its report into ``out``; the result carries the markdown as ``report``.
+
+    The test splits (the default) are reported in cv.md and cv.json; another ``split``, e.g. the validation
+    splits a recipe is chosen on, in cv-SPLIT.md and cv-SPLIT.json beside them, so neither overwrites the other.
+    """
+    if split is not None and split not in (recipe.data.val_split, recipe.data.test_split):
+        raise UserError(f"split={split}: expected {recipe.data.val_split} or {recipe.data.test_split}")
+    result = cross_validate(recipe, folds, out, progress, split=split, decoding=decoding)
     report = crossval_markdown(result, recipe.data.name)
-    atomic_write_text(out / "cv.md", report)
-    atomic_write_text(out / "cv.json", json.dumps(result, indent=1, default=str))
-    return {**result, "report": report, "files": [str(out / "cv.md"), str(out / "cv.json")]}
+    stem = "cv" if result["split"] == recipe.data.test_split else f"cv-{result['split']}"
+    files = [out / f"{stem}.md", out / f"{stem}.json"]
+    atomic_write_text(files[0], report)
+    atomic_write_text(files[1], json.dumps(result, indent=1, default=str))
+    return {**result, "report": report, "files": [str(path) for path in files]}

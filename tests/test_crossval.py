@@ -102,3 +102,14 @@ def test_cross_validation_trains_evaluates_and_pools(tiny_dataset, tmp_path, mon
     assert json.loads(command.stdout)["pooled"] == json.loads(json.dumps(result["pooled"], default=str))
     assert json.loads((tmp_path / "cv" / "cv.json").read_text())["pooled"]["num_structures"] == 6
     assert "pooled over atoms" in (tmp_path / "cv" / "cv.md").read_text()
+    # the validation splits a recipe is chosen on: reported beside the test splits' report, not over it
+    tested = (tmp_path / "cv" / "cv.md").read_text()
+    command = cli("cv", "recipe=quickstart", *(f"{k}={v}" for k, v in words.items()), "--folds", "0,1",
+                  f"out={tmp_path / 'cv'}", "split=val", "--json")  # fmt: skip
+    assert command.returncode == 0, command.stderr
+    assert json.loads(command.stdout)["split"] == "val"
+    assert "6 val structures pooled" in (tmp_path / "cv" / "cv-val.md").read_text()
+    assert (tmp_path / "cv" / "cv-val.json").is_file() and (tmp_path / "cv" / "cv.md").read_text() == tested
+    wrong = cli("cv", "recipe=quickstart", *(f"{k}={v}" for k, v in words.items()), f"out={tmp_path / 'cv'}",
+                "split=train")  # fmt: skip
+    assert wrong.returncode == 2 and "split=train: expected val or test" in wrong.stderr
