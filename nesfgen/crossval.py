@@ -102,18 +102,18 @@ def crossval_markdown(result: dict[str, Any], dataset: str, level: int = 1) -> s
 
     ``level`` is the Markdown heading level of its title, so a page can hold it as a subsection.
     """
-    folds = result["folds"]
+    folds, split = result["folds"], result.get("split", "test")
     pooled = (
         f"{'#' * level} {result['recipe']}: folds {', '.join(str(fold) for fold in folds)} "
-        f"({result['pooled']['num_structures']} {result.get('split', 'test')} structures pooled)\n\n"
-        f"{markdown_table({**result['pooled'], 'dataset': dataset})}\n{AGGREGATION_NOTE}\n"
+        f"({result['pooled']['num_structures']} {split} structures pooled)\n\n"
+        f"{markdown_table({**result['pooled'], 'dataset': dataset, 'split': split})}\n{AGGREGATION_NOTE}\n"
         f"Empty decodes: {result['pooled']['empty_decodes']}.\n"
     )
     if result["std"] is None:  # one fold: the pooled table is all there is
         return pooled
     return (
         f"{pooled}\n{'#' * (level + 1)} Fold to fold: mean ± std of each fold's own figures ({len(folds)} folds)\n\n"
-        f"{markdown_table({**result['mean'], 'dataset': dataset}, result['std'])}"
+        f"{markdown_table({**result['mean'], 'dataset': dataset, 'split': split}, result['std'])}"
     )
 
 

@@ -316,8 +316,10 @@ def markdown_table(summary: dict[str, Any], std: dict[str, Any] | None = None) -
 
     ``summary`` is an evaluation summary (per-structure means at the top, pooled ones under
     ``reference``); ``std``, when given, has the same layout and is printed as ± beside each figure.
+    The paper's column stands only beside test figures (a summary without ``split`` is taken as one): the
+    paper reports its test splits, and validation figures beside them would invite the wrong comparison.
     """
-    paper = paper_reference(summary["dataset"])
+    paper = paper_reference(summary["dataset"]) if summary.get("split", "test") == "test" else None
     header = "| metric | nesfgen, pooled over atoms (reference) | nesfgen, per-structure mean |"
     lines = [header + (" paper, Table 1 |" if paper else ""), "|---|---|---|" + ("---|" if paper else "")]
     for index, name in enumerate(PAPER_METRICS):

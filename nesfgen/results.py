@@ -397,7 +397,7 @@ def _fold_section(table: dict[str, Any]) -> str:
             f"### The folds' validation splits pooled ({table['validation']['num_structures']} structures)\n\n"
             "A recipe is chosen on these (docs/reproduction.md); the test figures above are for reporting only.\n"
         )
-        lines.append(markdown_table({**table["validation"], "dataset": "ybco"}))
+        lines.append(markdown_table({**table["validation"], "dataset": "ybco", "split": "val"}))
         if fitted := table.get("fitted"):
             lines.append(_fitted_section(fitted))
     else:
@@ -419,7 +419,7 @@ def _fitted_section(fitted: dict[str, Any]) -> str:
             f"Test splits pooled ({fitted['pooled']['num_structures']} structures):\n",
             markdown_table({**fitted["pooled"], "dataset": "ybco"}),
             f"Validation splits pooled ({fitted['validation']['num_structures']} structures):\n",
-            markdown_table({**fitted["validation"], "dataset": "ybco"}),
+            markdown_table({**fitted["validation"], "dataset": "ybco", "split": "val"}),
         ]
     )
 

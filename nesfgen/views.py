@@ -410,9 +410,9 @@ def evaluation(result: dict) -> None:
         stdout.print(note.strip(), markup=False)
     if "runs" in result:
         stdout.print(f"mean ± std over {result['runs']} runs")
-        stdout.print(
-            markdown_table({**result["mean"], "dataset": result["each"][0]["dataset"]}, result["std"]), markup=False
-        )
+        first = result["each"][0]
+        mean = {**result["mean"], "dataset": first["dataset"], "split": first["split"]}
+        stdout.print(markdown_table(mean, result["std"]), markup=False)
         stdout.print(AGGREGATION_NOTE, markup=False)
         stated = result["mean"]["symmetry_symprec"]
         key = recovery_key(stated)

@@ -112,6 +112,9 @@ def test_markdown_puts_the_paper_beside_both_aggregations():
     assert "| error in number of atoms [%] | 0.2500 | 0.5000 | 6.35 |" in table  # pooled first, then per structure
     assert "| position error, actual [Å] | inf | 0.5000 | 0.1161 |" in table
     assert "Table 1" not in markdown_table({**summary, "dataset": "mine"})
+    # the paper reports its test splits: validation figures stand alone, test ones beside the paper
+    assert "Table 1" not in markdown_table({**summary, "dataset": "lcs6", "split": "val"})
+    assert markdown_table({**summary, "dataset": "lcs6", "split": "test"}) == table
 
 
 def test_trajectory_of_snapshots(tiny_dataset, tmp_path):

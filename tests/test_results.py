@@ -150,6 +150,8 @@ def test_fold_table_evaluates_the_finished_folds_only(tiny_dataset, recipe_file,
     assert table["validation"]["num_structures"] == 3 and table["fold_runs"][0]["epochs"] == 1
     assert "\n# " not in result["report"].split("## YBCO-like")[1] and "\n| 0 | 1 | " in result["report"]
     assert "validation splits pooled (3 structures)" in result["report"]
+    tested, validated = result["report"].split("## YBCO-like")[1].split("validation splits pooled")
+    assert "paper, Table 1" in tested and "paper, Table 1" not in validated  # the paper's column only beside test
     assert (tmp_path / "runs" / "ybco" / "fold-0" / "eval-val" / "evaluation.json").is_file()
     # latents fitted to their structures: a table of its own, labelled, its reports beside the one-pass ones
     bars, decoding = recording()
