@@ -329,17 +329,18 @@ def cv_command(
     folds: str = typer.Option("0-19", help="Folds to run, e.g. 0-19 or 0,3,5."),
     as_json: bool = JSON,
 ) -> None:
-    """Cross-validation: train every fold, evaluate and pool them (nesfgen cv recipe=paper-ybco [split=val] [out=DIR] [key=value ...])."""
-    from nesfgen.config import load_recipe
+    """Cross-validation: train every fold, evaluate and pool them (nesfgen cv recipe=paper-ybco [split=val] [fit_steps=N] [out=DIR] [key=value ...])."""
+    from nesfgen.config import load_recipe, parse_value
     from nesfgen.crossval import cross_validate_into, parse_folds
 
-    overrides, extra = recipe_words(ctx, "cv", ("recipe", "out", "split"))
+    overrides, extra = recipe_words(ctx, "cv", ("recipe", "out", "split", "fit_steps"))
     recipe = load_recipe(extra.get("recipe", "paper-ybco"), overrides)
     out = Path(extra.get("out") or f"runs/cv-{recipe.name}")
     on_interrupt(lambda: f"finished epochs are saved under {out}; run the same command again to continue")
     with views.training_bars(not as_json) as progress:
         decoding = progress.decoding if progress else None
-        result = cross_validate_into(recipe, parse_folds(folds), out, progress, decoding, extra.get("split"))
+        fit_steps = parse_value(extra.get("fit_steps", 0), int, "fit_steps")
+        result = cross_validate_into(recipe, parse_folds(folds), out, progress, decoding, extra.get("split"), fit_steps)
     emit(result, as_json, views.markdown_report)
 
 

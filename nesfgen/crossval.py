@@ -105,7 +105,8 @@ def crossval_markdown(result: dict[str, Any], dataset: str, level: int = 1) -> s
     folds, split = result["folds"], result.get("split", "test")
     pooled = (
         f"{'#' * level} {result['recipe']}: folds {', '.join(str(fold) for fold in folds)} "
-        f"({result['pooled']['num_structures']} {split} structures pooled)\n\n"
+        f"({result['pooled']['num_structures']} {split} structures pooled"
+        f"{f', latents fitted for {fitted} steps' if (fitted := result.get('fit_steps')) else ''})\n\n"
         f"{markdown_table({**result['pooled'], 'dataset': dataset, 'split': split})}\n{AGGREGATION_NOTE}\n"
         f"Empty decodes: {result['pooled']['empty_decodes']}.\n"
     )
@@ -124,17 +125,21 @@ def cross_validate_into(
     progress: TrainProgress | None = None,
     decoding: Callable[[str], Progress] | None = None,
     split: str | None = None,
+    fit_steps: int = 0,
 ) -> dict[str, Any]:
     """:func:`cross_validate`, then its report into ``out``; the result carries the markdown as ``report``.
 
     The test splits (the default) are reported in cv.md and cv.json; another ``split``, e.g. the validation
-    splits a recipe is chosen on, in cv-SPLIT.md and cv-SPLIT.json beside them, so neither overwrites the other.
+    splits a recipe is chosen on, in cv-SPLIT.md and cv-SPLIT.json beside them, so neither overwrites the other;
+    latents fitted for ``fit_steps`` (not the paper's one-pass protocol) in files ending ``-fitN`` likewise.
     """
     if split is not None and split not in (recipe.data.val_split, recipe.data.test_split):
         raise UserError(f"split={split}: expected {recipe.data.val_split} or {recipe.data.test_split}")
-    result = cross_validate(recipe, folds, out, progress, split=split, decoding=decoding)
+    EvaluateOptions(fit_steps=fit_steps)  # a fit_steps out of range is refused before any training
+    result = cross_validate(recipe, folds, out, progress, split=split, fit_steps=fit_steps, decoding=decoding)
+    result["fit_steps"] = fit_steps
     report = crossval_markdown(result, recipe.data.name)
-    stem = "cv" if result["split"] == recipe.data.test_split else f"cv-{result['split']}"
+    stem = ("cv" if result["split"] == recipe.data.test_split else f"cv-{result['split']}") + fitted_suffix(fit_steps)
     files = [out / f"{stem}.md", out / f"{stem}.json"]
     atomic_write_text(files[0], report)
     atomic_write_text(files[1], json.dumps(result, indent=1, default=str))

@@ -113,3 +113,13 @@ def test_cross_validation_trains_evaluates_and_pools(tiny_dataset, tmp_path, mon
     wrong = cli("cv", "recipe=quickstart", *(f"{k}={v}" for k, v in words.items()), f"out={tmp_path / 'cv'}",
                 "split=train")  # fmt: skip
     assert wrong.returncode == 2 and "split=train: expected val or test" in wrong.stderr
+    # latents fitted to their structures: a report of their own beside the one-pass ones, left as they were
+    command = cli("cv", "recipe=quickstart", *(f"{k}={v}" for k, v in words.items()), "--folds", "0,1",
+                  f"out={tmp_path / 'cv'}", "split=val", "fit_steps=2", "--json")  # fmt: skip
+    assert command.returncode == 0, command.stderr
+    assert json.loads(command.stdout)["fit_steps"] == 2
+    assert "6 val structures pooled, latents fitted for 2 steps" in (tmp_path / "cv" / "cv-val-fit2.md").read_text()
+    assert (tmp_path / "cv" / "cv.md").read_text() == tested
+    wrong = cli("cv", "recipe=quickstart", *(f"{k}={v}" for k, v in words.items()), f"out={tmp_path / 'cv'}",
+                "fit_steps=-1")  # fmt: skip
+    assert wrong.returncode == 2 and "fit_steps must be 0" in wrong.stderr
