@@ -88,7 +88,15 @@ def cross_validate(
     rows = [e.rows for e in evaluations]
     summary = summarise_runs([e.summary for e in evaluations])
     pooled = pool_folds(rows)
-    return {"recipe": recipe.name, "folds": folds, "split": scored, "rows": rows, "pooled": pooled, **summary}
+    return {
+        "recipe": recipe.name,
+        "folds": folds,
+        "split": scored,
+        "fit_steps": fit_steps,
+        "rows": rows,
+        "pooled": pooled,
+        **summary,
+    }
 
 
 def pool_folds(rows: list[list[dict[str, Any]]]) -> dict[str, Any]:
@@ -137,7 +145,6 @@ def cross_validate_into(
         raise UserError(f"split={split}: expected {recipe.data.val_split} or {recipe.data.test_split}")
     EvaluateOptions(fit_steps=fit_steps)  # a fit_steps out of range is refused before any training
     result = cross_validate(recipe, folds, out, progress, split=split, fit_steps=fit_steps, decoding=decoding)
-    result["fit_steps"] = fit_steps
     report = crossval_markdown(result, recipe.data.name)
     stem = ("cv" if result["split"] == recipe.data.test_split else f"cv-{result['split']}") + fitted_suffix(fit_steps)
     files = [out / f"{stem}.md", out / f"{stem}.json"]
