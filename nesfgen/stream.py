@@ -21,7 +21,7 @@ from nesfgen.files import atomic_write_text, output_folder
 log = logging.getLogger(__name__)
 
 SAMPLE_CIFS = "sample-[0-9]*.cif"
-#: what a finished sampling writes beside its CIFs (generate.write_samples and relax=true): a new sampling with
+#: what a finished sampling writes beside its CIFs (sample_files.write_samples and relax=true): a new sampling with
 #: other settings in the same folder removes them, so no summary describes samples that are not there
 SAMPLING_RESULTS = ("summary.json", "samples.csv", "samples.extxyz", "distributions.png")
 BASELINES_FOLDER = "baselines"  # the ceiling's and floor's CIFs, OUT/baselines/NAME

@@ -9,8 +9,9 @@ from nesfgen import generate
 from nesfgen.checkpoint import checkpoint_digest
 from nesfgen.crystal import Crystal
 from nesfgen.errors import UserError
-from nesfgen.generate import DEFAULT_VAE_MODEL, SampleOptions, sample_latents, sample_structures, write_samples
+from nesfgen.generate import DEFAULT_VAE_MODEL, SampleOptions, sample_latents, sample_structures
 from nesfgen.prior import Condition, PriorConfig, check_model_prior, draw_conditions, fit_prior, load_prior, save_prior
+from nesfgen.sample_files import write_samples
 from nesfgen.train import train
 
 
