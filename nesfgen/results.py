@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from nesfgen.files import atomic_write_text, output_folder
 from nesfgen.metrics import PAPER_METRICS
 from nesfgen.options import comma_list
 from nesfgen.progress import Progress
-from nesfgen.train import RunStatus, TrainProgress, check_same_recipe, run_status, train_or_resume
+from nesfgen.train import HOW_IT_RAN, RunStatus, TrainProgress, check_same_recipe, run_status, train_or_resume
 
 TABLES = ("lcs6", "ybco", "icsg3d")
 #: tables of seeded runs of one recipe, reported as mean ± std over seeds
@@ -89,14 +89,28 @@ class ResultsOptions:
 
 
 def recipe_fingerprint(recipe: Recipe) -> str:
-    """What makes two seeds runs of the same recipe: every setting but the seed, hashed, and the bytes of the
+    """What makes two runs runs of the same recipe: every setting of what they train, hashed, and the bytes of the
     checkpoint it starts from (``train.init_from``), so runs fine-tuned from an older shipped model are not
-    carried over into a column fine-tuned from a newer one of the same name."""
-    unseeded = replace(recipe, train=replace(recipe.train, seed=0))
-    digest = hashlib.sha256(to_toml(unseeded).encode())
+    carried over into a column fine-tuned from a newer one of the same name.
+
+    Settings of how or where a run was carried out (``HOW_IT_RAN``: seed, threads, device, time limits, fold) are
+    left out, as the page leaves them out when it accepts a run folder: a seed trained with a longer time limit
+    or on one thread belongs to its recipe's table, and ``package seeds=`` finds it there.
+    """
+    ran_anyhow = {
+        section: replace(getattr(recipe, section), **{key: _default(getattr(recipe, section), key) for key in keys})
+        for section, keys in HOW_IT_RAN.items()
+    }
+    digest = hashlib.sha256(to_toml(replace(recipe, **ran_anyhow)).encode())
     if recipe.train.init_from:
         digest.update(checkpoint_digest(recipe.train.init_from).encode())
     return digest.hexdigest()[:16]
+
+
+def _default(settings: Any, key: str) -> Any:
+    """A dataclass field's default value."""
+    declared = next(f for f in fields(settings) if f.name == key)
+    return declared.default_factory() if declared.default is MISSING else declared.default
 
 
 def read_ledger(ledger: Path, fingerprint: str, read: Callable[[list[dict]], Any]) -> Any:

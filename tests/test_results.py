@@ -293,3 +293,11 @@ def test_a_fine_tuning_recipe_is_another_column_when_its_starting_checkpoint_cha
     assert recipe_fingerprint(replace(fine_tuned, train=replace(fine_tuned.train, seed=4))) == before
     start.write_bytes(b"second")  # the same name, other weights: e.g. a newly shipped nesf-lcs6
     assert recipe_fingerprint(fine_tuned) != before != recipe_fingerprint(recipe)
+
+
+def test_runs_of_one_recipe_share_its_fingerprint_however_they_ran():
+    recipe = load_recipe("fast-lcs6")
+    ran_otherwise = replace(recipe, train=replace(recipe.train, seed=2, threads=1, time_limit_minutes=240.0))
+    assert recipe_fingerprint(ran_otherwise) == recipe_fingerprint(recipe)  # as the page accepts such a run folder
+    trained_otherwise = replace(recipe, train=replace(recipe.train, lr=recipe.train.lr * 2))
+    assert recipe_fingerprint(trained_otherwise) != recipe_fingerprint(recipe)
