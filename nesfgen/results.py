@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -97,20 +97,15 @@ def recipe_fingerprint(recipe: Recipe) -> str:
     left out, as the page leaves them out when it accepts a run folder: a seed trained with a longer time limit
     or on one thread belongs to its recipe's table, and ``package seeds=`` finds it there.
     """
-    ran_anyhow = {
-        section: replace(getattr(recipe, section), **{key: _default(getattr(recipe, section), key) for key in keys})
-        for section, keys in HOW_IT_RAN.items()
-    }
+    ran_anyhow = {}
+    for section, keys in HOW_IT_RAN.items():
+        settings = getattr(recipe, section)
+        defaults = type(settings)()
+        ran_anyhow[section] = replace(settings, **{key: getattr(defaults, key) for key in keys})
     digest = hashlib.sha256(to_toml(replace(recipe, **ran_anyhow)).encode())
     if recipe.train.init_from:
         digest.update(checkpoint_digest(recipe.train.init_from).encode())
     return digest.hexdigest()[:16]
-
-
-def _default(settings: Any, key: str) -> Any:
-    """A dataclass field's default value."""
-    declared = next(f for f in fields(settings) if f.name == key)
-    return declared.default_factory() if declared.default is MISSING else declared.default
 
 
 def read_ledger(ledger: Path, fingerprint: str, read: Callable[[list[dict]], Any]) -> Any:
