@@ -163,7 +163,8 @@ def train_command(ctx: typer.Context, as_json: bool = JSON) -> None:
     """
     from nesfgen.config import load_recipe, parse_value, to_toml
     from nesfgen.report import report_run, training_summary
-    from nesfgen.train import new_run_dir, resume, resume_hint, train
+    from nesfgen.run_folder import new_run_dir, resume_hint
+    from nesfgen.train import resume, train
 
     overrides, extra = recipe_words(ctx, "train", ("recipe", "out", "resume", "report"))
     resume_dir, out = extra.get("resume"), extra.get("out")
@@ -173,15 +174,14 @@ def train_command(ctx: typer.Context, as_json: bool = JSON) -> None:
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     with views.training_bars(not as_json and main_rank) as progress:
         if resume_dir:
-            on_interrupt(lambda: resume_hint(Path(resume_dir)))
-            result = resume(Path(resume_dir), overrides, progress)
+            run_dir = Path(resume_dir)
         else:
             recipe = load_recipe(extra.get("recipe", "quickstart"), overrides)
             if progress:
                 console.print(to_toml(recipe, header="# resolved recipe"), highlight=False, markup=False)
             run_dir = Path(out) if out else new_run_dir(recipe.name)
-            on_interrupt(lambda: resume_hint(run_dir))
-            result = train(recipe, run_dir, progress)
+        on_interrupt(lambda: resume_hint(run_dir))
+        result = resume(run_dir, overrides, progress) if resume_dir else train(recipe, run_dir, progress)
     if not main_rank:
         return
     summary = training_summary(result)

@@ -22,7 +22,8 @@ from nesfgen.evaluate import (
 from nesfgen.files import atomic_write_text
 from nesfgen.metrics import mean_over_structures, pool_over_atoms
 from nesfgen.progress import Progress
-from nesfgen.train import TrainProgress, check_same_recipe, train_or_resume
+from nesfgen.run_folder import check_same_recipe
+from nesfgen.train import TrainProgress, train_or_resume
 
 
 def parse_folds(text: str) -> list[int]:

@@ -36,7 +36,8 @@ from nesfgen.files import atomic_write_text, output_folder
 from nesfgen.metrics import PAPER_METRICS
 from nesfgen.options import comma_list
 from nesfgen.progress import Progress
-from nesfgen.train import HOW_IT_RAN, RunStatus, TrainProgress, check_same_recipe, run_status, train_or_resume
+from nesfgen.run_folder import HOW_IT_RAN, RunStatus, check_same_recipe, run_status
+from nesfgen.train import TrainProgress, train_or_resume
 
 TABLES = ("lcs6", "ybco", "icsg3d")
 #: tables of seeded runs of one recipe, reported as mean ± std over seeds

@@ -19,7 +19,8 @@ from nesfgen.results import (
     results_markdown,
     seeds_of,
 )
-from nesfgen.train import run_status, train_or_resume
+from nesfgen.run_folder import run_status
+from nesfgen.train import train_or_resume
 
 
 @pytest.fixture

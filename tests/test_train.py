@@ -11,8 +11,9 @@ from nesfgen.checkpoint import checkpoint_digest, load_model, read_checkpoint
 from nesfgen.crystal import Crystal
 from nesfgen.data.store import write_dataset
 from nesfgen.errors import UserError
+from nesfgen.run_folder import foreign_settings
 from nesfgen.sampling import atoms_bounding_box
-from nesfgen.train import RUN_HEADER, Trainer, check_new_run_dir, foreign_settings, resume, train
+from nesfgen.train import Trainer, resume, train
 
 
 def test_short_training_lowers_the_loss(tiny_dataset, tmp_path):
@@ -202,23 +203,6 @@ def test_out_folder_with_a_users_files_is_refused_untouched(tiny_dataset, tmp_pa
         "config.toml",
         "metrics.jsonl",
     ]
-
-
-def test_out_folders_a_new_run_may_use(tmp_path):
-    check_new_run_dir(tmp_path / "new")
-    (tmp_path / "empty").mkdir()
-    check_new_run_dir(tmp_path / "empty")
-    stopped = tmp_path / "stopped"  # what a run killed in its first epoch leaves
-    stopped.mkdir()
-    (stopped / "config.toml").write_text(f"{RUN_HEADER}{stopped / 'config.toml'}\n[train]\n")
-    (stopped / "machine.json").write_text("{}")
-    check_new_run_dir(stopped)
-    (stopped / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="already holds files"):
-        check_new_run_dir(stopped)
-    (tmp_path / "afile").write_text("x")
-    with pytest.raises(UserError, match="afile is a file, not a folder"):
-        check_new_run_dir(tmp_path / "afile" / "run")
 
 
 def test_a_fine_tuned_run_knows_which_checkpoint_it_started_from(tiny_dataset, tmp_path):
