@@ -35,11 +35,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SpeciesConstraint:
     """Decoded species restricted to ``allowed`` atomic numbers (empty: any), with an exact ``composition``
-    and atom count (``num_atoms``) where given."""
+    and atom count (``num_atoms``) where given. ``fill``: atoms the estimator's clusters cannot supply are
+    added where the position field marks them (:func:`nesfgen.estimator.fill_from_field`)."""
 
     allowed: tuple[int, ...]
     composition: Mapping[int, float] | None = None
     num_atoms: int | None = None
+    fill: bool = True
 
 
 @dataclass
@@ -127,6 +129,7 @@ class Decoder:
                     constraint.composition,
                     self.config,
                     constraint.num_atoms,
+                    constraint.fill,
                 )[0]
         crystals = [result.to_crystal(id) for id, result in zip(ids, raw)]
         failed = [False] * len(crystals)

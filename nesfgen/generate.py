@@ -252,7 +252,7 @@ class SampleOptions(DecodeOptions):
     so that the command line's draw=none is not read as "not given"); ``guidance``: its classifier-free guidance scale (1: plain conditional
     sampling); ``constrain``: with elements= or formula=, also restrict the decoded species to those
     elements and, where the atom count allows, to the formula's exact amounts; with num_atoms=, bring the
-    decoded count to it where the estimator found the clusters. ``redraws``: draw a sample whose decode misses
+    decoded count to it (atoms the clusters cannot supply are filled in from the field on the last attempt). ``redraws``: draw a sample whose decode misses
     its condition again (same condition, new noise) up to this many times, keeping the first decode that holds
     it, else the first (None: CONDITION_REDRAWS with conditions given, none when drawn). ``baselines``: also score the
     ceiling and floor rows (``nesfgen.baselines``). ``out``: write each decoded chunk's CIFs there as it is
@@ -413,10 +413,12 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
     else:
         z = sample_latents(n, trained.recipe.model.latent_size, seed, temperature)
     each = [conditions] if isinstance(conditions, Condition) else conditions
-    constraints = [_species_constraint(c, hold_count=not drawn) for c in each] if options.constrain else [None]
+    redraw, rounds = None, _redraws(options, drawn)
+    # atoms the field marks but no particle finds are filled in on the last attempt only (docs/decoding.md)
+    hold = not drawn
+    constraints = [_species_constraint(c, hold, fill=rounds == 0) for c in each] if options.constrain else [None]
     species_constraint = constraints[0] if len(constraints) == 1 else constraints
     constrained = any(c is not None for c in constraints)
-    redraw, rounds = None, _redraws(options, drawn)
     if learned is not None and rounds and any(not c.is_empty() for c in each):
         wanted = each if len(each) == n else each * n
 
@@ -587,6 +589,8 @@ def _redraw_misses(
         species = species_constraint
         if isinstance(species_constraint, list):
             species = [species_constraint[i] for i in indices]
+        if round == redraw.rounds:  # the last attempt: atoms still missing are filled in from the field
+            species = _with_fill(species)
         again = decoder.decode(redraw.latents(indices, round), [f"sample-{i:04d}" for i in indices], species=species)
         for k, crystal, failed in zip(missing, again.crystals, again.unsymmetrized):
             if redraw.holds(start + k, crystal):
@@ -653,18 +657,28 @@ def _temperature(options: SampleOptions, drawn: tuple[str, ...]) -> float:
     return options.temperature or (DRAWN_TEMPERATURE if drawn else 1.0)
 
 
-def _species_constraint(condition: Condition, hold_count: bool) -> SpeciesConstraint | None:
+def _species_constraint(condition: Condition, hold_count: bool, fill: bool) -> SpeciesConstraint | None:
     """The species and atom count decoding must respect, or None when the condition names neither.
 
     ``hold_count``: bring the decoded count to an asked num_atoms. Not for drawn conditions: on the
     validation split it cost 2.5 points of COV-P and widened the density and atom-count distances, since the
-    estimator has weak atoms to drop far more often than rejected clusters to add (docs/decoding.md)."""
+    estimator has weak atoms to drop far more often than rejected clusters to add (docs/decoding.md).
+    ``fill``: atoms the estimator's clusters cannot supply are added where the field marks them."""
     num_atoms = condition.num_atoms if hold_count else None
     if condition.composition is not None:
-        return SpeciesConstraint(tuple(sorted(condition.composition)), dict(condition.composition), num_atoms)
+        return SpeciesConstraint(tuple(sorted(condition.composition)), dict(condition.composition), num_atoms, fill)
     if condition.elements is not None or num_atoms is not None:
-        return SpeciesConstraint(tuple(condition.elements or ()), num_atoms=num_atoms)
+        return SpeciesConstraint(tuple(condition.elements or ()), num_atoms=num_atoms, fill=fill)
     return None
+
+
+def _with_fill(
+    species: SpeciesConstraint | list[SpeciesConstraint | None] | None,
+) -> SpeciesConstraint | list[SpeciesConstraint | None] | None:
+    """The same constraints with the field's fill switched on."""
+    if isinstance(species, list):
+        return [replace(c, fill=True) if c is not None else None for c in species]
+    return replace(species, fill=True) if species is not None else None
 
 
 def _refuse_long_run(n: int, timed: int, seconds: float, out: Path | None) -> None:

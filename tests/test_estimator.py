@@ -28,6 +28,7 @@ from nesfgen.estimator import (
     constrain_species,
     estimate,
     exact_atom_count,
+    fill_from_field,
     whole_formula_units,
 )
 from nesfgen.metrics import mean_over_structures, structure_metrics
@@ -187,6 +188,28 @@ def test_an_asked_atom_count_drops_the_weakest_or_adds_the_strongest_spares():
     assert five.num_atoms == 5 and five.support.tolist() == [40, 11, 30, 9, 3]
     assert exact_atom_count(decoded, 6, 10) is decoded  # only two spares are atoms apart: left as found
     assert exact_atom_count(decoded, 3, 10) is decoded
+
+
+def test_a_missed_atom_is_filled_in_where_the_field_marks_it() -> None:
+    """The exact field of zinc blende, decoded without one sulfur: the fill puts it back (its site lies on the
+    search grid at a = 5.6 Å) and, through the species constraint, votes it sulfur."""
+    crystal = zinc_blende(a=5.6)
+    field = ExactField([crystal], [16, 30])
+    z = field.latents()
+    (found,) = estimate(field, z, bounding_box([crystal]), [16, 30], FAST)
+    assert found.num_atoms == 8
+    missing = found.cart_coords[5].copy()
+    keep = np.arange(8) != 5
+    short = Decoded(
+        found.lengths, found.angles, found.cart_coords[keep], found.species[keep], found.atomic_numbers[keep]
+    )
+    filled = fill_from_field(field, z, short, 8)
+    assert filled.num_atoms == 8 and np.allclose(filled.cart_coords[-1], missing, atol=1e-4)
+    assert fill_from_field(field, z, short, 7) is short  # already there: left as it is
+    (voted,) = constrain_species(field, z, [short], [16, 30], (), config=FAST, num_atoms=8)
+    assert voted.num_atoms == 8 and sorted(voted.atomic_numbers.tolist()) == [16] * 4 + [30] * 4
+    crowded = fill_from_field(field, z, short, 200)  # 175 Å³ holds no 200 atoms 1.4 Å apart: as many as fit
+    assert 8 < crowded.num_atoms < 200
 
 
 def test_module_field_is_decoded_in_eval_mode(tiny: tuple) -> None:

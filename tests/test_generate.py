@@ -396,11 +396,14 @@ def test_samples_that_miss_their_condition_are_drawn_again():
     never holds keeps its first decode, and each keeps its id and its symmetrisation flag."""
     from conftest import rock_salt, zinc_blende
 
-    from nesfgen.decoder import Decoding
+    from nesfgen.decoder import Decoding, SpeciesConstraint
     from nesfgen.prior import Condition
+
+    fills = []  # whether each decode may fill atoms in from the field
 
     class Decoder:  # rock salt where the latent is positive, zinc blende elsewhere
         def decode(self, z, ids, species=None):
+            fills.append(species.fill if species is not None else None)
             crystals = [(rock_salt() if value > 0 else zinc_blende()).with_id(id) for value, id in zip(z[:, 0], ids)]
             return Decoding([None] * len(ids), crystals, [bool(value > 1) for value in z[:, 0]])
 
@@ -413,10 +416,12 @@ def test_samples_that_miss_their_condition_are_drawn_again():
 
     redraw = generate.Redraw([salt, salt, salt], latents, rounds=2)
     first = Decoder().decode(torch.tensor([[-1.0], [0.5], [-1.0]]), ["sample-0000", "sample-0001", "sample-0002"])
-    chunk, unsymmetrized = generate._redraw_misses(Decoder(), redraw, 0, first, None)
+    count = SpeciesConstraint((), None, 8, fill=False)
+    chunk, unsymmetrized = generate._redraw_misses(Decoder(), redraw, 0, first, count)
     assert [c.formula for c in chunk] == ["Na4Cl4", "Na4Cl4", "Zn4S4"] and [c.id for c in chunk][0] == "sample-0000"
     assert unsymmetrized == [True, False, False]  # the kept redraw's flag
     assert asked == [([0, 2], 1), ([0, 2], 2)]  # only the misses are drawn again, each round
+    assert fills == [None, False, True]  # atoms are filled in from the field on the last attempt only
     assert generate._redraws(SampleOptions(), ("composition",)) == 0  # drawn conditions: novelty would suffer
     assert generate._redraws(SampleOptions(), ()) == generate.CONDITION_REDRAWS
     assert generate._redraws(SampleOptions(redraws=1), ("composition",)) == 1
