@@ -523,8 +523,7 @@ def fill_from_field(field: StructureField, z: Tensor, structure: Decoded, target
     queries = torch.as_tensor(points, dtype=torch.float32, device=z.device)[None]
     distance = torch.linalg.vector_norm(field.position(queries, z)[0].float(), dim=-1).cpu().numpy()  # (P,)
     nearest = np.full(len(points), np.inf)
-    atoms = list(structure.cart_coords)
-    for atom in atoms:
+    for atom in structure.cart_coords:
         nearest = np.minimum(nearest, _periodic_distance(frac, atom @ inverse, matrix))
     added = []
     while structure.num_atoms + len(added) < target:
@@ -547,7 +546,9 @@ def fill_from_field(field: StructureField, z: Tensor, structure: Decoded, target
     )
 
 
-def _refine_minimum(field: StructureField, z: Tensor, point: np.ndarray, atoms: list, matrix: np.ndarray) -> np.ndarray:
+def _refine_minimum(
+    field: StructureField, z: Tensor, point: np.ndarray, atoms: Sequence[np.ndarray], matrix: np.ndarray
+) -> np.ndarray:
     """The point of smallest predicted distance within one grid step of ``point``, on a grid five times finer
     and FILL_MIN_DISTANCE from ``atoms``, so that a filled atom can sit on a symmetric site between grid points."""
     ticks = np.linspace(-FILL_GRID_SPACING, FILL_GRID_SPACING, 11)
@@ -557,7 +558,7 @@ def _refine_minimum(field: StructureField, z: Tensor, point: np.ndarray, atoms: 
     inverse = np.linalg.inv(matrix)
     frac = candidates @ inverse
     for atom in atoms:
-        distance[_periodic_distance(frac, np.asarray(atom) @ inverse, matrix) < FILL_MIN_DISTANCE] = np.inf
+        distance[_periodic_distance(frac, atom @ inverse, matrix) < FILL_MIN_DISTANCE] = np.inf
     return candidates[int(np.argmin(distance))] if np.isfinite(distance.min()) else point
 
 
@@ -630,11 +631,8 @@ def _spares_to_add(structure: Decoded, wanted: int) -> list[int]:
         if len(chosen) == wanted:
             break
         frac = structure.spares[index] @ inverse
-        if taken:
-            delta = np.asarray(taken) - frac
-            delta -= np.round(delta)
-            if np.linalg.norm(delta @ matrix, axis=-1).min() < SPARE_MIN_DISTANCE:
-                continue
+        if taken and _periodic_distance(np.asarray(taken), frac, matrix).min() < SPARE_MIN_DISTANCE:
+            continue
         taken.append(frac)
         chosen.append(int(index))
     return chosen

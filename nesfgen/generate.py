@@ -416,8 +416,7 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
     each = [conditions] if isinstance(conditions, Condition) else conditions
     redraw, rounds = None, _redraws(options, drawn)
     # atoms the field marks but no particle finds are filled in on the last attempt only (docs/decoding.md)
-    hold = not drawn
-    constraints = [_species_constraint(c, hold, fill=rounds == 0) for c in each] if options.constrain else [None]
+    constraints = [_species_constraint(c, not drawn, fill=rounds == 0) for c in each] if options.constrain else [None]
     species_constraint = constraints[0] if len(constraints) == 1 else constraints
     constrained = any(c is not None for c in constraints)
     if learned is not None and rounds and any(not c.is_empty() for c in each):
