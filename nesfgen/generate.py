@@ -415,10 +415,6 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
         z = sample_latents(n, trained.recipe.model.latent_size, seed, temperature)
     each = [conditions] if isinstance(conditions, Condition) else conditions
     redraw, rounds = None, _redraws(options, drawn)
-    # atoms the field marks but no particle finds are filled in on the last attempt only (docs/decoding.md)
-    constraints = [_species_constraint(c, not drawn, fill=rounds == 0) for c in each] if options.constrain else [None]
-    species_constraint = constraints[0] if len(constraints) == 1 else constraints
-    constrained = any(c is not None for c in constraints)
     if learned is not None and rounds and any(not c.is_empty() for c in each):
         wanted = each if len(each) == n else each * n
 
@@ -427,6 +423,12 @@ def sample_structures(options: SampleOptions, progress: Progress | None = None) 
             return learned.sample(len(indices), stream, [wanted[i] for i in indices], options.guidance, temperature)
 
         redraw = Redraw(wanted, latents, rounds)
+    # atoms the field marks but no particle finds are filled in on the last attempt only: the first when nothing
+    # is drawn again (no redraws asked, or a prior that cannot redraw), else the last redraw (docs/decoding.md)
+    fill = redraw is None
+    constraints = [_species_constraint(c, not drawn, fill) for c in each] if options.constrain else [None]
+    species_constraint = constraints[0] if len(constraints) == 1 else constraints
+    constrained = any(c is not None for c in constraints)
     crystals, failed = _decode_latents(options, decoder, z, species_constraint, constrained, drawn, redraw, progress)
     symmetrized: dict[str, Any] = {"symmetrize": symmetrize}
     if symmetrize:
