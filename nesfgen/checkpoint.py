@@ -20,6 +20,7 @@ import torch
 from nesfgen import __version__
 from nesfgen.config import ModelConfig, Recipe, from_dict
 from nesfgen.crystal import MAX_ATOMIC_NUMBER
+from nesfgen.ensemble import MEMBER_SEPARATOR, NeSFEnsemble
 from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_bytes, os_error_reason
 from nesfgen.machine import resolve_device
@@ -148,7 +149,7 @@ def _check_contents(path: Path, state: dict[str, Any]) -> None:
 class TrainedModel:
     """A model rebuilt from a checkpoint, with what the estimator and evaluator need beside it."""
 
-    model: NeSF
+    model: NeSF | NeSFEnsemble
     recipe: Recipe
     species_table: list[int]
     box: np.ndarray  # (2, 3) bounding box of the training atoms
@@ -166,9 +167,29 @@ def build_model(config: ModelConfig, num_species: int) -> NeSF:
     return NeSF(config, num_species)
 
 
+def ensemble_members(spec: str | Path) -> list[str]:
+    """The checkpoints an ensemble ``A+B`` names; ``[spec]`` for one checkpoint (a path holding a + included)."""
+    text = str(spec)
+    if MEMBER_SEPARATOR not in text or Path(text).expanduser().exists():
+        return [text]
+    members = [part.strip() for part in text.split(MEMBER_SEPARATOR)]
+    if len(members) < 2 or not all(members):
+        raise UserError(
+            f"checkpoint {text!r}: an ensemble names two or more checkpoints joined by +, e.g. runs/a+runs/b"
+        )
+    return members
+
+
 def load_model(path_or_run: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
-    """Rebuild the model of a checkpoint from its saved recipe alone, in eval mode, on ``device`` (checked first)."""
+    """Rebuild the model of a checkpoint from its saved recipe alone, in eval mode, on ``device`` (checked first).
+
+    ``A+B`` loads an ensemble (:class:`~nesfgen.ensemble.NeSFEnsemble`): members trained on the same dataset
+    with the same species table and box, decoded as one field; the recipe is the first member's.
+    """
     device = resolve_device(device, "device") if isinstance(device, str) else device
+    members = ensemble_members(path_or_run)
+    if len(members) > 1:
+        return _load_ensemble([load_model(member, device) for member in members])
     state = read_checkpoint(path_or_run)
     recipe = from_dict(Recipe, state["recipe"], where=state["path"])
     model = build_model(recipe.model, len(state["species_table"]))
@@ -183,6 +204,29 @@ def load_model(path_or_run: str | Path, device: torch.device | str = "cpu") -> T
         dataset_hash=state["dataset_hash"],
         path=state["path"],
         atoms_per_cell=tuple(atoms) if atoms else None,
+    )
+
+
+def _load_ensemble(members: list[TrainedModel]) -> TrainedModel:
+    """One TrainedModel over ``members``, which must agree on everything decoding reads beside the weights."""
+    first = members[0]
+    for member in members:
+        if member.recipe.model.variational:
+            raise UserError(f"checkpoint {member.path} is variational; an ensemble takes autoencoders only")
+        if member.species_table != first.species_table:
+            raise UserError(f"ensemble: {member.path} has another species table than {first.path}")
+        if not np.allclose(member.box, first.box, atol=1e-6):
+            raise UserError(f"ensemble: {member.path} has another box than {first.path} (trained on other data?)")
+        if member.dataset_hash != first.dataset_hash:
+            raise UserError(f"ensemble: {member.path} was trained on another dataset than {first.path}")
+    return TrainedModel(
+        model=NeSFEnsemble([member.model for member in members]).eval(),
+        recipe=first.recipe,
+        species_table=first.species_table,
+        box=first.box,
+        dataset_hash=first.dataset_hash,
+        path=MEMBER_SEPARATOR.join(member.path for member in members),
+        atoms_per_cell=first.atoms_per_cell,
     )
 
 

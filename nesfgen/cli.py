@@ -208,7 +208,7 @@ def refit_command(ctx: typer.Context, as_json: bool = JSON) -> None:
 
 @app.command("evaluate", context_settings=KEY_VALUES)
 def evaluate_command(ctx: typer.Context, as_json: bool = JSON) -> None:
-    """Decode a split and score it: nesfgen evaluate [checkpoint=RUN[,RUN|GLOB]] [data=NAME] [split=test] [field=exact] [out=DIR] [symmetrize=true [symprec=0.1]].
+    """Decode a split and score it: nesfgen evaluate [checkpoint=RUN[,RUN|GLOB]|RUN+RUN (ensemble)] [data=NAME] [split=test] [field=exact] [out=DIR] [symmetrize=true [symprec=0.1]].
 
     Without checkpoint= the shipped default model (nesf-lcs6) is used; without data= the dataset the
     model was trained on.
@@ -329,18 +329,19 @@ def cv_command(
     folds: str = typer.Option("0-19", help="Folds to run, e.g. 0-19 or 0,3,5."),
     as_json: bool = JSON,
 ) -> None:
-    """Cross-validation: train every fold, evaluate and pool them (nesfgen cv recipe=paper-ybco [split=val] [fit_steps=N] [out=DIR] [key=value ...])."""
+    """Cross-validation: train every fold, evaluate and pool them (nesfgen cv recipe=paper-ybco [split=val] [fit_steps=N] [members=N: seeds a fold, decoded as one field] [out=DIR] [key=value ...])."""
     from nesfgen.config import load_recipe, parse_value
     from nesfgen.crossval import cross_validate_into, parse_folds
 
-    overrides, extra = recipe_words(ctx, "cv", ("recipe", "out", "split", "fit_steps"))
+    overrides, extra = recipe_words(ctx, "cv", ("recipe", "out", "split", "fit_steps", "members"))
     recipe = load_recipe(extra.get("recipe", "paper-ybco"), overrides)
     out = Path(extra.get("out") or f"runs/cv-{recipe.name}")
     on_interrupt(lambda: f"finished epochs are saved under {out}; run the same command again to continue")
     with views.training_bars(not as_json) as progress:
         decoding = progress.decoding if progress else None
         fit_steps = parse_value(extra.get("fit_steps", 0), int, "fit_steps")
-        result = cross_validate_into(recipe, parse_folds(folds), out, progress, decoding, extra.get("split"), fit_steps)
+        members, split = parse_value(extra.get("members", 1), int, "members"), extra.get("split")
+        result = cross_validate_into(recipe, parse_folds(folds), out, progress, decoding, split, fit_steps, members)
     emit(result, as_json, views.markdown_report)
 
 

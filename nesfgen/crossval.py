@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nesfgen.config import Recipe
+from nesfgen.ensemble import MEMBER_SEPARATOR
 from nesfgen.errors import UserError
 from nesfgen.evaluate import (
     AGGREGATION_NOTE,
@@ -52,8 +53,12 @@ def cross_validate(
     split: str | None = None,
     fit_steps: int = 0,
     decoding: Callable[[str], Progress] | None = None,
+    members: int = 1,
 ) -> dict[str, Any]:
     """Train (or resume) one run per fold under ``out/fold-K``, evaluate each on its test split, pool them.
+
+    ``members`` > 1 trains as many runs a fold, the recipe's seed plus 0, 1, ... (``out/fold-K``,
+    ``out/fold-K-member-1``, ...), and decodes them as one field (:mod:`nesfgen.ensemble`).
 
     ``train_folds=False`` evaluates the folds' runs as they are (each must hold a best.pt). ``split``
     evaluates another split than the recipe's test split, e.g. the validation splits a recipe is chosen on.
@@ -71,20 +76,27 @@ def cross_validate(
     for fold in folds:  # every fold's data, before hours of training stop at the first one missing
         resolve_dataset(replace(recipe.data, fold=fold).dataset_name)
     evaluations = []
+    if members < 1:
+        raise UserError(f"members={members}: expected 1 (one run a fold) or more (an ensemble a fold)")
+    scored = split or recipe.data.test_split
     for fold in folds:
         fold_recipe = replace(recipe, data=replace(recipe.data, fold=fold))
-        run_dir = out / f"fold-{fold}"
-        if train_folds:
-            train_or_resume(fold_recipe, run_dir, progress)  # refuses a folder holding another recipe's run
-        else:
-            check_same_recipe(run_dir, fold_recipe)  # nor is one evaluated as this recipe's
-        scored = split or recipe.data.test_split
+        run_dirs = fold_run_dirs(out, fold, members)
+        for member, run_dir in enumerate(run_dirs):
+            member_recipe = replace(fold_recipe, train=replace(fold_recipe.train, seed=recipe.train.seed + member))
+            if train_folds:
+                train_or_resume(member_recipe, run_dir, progress)  # refuses a folder holding another recipe's run
+            else:
+                check_same_recipe(run_dir, member_recipe)  # nor is one evaluated as this recipe's
         options = EvaluateOptions(
-            checkpoint=str(run_dir), data=fold_recipe.data.dataset_name, split=scored, fit_steps=fit_steps
+            checkpoint=MEMBER_SEPARATOR.join(str(run_dir) for run_dir in run_dirs),
+            data=fold_recipe.data.dataset_name,
+            split=scored,
+            fit_steps=fit_steps,
         )
-        name = f"{scored}{fitted_suffix(fit_steps)}"
+        name = f"{scored}{fitted_suffix(fit_steps)}" + (f"-ensemble{members}" if members > 1 else "")
         evaluation = evaluate(options, decoding(f"fold-{fold} {name}") if decoding else None)
-        write_report(evaluation, run_dir / f"eval-{name}")
+        write_report(evaluation, run_dirs[0] / f"eval-{name}")
         evaluations.append(evaluation)
     rows = [e.rows for e in evaluations]
     summary = summarise_runs([e.summary for e in evaluations])
@@ -94,10 +106,16 @@ def cross_validate(
         "folds": folds,
         "split": scored,
         "fit_steps": fit_steps,
+        "members": members,
         "rows": rows,
         "pooled": pooled,
         **summary,
     }
+
+
+def fold_run_dirs(out: Path, fold: int, members: int = 1) -> list[Path]:
+    """The run folders of one fold: ``out/fold-K``, then ``out/fold-K-member-M`` for each further member."""
+    return [out / f"fold-{fold}"] + [out / f"fold-{fold}-member-{member}" for member in range(1, members)]
 
 
 def pool_folds(rows: list[list[dict[str, Any]]]) -> dict[str, Any]:
@@ -115,7 +133,8 @@ def crossval_markdown(result: dict[str, Any], dataset: str, level: int = 1) -> s
     pooled = (
         f"{'#' * level} {result['recipe']}: folds {', '.join(str(fold) for fold in folds)} "
         f"({result['pooled']['num_structures']} {split} structures pooled"
-        f"{f', latents fitted for {fitted} steps' if (fitted := result.get('fit_steps')) else ''})\n\n"
+        f"{f', latents fitted for {fitted} steps' if (fitted := result.get('fit_steps')) else ''}"
+        f"{f', {members} runs a fold decoded as one field' if (members := result.get('members', 1)) > 1 else ''})\n\n"
         f"{markdown_table({**result['pooled'], 'dataset': dataset, 'split': split})}\n{AGGREGATION_NOTE}\n"
         f"Empty decodes: {result['pooled']['empty_decodes']}.\n"
     )
@@ -135,19 +154,24 @@ def cross_validate_into(
     decoding: Callable[[str], Progress] | None = None,
     split: str | None = None,
     fit_steps: int = 0,
+    members: int = 1,
 ) -> dict[str, Any]:
     """:func:`cross_validate`, then its report into ``out``; the result carries the markdown as ``report``.
 
     The test splits (the default) are reported in cv.md and cv.json; another ``split``, e.g. the validation
     splits a recipe is chosen on, in cv-SPLIT.md and cv-SPLIT.json beside them, so neither overwrites the other;
-    latents fitted for ``fit_steps`` (not the paper's one-pass protocol) in files ending ``-fitN`` likewise.
+    latents fitted for ``fit_steps`` (not the paper's one-pass protocol) in files ending ``-fitN`` likewise, and
+    ensembles of ``members`` runs a fold in files ending ``-ensembleN``.
     """
     if split is not None and split not in (recipe.data.val_split, recipe.data.test_split):
         raise UserError(f"split={split}: expected {recipe.data.val_split} or {recipe.data.test_split}")
     EvaluateOptions(fit_steps=fit_steps)  # a fit_steps out of range is refused before any training
-    result = cross_validate(recipe, folds, out, progress, split=split, fit_steps=fit_steps, decoding=decoding)
+    result = cross_validate(
+        recipe, folds, out, progress, split=split, fit_steps=fit_steps, decoding=decoding, members=members
+    )
     report = crossval_markdown(result, recipe.data.name)
     stem = ("cv" if result["split"] == recipe.data.test_split else f"cv-{result['split']}") + fitted_suffix(fit_steps)
+    stem += f"-ensemble{members}" if members > 1 else ""
     files = [out / f"{stem}.md", out / f"{stem}.json"]
     atomic_write_text(files[0], report)
     atomic_write_text(files[1], json.dumps(result, indent=1, default=str))

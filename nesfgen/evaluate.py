@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from nesfgen.checkpoint import DEFAULT_MODEL, PACKAGED_MODELS, load_model, resolve_checkpoint
+from nesfgen.checkpoint import DEFAULT_MODEL, PACKAGED_MODELS, ensemble_members, load_model, resolve_checkpoint
 from nesfgen.crystal import Crystal, lattice_matrix
 from nesfgen.data.names import resolve_dataset
 from nesfgen.decoder import Decoder, estimator_config
@@ -79,8 +79,8 @@ class Evaluation:
 class EvaluateOptions(DecodeOptions):
     """What to decode and score.
 
-    ``checkpoint``: run folder, .pt file or shipped model name, for ``evaluate_runs`` also a comma list or
-    glob of several; None means the shipped default model (or, for ``field="exact"``, no model at all).
+    ``checkpoint``: run folder, .pt file or shipped model name, or several joined by + (an ensemble decoded as
+    one field, :mod:`nesfgen.ensemble`); for ``evaluate_runs`` also a comma list or glob of several; None means the shipped default model (or, for ``field="exact"``, no model at all).
     ``data``: dataset name or folder; None means the dataset the model was trained on (``builtin`` for
     the exact field without a model). ``limit``: first N structures only (0 = all). ``field``: ``model``
     (the network) or ``exact`` (the analytic field of the true structures, which tests the estimator apart
@@ -194,7 +194,8 @@ def evaluate_runs(options: EvaluateOptions, progress: Callable[[str], Progress] 
     ``progress(label)`` gives the progress callback of each run's decoding.
     """
     checkpoints = expand_checkpoints(options.checkpoint) if options.checkpoint else [None]  # None: the default
-    files = [resolve_checkpoint(c) if c else None for c in checkpoints]  # every one found before any is decoded
+    # every one found before any is decoded; an ensemble by its members' files
+    files = [[resolve_checkpoint(m) for m in ensemble_members(c)] if c else None for c in checkpoints]
     if options.out:  # before decoding, not after
         output_folder(Path(options.out), "report folder", create=False)
     evaluations = []
@@ -211,18 +212,25 @@ def evaluate_runs(options: EvaluateOptions, progress: Callable[[str], Progress] 
     return evaluations[0].summary if len(evaluations) == 1 else summarise_runs([e.summary for e in evaluations])
 
 
-def _run_labels(files: list[Path | None]) -> list[str]:
-    """Each checkpoint's sub-folder of out= when several are evaluated: its run folder's name, and the file's
-    stem too where two share a run (best.pt and last.pt), so no report overwrites another."""
-    runs = [f.parent.name if f else "exact" for f in files]
-    return [f"{run}-{f.stem}" if f and runs.count(run) > 1 else run for run, f in zip(runs, files)]
+def _run_labels(files: list[list[Path] | None]) -> list[str]:
+    """Each checkpoint's sub-folder of out= when several are evaluated: its run folder's name (an ensemble's
+    joined by +), and the files' stems too where two share runs (best.pt and last.pt), so no report overwrites
+    another."""
+    runs = ["+".join(f.parent.name for f in members) if members else "exact" for members in files]
+    return [
+        f"{run}-{'+'.join(f.stem for f in members)}" if members and runs.count(run) > 1 else run
+        for run, members in zip(runs, files)
+    ]
 
 
 def _report_folder(out: str | None, checkpoint: str | None, summary: dict, sub_folder: str | None) -> Path:
     """out= as given (``sub_folder`` of it when several runs are evaluated), else beside the checkpoint."""
     name = f"eval-{summary['dataset']}-{summary['split']}" + ("-exact" if summary["field"] == "exact" else "")
     name += fitted_suffix(summary.get("fit_steps", 0))
-    run = Path(summary["checkpoint"]).parent if checkpoint else None
+    members = ensemble_members(summary["checkpoint"]) if checkpoint else []
+    if len(members) > 1:  # beside the first member, named as the ensemble's
+        name += f"-ensemble{len(members)}"
+    run = Path(members[0]).parent if checkpoint else None
     if out:
         return Path(out) / sub_folder if sub_folder else Path(out)
     if run is None or run == PACKAGED_MODELS:
