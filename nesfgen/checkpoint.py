@@ -63,6 +63,8 @@ def resolve_checkpoint(path_or_run: str | Path) -> Path:
     shipped = PACKAGED_MODELS / f"{path_or_run}.pt"
     if shipped.is_file():
         return shipped
+    if len(ensemble_members(path_or_run)) > 1:
+        raise UserError(f"checkpoint {path_or_run} names an ensemble, which this command does not take; give one run")
     shipped_names = ", ".join(sorted(p.stem for p in PACKAGED_MODELS.glob("*.pt"))) or "none"
     raise UserError(
         f"checkpoint {path_or_run} not found (give a .pt file, a run folder, or a shipped model name: {shipped_names})"

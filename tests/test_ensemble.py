@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import tiny_recipe
 
-from nesfgen.checkpoint import _load_ensemble, ensemble_members, load_model
+from nesfgen.checkpoint import _load_ensemble, checkpoint_digest, ensemble_members, load_model
 from nesfgen.crossval import cross_validate, crossval_markdown
 from nesfgen.data.store import write_dataset
 from nesfgen.ensemble import NeSFEnsemble
@@ -57,6 +57,8 @@ def test_an_ensemble_is_refused_where_its_members_disagree(two_runs):
         ensemble_members("runs/a+")
     with pytest.raises(UserError, match="not found"):
         load_model(f"{two_runs[0]}+{two_runs[0].parent / 'missing'}")
+    with pytest.raises(UserError, match="names an ensemble"):  # where one checkpoint is read, e.g. a prior's digest
+        checkpoint_digest(f"{two_runs[0]}+{two_runs[1]}")
     member = load_model(two_runs[0])
     for change, reason in (
         ({"species_table": member.species_table[::-1]}, "species table"),
