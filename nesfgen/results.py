@@ -21,7 +21,7 @@ from typing import Any
 
 from nesfgen.checkpoint import checkpoint_digest
 from nesfgen.config import Recipe, load_recipe, to_toml
-from nesfgen.crossval import cross_validate, crossval_markdown, parse_folds, pool_folds
+from nesfgen.crossval import cross_validate, crossval_markdown, fold_run_dirs, parse_folds, pool_folds
 from nesfgen.errors import UserError, require
 from nesfgen.evaluate import (
     AGGREGATION_NOTE,
@@ -53,6 +53,8 @@ class ResultsOptions:
     ``out``) recorded for the same recipe is carried over, labelled, instead of being trained again.
     ``ybco_fit_steps``: also score the YBCO-like folds with each structure's latent fitted to it
     (``nesfgen evaluate fit_steps=``), in a table of its own beside the paper's one-pass protocol.
+    ``ybco_members``: runs a YBCO-like fold (seeds 0, 1, ...: ``fold-K``, ``fold-K-member-1``) decoded as one
+    field (``nesfgen cv members=``); a table of another number of members is another table.
     """
 
     runs: str = "runs/results"
@@ -65,6 +67,7 @@ class ResultsOptions:
     icsg3d_recipe: str = "fast-icsg3d"
     icsg3d_seeds: int = 1
     ybco_fit_steps: int = 0
+    ybco_members: int = 1
     train: bool = True
 
     def __post_init__(self) -> None:
@@ -77,6 +80,8 @@ class ResultsOptions:
         parse_folds(self.folds)
         if not 0 <= self.ybco_fit_steps <= 100_000:
             raise UserError(f"ybco_fit_steps={self.ybco_fit_steps}: expected 0 (no fitted table) to 100000 steps")
+        if not 1 <= self.ybco_members <= 8:
+            raise UserError(f"ybco_members={self.ybco_members}: expected 1 (one run a fold) to 8 runs a fold")
         # the page and its JSON beside it replace files of those names: a Markdown name keeps other files safe
         require(self.out is None or self.out.endswith(".md"), "out", self.out, "a Markdown page, PAGE.md")
 
@@ -248,41 +253,52 @@ def fold_table(
     ``decoding`` labels each fold's evaluations as :func:`seed_table` labels its seeds', ``ybco fold-K SPLIT``.
     """
     recipe = load_recipe(options.ybco_recipe)
-    fingerprint = recipe_fingerprint(recipe)
+    members = options.ybco_members
+    fingerprint = recipe_fingerprint(recipe) + (f"-members{members}" if members > 1 else "")
     recorded = recorded_runs(options.page, "ybco", fingerprint)
     folder = Path(options.runs) / "ybco"
     folds = parse_folds(options.folds)
+    run_dirs = {fold: fold_run_dirs(folder, fold, members) for fold in folds}
     for fold in folds:
-        check_same_recipe(folder / f"fold-{fold}", recipe)
-    statuses = {fold: run_status(folder / f"fold-{fold}", recipe.train.epochs) for fold in folds}
-    carried = [fold for fold in folds if not statuses[fold].finished and fold in recorded]
-    ready = [fold for fold in folds if fold not in carried and (options.train or statuses[fold].finished)]
-    missing = [
-        _train_command(options.ybco_recipe, statuses[fold], f"data.fold={fold}")
-        for fold in folds
-        if fold not in ready and fold not in carried
-    ]
+        for run_dir in run_dirs[fold]:
+            check_same_recipe(run_dir, recipe)
+    statuses = {fold: [run_status(run_dir, recipe.train.epochs) for run_dir in run_dirs[fold]] for fold in folds}
+    finished = {fold: all(status.finished for status in statuses[fold]) for fold in folds}
+    carried = [fold for fold in folds if not finished[fold] and fold in recorded]
+    ready = [fold for fold in folds if fold not in carried and (options.train or finished[fold])]
+    missing = []
+    for fold in (fold for fold in folds if fold not in ready and fold not in carried):
+        for member, status in enumerate(statuses[fold]):
+            seed = f" train.seed={recipe.train.seed + member}" if member else ""  # member 0: the recipe's seed
+            if not status.finished:
+                missing.append(_train_command(options.ybco_recipe, status, f"data.fold={fold}{seed}"))
     runs = {fold: ({**recorded[fold][0], "recorded": True}, recorded[fold][1]) for fold in carried}
     if ready:
         bars = (lambda label: decoding(f"ybco {label}")) if decoding else None
-        test = cross_validate(recipe, ready, folder, progress, train_folds=options.train, decoding=bars)
-        validation = cross_validate(
-            recipe, ready, folder, train_folds=False, split=recipe.data.val_split, decoding=bars
-        )
+        together = {"decoding": bars, "members": members}
+        test = cross_validate(recipe, ready, folder, progress, train_folds=options.train, **together)
+        validation = cross_validate(recipe, ready, folder, train_folds=False, split=recipe.data.val_split, **together)
         for k, fold in enumerate(ready):
-            status = run_status(folder / f"fold-{fold}")
-            run = {"fold": fold, "epochs": status.epochs, "minutes": status.minutes}
+            ran = [run_status(run_dir) for run_dir in run_dirs[fold]]
+            minutes = [status.minutes for status in ran if status.minutes is not None]
+            run = {"fold": fold, "epochs": ran[0].epochs, "minutes": sum(minutes) if minutes else None}
             runs[fold] = (run | {"rows": test["rows"][k], "validation_rows": validation["rows"][k]}, test["each"][k])
         if steps := options.ybco_fit_steps:
-            fitted = cross_validate(recipe, ready, folder, train_folds=False, fit_steps=steps, decoding=bars)
+            fitted = cross_validate(recipe, ready, folder, train_folds=False, fit_steps=steps, **together)
             fitted_val = cross_validate(
-                recipe, ready, folder, train_folds=False, split=recipe.data.val_split, fit_steps=steps, decoding=bars
+                recipe, ready, folder, train_folds=False, split=recipe.data.val_split, fit_steps=steps, **together
             )
             for k, fold in enumerate(ready):
                 runs[fold][0].update(
                     fit_steps=steps, fit_rows=fitted["rows"][k], fit_validation_rows=fitted_val["rows"][k]
                 )
-    table: dict[str, Any] = {"table": "ybco", "recipe": recipe.name, "fingerprint": fingerprint, "missing": missing}
+    table: dict[str, Any] = {
+        "table": "ybco",
+        "recipe": recipe.name,
+        "fingerprint": fingerprint,
+        "members": members,
+        "missing": missing,
+    }
     if runs:
         kept = [runs[fold] for fold in sorted(runs)]
         fold_runs = [run for run, _ in kept]
@@ -338,6 +354,7 @@ def results_markdown(result: dict[str, Any], options: ResultsOptions) -> str:
         f"folds={options.folds} lcs6_recipe={options.lcs6_recipe} ybco_recipe={options.ybco_recipe} "
         f"icsg3d_recipe={options.icsg3d_recipe} icsg3d_seeds={options.icsg3d_seeds}"
         + (f" ybco_fit_steps={options.ybco_fit_steps}" if options.ybco_fit_steps else "")
+        + (f" ybco_members={options.ybco_members}" if options.ybco_members > 1 else "")
     )
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
@@ -402,7 +419,8 @@ def _fold_section(table: dict[str, Any]) -> str:
     if table.get("folds"):
         lines.append(crossval_markdown(table, "ybco", level=3))
         lines.append(_per_run_table(table["fold_runs"], table["each"], "fold"))
-        lines.append(f"Training took {table['minutes']:.1f} minutes over {len(table['folds'])} folds.\n")
+        runs = f" ({members} runs a fold)" if (members := table.get("members", 1)) > 1 else ""
+        lines.append(f"Training took {table['minutes']:.1f} minutes over {len(table['folds'])} folds{runs}.\n")
         lines.append(
             f"### The folds' validation splits pooled ({table['validation']['num_structures']} structures)\n\n"
             "A recipe is chosen on these (docs/reproduction.md); the test figures above are for reporting only.\n"

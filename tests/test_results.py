@@ -123,7 +123,8 @@ def test_the_seed_to_ship_is_the_best_mean_rank_on_validation():
     assert chosen_seed([{"seed": 0}]) is None
 
 
-def test_fold_table_evaluates_the_finished_folds_only(tiny_dataset, recipe_file, tmp_path, monkeypatch):
+def two_folds(tiny_dataset, tmp_path, monkeypatch):
+    """Two folds of the tiny dataset in the data directory, and a one-epoch recipe of them written to a file."""
     monkeypatch.setenv("NESFGEN_DATA_DIR", str(tmp_path / "data"))
     crystals = list(tiny_dataset.load("train"))
     for fold in range(2):
@@ -136,6 +137,11 @@ def test_fold_table_evaluates_the_finished_folds_only(tiny_dataset, recipe_file,
     )
     fold_recipe = tmp_path / "tinycv.toml"
     fold_recipe.write_text(to_toml(recipe))
+    return recipe, fold_recipe
+
+
+def test_fold_table_evaluates_the_finished_folds_only(tiny_dataset, recipe_file, tmp_path, monkeypatch):
+    recipe, fold_recipe = two_folds(tiny_dataset, tmp_path, monkeypatch)
     train_or_resume(recipe, tmp_path / "runs" / "ybco" / "fold-0")
     options = ResultsOptions(
         runs=str(tmp_path / "runs"), tables="ybco", folds="0-1", ybco_recipe=str(fold_recipe), train=False
@@ -181,6 +187,33 @@ def test_fold_table_evaluates_the_finished_folds_only(tiny_dataset, recipe_file,
         build_results(options)
     with pytest.raises(UserError, match="holds a run of another recipe"):
         train_or_resume(replace(recipe, data=replace(recipe.data, fold=1)), tmp_path / "runs" / "ybco" / "fold-1")
+
+
+def test_a_fold_table_of_two_members_a_fold_decodes_each_pair_as_one_field(tiny_dataset, tmp_path, monkeypatch):
+    recipe, fold_recipe = two_folds(tiny_dataset, tmp_path, monkeypatch)
+    folder = tmp_path / "runs" / "ybco"
+    train_or_resume(recipe, folder / "fold-0")
+    options = ResultsOptions(
+        runs=str(tmp_path / "runs"), tables="ybco", folds="0-1", ybco_recipe=str(fold_recipe), train=False
+    )
+    paired = replace(options, ybco_members=2)
+    alone = build_results(paired)["tables"][0]  # fold 0 lacks its second member: not ready, listed
+    assert "folds" not in alone and alone["missing"][0] == (
+        f"nesfgen train recipe={fold_recipe} data.fold=0 train.seed=1 out={folder / 'fold-0-member-1'}"
+    )
+    train_or_resume(replace(recipe, train=replace(recipe.train, seed=1)), folder / "fold-0-member-1")
+    result = build_results(paired)
+    table = result["tables"][0]
+    assert table["folds"] == [0] and table["members"] == 2 and table["pooled"]["num_structures"] == 3
+    assert (folder / "fold-0" / "eval-val-ensemble2" / "evaluation.json").is_file()
+    assert "2 runs a fold decoded as one field" in result["report"] and "ybco_members=2" in result["report"]
+    assert len(table["missing"]) == 2 and table["missing"][1].endswith(f"train.seed=1 out={folder / 'fold-1-member-1'}")
+    # with the runs gone, the pair's page carries fold 0 over; a page of single runs does not take it as its own
+    shutil.rmtree(folder)
+    assert build_results(paired)["tables"][0]["fold_runs"][0]["recorded"]
+    assert "folds" not in build_results(options)["tables"][0]
+    with pytest.raises(UserError, match="ybco_members=0"):
+        replace(options, ybco_members=0)
 
 
 def test_a_run_stopped_by_its_time_limit_counts_as_finished(tiny_dataset, tmp_path):
