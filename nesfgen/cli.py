@@ -336,12 +336,12 @@ def cv_command(
     overrides, extra = recipe_words(ctx, "cv", ("recipe", "out", "split", "fit_steps", "members"))
     recipe = load_recipe(extra.get("recipe", "paper-ybco"), overrides)
     out = Path(extra.get("out") or f"runs/cv-{recipe.name}")
+    fit_steps = parse_value(extra.get("fit_steps", 0), int, "fit_steps")
+    members, split = parse_value(extra.get("members", 1), int, "members"), extra.get("split")
     on_interrupt(lambda: f"finished epochs are saved under {out}; run the same command again to continue")
     with views.training_bars(not as_json) as progress:
-        decoding = progress.decoding if progress else None
-        fit_steps = parse_value(extra.get("fit_steps", 0), int, "fit_steps")
-        members, split = parse_value(extra.get("members", 1), int, "members"), extra.get("split")
-        result = cross_validate_into(recipe, parse_folds(folds), out, progress, decoding, split, fit_steps, members)
+        bars = progress.decoding if progress else None
+        result = cross_validate_into(recipe, parse_folds(folds), out, progress, bars, split, fit_steps, members)
     emit(result, as_json, views.markdown_report)
 
 
