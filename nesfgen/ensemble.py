@@ -1,7 +1,7 @@
-"""Several trained NeSFs decoded as one field: the cheap way to take one training's chance out of a decode.
+"""Several trained NeSFs decoded as one field, so atoms one training misses and another finds are found.
 
-Two fine-tunings of the same data miss different atoms (docs/large-cells.md), so their averaged field finds
-atoms either alone would miss. Each member encodes a structure with its own encoder; the ensemble's latent is
+It helps as far as the members fail differently: two YBCO-like fine-tunings at batch sizes 32 and 16 did, two
+seeds of one recipe mostly did not (docs/large-cells.md). Each member encodes a structure with its own encoder; the ensemble's latent is
 the members' latents side by side, and every output the estimator or a latent fit reads is the members' mean:
 nearest-atom vectors, species log-probabilities (a valid set of logits), lattice lengths and angles.
 """
