@@ -52,18 +52,6 @@ def options(cls: type, ctx: typer.Context, command: str, **given: Any) -> Any:
     return parse_options(cls, list(ctx.args), command, **given)
 
 
-def recipe_words(ctx: typer.Context, command: str, extra_keys: tuple[str, ...]) -> tuple[dict, dict]:
-    """Dotted recipe overrides, and the values of the command's own ``extra_keys`` (recipe=, out=, ...)."""
-    from nesfgen.config import parse_overrides
-
-    overrides, positional = parse_overrides(list(ctx.args))
-    if positional:
-        raise UserError(
-            f"unexpected argument(s) {' '.join(positional)}; nesfgen {command} takes key=value pairs (recipe overrides: train.epochs=10 ...)"
-        )
-    return overrides, {key: overrides.pop(key) for key in extra_keys if key in overrides}
-
-
 @app.command("recipes")
 def recipes_command(as_json: bool = JSON) -> None:
     """List the shipped training recipes."""
@@ -162,11 +150,12 @@ def train_command(ctx: typer.Context, as_json: bool = JSON) -> None:
     printed and RUN_DIR/report.json and RUN_DIR/reconstruction.png written; report=false skips this.
     """
     from nesfgen.config import load_recipe, parse_value, to_toml
+    from nesfgen.options import recipe_words
     from nesfgen.report import report_run, training_summary
     from nesfgen.run_folder import new_run_dir, resume_hint
     from nesfgen.train import resume, train
 
-    overrides, extra = recipe_words(ctx, "train", ("recipe", "out", "resume", "report"))
+    overrides, extra = recipe_words(list(ctx.args), "train", ("recipe", "out", "resume", "report"))
     resume_dir, out = extra.get("resume"), extra.get("out")
     if resume_dir and ("recipe" in extra or out):
         raise UserError("resume= continues its run with the run's own recipe and folder: drop recipe= and out=")
@@ -330,18 +319,12 @@ def cv_command(
     as_json: bool = JSON,
 ) -> None:
     """Cross-validation: train every fold, evaluate and pool them (nesfgen cv recipe=paper-ybco [split=val] [fit_steps=N] [members=N: seeds a fold, decoded as one field] [out=DIR] [key=value ...])."""
-    from nesfgen.config import load_recipe, parse_value
-    from nesfgen.crossval import cross_validate_into, parse_folds
+    from nesfgen.crossval import CrossValidationOptions, cross_validate_into
 
-    overrides, extra = recipe_words(ctx, "cv", ("recipe", "out", "split", "fit_steps", "members"))
-    recipe = load_recipe(extra.get("recipe", "paper-ybco"), overrides)
-    out = Path(extra.get("out") or f"runs/cv-{recipe.name}")
-    fit_steps = parse_value(extra.get("fit_steps", 0), int, "fit_steps")
-    members, split = parse_value(extra.get("members", 1), int, "members"), extra.get("split")
-    on_interrupt(lambda: f"finished epochs are saved under {out}; run the same command again to continue")
+    chosen = CrossValidationOptions.from_words(list(ctx.args), folds)
+    on_interrupt(lambda: f"finished epochs are saved under {chosen.out}; run the same command again to continue")
     with views.training_bars(not as_json) as progress:
-        bars = progress.decoding if progress else None
-        result = cross_validate_into(recipe, parse_folds(folds), out, progress, bars, split, fit_steps, members)
+        result = cross_validate_into(chosen, progress, progress.decoding if progress else None)
     emit(result, as_json, views.markdown_report)
 
 
@@ -400,8 +383,9 @@ def bench_train_command(
     """Training throughput: nesfgen bench train [recipe=NAME] [key=value ...]."""
     from nesfgen.bench import bench_train
     from nesfgen.config import load_recipe
+    from nesfgen.options import recipe_words
 
-    overrides, extra = recipe_words(ctx, "bench train", ("recipe",))
+    overrides, extra = recipe_words(list(ctx.args), "bench train", ("recipe",))
     recipe = load_recipe(extra.get("recipe", "quickstart"), overrides)
     emit(
         views.with_status("timing training steps", lambda: bench_train(recipe, steps=steps)), as_json, views.bench_train

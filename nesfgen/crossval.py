@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nesfgen.config import Recipe
+from nesfgen.config import Recipe, load_recipe, parse_value
 from nesfgen.ensemble import MEMBER_SEPARATOR
 from nesfgen.errors import UserError
 from nesfgen.evaluate import (
@@ -22,6 +22,7 @@ from nesfgen.evaluate import (
 )
 from nesfgen.files import atomic_write_text
 from nesfgen.metrics import mean_over_structures, pool_over_atoms
+from nesfgen.options import recipe_words
 from nesfgen.progress import Progress
 from nesfgen.run_folder import check_same_recipe
 from nesfgen.train import TrainProgress, train_or_resume
@@ -73,11 +74,11 @@ def cross_validate(
     """
     from nesfgen.data.names import resolve_dataset
 
+    if members < 1:
+        raise UserError(f"members={members}: expected 1 (one run a fold) or more (an ensemble a fold)")
     for fold in folds:  # every fold's data, before hours of training stop at the first one missing
         resolve_dataset(replace(recipe.data, fold=fold).dataset_name)
     evaluations = []
-    if members < 1:
-        raise UserError(f"members={members}: expected 1 (one run a fold) or more (an ensemble a fold)")
     scored = split or recipe.data.test_split
     for fold in folds:
         fold_recipe = replace(recipe, data=replace(recipe.data, fold=fold))
@@ -146,28 +147,64 @@ def crossval_markdown(result: dict[str, Any], dataset: str, level: int = 1) -> s
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class CrossValidationOptions:
+    """What ``nesfgen cv`` runs: ``recipe`` (overrides applied) over ``folds``, its runs and reports under ``out``.
+
+    ``split``: the test splits (None) or the validation splits a recipe is chosen on; ``fit_steps``: latents fitted
+    to their structures first; ``members``: runs a fold decoded as one field. All refused before any training.
+    """
+
+    recipe: Recipe
+    folds: list[int]
+    out: Path
+    split: str | None = None
+    fit_steps: int = 0
+    members: int = 1
+
+    def __post_init__(self) -> None:
+        data = self.recipe.data
+        if self.split is not None and self.split not in (data.val_split, data.test_split):
+            raise UserError(f"split={self.split}: expected {data.val_split} or {data.test_split}")
+        EvaluateOptions(fit_steps=self.fit_steps)  # a fit_steps out of range is refused by name
+
+    @classmethod
+    def from_words(cls, arguments: list[str], folds: str) -> CrossValidationOptions:
+        """``recipe=NAME`` (paper-ybco), ``out=``, ``split=``, ``fit_steps=``, ``members=`` and recipe overrides."""
+        overrides, own = recipe_words(arguments, "cv", ("recipe", "out", "split", "fit_steps", "members"))
+        recipe = load_recipe(own.get("recipe", "paper-ybco"), overrides)
+        return cls(
+            recipe=recipe,
+            folds=parse_folds(folds),
+            out=Path(own.get("out") or f"runs/cv-{recipe.name}"),
+            split=own.get("split"),
+            fit_steps=parse_value(own.get("fit_steps", "0"), int, "fit_steps"),
+            members=parse_value(own.get("members", "1"), int, "members"),
+        )
+
+
 def cross_validate_into(
-    recipe: Recipe,
-    folds: list[int],
-    out: Path,
+    options: CrossValidationOptions,
     progress: TrainProgress | None = None,
     decoding: Callable[[str], Progress] | None = None,
-    split: str | None = None,
-    fit_steps: int = 0,
-    members: int = 1,
 ) -> dict[str, Any]:
-    """:func:`cross_validate`, then its report into ``out``; the result carries the markdown as ``report``.
+    """:func:`cross_validate`, then its report into ``options.out``; the result carries the markdown as ``report``.
 
     The test splits (the default) are reported in cv.md and cv.json; another ``split``, e.g. the validation
     splits a recipe is chosen on, in cv-SPLIT.md and cv-SPLIT.json beside them, so neither overwrites the other;
     latents fitted for ``fit_steps`` (not the paper's one-pass protocol) in files ending ``-fitN`` likewise, and
     ensembles of ``members`` runs a fold in files ending ``-ensembleN``.
     """
-    if split is not None and split not in (recipe.data.val_split, recipe.data.test_split):
-        raise UserError(f"split={split}: expected {recipe.data.val_split} or {recipe.data.test_split}")
-    EvaluateOptions(fit_steps=fit_steps)  # a fit_steps out of range is refused before any training
+    recipe, out, fit_steps, members = options.recipe, options.out, options.fit_steps, options.members
     result = cross_validate(
-        recipe, folds, out, progress, split=split, fit_steps=fit_steps, decoding=decoding, members=members
+        recipe,
+        options.folds,
+        out,
+        progress,
+        split=options.split,
+        fit_steps=fit_steps,
+        decoding=decoding,
+        members=members,
     )
     report = crossval_markdown(result, recipe.data.name)
     stem = ("cv" if result["split"] == recipe.data.test_split else f"cv-{result['split']}") + fitted_suffix(fit_steps)

@@ -80,7 +80,8 @@ class EvaluateOptions(DecodeOptions):
     """What to decode and score.
 
     ``checkpoint``: run folder, .pt file or shipped model name, or several joined by + (an ensemble decoded as
-    one field, :mod:`nesfgen.ensemble`); for ``evaluate_runs`` also a comma list or glob of several; None means the shipped default model (or, for ``field="exact"``, no model at all).
+    one field, :mod:`nesfgen.ensemble`); for ``evaluate_runs`` also a comma list or glob of several; None means
+    the shipped default model (or, for ``field="exact"``, no model at all).
     ``data``: dataset name or folder; None means the dataset the model was trained on (``builtin`` for
     the exact field without a model). ``limit``: first N structures only (0 = all). ``field``: ``model``
     (the network) or ``exact`` (the analytic field of the true structures, which tests the estimator apart

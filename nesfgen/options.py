@@ -58,6 +58,17 @@ def parse_options(cls: type[T], arguments: list[str], command: str, **given: Any
     return cls(**parsed)
 
 
+def recipe_words(arguments: list[str], command: str, extra_keys: tuple[str, ...]) -> tuple[dict, dict]:
+    """Dotted recipe overrides, and the values of the command's own ``extra_keys`` (recipe=, out=, ...)."""
+    overrides, positional = parse_overrides(arguments)
+    if positional:
+        raise UserError(
+            f"unexpected argument(s) {' '.join(positional)}; nesfgen {command} takes key=value pairs "
+            "(recipe overrides: train.epochs=10 ...)"
+        )
+    return overrides, {key: overrides.pop(key) for key in extra_keys if key in overrides}
+
+
 def required(message: str) -> Any:
     """A field the command cannot run without; ``message`` says so and what to give."""
     return field(metadata={"required": message})
