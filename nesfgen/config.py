@@ -322,8 +322,8 @@ class TrainConfig(Checked):
     time_limit_minutes: float = 0.0  # stop cleanly after this much training time (0 = none)
     snapshot_every_minutes: float = 0.0  # keep a checkpoint per this much training time, for accuracy-vs-time curves
     init_from: str = ""  # start from this checkpoint's weights (run, .pt or shipped name); "" = random init
-    # init_from was trained on other data: keep its species table (this data's elements must be in it) and
-    # widen its box to this data's atoms, so a model pre-trained on LCS6Å can be fine-tuned on YBCO-like folds
+    # init_from was trained on other data: keep its species table (this data's other elements appended, learnt
+    # afresh) and widen its box to this data's atoms, so a model pre-trained on LCS6Å fine-tunes on YBCO-like folds
     fine_tune: bool = False
     lattice_refit_epochs: int = 0  # after training, refit the lattice heads on eval-mode latents (0 = off)
     lattice_refit_lr: float = 3e-4

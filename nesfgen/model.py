@@ -173,6 +173,9 @@ class NeSF(nn.Module):
     def encode(self, atoms: Atoms) -> Tensor:
         return self.encoder(atoms)
 
+    #: the weights indexed by species, and along which axis: the encoder's one-hot input, the species field's output
+    SPECIES_AXES = {"encoder.species_mlp.0.weight": 1, "species_field.out.weight": 0, "species_field.out.bias": 0}
+
     def forward(self, atoms: Atoms, queries: Queries) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Training outputs: position (Q, 3), species logits (S, K), lengths (B, 3) Å, angles (B, 3) rad."""
         return self.decode(self.encode(atoms), queries)

@@ -26,7 +26,7 @@ from nesfgen.data.store import CrystalSet, Dataset
 from nesfgen.errors import UserError
 from nesfgen.files import atomic_write_text, new_figure, output_folder, save_figure
 from nesfgen.machine import machine_description, resolve_device
-from nesfgen.model import count_parameters
+from nesfgen.model import NeSF, count_parameters
 from nesfgen.refit import RefitResult, refit_lattice_heads
 from nesfgen.run_folder import RUN_HEADER, check_new_run_dir, check_same_recipe, new_run_dir, run_status
 from nesfgen.sampling import Atoms, Queries, QuerySampler, TensorSet, atoms_bounding_box, rank_share, shift_origins
@@ -207,10 +207,26 @@ def initialise_from(model: nn.Module, recipe: Recipe, source: dict[str, Any], da
             f"(content hash {source['dataset_hash'][:12]} != {dataset.content_hash[:12]}); "
             "set train.fine_tune=true to fine-tune it on this data"
         )
-    missing, unexpected = model.load_state_dict(source["model"], strict=False)
+    weights = with_new_species(model, source["model"], len(source["species_table"]))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected:
         raise UserError(f"{where}: weights {unexpected[:3]} have no place in this model")
     log.info("initialised from %s; %d tensors kept their fresh initialisation", source["path"], len(missing))
+
+
+def with_new_species(model: NeSF, weights: dict[str, Tensor], known: int) -> dict[str, Tensor]:
+    """``weights`` of a model of ``known`` species, grown to ``model``'s species table.
+
+    A fine-tuning's table is its source's with the new data's other elements appended, so the known species
+    keep their indices and weights and the new ones start from ``model``'s fresh initialisation.
+    """
+    fresh = model.state_dict()
+    grown = dict(weights)
+    for name, axis in NeSF.SPECIES_AXES.items():
+        if name in weights and weights[name].shape[axis] == known < fresh[name].shape[axis]:
+            grown[name] = fresh[name].clone()
+            grown[name].narrow(axis, 0, known).copy_(weights[name])
+    return grown
 
 
 def load_split(dataset: Dataset, recipe: Recipe, split: str) -> CrystalSet:
@@ -323,12 +339,10 @@ class Trainer:
         """
         recipe, t = self.recipe, self.recipe.train
         self.species_table = list((known or {}).get("species_table", self.dataset.species_table))
-        unknown = sorted(set(self.dataset.species_table) - set(self.species_table))
-        if known and t.fine_tune and unknown:
-            raise UserError(
-                f"train.fine_tune: dataset {self.dataset.name!r} holds elements (atomic numbers {unknown}) that "
-                f"{t.init_from or 'the resumed run'} was not trained on, so its species field cannot name them"
-            )
+        if unknown := sorted(set(self.dataset.species_table) - set(self.species_table)):
+            # only a fine-tuning's start can lack elements: the other starts were trained on this very data
+            log.info("%s holds elements its start was not trained on: %s, learnt afresh", self.dataset.name, unknown)
+            self.species_table += unknown
         train_crystals = load_split(self.dataset, recipe, recipe.data.train_split)
         val_crystals = load_split(self.dataset, recipe, recipe.data.val_split)
         if t.batch_size < 2 * self.ranks.world:

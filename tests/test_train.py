@@ -225,7 +225,7 @@ def test_a_fine_tuned_run_knows_which_checkpoint_it_started_from(tiny_dataset, t
     assert "maybe not the checkpoint (unrecorded)" in foreign_settings(tuned.run_dir, recipe)[0]
 
 
-def test_fine_tuning_keeps_the_species_table_and_widens_the_box(tiny_dataset, tmp_path):
+def test_fine_tuning_keeps_the_species_table_grows_it_and_widens_the_box(tiny_dataset, tmp_path):
     pretrained = train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "pre")
     bigger = [
         Crystal.create(c.lengths * 1.6, c.angles, atomic_numbers=c.atomic_numbers, frac_coords=c.frac_coords, id=c.id)
@@ -251,5 +251,14 @@ def test_fine_tuning_keeps_the_species_table_and_widens_the_box(tiny_dataset, tm
         for k in range(20)
     ]
     lif = write_dataset(tmp_path / "lif", {"train": alien[:16], "val": alien[16:]}, name="lif")
-    with pytest.raises(UserError, match=r"train.fine_tune: dataset 'lif' holds elements \(atomic numbers \[3, 9\]\)"):
-        Trainer(tiny_recipe(lif, **settings, **{"train.fine_tune": "true"}), tmp_path / "alien")
+    learner = Trainer(tiny_recipe(lif, **settings, **{"train.fine_tune": "true"}), tmp_path / "alien")
+    known = len(tiny_dataset.species_table)
+    assert learner.species_table == [*tiny_dataset.species_table, 3, 9]  # the known elements keep their indices
+    source = read_checkpoint(pretrained.run_dir / "best.pt")["model"]
+    weights = learner.model.state_dict()
+    assert weights["encoder.species_mlp.0.weight"].shape[1] == weights["species_field.out.bias"].shape[0] == known + 2
+    assert torch.equal(weights["encoder.species_mlp.0.weight"][:, :known], source["encoder.species_mlp.0.weight"])
+    assert torch.equal(weights["species_field.out.weight"][:known], source["species_field.out.weight"])
+    assert torch.equal(weights["species_field.out.bias"][:known], source["species_field.out.bias"])
+    tuned = learner.run()
+    assert read_checkpoint(tuned.run_dir / "best.pt")["species_table"] == learner.species_table
