@@ -3,7 +3,7 @@ import pytest
 from conftest import cesium_chloride, perovskite, rock_salt, zinc_blende
 
 from nesfgen.data.names import resolve_dataset
-from nesfgen.data.standin import build_standin, standin_dataset
+from nesfgen.data.standin import build_pretraining, build_standin, pretraining_dataset, standin_dataset
 from nesfgen.data.store import data_dir, write_dataset
 from nesfgen.errors import UserError
 
@@ -52,3 +52,35 @@ def test_a_folder_named_like_a_dataset_does_not_hide_it(tmp_path, monkeypatch):
     assert resolve_dataset("icsg3d").path == data_dir() / "icsg3d"
     with pytest.raises(UserError, match="not a nesfgen dataset folder"):
         resolve_dataset("./icsg3d")  # a path is taken as a path
+
+
+def test_the_pretraining_set_drops_every_formula_the_standin_validates_or_tests_on(tmp_path):
+    _released(data_dir())
+    standin = standin_dataset()
+    held = standin.load("val")[0]  # a rock salt of the released val split
+    lcs6 = write_dataset(
+        data_dir() / "lcs6",
+        {
+            "train": [held, zinc_blende(), perovskite(4.0, id="mp-SrTiO3"), rock_salt(4.6, id="mp-other-NaCl")],
+            "val": [cesium_chloride(4.2, id="mp-CsCl"), zinc_blende(5.6, id="mp-ZnS-2")],
+            "test": [zinc_blende(5.5, id="mp-ZnS-3")],
+        },
+        name="lcs6",
+    )
+    splits = build_pretraining(lcs6, standin)
+    assert {split: [c.id for c in crystals] for split, crystals in splits.items()} == {
+        "train": ["ZnS"],  # the val split's NaCl by formula, in any cell; the test split's SrTiO3 and CsCl
+        "val": ["mp-ZnS-2"],
+        "test": ["mp-ZnS-3"],
+    }
+    dataset = resolve_dataset("lcs6-minus-icsg3d")
+    assert [c.id for c in dataset.load("train")] == ["ZnS"] and dataset.manifest["provenance"]["lcs6_hash"]
+    assert (pretraining_dataset().path / "manifest.json").stat().st_mtime_ns == (
+        dataset.path / "manifest.json"
+    ).stat().st_mtime_ns  # built once
+
+
+def test_the_pretraining_set_needs_lcs6_imported():
+    _released(data_dir())
+    with pytest.raises(UserError, match="lcs6-minus-icsg3d is built from the paper's lcs6, which is not in"):
+        resolve_dataset("lcs6-minus-icsg3d")

@@ -1,4 +1,4 @@
-"""Datasets by name: ``builtin``, the paper's (``lcs6``, ``icsg3d``, ``ybco-fold3``), ``icsg3d-standin`` or a folder path."""
+"""Datasets by name: ``builtin``, the paper's (``lcs6``, ``icsg3d``, ``ybco-fold3``), those derived from them, or a folder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from nesfgen.errors import UserError
 
 PAPER_NAMES = ("lcs6", "icsg3d", *(f"ybco-fold{k}" for k in range(20)))
 #: built from the paper's datasets on first use (nesfgen.data.standin)
-DERIVED_NAMES = ("icsg3d-standin",)
+DERIVED_NAMES = ("icsg3d-standin", "lcs6-minus-icsg3d")
 
 
 def resolve_dataset(name_or_path: str) -> Dataset:
@@ -24,9 +24,9 @@ def resolve_dataset(name_or_path: str) -> Dataset:
 
         return builtin_dataset()
     if name_or_path in DERIVED_NAMES:
-        from nesfgen.data.standin import standin_dataset
+        from nesfgen.data.standin import pretraining_dataset, standin_dataset
 
-        return standin_dataset()
+        return standin_dataset() if name_or_path == "icsg3d-standin" else pretraining_dataset()
     path = Path(name_or_path).expanduser()
     plain_name = re.fullmatch(r"[A-Za-z0-9_.-]+", name_or_path) is not None
     # A folder of the same name in the working directory (a runs folder called lcs6/) does not hide the
