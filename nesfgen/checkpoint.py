@@ -10,7 +10,7 @@ import hashlib
 import io
 import pickle
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +186,8 @@ def load_model(path_or_run: str | Path, device: torch.device | str = "cpu") -> T
     """Rebuild the model of a checkpoint from its saved recipe alone, in eval mode, on ``device`` (checked first).
 
     ``A+B`` loads an ensemble (:class:`~nesfgen.ensemble.NeSFEnsemble`): members trained on the same dataset
-    with the same species table and box, decoded as one field; the recipe is the first member's.
+    with the same species table and box, decoded as one field; the recipe is the first member's, its latent
+    size the members' sum.
     """
     device = resolve_device(device, "device") if isinstance(device, str) else device
     members = ensemble_members(path_or_run)
@@ -221,9 +222,18 @@ def _load_ensemble(members: list[TrainedModel]) -> TrainedModel:
             raise UserError(f"ensemble: {member.path} has another box than {first.path} (trained on other data?)")
         if member.dataset_hash != first.dataset_hash:
             raise UserError(f"ensemble: {member.path} was trained on another dataset than {first.path}")
+    seen: dict[str, str] = {}
+    for member in members:
+        digest = checkpoint_digest(member.path)
+        if digest in seen:
+            raise UserError(
+                f"ensemble: {member.path} is the same file as {seen[digest]}; an ensemble needs other models"
+            )
+        seen[digest] = member.path
+    ensemble = NeSFEnsemble([member.model for member in members]).eval()
     return TrainedModel(
-        model=NeSFEnsemble([member.model for member in members]).eval(),
-        recipe=first.recipe,
+        model=ensemble,
+        recipe=replace(first.recipe, model=ensemble.config),
         species_table=first.species_table,
         box=first.box,
         dataset_hash=first.dataset_hash,

@@ -8,8 +8,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from nesfgen.checkpoint import read_checkpoint
 from nesfgen.config import Recipe, load_recipe, parse_value
-from nesfgen.ensemble import MEMBER_SEPARATOR
+from nesfgen.ensemble import MAX_MEMBERS, MEMBER_SEPARATOR
 from nesfgen.errors import UserError
 from nesfgen.evaluate import (
     AGGREGATION_NOTE,
@@ -74,8 +75,7 @@ def cross_validate(
     """
     from nesfgen.data.names import resolve_dataset
 
-    if members < 1:
-        raise UserError(f"members={members}: expected 1 (one run a fold) or more (an ensemble a fold)")
+    check_members(members, out)
     for fold in folds:  # every fold's data, before hours of training stop at the first one missing
         resolve_dataset(replace(recipe.data, fold=fold).dataset_name)
     evaluations = []
@@ -84,18 +84,20 @@ def cross_validate(
         fold_recipe = replace(recipe, data=replace(recipe.data, fold=fold))
         run_dirs = fold_run_dirs(out, fold, members)
         for member, run_dir in enumerate(run_dirs):
-            member_recipe = replace(fold_recipe, train=replace(fold_recipe.train, seed=recipe.train.seed + member))
+            seeded = member_recipe(fold_recipe, member)
+            if members > 1:
+                check_member_seed(run_dir, seeded)
             if train_folds:
-                train_or_resume(member_recipe, run_dir, progress)  # refuses a folder holding another recipe's run
+                train_or_resume(seeded, run_dir, progress)  # refuses a folder holding another recipe's run
             else:
-                check_same_recipe(run_dir, member_recipe)  # nor is one evaluated as this recipe's
+                check_same_recipe(run_dir, seeded)  # nor is one evaluated as this recipe's
         options = EvaluateOptions(
             checkpoint=MEMBER_SEPARATOR.join(str(run_dir) for run_dir in run_dirs),
             data=fold_recipe.data.dataset_name,
             split=scored,
             fit_steps=fit_steps,
         )
-        name = f"{scored}{fitted_suffix(fit_steps)}" + (f"-ensemble{members}" if members > 1 else "")
+        name = f"{scored}{fitted_suffix(fit_steps)}{ensemble_suffix(members)}"
         evaluation = evaluate(options, decoding(f"fold-{fold} {name}") if decoding else None)
         write_report(evaluation, run_dirs[0] / f"eval-{name}")
         evaluations.append(evaluation)
@@ -117,6 +119,32 @@ def cross_validate(
 def fold_run_dirs(out: Path, fold: int, members: int = 1) -> list[Path]:
     """The run folders of one fold: ``out/fold-K``, then ``out/fold-K-member-M`` for each further member."""
     return [out / f"fold-{fold}"] + [out / f"fold-{fold}-member-{member}" for member in range(1, members)]
+
+
+def member_recipe(recipe: Recipe, member: int) -> Recipe:
+    """Member ``member`` (0, 1, ...) of a fold's ensemble: the recipe at its own seed plus ``member``."""
+    return replace(recipe, train=replace(recipe.train, seed=recipe.train.seed + member))
+
+
+def ensemble_suffix(members: int) -> str:
+    """What ends the name of a report of ``members`` runs a fold: ``-ensembleN``, or nothing for one run."""
+    return f"-ensemble{members}" if members > 1 else ""
+
+
+def check_members(members: int, out: Path) -> None:
+    """Refuse a number of runs a fold out of range, or a runs folder whose name would split the members apart."""
+    if not 1 <= members <= MAX_MEMBERS:
+        raise UserError(f"members={members}: expected 1 (one run a fold) to {MAX_MEMBERS} (an ensemble a fold)")
+    if members > 1 and MEMBER_SEPARATOR in str(out):
+        raise UserError(f"out={out}: an ensemble's runs folder may not hold {MEMBER_SEPARATOR!r}, which joins members")
+
+
+def check_member_seed(run_dir: Path, recipe: Recipe) -> None:
+    """Refuse a member's folder holding a run of another seed: two copies of one seed are no ensemble."""
+    if (run_dir / "last.pt").is_file():
+        seed = read_checkpoint(run_dir / "last.pt")["recipe"]["train"]["seed"]
+        if seed != recipe.train.seed:
+            raise UserError(f"{run_dir} holds a run of seed {seed}, but this member is seed {recipe.train.seed}")
 
 
 def pool_folds(rows: list[list[dict[str, Any]]]) -> dict[str, Any]:
@@ -167,6 +195,7 @@ class CrossValidationOptions:
         if self.split is not None and self.split not in (data.val_split, data.test_split):
             raise UserError(f"split={self.split}: expected {data.val_split} or {data.test_split}")
         EvaluateOptions(fit_steps=self.fit_steps)  # a fit_steps out of range is refused by name
+        check_members(self.members, self.out)
 
     @classmethod
     def from_words(cls, arguments: list[str], folds: str) -> CrossValidationOptions:
@@ -208,7 +237,7 @@ def cross_validate_into(
     )
     report = crossval_markdown(result, recipe.data.name)
     stem = ("cv" if result["split"] == recipe.data.test_split else f"cv-{result['split']}") + fitted_suffix(fit_steps)
-    stem += f"-ensemble{members}" if members > 1 else ""
+    stem += ensemble_suffix(members)
     files = [out / f"{stem}.md", out / f"{stem}.json"]
     atomic_write_text(files[0], report)
     atomic_write_text(files[1], json.dumps(result, indent=1, default=str))

@@ -19,6 +19,8 @@ from nesfgen.sampling import Atoms, Queries
 
 #: Joins the members' checkpoints in one ``checkpoint=`` value: ``runs/fold-3+runs/fold-3-member-1``.
 MEMBER_SEPARATOR = "+"
+#: the most runs a fold ``cv members=`` and ``results ybco_members=`` train and decode together
+MAX_MEMBERS = 8
 
 
 class NeSFEnsemble(nn.Module):

@@ -503,6 +503,10 @@ SPARE_MIN_DISTANCE = 1.0
 FILL_MIN_DISTANCE = 1.4
 #: Å: the spacing of the grid over the cell that is searched for the field's smallest predicted distance
 FILL_GRID_SPACING = 0.2
+#: field queries a fill sends at once, and the most grid points it searches (a 25 Å cube): a cell decoded far
+#: larger than any training cell is left as it is rather than filled at the cost of minutes or gigabytes
+FILL_CHUNK_POINTS = 65_536
+FILL_MAX_POINTS = 2_000_000
 
 
 def fill_from_field(field: StructureField, z: Tensor, structure: Decoded, target: int) -> Decoded:
@@ -515,13 +519,25 @@ def fill_from_field(field: StructureField, z: Tensor, structure: Decoded, target
     """
     if structure.num_atoms >= target:
         return structure
-    matrix = lattice_matrix(structure.lengths, structure.angles)
-    inverse = np.linalg.inv(matrix)
-    steps = [max(2, math.ceil(length / FILL_GRID_SPACING)) for length in structure.lengths]
+    try:
+        matrix = lattice_matrix(structure.lengths, structure.angles)
+        inverse = np.linalg.inv(matrix)
+        steps = [max(2, math.ceil(length / FILL_GRID_SPACING)) for length in structure.lengths]
+    except (UserError, np.linalg.LinAlgError, ValueError, OverflowError) as error:
+        log.debug("no atoms filled: the decoded lattice is not a valid cell (%s)", error)
+        return structure  # to_crystal counts it as the failure it is
+    if math.prod(steps) > FILL_MAX_POINTS:
+        log.debug("no atoms filled: a %s grid over a %s A cell is too large", steps, structure.lengths)
+        return structure
     frac = np.stack(np.meshgrid(*[np.arange(n) / n for n in steps], indexing="ij"), -1).reshape(-1, 3)
     points = frac @ matrix  # (P, 3) Å
     queries = torch.as_tensor(points, dtype=torch.float32, device=z.device)[None]
-    distance = torch.linalg.vector_norm(field.position(queries, z)[0].float(), dim=-1).cpu().numpy()  # (P,)
+    distance = np.concatenate(  # (P,), the grid in chunks, as the estimator bounds its field calls
+        [
+            torch.linalg.vector_norm(field.position(chunk, z)[0].float(), dim=-1).cpu().numpy()
+            for chunk in queries.split(FILL_CHUNK_POINTS, dim=1)
+        ]
+    )
     nearest = np.full(len(points), np.inf)
     for atom in structure.cart_coords:
         nearest = np.minimum(nearest, _periodic_distance(frac, atom @ inverse, matrix))

@@ -229,14 +229,20 @@ def _report_folder(out: str | None, checkpoint: str | None, summary: dict, sub_f
     name = f"eval-{summary['dataset']}-{summary['split']}" + ("-exact" if summary["field"] == "exact" else "")
     name += fitted_suffix(summary.get("fit_steps", 0))
     members = ensemble_members(summary["checkpoint"]) if checkpoint else []
-    if len(members) > 1:  # beside the first member, named as the ensemble's
-        name += f"-ensemble{len(members)}"
+    if len(members) > 1:  # beside the first member, named by the others, so A+B and A+C keep their own reports
+        name += "-ensemble-with-" + ",".join(_run_name(member) for member in members[1:])
     run = Path(members[0]).parent if checkpoint else None
     if out:
         return Path(out) / sub_folder if sub_folder else Path(out)
     if run is None or run == PACKAGED_MODELS:
         return Path("runs") / name
     return run / name
+
+
+def _run_name(checkpoint: str) -> str:
+    """A checkpoint's run folder name (``runs/seed-1/best.pt`` -> ``seed-1``), else its file's stem."""
+    path = Path(checkpoint)
+    return path.parent.name if path.name in ("best.pt", "last.pt") else path.stem
 
 
 def reconstruct(options: EvaluateOptions, progress: Progress | None = None) -> dict[str, Any]:

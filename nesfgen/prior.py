@@ -568,6 +568,7 @@ def fit_model_prior(
     if Path(out).is_dir():
         raise UserError(f"out={out} is a folder; give the prior's file, e.g. out={Path(out) / 'prior.pt'}")
     output_folder(Path(out).parent, "prior's folder", create=False)  # before minutes of fitting, not after
+    digest = checkpoint_digest(checkpoint)  # which refuses an ensemble by name, before the fitting too
     trained = load_model(checkpoint)
     dataset = resolve_dataset(data or trained.recipe.data.dataset_name)
     crystals = dataset.load(trained.recipe.data.train_split)
@@ -579,7 +580,7 @@ def fit_model_prior(
         conditions = [encoder.describe(c.atomic_numbers, space_group_number(c)) for c in crystals]
     prior = fit_prior(latents, config, trained.species_table, conditions, progress)
     prior.autoencoder = checkpoint
-    prior.autoencoder_digest = checkpoint_digest(checkpoint)
+    prior.autoencoder_digest = digest
     prior.history |= {"dataset": dataset.name, "structures": len(crystals)}
     save_prior(prior, out)
     return prior

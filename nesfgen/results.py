@@ -21,7 +21,16 @@ from typing import Any
 
 from nesfgen.checkpoint import checkpoint_digest
 from nesfgen.config import Recipe, load_recipe, to_toml
-from nesfgen.crossval import cross_validate, crossval_markdown, fold_run_dirs, parse_folds, pool_folds
+from nesfgen.crossval import (
+    check_member_seed,
+    cross_validate,
+    crossval_markdown,
+    fold_run_dirs,
+    member_recipe,
+    parse_folds,
+    pool_folds,
+)
+from nesfgen.ensemble import MAX_MEMBERS
 from nesfgen.errors import UserError, require
 from nesfgen.evaluate import (
     AGGREGATION_NOTE,
@@ -80,8 +89,10 @@ class ResultsOptions:
         parse_folds(self.folds)
         if not 0 <= self.ybco_fit_steps <= 100_000:
             raise UserError(f"ybco_fit_steps={self.ybco_fit_steps}: expected 0 (no fitted table) to 100000 steps")
-        if not 1 <= self.ybco_members <= 8:
-            raise UserError(f"ybco_members={self.ybco_members}: expected 1 (one run a fold) to 8 runs a fold")
+        if not 1 <= self.ybco_members <= MAX_MEMBERS:
+            raise UserError(
+                f"ybco_members={self.ybco_members}: expected 1 (one run a fold) to {MAX_MEMBERS} runs a fold"
+            )
         # the page and its JSON beside it replace files of those names: a Markdown name keeps other files safe
         require(self.out is None or self.out.endswith(".md"), "out", self.out, "a Markdown page, PAGE.md")
 
@@ -260,8 +271,10 @@ def fold_table(
     folds = parse_folds(options.folds)
     run_dirs = {fold: fold_run_dirs(folder, fold, members) for fold in folds}
     for fold in folds:
-        for run_dir in run_dirs[fold]:
+        for member, run_dir in enumerate(run_dirs[fold]):
             check_same_recipe(run_dir, recipe)
+            if members > 1:
+                check_member_seed(run_dir, member_recipe(recipe, member))
     statuses = {fold: [run_status(run_dir, recipe.train.epochs) for run_dir in run_dirs[fold]] for fold in folds}
     finished = {fold: all(status.finished for status in statuses[fold]) for fold in folds}
     carried = [fold for fold in folds if not finished[fold] and fold in recorded]
@@ -269,7 +282,7 @@ def fold_table(
     missing = []
     for fold in (fold for fold in folds if fold not in ready and fold not in carried):
         for member, status in enumerate(statuses[fold]):
-            seed = f" train.seed={recipe.train.seed + member}" if member else ""  # member 0: the recipe's seed
+            seed = f" train.seed={member_recipe(recipe, member).train.seed}" if member else ""  # 0: the recipe's
             if not status.finished:
                 missing.append(_train_command(options.ybco_recipe, status, f"data.fold={fold}{seed}"))
     runs = {fold: ({**recorded[fold][0], "recorded": True}, recorded[fold][1]) for fold in carried}

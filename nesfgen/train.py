@@ -185,9 +185,8 @@ def initialise_from(model: nn.Module, recipe: Recipe, source: dict[str, Any], da
     """Copy a trained checkpoint's weights into a fresh model (e.g. an autoencoder into its VAE).
 
     The architecture must be the source's, apart from FREE_ON_INIT: every source weight is copied,
-    and weights only the new model has (a VAE's scale head) keep their initialisation.
-    The species table and bounding box come from the source too, so its fields keep their meaning.
-    The source must have been trained on this dataset unless ``train.fine_tune`` says otherwise.
+    and weights only the new model has (a VAE's scale head, a fine-tuning's new species) keep their
+    initialisation. The source must have been trained on this dataset unless ``train.fine_tune`` says otherwise.
     """
     where = f"train.init_from = {recipe.train.init_from!r} ({source['path']})"
     theirs = from_dict(Recipe, source["recipe"], where=source["path"]).model
@@ -211,7 +210,8 @@ def initialise_from(model: nn.Module, recipe: Recipe, source: dict[str, Any], da
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected:
         raise UserError(f"{where}: weights {unexpected[:3]} have no place in this model")
-    log.info("initialised from %s; %d tensors kept their fresh initialisation", source["path"], len(missing))
+    grew = sum(weights[name] is not source["model"].get(name) for name in weights)
+    log.info("initialised from %s; %d tensors fresh, %d grown for new species", source["path"], len(missing), grew)
 
 
 def with_new_species(model: NeSF, weights: dict[str, Tensor], known: int) -> dict[str, Tensor]:
@@ -223,7 +223,10 @@ def with_new_species(model: NeSF, weights: dict[str, Tensor], known: int) -> dic
     fresh = model.state_dict()
     grown = dict(weights)
     for name, axis in NeSF.SPECIES_AXES.items():
-        if name in weights and weights[name].shape[axis] == known < fresh[name].shape[axis]:
+        if name not in weights:
+            continue
+        trained, wanted = weights[name].shape[axis], fresh[name].shape[axis]
+        if trained == known and wanted > known:
             grown[name] = fresh[name].clone()
             grown[name].narrow(axis, 0, known).copy_(weights[name])
     return grown
@@ -290,6 +293,11 @@ class Trainer:
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         t = recipe.train
+        if t.fine_tune and not t.init_from and state is None:
+            raise UserError(
+                "train.fine_tune=true needs train.init_from=RUN (the run, checkpoint or shipped model to fine-tune); "
+                "without it the run would start from random weights"
+            )
         self._set_up_runtime()
         self.dataset = self._open_dataset(state)
         source = read_checkpoint(t.init_from) if t.init_from and state is None else None
@@ -335,14 +343,17 @@ class Trainer:
         """The training and validation splits on the device, and the query sampler.
 
         ``known``: the checkpoint resumed or warm-started from, whose species table and bounding box are kept
-        so that its fields keep their meaning.
+        so that its fields keep their meaning. A fine-tuning appends the elements its start lacks to the table
+        and widens the box to this data's atoms.
         """
         recipe, t = self.recipe, self.recipe.train
         self.species_table = list((known or {}).get("species_table", self.dataset.species_table))
-        if unknown := sorted(set(self.dataset.species_table) - set(self.species_table)):
-            # only a fine-tuning's start can lack elements: the other starts were trained on this very data
+        unknown = sorted(set(self.dataset.species_table) - set(self.species_table))
+        if unknown and t.fine_tune:
             log.info("%s holds elements its start was not trained on: %s, learnt afresh", self.dataset.name, unknown)
             self.species_table += unknown
+        elif unknown:  # a warm start from other data, which initialise_from refuses with the remedy
+            self.species_table = list(self.dataset.species_table)
         train_crystals = load_split(self.dataset, recipe, recipe.data.train_split)
         val_crystals = load_split(self.dataset, recipe, recipe.data.val_split)
         if t.batch_size < 2 * self.ranks.world:

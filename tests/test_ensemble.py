@@ -5,11 +5,18 @@ import torch
 from conftest import tiny_recipe
 
 from nesfgen.checkpoint import _load_ensemble, checkpoint_digest, ensemble_members, load_model
-from nesfgen.crossval import cross_validate, crossval_markdown
+from nesfgen.crossval import (
+    CrossValidationOptions,
+    check_member_seed,
+    cross_validate,
+    crossval_markdown,
+    member_recipe,
+)
 from nesfgen.data.store import write_dataset
 from nesfgen.ensemble import NeSFEnsemble
 from nesfgen.errors import UserError
 from nesfgen.evaluate import EvaluateOptions, evaluate, evaluate_runs
+from nesfgen.generate import SampleOptions, sample_structures
 from nesfgen.train import train
 
 
@@ -41,14 +48,19 @@ def test_the_ensemble_averages_its_members_each_on_its_own_latent(two_runs):
 
 def test_one_model_twice_decodes_as_the_model(two_runs, tmp_path):
     run = two_runs[0]
+    copy = tmp_path / "copy"  # the same weights in another file, as a rerun of a deterministic training gives
+    copy.mkdir()
+    state = torch.load(run / "best.pt", weights_only=True)
+    state["epoch"] = -1
+    torch.save(state, copy / "best.pt")
     alone = evaluate(EvaluateOptions(checkpoint=str(run), split="val"))
-    twice = evaluate(EvaluateOptions(checkpoint=f"{run}+{run}", split="val"))
+    twice = evaluate(EvaluateOptions(checkpoint=f"{run}+{copy}", split="val"))
     assert sum(row["num_detected"] for row in alone.rows) > 0
     assert twice.summary["reference"] == pytest.approx(alone.summary["reference"], nan_ok=True)
     assert [row["num_detected"] for row in twice.rows] == [row["num_detected"] for row in alone.rows]
     # written beside the first member, named as the ensemble's, unless out= is given
     summary = evaluate_runs(EvaluateOptions(checkpoint=f"{run}+{two_runs[1]}", split="val"))
-    assert all(path.startswith(str(run / "eval-tiny-val-ensemble2")) for path in summary["report_files"])
+    assert all(path.startswith(str(run / "eval-tiny-val-ensemble-with-seed-1")) for path in summary["report_files"])
 
 
 def test_an_ensemble_is_refused_where_its_members_disagree(two_runs):
@@ -57,6 +69,8 @@ def test_an_ensemble_is_refused_where_its_members_disagree(two_runs):
         ensemble_members("runs/a+")
     with pytest.raises(UserError, match="not found"):
         load_model(f"{two_runs[0]}+{two_runs[0].parent / 'missing'}")
+    with pytest.raises(UserError, match="is the same file as"):
+        load_model(f"{two_runs[0]}+{two_runs[0] / 'best.pt'}")
     with pytest.raises(UserError, match="names an ensemble"):  # where one checkpoint is read, e.g. a prior's digest
         checkpoint_digest(f"{two_runs[0]}+{two_runs[1]}")
     member = load_model(two_runs[0])
@@ -86,5 +100,17 @@ def test_cross_validation_trains_and_decodes_members_as_one_field(tiny_dataset, 
     assert "2 runs a fold decoded as one field" in crossval_markdown(result, "tinycv")
     with pytest.raises(UserError, match="members=0"):
         cross_validate(recipe, [0], tmp_path / "cv", members=0)
+    with pytest.raises(UserError, match="holds a run of seed 0, but this member is seed 1"):
+        check_member_seed(tmp_path / "cv" / "fold-0", member_recipe(recipe, 1))  # a seed-0 run linked as member 1
+    for members, out, reason in ((9, "cv", "members=9: expected 1"), (2, "cv+ema", "may not hold '\\+'")):
+        with pytest.raises(UserError, match=reason):  # before any training
+            CrossValidationOptions(recipe=recipe, folds=[0], out=tmp_path / out, members=members)
     refused = cli("cv", "recipe=quickstart", "members=x", f"out={tmp_path / 'cv'}")
     assert refused.returncode == 2 and "members" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_an_ensemble_samples_around_a_structure_in_its_joined_latent(two_runs):
+    ensemble = f"{two_runs[0]}+{two_runs[1]}"
+    assert load_model(ensemble).recipe.model.latent_size == 2 * load_model(two_runs[0]).recipe.model.latent_size
+    around = sample_structures(SampleOptions(checkpoint=ensemble, n=2, near="NaCl", estimator={"estimator.steps": "3"}))
+    assert around.summary["generator"] == "near" and around.summary["n"] == 2

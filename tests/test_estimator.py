@@ -210,6 +210,13 @@ def test_a_missed_atom_is_filled_in_where_the_field_marks_it() -> None:
     assert voted.num_atoms == 8 and sorted(voted.atomic_numbers.tolist()) == [16] * 4 + [30] * 4
     crowded = fill_from_field(field, z, short, 200)  # 175 Å³ holds no 200 atoms 1.4 Å apart: as many as fit
     assert 8 < crowded.num_atoms < 200
+    for lengths, angles in (
+        (np.array([np.nan, 5.6, 5.6]), short.angles),  # a decoded lattice that is no cell: left for to_crystal
+        (short.lengths, np.array([90.0, 90.0, 180.0])),
+        (np.array([400.0, 400.0, 400.0]), short.angles),  # far larger than any training cell: not searched
+    ):
+        odd = Decoded(lengths, angles, short.cart_coords, short.species, short.atomic_numbers)
+        assert fill_from_field(field, z, odd, 8) is odd
 
 
 def test_module_field_is_decoded_in_eval_mode(tiny: tuple) -> None:

@@ -288,3 +288,12 @@ def test_max_and_mean_pooling_sees_what_max_alone_does_not():
 def test_unknown_pooling_is_refused_by_name():
     with pytest.raises(UserError, match="encoder_pooling"):
         ModelConfig(encoder_pooling="sum")
+
+
+def test_the_species_axes_name_every_weight_the_species_table_sizes():
+    """A fine-tuning grows exactly these weights for new elements (nesfgen.train.with_new_species)."""
+    small, large = NeSF(ModelConfig(), 5).state_dict(), NeSF(ModelConfig(), 7).state_dict()
+    differing = {name for name in small if small[name].shape != large[name].shape}
+    assert differing == set(NeSF.SPECIES_AXES)
+    for name, axis in NeSF.SPECIES_AXES.items():
+        assert (small[name].shape[axis], large[name].shape[axis]) == (5, 7)

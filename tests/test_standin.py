@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from conftest import cesium_chloride, perovskite, rock_salt, zinc_blende
 
-from nesfgen.data.names import resolve_dataset
-from nesfgen.data.standin import build_pretraining, build_standin, pretraining_dataset, standin_dataset
+from nesfgen.data.names import DERIVED_NAMES, resolve_dataset
+from nesfgen.data.standin import DERIVED, build_pretraining, build_standin, pretraining_dataset, standin_dataset
 from nesfgen.data.store import data_dir, write_dataset
 from nesfgen.errors import UserError
 
@@ -84,3 +84,7 @@ def test_the_pretraining_set_needs_lcs6_imported():
     _released(data_dir())
     with pytest.raises(UserError, match="lcs6-minus-icsg3d is built from the paper's lcs6, which is not in"):
         resolve_dataset("lcs6-minus-icsg3d")
+
+
+def test_every_derived_name_has_its_builder():
+    assert set(DERIVED) == set(DERIVED_NAMES)

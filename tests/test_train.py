@@ -246,6 +246,9 @@ def test_fine_tuning_keeps_the_species_table_grows_it_and_widens_the_box(tiny_da
         and own_box[1].max() > source_box[1].max()
     )
 
+    with pytest.raises(UserError, match="train.fine_tune=true needs train.init_from"):
+        Trainer(tiny_recipe(other, **{"train.fine_tune": "true", "data.test_split": "val"}), tmp_path / "from-nothing")
+
     alien = [
         Crystal.create([3.0] * 3, [90] * 3, atomic_numbers=[3, 9], frac_coords=[[0, 0, 0], [0.5] * 3], id=f"LiF-{k}")
         for k in range(20)

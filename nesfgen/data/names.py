@@ -9,7 +9,7 @@ from nesfgen.data.store import Dataset, data_dir, open_dataset
 from nesfgen.errors import UserError
 
 PAPER_NAMES = ("lcs6", "icsg3d", *(f"ybco-fold{k}" for k in range(20)))
-#: built from the paper's datasets on first use (nesfgen.data.standin)
+#: built from the paper's datasets on first use (nesfgen.data.standin.DERIVED)
 DERIVED_NAMES = ("icsg3d-standin", "lcs6-minus-icsg3d")
 
 
@@ -24,9 +24,9 @@ def resolve_dataset(name_or_path: str) -> Dataset:
 
         return builtin_dataset()
     if name_or_path in DERIVED_NAMES:
-        from nesfgen.data.standin import pretraining_dataset, standin_dataset
+        from nesfgen.data.standin import DERIVED
 
-        return standin_dataset() if name_or_path == "icsg3d-standin" else pretraining_dataset()
+        return DERIVED[name_or_path]()
     path = Path(name_or_path).expanduser()
     plain_name = re.fullmatch(r"[A-Za-z0-9_.-]+", name_or_path) is not None
     # A folder of the same name in the working directory (a runs folder called lcs6/) does not hide the

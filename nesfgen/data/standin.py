@@ -14,6 +14,7 @@ structures, so a model pre-trained on LCS6Å for the ICSG3D column must not have
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -110,15 +111,26 @@ def _derived(
     """The dataset ``name`` as last built from the same sources, else built now and written atomically."""
     provenance = {"source": "nesfgen.data.standin", "version": VERSION, **provenance, "description": description}
     path = data_dir() / name
-    if (path / "manifest.json").is_file():
-        existing = open_dataset(path)
-        kept = existing.manifest.get("provenance", {})
-        if all(kept.get(key) == value for key, value in provenance.items() if key.endswith(("hash", "version"))):
-            return existing.verify()
+    if (current := _current(path, provenance)) is not None:
+        return current
     splits = build()
     try:
         return write_dataset(path, splits, name=name, provenance=provenance, overwrite=path.exists())
     except UserError:
-        if (path / "manifest.json").is_file():  # another process wrote it first
-            return open_dataset(path).verify()
+        if (current := _current(path, provenance)) is not None:  # another process wrote it first
+            return current
         raise
+
+
+def _current(path: Path, provenance: dict[str, str]) -> Dataset | None:
+    """The dataset at ``path`` if it was built by this version from the same sources, else None."""
+    if not (path / "manifest.json").is_file():
+        return None
+    existing = open_dataset(path)
+    kept = existing.manifest.get("provenance", {})
+    same = all(kept.get(key) == value for key, value in provenance.items() if key not in ("description", "license"))
+    return existing.verify() if same else None
+
+
+#: the derived datasets by name, each built on first use
+DERIVED: dict[str, Callable[[], Dataset]] = {NAME: standin_dataset, PRETRAINING_NAME: pretraining_dataset}
