@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from nesfgen.checkpoint import PACKAGED_MODELS, read_checkpoint, save_checkpoint
-from nesfgen.config import Recipe, TrainConfig, from_dict, to_toml
+from nesfgen.config import Recipe, from_dict, load_recipe, to_dict, to_toml
 from nesfgen.errors import UserError
 from nesfgen.evaluate import (
     AGGREGATION_NOTE,
@@ -159,10 +159,35 @@ def already_shipped(checkpoint: Path, shipped: dict[str, Any]) -> dict[str, Any]
     return existing if same and "training" in existing else None
 
 
+#: train settings that say how a run was carried out, which the command to train it again leaves out
+HOW_IT_WAS_RUN = ("threads", "device", "time_limit_minutes", "snapshot_every_minutes")
+
+
 def train_command(recipe: Recipe, run_dir: Path) -> str:
-    """The command that trains the run again: recipe files leave the seed at its default, so another seed is given."""
-    seed = f" train.seed={recipe.train.seed}" if recipe.train.seed != TrainConfig.seed else ""
-    return f"nesfgen train recipe={recipe.name}{seed} out={run_dir}"
+    """The command that trains the run again: its recipe by name and every setting the run changed from it.
+
+    How the run was carried out (threads, device, time limits) is left out; so are overrides of a recipe that is
+    no longer shipped under that name, whose whole config the card gives.
+    """
+    try:
+        shipped = to_dict(load_recipe(recipe.name))
+    except UserError:
+        shipped = {}
+    overrides = [
+        f"{section}.{key}={_command_word(value)}"
+        for section, values in to_dict(recipe).items()
+        if isinstance(values, dict) and section in shipped
+        for key, value in values.items()
+        if not (section == "train" and key in HOW_IT_WAS_RUN) and shipped[section].get(key) != value
+    ]
+    return " ".join(["nesfgen train", f"recipe={recipe.name}", *overrides, f"out={run_dir}"])
+
+
+def _command_word(value: Any) -> str:
+    """A setting as the command line writes it: lists comma-joined, booleans lower-case."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def model_card(

@@ -78,11 +78,21 @@ def test_the_card_gives_the_whole_run_not_only_the_kept_epoch(tiny_dataset, tmp_
     assert " for 2 epochs (" in packaged.card.read_text()
 
 
-def test_the_cards_command_names_a_seed_other_than_the_default():
+def test_the_cards_command_names_every_setting_the_run_changed_but_how_it_ran():
     recipe = load_recipe("fast-lcs6")
     assert train_command(recipe, Path("runs/a")) == "nesfgen train recipe=fast-lcs6 out=runs/a"
     seeded = replace(recipe, train=replace(recipe.train, seed=1))
     assert train_command(seeded, Path("runs/b")) == "nesfgen train recipe=fast-lcs6 train.seed=1 out=runs/b"
+    elsewhere = replace(
+        seeded,
+        data=replace(recipe.data, name="lcs6-minus-icsg3d"),
+        model=replace(recipe.model, position_widths=(64, 64)),
+    )
+    limited = replace(elsewhere, train=replace(elsewhere.train, threads=1, time_limit_minutes=240.0, compile=False))
+    assert train_command(limited, Path("runs/c")) == (
+        "nesfgen train recipe=fast-lcs6 data.name=lcs6-minus-icsg3d model.position_widths=64,64 train.seed=1 "
+        "train.compile=false out=runs/c"  # how it ran (threads, time limit) left out
+    )
 
 
 def test_repackaging_the_same_weights_keeps_the_shipped_file_and_its_digest(tiny_dataset, tmp_path):
