@@ -189,7 +189,8 @@ def initialise_from(model: nn.Module, recipe: Recipe, source: dict[str, Any], da
     initialisation. The source must have been trained on this dataset unless ``train.fine_tune`` says otherwise.
     """
     where = f"train.init_from = {recipe.train.init_from!r} ({source['path']})"
-    theirs = from_dict(Recipe, source["recipe"], where=source["path"]).model
+    source_recipe = from_dict(Recipe, source["recipe"], where=source["path"])
+    theirs = source_recipe.model
     mine = recipe.model
     differing = [
         f"model.{key} = {value!r} there, {getattr(mine, key)!r} here"
@@ -206,12 +207,36 @@ def initialise_from(model: nn.Module, recipe: Recipe, source: dict[str, Any], da
             f"(content hash {source['dataset_hash'][:12]} != {dataset.content_hash[:12]}); "
             "set train.fine_tune=true to fine-tune it on this data"
         )
+    if source["dataset_hash"] != dataset.content_hash:
+        check_start_unseen(where, source_recipe, recipe, dataset)
     weights = with_new_species(model, source["model"], len(source["species_table"]))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected:
         raise UserError(f"{where}: weights {unexpected[:3]} have no place in this model")
     grew = sum(weights[name] is not source["model"].get(name) for name in weights)
     log.info("initialised from %s; %d tensors fresh, %d grown for new species", source["path"], len(missing), grew)
+
+
+def check_start_unseen(where: str, source_recipe: Recipe, recipe: Recipe, dataset: Dataset) -> None:
+    """Refuse a start trained on structures this run validates or tests on: its figures would be of seen data.
+
+    Structures are matched by id (both datasets from the Materials Project: 112 of ICSG3D's test structures are
+    LCS6Å training structures). A start whose training data is not on this machine is not checked, with a warning.
+    """
+    try:
+        seen_data = resolve_dataset(source_recipe.data.dataset_name)
+        seen = {crystal.id for crystal in seen_data.load(source_recipe.data.train_split) if crystal.id}
+    except UserError as error:
+        log.warning("%s: its training data cannot be checked for this run's held-out structures (%s)", where, error)
+        return
+    held_out = (recipe.data.val_split, recipe.data.test_split)
+    shared = sorted({crystal.id for split in held_out for crystal in dataset.load(split) if crystal.id in seen})
+    if shared:
+        raise UserError(
+            f"{where} was trained on {len(shared)} structures of {dataset.name!r}'s {' and '.join(held_out)} "
+            f"splits (e.g. {', '.join(shared[:3])}), so this run would be judged on structures its start has seen; "
+            "start from a model trained without them (for the ICSG3D stand-in: a run on lcs6-minus-icsg3d)"
+        )
 
 
 def with_new_species(model: NeSF, weights: dict[str, Tensor], known: int) -> dict[str, Tensor]:

@@ -228,11 +228,15 @@ def test_a_fine_tuned_run_knows_which_checkpoint_it_started_from(tiny_dataset, t
 def test_fine_tuning_keeps_the_species_table_grows_it_and_widens_the_box(tiny_dataset, tmp_path):
     pretrained = train(tiny_recipe(tiny_dataset, **{"train.epochs": 1}), tmp_path / "pre")
     bigger = [
-        Crystal.create(c.lengths * 1.6, c.angles, atomic_numbers=c.atomic_numbers, frac_coords=c.frac_coords, id=c.id)
+        Crystal.create(
+            c.lengths * 1.6, c.angles, atomic_numbers=c.atomic_numbers, frac_coords=c.frac_coords, id=f"big-{c.id}"
+        )
         for c in tiny_dataset.load("train")
         if c.id.startswith(("NaCl", "SrTiO3"))
     ]
     other = write_dataset(tmp_path / "other", {"train": bigger[:16], "val": bigger[16:]}, name="other")
+    seen = [*bigger[16:], *list(tiny_dataset.load("train"))[:2]]  # two of the start's own training structures
+    leaky = write_dataset(tmp_path / "leaky", {"train": bigger[:16], "val": seen}, name="leaky")
     settings = {"train.init_from": str(pretrained.run_dir), "data.test_split": "val"}
     with pytest.raises(UserError, match="trained on other data.*set train.fine_tune=true"):
         Trainer(tiny_recipe(other, **settings), tmp_path / "refused")
@@ -246,6 +250,8 @@ def test_fine_tuning_keeps_the_species_table_grows_it_and_widens_the_box(tiny_da
         and own_box[1].max() > source_box[1].max()
     )
 
+    with pytest.raises(UserError, match="was trained on 2 structures of 'leaky'.s val and val splits"):
+        Trainer(tiny_recipe(leaky, **settings, **{"train.fine_tune": "true"}), tmp_path / "leaked")
     with pytest.raises(UserError, match="train.fine_tune=true needs train.init_from"):
         Trainer(tiny_recipe(other, **{"train.fine_tune": "true", "data.test_split": "val"}), tmp_path / "from-nothing")
 
