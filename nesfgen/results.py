@@ -223,6 +223,7 @@ def seed_table(
         "recipe": base.name,
         "fingerprint": fingerprint,
         "dataset": base.data.dataset_name,
+        "init_from": base.train.init_from,
         "seeds": seeds,
         "missing": missing,
     }
@@ -396,6 +397,11 @@ def _seed_section(table: dict[str, Any]) -> str:
     lines = [f"## {heading}: `{table['recipe']}` on `{table['dataset']}`, {over}\n"]
     if table["table"] == "icsg3d":
         lines.append(ICSG3D_PROTOCOL + "\n")
+    if table.get("init_from"):
+        lines.append(
+            f"Each seed is fine-tuned from `{table['init_from']}` (`train.init_from`), a start checked at training to "
+            "share no structure with these validation and test splits; its own training time is not included.\n"
+        )
     if table["seeds"]:
         seeds = ", ".join(str(run["seed"]) for run in table["seeds"])
         count = "1 seed" if single else f"{len(table['seeds'])} seeds"

@@ -293,6 +293,9 @@ def test_the_icsg3d_table_names_its_protocol(recipe_file, tmp_path):
     result = build_results(options)
     assert result["tables"][0]["table"] == "icsg3d" and result["tables"][0]["missing"]
     assert "was not released" in (tmp_path / "runs" / "results.md").read_text()
+    assert "fine-tuned from" not in (tmp_path / "runs" / "results.md").read_text()  # this recipe starts afresh
+    started = {"table": "icsg3d", "recipe": "r", "dataset": "d", "init_from": "a-start", "seeds": [], "missing": []}
+    assert "fine-tuned from `a-start` (`train.init_from`)" in results_markdown({"tables": [started]}, options)
     bars, decoding = recording()  # its seed trained, then each evaluation decoded under a labelled bar
     table = build_results(replace(options, train=True), decoding=decoding)["tables"][0]
     assert [label for label, _ in bars] == ["icsg3d seed-0 test", "icsg3d seed-0 val"]
