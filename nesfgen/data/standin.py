@@ -73,8 +73,11 @@ def standin_dataset() -> Dataset:
         f"ICSG3D's released val split; val: the other {HOLDOUT_FRACTION:.0%}; test: ICSG3D's released test "
         "split. The paper's train split (7194 structures) was not released."
     )
-    sources = {"icsg3d_hash": icsg3d.content_hash, "builtin": builtin.name}
-    provenance = {**sources, "license": icsg3d.manifest.get("provenance", {}).get("license", "")}
+    provenance = {
+        "icsg3d_hash": icsg3d.content_hash,
+        "builtin": builtin.name,
+        "license": icsg3d.manifest.get("provenance", {}).get("license", ""),
+    }
     return _derived(NAME, provenance, description, lambda: build_standin(icsg3d, builtin))
 
 
