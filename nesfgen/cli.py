@@ -318,7 +318,7 @@ def cv_command(
     folds: str = typer.Option("0-19", help="Folds to run, e.g. 0-19 or 0,3,5."),
     as_json: bool = JSON,
 ) -> None:
-    """Cross-validation: train every fold, evaluate and pool them (nesfgen cv recipe=paper-ybco [split=val] [fit_steps=N] [members=N: seeds a fold, decoded as one field] [out=DIR] [key=value ...])."""
+    """Cross-validation: train every fold, evaluate and pool them (nesfgen cv recipe=paper-ybco [split=val] [fit_steps=N] [members=N: seeds a fold, decoded as one field] [partners=RECIPE,...: other recipes a fold, likewise] [out=DIR] [key=value ...])."""
     from nesfgen.crossval import CrossValidationOptions, cross_validate_into
 
     chosen = CrossValidationOptions.from_words(list(ctx.args), folds)

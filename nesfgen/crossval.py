@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,10 +24,13 @@ from nesfgen.evaluate import (
 )
 from nesfgen.files import atomic_write_text
 from nesfgen.metrics import mean_over_structures, pool_over_atoms
-from nesfgen.options import recipe_words
+from nesfgen.options import comma_list, recipe_words
 from nesfgen.progress import Progress
 from nesfgen.run_folder import check_same_recipe
 from nesfgen.train import TrainProgress, train_or_resume
+
+#: a partner recipe's name, which names its run folder of each fold (``fold-K-with-NAME``)
+PARTNER_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def parse_folds(text: str) -> list[int]:
@@ -56,11 +60,13 @@ def cross_validate(
     fit_steps: int = 0,
     decoding: Callable[[str], Progress] | None = None,
     members: int = 1,
+    partners: tuple[Recipe, ...] = (),
 ) -> dict[str, Any]:
     """Train (or resume) one run per fold under ``out/fold-K``, evaluate each on its test split, pool them.
 
     ``members`` > 1 trains as many runs a fold, the recipe's seed plus 0, 1, ... (``out/fold-K``,
-    ``out/fold-K-member-1``, ...), and decodes them as one field (:mod:`nesfgen.ensemble`).
+    ``out/fold-K-member-1``, ...), and decodes them as one field (:mod:`nesfgen.ensemble`); ``partners``
+    instead trains each of these other recipes beside the recipe (``out/fold-K-with-NAME``), decoded likewise.
 
     ``train_folds=False`` evaluates the folds' runs as they are (each must hold a best.pt). ``split``
     evaluates another split than the recipe's test split, e.g. the validation splits a recipe is chosen on.
@@ -75,29 +81,30 @@ def cross_validate(
     """
     from nesfgen.data.names import resolve_dataset
 
-    check_members(members, out)
+    check_members(members, out, partners)
+    check_partners(recipe, partners)
     for fold in folds:  # every fold's data, before hours of training stop at the first one missing
         resolve_dataset(replace(recipe.data, fold=fold).dataset_name)
     evaluations = []
     scored = split or recipe.data.test_split
     for fold in folds:
         fold_recipe = replace(recipe, data=replace(recipe.data, fold=fold))
-        run_dirs = fold_run_dirs(out, fold, members)
-        for member, run_dir in enumerate(run_dirs):
-            seeded = member_recipe(fold_recipe, member)
+        runs = fold_members(fold_recipe, out, members, partners)
+        run_dirs = [run_dir for _, run_dir in runs]
+        for run_recipe, run_dir in runs:
             if members > 1:
-                check_member_seed(run_dir, seeded)
+                check_member_seed(run_dir, run_recipe)
             if train_folds:
-                train_or_resume(seeded, run_dir, progress)  # refuses a folder holding another recipe's run
+                train_or_resume(run_recipe, run_dir, progress)  # refuses a folder holding another recipe's run
             else:
-                check_same_recipe(run_dir, seeded)  # nor is one evaluated as this recipe's
+                check_same_recipe(run_dir, run_recipe)  # nor is one evaluated as this recipe's
         options = EvaluateOptions(
             checkpoint=MEMBER_SEPARATOR.join(str(run_dir) for run_dir in run_dirs),
             data=fold_recipe.data.dataset_name,
             split=scored,
             fit_steps=fit_steps,
         )
-        name = f"{scored}{fitted_suffix(fit_steps)}{ensemble_suffix(members)}"
+        name = f"{scored}{fitted_suffix(fit_steps)}{ensemble_suffix(members, partners)}"
         evaluation = evaluate(options, decoding(f"fold-{fold} {name}") if decoding else None)
         write_report(evaluation, run_dirs[0] / f"eval-{name}")
         evaluations.append(evaluation)
@@ -109,16 +116,25 @@ def cross_validate(
         "folds": folds,
         "split": scored,
         "fit_steps": fit_steps,
-        "members": members,
+        "members": members + len(partners),
+        "partners": [partner.name for partner in partners],
         "rows": rows,
         "pooled": pooled,
         **summary,
     }
 
 
-def fold_run_dirs(out: Path, fold: int, members: int = 1) -> list[Path]:
-    """The run folders of one fold: ``out/fold-K``, then ``out/fold-K-member-M`` for each further member."""
-    return [out / f"fold-{fold}"] + [out / f"fold-{fold}-member-{member}" for member in range(1, members)]
+def fold_members(
+    fold_recipe: Recipe, out: Path, members: int = 1, partners: tuple[Recipe, ...] = ()
+) -> list[tuple[Recipe, Path]]:
+    """The runs of one fold, each a recipe and its folder: the recipe in ``out/fold-K``, then each further seed in
+    ``out/fold-K-member-M`` or each partner recipe (at this fold) in ``out/fold-K-with-NAME``."""
+    fold = fold_recipe.data.fold
+    runs = [(member_recipe(fold_recipe, member), out / f"fold-{fold}-member-{member}") for member in range(members)]
+    runs[0] = (fold_recipe, out / f"fold-{fold}")
+    for partner in partners:
+        runs.append((replace(partner, data=replace(partner.data, fold=fold)), out / f"fold-{fold}-with-{partner.name}"))
+    return runs
 
 
 def member_recipe(recipe: Recipe, member: int) -> Recipe:
@@ -126,17 +142,46 @@ def member_recipe(recipe: Recipe, member: int) -> Recipe:
     return replace(recipe, train=replace(recipe.train, seed=recipe.train.seed + member))
 
 
-def ensemble_suffix(members: int) -> str:
-    """What ends the name of a report of ``members`` runs a fold: ``-ensembleN``, or nothing for one run."""
+def ensemble_suffix(members: int, partners: tuple[Recipe, ...] = ()) -> str:
+    """What ends the name of a report of a fold's runs: ``-ensembleN`` for seeds, ``-ensemble-with-NAME`` for
+    partner recipes, or nothing for one run."""
+    if partners:
+        return "-ensemble-with-" + "-".join(partner.name for partner in partners)
     return f"-ensemble{members}" if members > 1 else ""
 
 
-def check_members(members: int, out: Path) -> None:
+def check_members(members: int, out: Path, partners: tuple[Recipe, ...] = ()) -> None:
     """Refuse a number of runs a fold out of range, or a runs folder whose name would split the members apart."""
     if not 1 <= members <= MAX_MEMBERS:
         raise UserError(f"members={members}: expected 1 (one run a fold) to {MAX_MEMBERS} (an ensemble a fold)")
-    if members > 1 and MEMBER_SEPARATOR in str(out):
+    if members > 1 and partners:
+        raise UserError("members= and partners= both given: an ensemble a fold is seeds of one recipe or recipes")
+    if 1 + len(partners) > MAX_MEMBERS:
+        raise UserError(f"partners= names {len(partners)} recipes: at most {MAX_MEMBERS - 1} beside the recipe")
+    if (members > 1 or partners) and MEMBER_SEPARATOR in str(out):
         raise UserError(f"out={out}: an ensemble's runs folder may not hold {MEMBER_SEPARATOR!r}, which joins members")
+
+
+def check_partners(recipe: Recipe, partners: tuple[Recipe, ...]) -> None:
+    """Refuse a partner recipe that is no second model of the same folds: another dataset, or the same training."""
+    seen = {recipe.name}
+    for partner in partners:
+        if not PARTNER_NAME.fullmatch(partner.name):
+            raise UserError(
+                f"partners: recipe name {partner.name!r} names a run folder; expected letters, digits, . _ -"
+            )
+        if partner.name in seen:
+            raise UserError(
+                f"partners={partner.name}: named twice, or the recipe itself; each partner is another recipe"
+            )
+        seen.add(partner.name)
+        if replace(partner.data, fold=recipe.data.fold) != recipe.data:
+            raise UserError(
+                f"partners={partner.name}: trains on {partner.data.name} (fold {partner.data.fold}) with other data "
+                f"settings than {recipe.name} ({recipe.data.name}); a partner decodes the same folds"
+            )
+        if replace(partner, name=recipe.name) == recipe:
+            raise UserError(f"partners={partner.name}: trains exactly what {recipe.name} trains; give another recipe")
 
 
 def check_member_seed(run_dir: Path, recipe: Recipe) -> None:
@@ -163,7 +208,7 @@ def crossval_markdown(result: dict[str, Any], dataset: str, level: int = 1) -> s
         f"{'#' * level} {result['recipe']}: folds {', '.join(str(fold) for fold in folds)} "
         f"({result['pooled']['num_structures']} {split} structures pooled"
         f"{f', latents fitted for {fitted} steps' if (fitted := result.get('fit_steps')) else ''}"
-        f"{f', {members} runs a fold decoded as one field' if (members := result.get('members', 1)) > 1 else ''})\n\n"
+        f"{_members_phrase(result)})\n\n"
         f"{markdown_table({**result['pooled'], 'dataset': dataset, 'split': split})}\n{AGGREGATION_NOTE}\n"
         f"Empty decodes: {result['pooled']['empty_decodes']}.\n"
     )
@@ -175,12 +220,20 @@ def crossval_markdown(result: dict[str, Any], dataset: str, level: int = 1) -> s
     )
 
 
+def _members_phrase(result: dict[str, Any]) -> str:
+    """How many runs a fold the result decodes as one field, and which recipes when they are partners."""
+    if partners := result.get("partners"):
+        return f", {result['recipe']} with {' and '.join(partners)} a fold decoded as one field"
+    return f", {members} runs a fold decoded as one field" if (members := result.get("members", 1)) > 1 else ""
+
+
 @dataclass(frozen=True, kw_only=True)
 class CrossValidationOptions:
     """What ``nesfgen cv`` runs: ``recipe`` (overrides applied) over ``folds``, its runs and reports under ``out``.
 
     ``split``: the test splits (None) or the validation splits a recipe is chosen on; ``fit_steps``: latents fitted
-    to their structures first; ``members``: runs a fold decoded as one field. All refused before any training.
+    to their structures first; ``members``: runs a fold decoded as one field (seeds of the recipe); ``partners``:
+    other recipes trained beside it on each fold and decoded with it as one field. All refused before any training.
     """
 
     recipe: Recipe
@@ -189,19 +242,24 @@ class CrossValidationOptions:
     split: str | None = None
     fit_steps: int = 0
     members: int = 1
+    partners: tuple[Recipe, ...] = ()
 
     def __post_init__(self) -> None:
         data = self.recipe.data
         if self.split is not None and self.split not in (data.val_split, data.test_split):
             raise UserError(f"split={self.split}: expected {data.val_split} or {data.test_split}")
         EvaluateOptions(fit_steps=self.fit_steps)  # a fit_steps out of range is refused by name
-        check_members(self.members, self.out)
+        check_members(self.members, self.out, self.partners)
+        check_partners(self.recipe, self.partners)
 
     @classmethod
     def from_words(cls, arguments: list[str], folds: str) -> CrossValidationOptions:
-        """``recipe=NAME`` (paper-ybco), ``out=``, ``split=``, ``fit_steps=``, ``members=`` and recipe overrides."""
-        overrides, own = recipe_words(arguments, "cv", ("recipe", "out", "split", "fit_steps", "members"))
+        """``recipe=NAME`` (paper-ybco), ``out=``, ``split=``, ``fit_steps=``, ``members=``, ``partners=A,B`` and
+        recipe overrides (applied to the partners too)."""
+        words = ("recipe", "out", "split", "fit_steps", "members", "partners")
+        overrides, own = recipe_words(arguments, "cv", words)
         recipe = load_recipe(own.get("recipe", "paper-ybco"), overrides)
+        partners = tuple(load_recipe(name, overrides) for name in comma_list(own.get("partners", "")))
         return cls(
             recipe=recipe,
             folds=parse_folds(folds),
@@ -209,6 +267,7 @@ class CrossValidationOptions:
             split=own.get("split"),
             fit_steps=parse_value(own.get("fit_steps", "0"), int, "fit_steps"),
             members=parse_value(own.get("members", "1"), int, "members"),
+            partners=partners,
         )
 
 
@@ -225,6 +284,7 @@ def cross_validate_into(
     ensembles of ``members`` runs a fold in files ending ``-ensembleN``.
     """
     recipe, out, fit_steps, members = options.recipe, options.out, options.fit_steps, options.members
+    partners = options.partners
     result = cross_validate(
         recipe,
         options.folds,
@@ -234,10 +294,11 @@ def cross_validate_into(
         fit_steps=fit_steps,
         decoding=decoding,
         members=members,
+        partners=partners,
     )
     report = crossval_markdown(result, recipe.data.name)
     stem = ("cv" if result["split"] == recipe.data.test_split else f"cv-{result['split']}") + fitted_suffix(fit_steps)
-    stem += ensemble_suffix(members)
+    stem += ensemble_suffix(members, partners)
     files = [out / f"{stem}.md", out / f"{stem}.json"]
     atomic_write_text(files[0], report)
     atomic_write_text(files[1], json.dumps(result, indent=1, default=str))

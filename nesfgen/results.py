@@ -23,10 +23,11 @@ from nesfgen.checkpoint import checkpoint_digest
 from nesfgen.config import Recipe, load_recipe, to_toml
 from nesfgen.crossval import (
     check_member_seed,
+    check_members,
+    check_partners,
     cross_validate,
     crossval_markdown,
-    fold_run_dirs,
-    member_recipe,
+    fold_members,
     parse_folds,
     pool_folds,
 )
@@ -63,7 +64,9 @@ class ResultsOptions:
     ``ybco_fit_steps``: also score the YBCO-like folds with each structure's latent fitted to it
     (``nesfgen evaluate fit_steps=``), in a table of its own beside the paper's one-pass protocol.
     ``ybco_members``: runs a YBCO-like fold (seeds 0, 1, ...: ``fold-K``, ``fold-K-member-1``) decoded as one
-    field (``nesfgen cv members=``); a table of another number of members is another table.
+    field (``nesfgen cv members=``); ``ybco_partners``: other recipes trained beside ``ybco_recipe`` on each fold
+    (``fold-K-with-NAME``) and decoded with it as one field (``nesfgen cv partners=``). A table of other members is
+    another table.
     """
 
     runs: str = "runs/results"
@@ -73,10 +76,11 @@ class ResultsOptions:
     folds: str = "0-19"
     lcs6_recipe: str = "fast-lcs6"
     ybco_recipe: str = "finetune-ybco"  # chosen over fast-ybco on the folds' validation splits
-    icsg3d_recipe: str = "fast-icsg3d"
+    icsg3d_recipe: str = "finetune-icsg3d"
     icsg3d_seeds: int = 1
     ybco_fit_steps: int = 0
     ybco_members: int = 1
+    ybco_partners: str = ""  # comma list of recipes
     train: bool = True
 
     def __post_init__(self) -> None:
@@ -93,12 +97,19 @@ class ResultsOptions:
             raise UserError(
                 f"ybco_members={self.ybco_members}: expected 1 (one run a fold) to {MAX_MEMBERS} runs a fold"
             )
+        if self.ybco_partners:  # the recipes exist, pair with ybco_recipe and fit the runs folder, before any training
+            check_members(self.ybco_members, Path(self.runs), self.partner_recipes())
+            check_partners(load_recipe(self.ybco_recipe), self.partner_recipes())
         # the page and its JSON beside it replace files of those names: a Markdown name keeps other files safe
         require(self.out is None or self.out.endswith(".md"), "out", self.out, "a Markdown page, PAGE.md")
 
     @property
     def page(self) -> Path:
         return Path(self.out) if self.out else Path(self.runs) / "results.md"
+
+    def partner_recipes(self) -> tuple[Recipe, ...]:
+        """The recipes of ``ybco_partners``, loaded."""
+        return tuple(load_recipe(name) for name in comma_list(self.ybco_partners))
 
     def seeded(self, table: str) -> tuple[str, int]:
         """The recipe and the number of seeds of a seeded table."""
@@ -265,31 +276,43 @@ def fold_table(
     ``decoding`` labels each fold's evaluations as :func:`seed_table` labels its seeds', ``ybco fold-K SPLIT``.
     """
     recipe = load_recipe(options.ybco_recipe)
-    members = options.ybco_members
+    members, partners = options.ybco_members, options.partner_recipes()
     fingerprint = recipe_fingerprint(recipe) + (f"-members{members}" if members > 1 else "")
+    fingerprint += "".join(f"-with-{recipe_fingerprint(partner)}" for partner in partners)
     recorded = recorded_runs(options.page, "ybco", fingerprint)
     folder = Path(options.runs) / "ybco"
     folds = parse_folds(options.folds)
-    run_dirs = {fold: fold_run_dirs(folder, fold, members) for fold in folds}
+    fold_runs = {
+        fold: fold_members(replace(recipe, data=replace(recipe.data, fold=fold)), folder, members, partners)
+        for fold in folds
+    }
+    run_dirs = {fold: [run_dir for _, run_dir in fold_runs[fold]] for fold in folds}
     for fold in folds:
-        for member, run_dir in enumerate(run_dirs[fold]):
-            check_same_recipe(run_dir, recipe)
+        for run_recipe, run_dir in fold_runs[fold]:
+            check_same_recipe(run_dir, run_recipe)
             if members > 1:
-                check_member_seed(run_dir, member_recipe(recipe, member))
-    statuses = {fold: [run_status(run_dir, recipe.train.epochs) for run_dir in run_dirs[fold]] for fold in folds}
+                check_member_seed(run_dir, run_recipe)
+    statuses = {
+        fold: [run_status(run_dir, run_recipe.train.epochs) for run_recipe, run_dir in fold_runs[fold]]
+        for fold in folds
+    }
     finished = {fold: all(status.finished for status in statuses[fold]) for fold in folds}
     carried = [fold for fold in folds if not finished[fold] and fold in recorded]
     ready = [fold for fold in folds if fold not in carried and (options.train or finished[fold])]
     missing = []
     for fold in (fold for fold in folds if fold not in ready and fold not in carried):
-        for member, status in enumerate(statuses[fold]):
-            seed = f" train.seed={member_recipe(recipe, member).train.seed}" if member else ""  # 0: the recipe's
-            if not status.finished:
-                missing.append(_train_command(options.ybco_recipe, status, f"data.fold={fold}{seed}"))
+        for member, ((run_recipe, _), status) in enumerate(zip(fold_runs[fold], statuses[fold], strict=True)):
+            if status.finished:
+                continue
+            if partners and member:  # a partner trains by its own recipe, at the recipe's seed
+                command_recipe, seed = comma_list(options.ybco_partners)[member - 1], ""
+            else:  # member 0 is the recipe at its seed, further members its next seeds
+                command_recipe, seed = options.ybco_recipe, (f" train.seed={run_recipe.train.seed}" if member else "")
+            missing.append(_train_command(command_recipe, status, f"data.fold={fold}{seed}"))
     runs = {fold: ({**recorded[fold][0], "recorded": True}, recorded[fold][1]) for fold in carried}
     if ready:
         bars = (lambda label: decoding(f"ybco {label}")) if decoding else None
-        together = {"decoding": bars, "members": members}
+        together = {"decoding": bars, "members": members, "partners": partners}
         test = cross_validate(recipe, ready, folder, progress, train_folds=options.train, **together)
         validation = cross_validate(recipe, ready, folder, train_folds=False, split=recipe.data.val_split, **together)
         for k, fold in enumerate(ready):
@@ -310,7 +333,8 @@ def fold_table(
         "table": "ybco",
         "recipe": recipe.name,
         "fingerprint": fingerprint,
-        "members": members,
+        "members": members + len(partners),
+        "partners": [partner.name for partner in partners],
         "missing": missing,
     }
     if runs:
@@ -369,6 +393,7 @@ def results_markdown(result: dict[str, Any], options: ResultsOptions) -> str:
         f"icsg3d_recipe={options.icsg3d_recipe} icsg3d_seeds={options.icsg3d_seeds}"
         + (f" ybco_fit_steps={options.ybco_fit_steps}" if options.ybco_fit_steps else "")
         + (f" ybco_members={options.ybco_members}" if options.ybco_members > 1 else "")
+        + (f" ybco_partners={options.ybco_partners}" if options.ybco_partners else "")
     )
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [

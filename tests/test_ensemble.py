@@ -109,6 +109,42 @@ def test_cross_validation_trains_and_decodes_members_as_one_field(tiny_dataset, 
     assert refused.returncode == 2 and "members" in refused.stderr and "Traceback" not in refused.stderr
 
 
+def test_cross_validation_trains_a_partner_recipe_beside_the_recipe_and_decodes_both_as_one_field(
+    tiny_dataset, tmp_path, monkeypatch, cli
+):
+    monkeypatch.setenv("NESFGEN_DATA_DIR", str(tmp_path / "data"))
+    crystals = list(tiny_dataset.load("train"))
+    write_dataset(
+        tmp_path / "data" / "tinycv-fold0",
+        {"train": crystals[3:-3], "val": crystals[-3:], "test": crystals[:3]},
+        name="tinycv-fold0",
+    )
+    recipe = tiny_recipe(tiny_dataset, **{"data.name": "tinycv", "train.epochs": 1, "estimator.steps": 2})
+    partner = replace(recipe, name="tiny-batch2", train=replace(recipe.train, batch_size=2))
+    result = cross_validate(recipe, [0], tmp_path / "cv", partners=(partner,), split="val")
+    assert result["members"] == 2 and result["partners"] == ["tiny-batch2"]
+    configs = [(tmp_path / "cv" / name / "config.toml").read_text() for name in ("fold-0", "fold-0-with-tiny-batch2")]
+    assert "batch_size = 2" not in configs[0] and "batch_size = 2" in configs[1] and "seed = 0" in configs[1]
+    assert (tmp_path / "cv" / "fold-0" / "eval-val-ensemble-with-tiny-batch2" / "evaluation.json").is_file()
+    assert f"{recipe.name} with tiny-batch2 a fold decoded as one field" in crossval_markdown(result, "tinycv")
+    other_data = replace(partner, data=replace(recipe.data, name="builtin"))
+    for partners, members, reason in (
+        ((replace(recipe, name="copy"),), 1, "trains exactly what"),
+        ((partner, partner), 1, "named twice"),
+        ((replace(partner, name=recipe.name),), 1, "named twice, or the recipe itself"),
+        ((replace(partner, name="a/b"),), 1, "names a run folder"),
+        ((other_data,), 1, "a partner decodes the same folds"),
+        ((partner,), 2, "members= and partners= both given"),
+    ):
+        with pytest.raises(UserError, match=reason):  # before any training
+            CrossValidationOptions(recipe=recipe, folds=[0], out=tmp_path / "other", members=members, partners=partners)
+    assert not (tmp_path / "other").exists()
+    refused = cli("cv", "recipe=quickstart", "partners=quickstart", f"out={tmp_path / 'cv2'}")
+    assert refused.returncode == 2 and "partners=quickstart" in refused.stderr and "Traceback" not in refused.stderr
+    missing = cli("cv", "recipe=quickstart", "partners=no-such-recipe", f"out={tmp_path / 'cv2'}")
+    assert missing.returncode == 2 and "no-such-recipe" in missing.stderr and "Traceback" not in missing.stderr
+
+
 def test_an_ensemble_samples_around_a_structure_in_its_joined_latent(two_runs):
     ensemble = f"{two_runs[0]}+{two_runs[1]}"
     assert load_model(ensemble).recipe.model.latent_size == 2 * load_model(two_runs[0]).recipe.model.latent_size

@@ -216,6 +216,37 @@ def test_a_fold_table_of_two_members_a_fold_decodes_each_pair_as_one_field(tiny_
         replace(options, ybco_members=0)
 
 
+def test_a_fold_table_with_a_partner_recipe_trains_it_beside_each_fold_and_is_a_table_of_its_own(
+    tiny_dataset, tmp_path, monkeypatch
+):
+    recipe, fold_recipe = two_folds(tiny_dataset, tmp_path, monkeypatch)
+    partner_file = tmp_path / "tinycv-batch2.toml"
+    partner_file.write_text(f'name = "tinycv-batch2"\nextends = "{fold_recipe}"\n[train]\nbatch_size = 2\n')
+    folder = tmp_path / "runs" / "ybco"
+    train_or_resume(recipe, folder / "fold-0")
+    options = ResultsOptions(
+        runs=str(tmp_path / "runs"), tables="ybco", folds="0", ybco_recipe=str(fold_recipe), train=False
+    )
+    paired = replace(options, ybco_partners=str(partner_file))
+    alone = build_results(paired)["tables"][0]  # the partner of fold 0 not trained yet: listed with its command
+    assert "folds" not in alone and alone["missing"] == [
+        f"nesfgen train recipe={partner_file} data.fold=0 out={folder / 'fold-0-with-tinycv-batch2'}"
+    ]
+    partner = load_recipe(str(partner_file))
+    train_or_resume(partner, folder / "fold-0-with-tinycv-batch2")
+    result = build_results(paired)
+    table = result["tables"][0]
+    assert table["folds"] == [0] and table["members"] == 2 and table["partners"] == ["tinycv-batch2"]
+    assert (folder / "fold-0" / "eval-val-ensemble-with-tinycv-batch2" / "evaluation.json").is_file()
+    assert "with tinycv-batch2 a fold decoded as one field" in result["report"]
+    assert f"ybco_partners={partner_file}" in result["report"]
+    shutil.rmtree(folder)  # the pair's page carries its fold over; a page of single runs does not take it
+    assert build_results(paired)["tables"][0]["fold_runs"][0]["recorded"]
+    assert "folds" not in build_results(options)["tables"][0]
+    with pytest.raises(UserError, match="named twice, or the recipe itself"):
+        replace(options, ybco_partners=str(fold_recipe))
+
+
 def test_a_run_stopped_by_its_time_limit_counts_as_finished(tiny_dataset, tmp_path):
     recipe = tiny_recipe(tiny_dataset, **{"train.epochs": 50, "train.time_limit_minutes": 1e-6})
     train_or_resume(recipe, tmp_path / "run")
