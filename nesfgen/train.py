@@ -229,12 +229,13 @@ def check_start_unseen(where: str, source_recipe: Recipe, recipe: Recipe, datase
     except UserError as error:
         log.warning("%s: its training data cannot be checked for this run's held-out structures (%s)", where, error)
         return
-    held_out = (recipe.data.val_split, recipe.data.test_split)
+    held_out = list(dict.fromkeys((recipe.data.val_split, recipe.data.test_split)))  # once when they coincide
     shared = sorted({crystal.id for split in held_out for crystal in dataset.load(split) if crystal.id in seen})
     if shared:
+        splits = f"{' and '.join(held_out)} split{'s' if len(held_out) > 1 else ''}"
         raise UserError(
-            f"{where} was trained on {len(shared)} structures of {dataset.name!r}'s {' and '.join(held_out)} "
-            f"splits (e.g. {', '.join(shared[:3])}), so this run would be judged on structures its start has seen; "
+            f"{where} was trained on {len(shared)} structures of {dataset.name!r}'s {splits} "
+            f"(e.g. {', '.join(shared[:3])}), so this run would be judged on structures its start has seen; "
             "start from a model trained without them (for the ICSG3D stand-in: a run on lcs6-minus-icsg3d)"
         )
 

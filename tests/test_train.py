@@ -250,7 +250,7 @@ def test_fine_tuning_keeps_the_species_table_grows_it_and_widens_the_box(tiny_da
         and own_box[1].max() > source_box[1].max()
     )
 
-    with pytest.raises(UserError, match="was trained on 2 structures of 'leaky'.s val and val splits"):
+    with pytest.raises(UserError, match="was trained on 2 structures of 'leaky'.s val split "):
         Trainer(tiny_recipe(leaky, **settings, **{"train.fine_tune": "true"}), tmp_path / "leaked")
     with pytest.raises(UserError, match="train.fine_tune=true needs train.init_from"):
         Trainer(tiny_recipe(other, **{"train.fine_tune": "true", "data.test_split": "val"}), tmp_path / "from-nothing")
