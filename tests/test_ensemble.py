@@ -83,7 +83,8 @@ def test_an_ensemble_is_refused_where_its_members_disagree(two_runs):
             _load_ensemble([member, replace(member, **change)])
 
 
-def test_cross_validation_trains_and_decodes_members_as_one_field(tiny_dataset, tmp_path, monkeypatch, cli):
+def one_fold_recipe(tiny_dataset, tmp_path, monkeypatch):
+    """A one-epoch recipe of fold 0 of the tiny dataset, written to the data directory as ``tinycv-fold0``."""
     monkeypatch.setenv("NESFGEN_DATA_DIR", str(tmp_path / "data"))
     crystals = list(tiny_dataset.load("train"))
     write_dataset(
@@ -92,6 +93,11 @@ def test_cross_validation_trains_and_decodes_members_as_one_field(tiny_dataset, 
         name="tinycv-fold0",
     )
     recipe = tiny_recipe(tiny_dataset, **{"data.name": "tinycv", "train.epochs": 1, "estimator.steps": 2})
+    return recipe
+
+
+def test_cross_validation_trains_and_decodes_members_as_one_field(tiny_dataset, tmp_path, monkeypatch, cli):
+    recipe = one_fold_recipe(tiny_dataset, tmp_path, monkeypatch)
     result = cross_validate(recipe, [0], tmp_path / "cv", members=2)
     assert result["members"] == 2 and result["pooled"]["num_structures"] == 3
     configs = [(tmp_path / "cv" / name / "config.toml").read_text() for name in ("fold-0", "fold-0-member-1")]
@@ -112,14 +118,7 @@ def test_cross_validation_trains_and_decodes_members_as_one_field(tiny_dataset, 
 def test_cross_validation_trains_a_partner_recipe_beside_the_recipe_and_decodes_both_as_one_field(
     tiny_dataset, tmp_path, monkeypatch, cli
 ):
-    monkeypatch.setenv("NESFGEN_DATA_DIR", str(tmp_path / "data"))
-    crystals = list(tiny_dataset.load("train"))
-    write_dataset(
-        tmp_path / "data" / "tinycv-fold0",
-        {"train": crystals[3:-3], "val": crystals[-3:], "test": crystals[:3]},
-        name="tinycv-fold0",
-    )
-    recipe = tiny_recipe(tiny_dataset, **{"data.name": "tinycv", "train.epochs": 1, "estimator.steps": 2})
+    recipe = one_fold_recipe(tiny_dataset, tmp_path, monkeypatch)
     partner = replace(recipe, name="tiny-batch2", train=replace(recipe.train, batch_size=2))
     result = cross_validate(recipe, [0], tmp_path / "cv", partners=(partner,), split="val")
     assert result["members"] == 2 and result["partners"] == ["tiny-batch2"]
