@@ -176,10 +176,12 @@ def check_partners(recipe: Recipe, partners: tuple[Recipe, ...]) -> None:
             )
         seen.add(partner.name)
         if replace(partner.data, fold=recipe.data.fold) != recipe.data:
-            raise UserError(
-                f"partners={partner.name}: trains on {partner.data.name} (fold {partner.data.fold}) with other data "
-                f"settings than {recipe.name} ({recipe.data.name}); a partner decodes the same folds"
+            differs = (
+                f"trains on {partner.data.name}, {recipe.name} on {recipe.data.name}"
+                if partner.data.name != recipe.data.name
+                else f"sets its data (splits, limit) otherwise than {recipe.name}"
             )
+            raise UserError(f"partners={partner.name}: {differs}; a partner trains on the same folds as the recipe")
         if replace(partner, name=recipe.name) == recipe:
             raise UserError(f"partners={partner.name}: trains exactly what {recipe.name} trains; give another recipe")
 

@@ -132,7 +132,7 @@ def test_cross_validation_trains_a_partner_recipe_beside_the_recipe_and_decodes_
         ((partner, partner), 1, "named twice"),
         ((replace(partner, name=recipe.name),), 1, "named twice, or the recipe itself"),
         ((replace(partner, name="a/b"),), 1, "names a run folder"),
-        ((other_data,), 1, "a partner decodes the same folds"),
+        ((other_data,), 1, "a partner trains on the same folds"),
         ((partner,), 2, "members= and partners= both given"),
     ):
         with pytest.raises(UserError, match=reason):  # before any training
