@@ -81,8 +81,7 @@ def cross_validate(
     """
     from nesfgen.data.names import resolve_dataset
 
-    check_members(members, out, partners)
-    check_partners(recipe, partners)
+    check_ensemble(recipe, members, partners, out)
     for fold in folds:  # every fold's data, before hours of training stop at the first one missing
         resolve_dataset(replace(recipe.data, fold=fold).dataset_name)
     evaluations = []
@@ -128,10 +127,10 @@ def fold_members(
     fold_recipe: Recipe, out: Path, members: int = 1, partners: tuple[Recipe, ...] = ()
 ) -> list[tuple[Recipe, Path]]:
     """The runs of one fold, each a recipe and its folder: the recipe in ``out/fold-K``, then each further seed in
-    ``out/fold-K-member-M`` or each partner recipe (at this fold) in ``out/fold-K-with-NAME``."""
+    ``out/fold-K-member-M`` or each partner recipe (at this fold, its own seed) in ``out/fold-K-with-NAME``."""
     fold = fold_recipe.data.fold
-    runs = [(member_recipe(fold_recipe, member), out / f"fold-{fold}-member-{member}") for member in range(members)]
-    runs[0] = (fold_recipe, out / f"fold-{fold}")
+    runs = [(fold_recipe, out / f"fold-{fold}")]
+    runs += [(member_recipe(fold_recipe, member), out / f"fold-{fold}-member-{member}") for member in range(1, members)]
     for partner in partners:
         runs.append((replace(partner, data=replace(partner.data, fold=fold)), out / f"fold-{fold}-with-{partner.name}"))
     return runs
@@ -143,47 +142,80 @@ def member_recipe(recipe: Recipe, member: int) -> Recipe:
 
 
 def ensemble_suffix(members: int, partners: tuple[Recipe, ...] = ()) -> str:
-    """What ends the name of a report of a fold's runs: ``-ensembleN`` for seeds, ``-ensemble-with-NAME`` for
-    partner recipes, or nothing for one run."""
+    """What ends the name of a report of a fold's runs: ``-ensembleN`` for seeds, ``-ensemble-with-A-with-B`` for
+    partner recipes (as their folders are named), or nothing for one run."""
     if partners:
-        return "-ensemble-with-" + "-".join(partner.name for partner in partners)
+        return "-ensemble" + "".join(f"-with-{partner.name}" for partner in partners)
     return f"-ensemble{members}" if members > 1 else ""
 
 
-def check_members(members: int, out: Path, partners: tuple[Recipe, ...] = ()) -> None:
-    """Refuse a number of runs a fold out of range, or a runs folder whose name would split the members apart."""
+#: the words ``nesfgen cv`` takes for a fold's ensemble and its runs folder, which the refusals name
+CV_WORDS = ("members", "partners", "out")
+
+
+def check_ensemble(
+    recipe: Recipe,
+    members: int,
+    partners: tuple[Recipe, ...],
+    out: Path,
+    words: tuple[str, str, str] = CV_WORDS,
+) -> None:
+    """Refuse, before any training, a fold's ensemble that cannot be trained or decoded as one field.
+
+    A number of seeds out of range, seeds and partners together, a runs folder whose name would split the members
+    apart, and partners that are no second model of the same folds (see :func:`check_partner`). ``words`` names
+    the options in the messages (``nesfgen results`` calls them ``ybco_members``, ``ybco_partners``, ``runs``).
+    """
+    members_word, partners_word, out_word = words
     if not 1 <= members <= MAX_MEMBERS:
-        raise UserError(f"members={members}: expected 1 (one run a fold) to {MAX_MEMBERS} (an ensemble a fold)")
+        raise UserError(f"{members_word}={members}: expected 1 (one run a fold) to {MAX_MEMBERS} (an ensemble a fold)")
     if members > 1 and partners:
-        raise UserError("members= and partners= both given: an ensemble a fold is seeds of one recipe or recipes")
+        raise UserError(
+            f"{members_word}= and {partners_word}= both given: a fold's ensemble is seeds of one recipe or recipes"
+        )
     if 1 + len(partners) > MAX_MEMBERS:
-        raise UserError(f"partners= names {len(partners)} recipes: at most {MAX_MEMBERS - 1} beside the recipe")
+        raise UserError(f"{partners_word}= names {len(partners)} recipes: at most {MAX_MEMBERS - 1} beside the recipe")
     if (members > 1 or partners) and MEMBER_SEPARATOR in str(out):
-        raise UserError(f"out={out}: an ensemble's runs folder may not hold {MEMBER_SEPARATOR!r}, which joins members")
-
-
-def check_partners(recipe: Recipe, partners: tuple[Recipe, ...]) -> None:
-    """Refuse a partner recipe that is no second model of the same folds: another dataset, or the same training."""
+        raise UserError(
+            f"{out_word}={out}: an ensemble's runs folder may not hold {MEMBER_SEPARATOR!r}, which joins members"
+        )
     seen = {recipe.name}
     for partner in partners:
-        if not PARTNER_NAME.fullmatch(partner.name):
-            raise UserError(
-                f"partners: recipe name {partner.name!r} names a run folder; expected letters, digits, . _ -"
-            )
         if partner.name in seen:
             raise UserError(
-                f"partners={partner.name}: named twice, or the recipe itself; each partner is another recipe"
+                f"{partners_word}={partner.name}: named twice, or the recipe itself; each partner is another recipe"
             )
         seen.add(partner.name)
-        if replace(partner.data, fold=recipe.data.fold) != recipe.data:
-            differs = (
-                f"trains on {partner.data.name}, {recipe.name} on {recipe.data.name}"
-                if partner.data.name != recipe.data.name
-                else f"sets its data (splits, limit) otherwise than {recipe.name}"
+        check_partner(recipe, partner, partners_word)
+
+
+def check_partner(recipe: Recipe, partner: Recipe, word: str = "partners") -> None:
+    """Refuse a partner recipe that is no second model of the same folds: a name that cannot name a folder,
+    another dataset, the same training, or a start that gives another species table or box (which
+    :mod:`nesfgen.ensemble` needs shared)."""
+    said = f"{word}={partner.name}"
+    if not PARTNER_NAME.fullmatch(partner.name):
+        raise UserError(f"{said}: the recipe's name names its run folders; expected letters, digits, . _ -")
+    if replace(partner.data, fold=recipe.data.fold) != recipe.data:
+        differs = (
+            f"trains on {partner.data.name}, {recipe.name} on {recipe.data.name}"
+            if partner.data.name != recipe.data.name
+            else f"sets its data (splits, limit) otherwise than {recipe.name}"
+        )
+        raise UserError(f"{said}: {differs}; a partner trains on the same folds as the recipe")
+    if replace(partner, name=recipe.name) == recipe:
+        raise UserError(f"{said}: trains exactly what {recipe.name} trains; give another recipe")
+    start = {
+        "train.init_from": (partner.train.init_from, recipe.train.init_from),
+        "train.fine_tune": (partner.train.fine_tune, recipe.train.fine_tune),
+        "model.variational": (partner.model.variational, recipe.model.variational),
+    }
+    for key, (theirs, ours) in start.items():
+        if theirs != ours:
+            raise UserError(
+                f"{said}: {key} = {theirs!r} there, {ours!r} in {recipe.name}; runs decoded as one field share "
+                "their species table and box, which the start sets, so a partner starts as the recipe does"
             )
-            raise UserError(f"partners={partner.name}: {differs}; a partner trains on the same folds as the recipe")
-        if replace(partner, name=recipe.name) == recipe:
-            raise UserError(f"partners={partner.name}: trains exactly what {recipe.name} trains; give another recipe")
 
 
 def check_member_seed(run_dir: Path, recipe: Recipe) -> None:
@@ -251,8 +283,7 @@ class CrossValidationOptions:
         if self.split is not None and self.split not in (data.val_split, data.test_split):
             raise UserError(f"split={self.split}: expected {data.val_split} or {data.test_split}")
         EvaluateOptions(fit_steps=self.fit_steps)  # a fit_steps out of range is refused by name
-        check_members(self.members, self.out, self.partners)
-        check_partners(self.recipe, self.partners)
+        check_ensemble(self.recipe, self.members, self.partners, self.out)
 
     @classmethod
     def from_words(cls, arguments: list[str], folds: str) -> CrossValidationOptions:
@@ -283,7 +314,7 @@ def cross_validate_into(
     The test splits (the default) are reported in cv.md and cv.json; another ``split``, e.g. the validation
     splits a recipe is chosen on, in cv-SPLIT.md and cv-SPLIT.json beside them, so neither overwrites the other;
     latents fitted for ``fit_steps`` (not the paper's one-pass protocol) in files ending ``-fitN`` likewise, and
-    ensembles of ``members`` runs a fold in files ending ``-ensembleN``.
+    ensembles in files ending ``-ensembleN`` (``members`` seeds a fold) or ``-ensemble-with-NAME`` (``partners``).
     """
     recipe, out, fit_steps, members = options.recipe, options.out, options.fit_steps, options.members
     partners = options.partners

@@ -22,16 +22,14 @@ from typing import Any
 from nesfgen.checkpoint import checkpoint_digest
 from nesfgen.config import Recipe, load_recipe, to_toml
 from nesfgen.crossval import (
+    check_ensemble,
     check_member_seed,
-    check_members,
-    check_partners,
     cross_validate,
     crossval_markdown,
     fold_members,
     parse_folds,
     pool_folds,
 )
-from nesfgen.ensemble import MAX_MEMBERS
 from nesfgen.errors import UserError, require
 from nesfgen.evaluate import (
     AGGREGATION_NOTE,
@@ -93,13 +91,10 @@ class ResultsOptions:
         parse_folds(self.folds)
         if not 0 <= self.ybco_fit_steps <= 100_000:
             raise UserError(f"ybco_fit_steps={self.ybco_fit_steps}: expected 0 (no fitted table) to 100000 steps")
-        if not 1 <= self.ybco_members <= MAX_MEMBERS:
-            raise UserError(
-                f"ybco_members={self.ybco_members}: expected 1 (one run a fold) to {MAX_MEMBERS} runs a fold"
-            )
-        if self.ybco_partners:  # the recipes exist, pair with ybco_recipe and fit the runs folder, before any training
-            check_members(self.ybco_members, Path(self.runs), self.partner_recipes())
-            check_partners(load_recipe(self.ybco_recipe), self.partner_recipes())
+        if self.ybco_members != 1 or self.ybco_partners:  # before any training (one run a fold needs no check)
+            words = ("ybco_members", "ybco_partners", "runs")
+            recipe = load_recipe(self.ybco_recipe)
+            check_ensemble(recipe, self.ybco_members, self.partner_recipes(), Path(self.runs), words)
         # the page and its JSON beside it replace files of those names: a Markdown name keeps other files safe
         require(self.out is None or self.out.endswith(".md"), "out", self.out, "a Markdown page, PAGE.md")
 
@@ -304,7 +299,7 @@ def fold_table(
         for member, ((run_recipe, _), status) in enumerate(zip(fold_runs[fold], statuses[fold], strict=True)):
             if status.finished:
                 continue
-            if partners and member:  # a partner trains by its own recipe, at the recipe's seed
+            if partners and member:  # a partner trains by its own recipe, at its own seed
                 command_recipe, seed = comma_list(options.ybco_partners)[member - 1], ""
             else:  # member 0 is the recipe at its seed, further members its next seeds
                 command_recipe, seed = options.ybco_recipe, (f" train.seed={run_recipe.train.seed}" if member else "")

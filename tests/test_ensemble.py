@@ -119,11 +119,12 @@ def test_cross_validation_trains_a_partner_recipe_beside_the_recipe_and_decodes_
     tiny_dataset, tmp_path, monkeypatch, cli
 ):
     recipe = one_fold_recipe(tiny_dataset, tmp_path, monkeypatch)
-    partner = replace(recipe, name="tiny-batch2", train=replace(recipe.train, batch_size=2))
+    partner = replace(recipe, name="tiny-batch2", train=replace(recipe.train, batch_size=2, seed=3))
     result = cross_validate(recipe, [0], tmp_path / "cv", partners=(partner,), split="val")
     assert result["members"] == 2 and result["partners"] == ["tiny-batch2"]
     configs = [(tmp_path / "cv" / name / "config.toml").read_text() for name in ("fold-0", "fold-0-with-tiny-batch2")]
-    assert "batch_size = 2" not in configs[0] and "batch_size = 2" in configs[1] and "seed = 0" in configs[1]
+    assert "batch_size = 2" not in configs[0] and "batch_size = 2" in configs[1]
+    assert "seed = 0" in configs[0] and "seed = 3" in configs[1]  # a partner trains at its own seed
     assert (tmp_path / "cv" / "fold-0" / "eval-val-ensemble-with-tiny-batch2" / "evaluation.json").is_file()
     assert f"{recipe.name} with tiny-batch2 a fold decoded as one field" in crossval_markdown(result, "tinycv")
     other_data = replace(partner, data=replace(recipe.data, name="builtin"))
@@ -131,13 +132,16 @@ def test_cross_validation_trains_a_partner_recipe_beside_the_recipe_and_decodes_
         ((replace(recipe, name="copy"),), 1, "trains exactly what"),
         ((partner, partner), 1, "named twice"),
         ((replace(partner, name=recipe.name),), 1, "named twice, or the recipe itself"),
-        ((replace(partner, name="a/b"),), 1, "names a run folder"),
+        ((replace(partner, name="a/b"),), 1, "names its run folders"),
         ((other_data,), 1, "a partner trains on the same folds"),
+        ((replace(partner, train=replace(partner.train, init_from="nesf-lcs6")),), 1, "train.init_from = 'nesf-lcs6'"),
         ((partner,), 2, "members= and partners= both given"),
     ):
-        with pytest.raises(UserError, match=reason):  # before any training
+        with pytest.raises(UserError, match=reason):
             CrossValidationOptions(recipe=recipe, folds=[0], out=tmp_path / "other", members=members, partners=partners)
-    assert not (tmp_path / "other").exists()
+        with pytest.raises(UserError, match=reason):  # refused before any training
+            cross_validate(recipe, [0], tmp_path / "other", members=members, partners=partners)
+        assert not (tmp_path / "other").exists()
     refused = cli("cv", "recipe=quickstart", "partners=quickstart", f"out={tmp_path / 'cv2'}")
     assert refused.returncode == 2 and "partners=quickstart" in refused.stderr and "Traceback" not in refused.stderr
     missing = cli("cv", "recipe=quickstart", "partners=no-such-recipe", f"out={tmp_path / 'cv2'}")

@@ -245,6 +245,10 @@ def test_a_fold_table_with_a_partner_recipe_trains_it_beside_each_fold_and_is_a_
     assert "folds" not in build_results(options)["tables"][0]
     with pytest.raises(UserError, match="named twice, or the recipe itself"):
         replace(options, ybco_partners=str(fold_recipe))
+    with pytest.raises(UserError, match=r"ybco_members= and ybco_partners= both given"):
+        replace(paired, ybco_members=2)
+    with pytest.raises(UserError, match=r"runs=.*may not hold '\+'"):
+        replace(paired, runs=str(tmp_path / "a+b"))
 
 
 def test_a_run_stopped_by_its_time_limit_counts_as_finished(tiny_dataset, tmp_path):
