@@ -112,7 +112,7 @@ def package_model(options: PackageOptions, progress: Progress | None = None) -> 
     recipe = from_dict(Recipe, state["recipe"], where=str(run_dir))
     # everything a user can get wrong is refused before anything is written
     seed_table = seeds_of(Path(seeds), recipe) if seeds else None
-    resolve_dataset(options.data or recipe.data.dataset_name)
+    resolve_dataset(options.data or recipe.data.dataset_name).require_split(options.split)
     output_folder(out_dir, "package folder")
     trained_on = run_dir / "machine.json" if run_dir.is_dir() else None
     if trained_on and trained_on.is_file():

@@ -333,6 +333,9 @@ def results_command(ctx: typer.Context, as_json: bool = JSON) -> None:
     """The paper's Table 1 from our runs: nesfgen results [runs=runs/results] [out=PAGE.md] [tables=lcs6,ybco,icsg3d] [seeds=3] [train=false].
 
     Trains or resumes every run the tables need (hours), evaluates each on its test split and writes the page.
+    Also: folds=0-19, lcs6_recipe=, ybco_recipe=, icsg3d_recipe=, icsg3d_seeds=1, ybco_fit_steps=N (a table with
+    fitted latents beside), ybco_members=N (seeds a fold) or ybco_partners=RECIPE,... (other recipes a fold), each
+    fold's runs decoded as one field.
     """
     from nesfgen.results import ResultsOptions, build_results
 

@@ -38,14 +38,14 @@ RECIPES_DIR = shipped_dir("nesfgen.recipes")
 STATED_SYMPREC = 0.1
 
 
-def check_symprec(value: Any) -> float:
-    """A symmetry tolerance as a float, or UserError unless it is a positive length in Å."""
+def check_symprec(value: Any, word: str = "symprec") -> float:
+    """A symmetry tolerance as a float, or UserError unless it is a positive length in Å; ``word`` names the option."""
     try:
         symprec = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"symprec must be a positive length in Å, got {value!r}") from None
+        raise UserError(f"{word} must be a positive length in Å, got {value!r}") from None
     if not math.isfinite(symprec) or symprec <= 0:
-        raise UserError(f"symprec must be a positive length in Å, got {value!r}")
+        raise UserError(f"{word} must be a positive length in Å, got {value!r}")
     return symprec
 
 

@@ -323,6 +323,8 @@ def expand_checkpoints(spec: str) -> list[str]:
         if not matches:
             raise UserError(f"checkpoint pattern {part!r} matched nothing")
         paths += matches
+    if not paths:
+        raise UserError(f"checkpoint={spec}: names no checkpoint; give a run folder, a .pt file or a shipped model")
     return paths
 
 
@@ -494,6 +496,8 @@ def evaluate_trajectory(options: TrajectoryOptions, progress: Progress | None = 
     """
     from nesfgen.checkpoint import read_checkpoint
 
+    if not Path(options.run).is_dir():
+        raise UserError(f"run={options.run}: no such run folder")
     checkpoints = sorted((Path(options.run) / "snapshots").glob("epoch-*.pt"))
     if not checkpoints:
         raise UserError(f"{options.run} has no snapshots; train with train.snapshot_every_minutes=N to record them")

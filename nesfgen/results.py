@@ -91,6 +91,8 @@ class ResultsOptions:
         parse_folds(self.folds)
         if not 0 <= self.ybco_fit_steps <= 100_000:
             raise UserError(f"ybco_fit_steps={self.ybco_fit_steps}: expected 0 (no fitted table) to 100000 steps")
+        for table in comma_list(self.tables):  # every recipe named, before hours of training on the tables before it
+            load_recipe(self.recipe_of(table))
         if self.ybco_members != 1 or self.ybco_partners:  # before any training (one run a fold needs no check)
             words = ("ybco_members", "ybco_partners", "runs")
             recipe = load_recipe(self.ybco_recipe)
@@ -106,9 +108,13 @@ class ResultsOptions:
         """The recipes of ``ybco_partners``, loaded."""
         return tuple(load_recipe(name) for name in comma_list(self.ybco_partners))
 
+    def recipe_of(self, table: str) -> str:
+        """The recipe a table trains."""
+        return {"lcs6": self.lcs6_recipe, "ybco": self.ybco_recipe, "icsg3d": self.icsg3d_recipe}[table]
+
     def seeded(self, table: str) -> tuple[str, int]:
         """The recipe and the number of seeds of a seeded table."""
-        return (self.lcs6_recipe, self.seeds) if table == "lcs6" else (self.icsg3d_recipe, self.icsg3d_seeds)
+        return self.recipe_of(table), (self.seeds if table == "lcs6" else self.icsg3d_seeds)
 
 
 def recipe_fingerprint(recipe: Recipe) -> str:
@@ -259,6 +265,29 @@ def chosen_seed(runs: list[dict[str, Any]]) -> int | None:
     return min(scored, key=lambda run: (mean_rank(run), run["seed"]))["seed"]
 
 
+def fold_table_fingerprint(options: ResultsOptions) -> str:
+    """What sets a YBCO-like table apart in the page's JSON: its recipe, and its seeds or partner recipes a fold."""
+    members = options.ybco_members
+    fingerprint = recipe_fingerprint(load_recipe(options.ybco_recipe)) + (f"-members{members}" if members > 1 else "")
+    return fingerprint + "".join(f"-with-{recipe_fingerprint(partner)}" for partner in options.partner_recipes())
+
+
+def check_fold_data(options: ResultsOptions) -> None:
+    """Refuse, before any table is made, a fold with neither data, a run, nor a recorded row: it could only be
+    listed with a training command that fails."""
+    from nesfgen.data.names import resolve_dataset
+
+    recipe = load_recipe(options.ybco_recipe)
+    recorded = recorded_runs(options.page, "ybco", fold_table_fingerprint(options))
+    for fold in parse_folds(options.folds):
+        if fold in recorded or (Path(options.runs) / "ybco" / f"fold-{fold}" / "last.pt").is_file():
+            continue
+        try:
+            resolve_dataset(replace(recipe.data, fold=fold).dataset_name)
+        except UserError as error:
+            raise UserError(f"folds={options.folds}: fold {fold} has no data here ({error})") from None
+
+
 def fold_table(
     options: ResultsOptions,
     progress: TrainProgress | None = None,
@@ -272,8 +301,7 @@ def fold_table(
     """
     recipe = load_recipe(options.ybco_recipe)
     members, partners = options.ybco_members, options.partner_recipes()
-    fingerprint = recipe_fingerprint(recipe) + (f"-members{members}" if members > 1 else "")
-    fingerprint += "".join(f"-with-{recipe_fingerprint(partner)}" for partner in partners)
+    fingerprint = fold_table_fingerprint(options)
     recorded = recorded_runs(options.page, "ybco", fingerprint)
     folder = Path(options.runs) / "ybco"
     folds = parse_folds(options.folds)
@@ -363,9 +391,11 @@ def build_results(
 ) -> dict[str, Any]:
     """Every requested table, then the page written atomically to ``options.page``."""
     started = time.perf_counter()
+    chosen = comma_list(options.tables)
+    if "ybco" in chosen:
+        check_fold_data(options)
     output_folder(Path(options.runs), "runs folder")
     output_folder(options.page.parent, "results folder")
-    chosen = comma_list(options.tables)
     tables = []
     for table in chosen:
         if table in SEEDED_TABLES:

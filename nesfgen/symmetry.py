@@ -146,7 +146,7 @@ def as_crystal(structure: Crystal | Structure, id: str = "") -> Crystal:
 
 
 def _check_tolerances(tolerances: Iterable[float]) -> tuple[float, ...]:
-    values = tuple(check_symprec(t) for t in tolerances)
+    values = tuple(check_symprec(t, "each of tolerances") for t in tolerances)
     if not values:
         raise UserError("give at least one symmetry tolerance")
     return values

@@ -683,6 +683,8 @@ def resume(
 
     run_dir = Path(run_dir)
     output_folder(run_dir, "run folder", create=False)
+    if not run_dir.is_dir():
+        raise UserError(f"cannot resume {run_dir}: no such run folder")
     if not (run_dir / "last.pt").is_file():
         raise UserError(f"cannot resume {run_dir}: no last.pt in it")
     state = read_checkpoint(run_dir / "last.pt")

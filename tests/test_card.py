@@ -98,6 +98,9 @@ def test_the_cards_command_names_every_setting_the_run_changed_but_how_it_ran():
 def test_repackaging_the_same_weights_keeps_the_shipped_file_and_its_digest(tiny_dataset, tmp_path):
     run, models = tmp_path / "run", tmp_path / "models"
     train(tiny_recipe(tiny_dataset, **{"train.epochs": 1, "estimator.steps": 3}), run)
+    with pytest.raises(UserError, match="has no split 'nosuch'"):  # before the file is written, not after
+        package_model(PackageOptions(run=str(run), name="tiny", split="nosuch", out=str(models)))
+    assert not models.exists()
     first = package_model(PackageOptions(run=str(run), name="tiny", split="test", out=str(models)))
     digest, card = checkpoint_digest(first.checkpoint), first.card.read_text()
     last = read_checkpoint(run / "last.pt")

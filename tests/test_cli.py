@@ -234,6 +234,11 @@ def test_console_lines_print_bracketed_names_as_text(cli, tiny_dataset, tmp_path
         (("bench", "estimate", "checkpoint=nesf-lcs6", "limit=0"), "limit=0: expected at least 1"),
         (("symmetry", "data=builtin", "limit=-2"), "limit=-2: expected at least 1"),
         (("data", "hull", "builtin", "limit=-1"), "limit=-1: expected 0 (all)"),
+        (("tune", "study=quickstart", "timeout=nan"), "timeout=nan: expected a positive, finite duration"),
+        (("evaluate", "checkpoint=,"), "checkpoint=,: names no checkpoint"),
+        (("train", "resume=no-such-run"), "cannot resume no-such-run: no such run folder"),
+        (("trajectory", "run=no-such-run"), "run=no-such-run: no such run folder"),
+        (("results", "tables=lcs6,ybco", "ybco_recipe=no-such-recipe"), "unknown recipe 'no-such-recipe'"),
     ],
 )
 def test_numbers_out_of_range_are_refused_by_name_before_any_work(cli, tmp_path, words, message):

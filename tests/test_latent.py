@@ -299,6 +299,30 @@ def test_embed_save_load_and_map(tiny_run, tmp_path):
     assert len((tmp_path / "map" / "map.csv").read_text().splitlines()) == total + 1
 
 
+def test_a_latents_file_with_nan_or_python_objects_is_refused_by_name(tmp_path):
+    from nesfgen.latent.embedding import Embedding
+
+    latents = np.zeros((2, 4), dtype=np.float32)
+    latents[1, 2] = np.nan  # a model whose training diverged
+    embedding = Embedding(
+        ids=["a", "b"],
+        splits=["test", "test"],
+        formulas=["NaCl", "KCl"],
+        latents=latents,
+        volume=np.ones(2),
+        num_atoms=np.full(2, 2),
+        space_group=np.full(2, 225),
+    )
+    for suffix in ("npz", "csv"):
+        with pytest.raises(UserError, match=r"1 of 2 latents hold NaN or infinity"):
+            load_embedding(save_embedding(embedding, tmp_path / f"nan.{suffix}"))
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, id=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(UserError, match="holds Python objects, which are not loaded") as refused:
+        load_embedding(objects)
+    assert "allow_pickle" not in str(refused.value)
+
+
 def test_pca_keeps_a_line_a_line():
     direction = np.linspace(-1, 1, 16)
     latents = np.outer(np.arange(6.0), direction) + 3.0  # six points on a line in 16-D

@@ -216,6 +216,16 @@ def test_a_fold_table_of_two_members_a_fold_decodes_each_pair_as_one_field(tiny_
         replace(options, ybco_members=0)
 
 
+def test_a_fold_without_data_run_or_recorded_row_is_refused_before_any_table(tiny_dataset, tmp_path, monkeypatch):
+    recipe, fold_recipe = two_folds(tiny_dataset, tmp_path, monkeypatch)
+    options = ResultsOptions(
+        runs=str(tmp_path / "runs"), tables="ybco", folds="0,7", ybco_recipe=str(fold_recipe), train=False
+    )
+    with pytest.raises(UserError, match="folds=0,7: fold 7 has no data here"):
+        build_results(options)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_fold_table_with_a_partner_recipe_trains_it_beside_each_fold_and_is_a_table_of_its_own(
     tiny_dataset, tmp_path, monkeypatch
 ):

@@ -126,16 +126,20 @@ class Dataset:
         self.verify()
         return self.manifest["content_hash"]
 
+    def require_split(self, split: str) -> None:
+        """Refuse a split this dataset does not have, naming the ones it has."""
+        if split not in self.manifest["splits"]:
+            raise UserError(
+                f"dataset {self.name!r} ({self.path}) has no split {split!r}; it has: {', '.join(self.split_names)}"
+            )
+
     def load(self, split: str) -> CrystalSet:
         """One split (every split is read and checked on the first call, see :meth:`verify`).
 
         Raises:
             UserError: if the split does not exist, or the dataset's files disagree with its manifest.
         """
-        if split not in self.manifest["splits"]:
-            raise UserError(
-                f"dataset {self.name!r} ({self.path}) has no split {split!r}; it has: {', '.join(self.split_names)}"
-            )
+        self.require_split(split)
         self.verify()
         kept = self._splits[split]  # callers get their own arrays: the checked copy stays as written
         return dataclasses.replace(

@@ -124,6 +124,18 @@ def load_embedding(path: Path) -> Embedding:
         raise UserError(f"{path} is a folder; give the latents file in it (nesfgen embed writes LATENTS.npz)")
     if not path.is_file():
         raise UserError(f"latents file {path} does not exist (write one with `nesfgen embed ... out={path}`)")
+    embedding = _read_embedding(path)
+    if not np.isfinite(embedding.latents).all():
+        bad = int((~np.isfinite(embedding.latents).all(axis=1)).sum())
+        raise UserError(
+            f"{path}: {bad} of {len(embedding)} latents hold NaN or infinity (a model whose training diverged?); "
+            "a map needs finite latents"
+        )
+    return embedding
+
+
+def _read_embedding(path: Path) -> Embedding:
+    """The file's contents as they are, or a UserError naming it."""
     try:
         if path.suffix == ".csv":
             with path.open(newline="") as handle:
@@ -157,7 +169,9 @@ def load_embedding(path: Path) -> Embedding:
     except UserError as error:
         raise UserError(f"{path}: {error}") from None
     except (KeyError, ValueError, OSError) as error:
-        raise UserError(f"{path} is not a latents file written by `nesfgen embed` ({error})") from None
+        # numpy's own message for object arrays suggests loading them unsafely: say what the file is instead
+        why = "it holds Python objects, which are not loaded" if "allow_pickle" in str(error) else str(error)
+        raise UserError(f"{path} is not a latents file written by `nesfgen embed` ({why})") from None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
@@ -53,6 +54,7 @@ class TuneOptions:
         require(self.worker is None or self.worker >= 0, "worker", self.worker, "0 or more, one number per worker")
         require(self.limit is None or self.limit >= 1, "limit", self.limit, "at least 1")
         require(self.trial is None or self.trial >= 0, "trial", self.trial, "a trial number (0 or more)")
+        parse_timeout(self.timeout)  # a bad timeout is refused with the other options, not when the study starts
 
     @property
     def action(self) -> str:
@@ -68,14 +70,15 @@ class TuneOptions:
 
     @property
     def timeout_seconds(self) -> float | None:
-        """``3600``, ``90m`` or ``2h`` as seconds."""
-        if self.timeout is None:
-            return None
-        text = self.timeout
-        unit = text[-1:] if text[-1:] in UNITS else "s"
-        number = parse_value(
-            text.removesuffix(unit) if text[-1:] in UNITS else text, float, "timeout (e.g. 3600, 90m, 2h)"
-        )
-        if number <= 0:
-            raise UserError(f"timeout must be positive, got {text!r}")
-        return number * UNITS[unit]
+        return parse_timeout(self.timeout)
+
+
+def parse_timeout(text: str | None) -> float | None:
+    """``3600``, ``90m`` or ``2h`` as seconds (None: no time limit)."""
+    if text is None:
+        return None
+    unit = text[-1:] if text[-1:] in UNITS else "s"
+    number = parse_value(text.removesuffix(unit) if text[-1:] in UNITS else text, float, "timeout (e.g. 3600, 90m, 2h)")
+    if not math.isfinite(number) or number <= 0:
+        raise UserError(f"timeout={text}: expected a positive, finite duration (e.g. 3600, 90m, 2h)")
+    return number * UNITS[unit]
