@@ -314,11 +314,14 @@ def test_recorded_seeds_are_carried_over_when_their_runs_are_gone(recipe_file, t
     assert build_results(replace(later, lcs6_recipe=str(other)))["tables"][0]["seeds"] == []
 
 
-def test_a_page_written_before_any_run_finished_does_not_block_the_next(recipe_file, tmp_path):
+def test_a_page_written_before_any_run_finished_does_not_block_the_next(
+    recipe_file, tiny_dataset, tmp_path, monkeypatch
+):
+    _, fold_recipe = two_folds(tiny_dataset, tmp_path, monkeypatch)
     options = ResultsOptions(
-        runs=str(tmp_path / "runs"), out=str(tmp_path / "results.md"), tables="lcs6,ybco", train=False
+        runs=str(tmp_path / "runs"), out=str(tmp_path / "results.md"), tables="lcs6,ybco", folds="0-1", train=False
     )
-    options = replace(options, lcs6_recipe=str(recipe_file), ybco_recipe=str(recipe_file))
+    options = replace(options, lcs6_recipe=str(recipe_file), ybco_recipe=str(fold_recipe))
     first = build_results(options)["tables"]
     assert [table.get("each") for table in first] == [None, None]  # nothing finished: no figures recorded
     again = build_results(options)["tables"]
